@@ -1,0 +1,315 @@
+//! Gatehouse authentication: who is this request from?
+//!
+//! This crate owns everything about identity and its cryptography, and nothing about HTTP
+//! routing or Pingora (DESIGN.md, "Parts and their seams"):
+//! - OIDC sign-in ([`oidc`]): discovery, code flow with PKCE S256 + `state` + `nonce`, and
+//!   the full ID-token check;
+//! - sealed values ([`seal`]): AES-256-GCM cookies bound to their name, chunked when large;
+//! - the session, the in-flight login and the cross-host handoff ([`session`]);
+//! - the identity JWT and its JWKS ([`jwt`]);
+//! - the sign-out CSRF token.
+//!
+//! Only this crate can make a [`VerifiedIdentity`], and the proxy needs one to add identity
+//! headers, so an identity that was not checked can never reach an upstream.
+//!
+//! ```
+//! use gatehouse_auth::seal::Sealer;
+//! let sealer = Sealer::new(&[1u8; 32], "session");
+//! let sealed = sealer.seal("_pomerium", b"hi");
+//! assert_eq!(sealer.open("_pomerium", &sealed).unwrap(), b"hi");
+//! assert!(sealer.open("_other", &sealed).is_err());
+//! ```
+
+pub mod jwt;
+pub mod oidc;
+pub mod seal;
+pub mod session;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use hmac::{Hmac, Mac};
+use rand::RngCore;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use gatehouse_config::Config;
+pub use jwt::{IdentityClaims, IdentitySigner, SigningKeyError};
+pub use oidc::{Oidc, OidcError, SignedIn};
+use seal::{Sealer, UnsealError};
+pub use session::{Handoff, LoginState, Session, SessionCodec, SessionRejected, SignOutRequest, UnixTime, VerifiedIdentity};
+
+/// How long a login may take between the redirect to the IdP and the callback.
+pub const LOGIN_TTL_SECS: u64 = 600;
+/// How long a handoff token from the authenticate host is good for.
+pub const HANDOFF_TTL_SECS: u64 = 60;
+/// Lifetime of each identity JWT sent upstream.
+pub const IDENTITY_JWT_TTL_SECS: u64 = 300;
+
+/// Seconds since the Unix epoch, now.
+pub fn now() -> UnixTime {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A random URL-safe token with `bytes` bytes of entropy.
+pub fn random_token(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// Why a setup value was refused at start.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthSetupError {
+    #[error(transparent)]
+    SigningKey(#[from] SigningKeyError),
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
+}
+
+/// Why a callback from the IdP was refused. Each is shown to the person as "Sign-in failed".
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error("no sign-in is in progress in this browser (the login cookie is missing)")]
+    LoginCookieMissing,
+    #[error("the login cookie was refused: {0}")]
+    LoginCookieRefused(UnsealError),
+    #[error("the sign-in took too long (over {} minutes)", LOGIN_TTL_SECS / 60)]
+    LoginExpired,
+    #[error("the state parameter does not match this browser's sign-in")]
+    StateMismatch,
+    #[error("the identity provider reported an error: {0}")]
+    IdpError(String),
+    #[error("the callback has no authorization code")]
+    NoCode,
+    #[error(transparent)]
+    Oidc(#[from] OidcError),
+}
+
+/// Why a handoff token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HandoffRejected {
+    #[error("handoff token refused: {0}")]
+    Unseal(UnsealError),
+    #[error("handoff token does not decode")]
+    Garbled,
+    #[error("handoff token expired")]
+    Expired,
+    #[error("handoff token is for host {expected:?}, not {found:?}")]
+    WrongHost { expected: String, found: String },
+    #[error("handoff token was already used")]
+    Replayed,
+}
+
+/// Identity and its cryptography for one configuration.
+pub struct Auth {
+    pub session: SessionCodec,
+    pub oidc: Oidc,
+    pub signer: IdentitySigner,
+    login: Sealer,
+    handoff: Sealer,
+    signout: Sealer,
+    csrf_key: [u8; 32],
+    login_cookie: String,
+    session_ttl: u64,
+    handoffs_used: Mutex<HashMap<String, UnixTime>>,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth").field("oidc", &self.oidc).field("signer", &self.signer).finish_non_exhaustive()
+    }
+}
+
+impl Auth {
+    pub fn new(config: &Config) -> Result<Self, AuthSetupError> {
+        let secret = config.cookie.secret.expose();
+        let signer = match &config.signing_key {
+            Some(pem) => IdentitySigner::from_pem(pem.expose())?,
+            None => IdentitySigner::generate()?,
+        };
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(b"gatehouse-csrf-v1"), secret);
+        let mut csrf_key = [0u8; 32];
+        if hk.expand(b"sign-out", &mut csrf_key).is_err() {
+            unreachable!("HKDF output length 32 is valid");
+        }
+        Ok(Auth {
+            session: SessionCodec { name: config.cookie.name.clone(), sealer: Sealer::new(secret, "session") },
+            oidc: Oidc::new(&config.idp)?,
+            signer,
+            login: Sealer::new(secret, "login"),
+            handoff: Sealer::new(secret, "handoff"),
+            signout: Sealer::new(secret, "sign-out"),
+            csrf_key,
+            login_cookie: format!("{}_login", config.cookie.name),
+            session_ttl: config.cookie.expire.as_secs().max(1),
+            handoffs_used: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Name of the short-lived login-state cookie (`<cookie_name>_login`).
+    pub fn login_cookie_name(&self) -> &str {
+        &self.login_cookie
+    }
+
+    /// Starts a sign-in. Returns the IdP URL to redirect to, and the sealed login cookie value.
+    pub async fn begin_login(&self, redirect_uri: &str, return_url: &str, now: UnixTime) -> Result<(String, String), OidcError> {
+        let (url, begun) = self.oidc.begin(redirect_uri).await?;
+        let state = LoginState {
+            state: begun.state,
+            nonce: begun.nonce,
+            pkce_verifier: begun.pkce_verifier,
+            return_url: return_url.to_string(),
+            redirect_uri: redirect_uri.to_string(),
+            exp: now + LOGIN_TTL_SECS,
+        };
+        let json = serde_json::to_vec(&state).unwrap_or_default();
+        Ok((url, self.login.seal(&self.login_cookie, &json)))
+    }
+
+    /// Finishes a sign-in from the callback's query (`state`, `code` or `error`) and the
+    /// login cookie. On success, a new session and the URL to return to.
+    pub async fn finish_login(
+        &self,
+        login_cookie: Option<&str>,
+        query: &HashMap<String, String>,
+        now: UnixTime,
+    ) -> Result<(Session, String), CallbackError> {
+        let sealed = login_cookie.ok_or(CallbackError::LoginCookieMissing)?;
+        let json = self.login.open(&self.login_cookie, sealed).map_err(CallbackError::LoginCookieRefused)?;
+        let login: LoginState = serde_json::from_slice(&json).map_err(|_| CallbackError::LoginCookieRefused(UnsealError::Malformed))?;
+        if now >= login.exp {
+            return Err(CallbackError::LoginExpired);
+        }
+        let state = query.get("state").map(String::as_str).unwrap_or("");
+        if !bool::from(state.as_bytes().ct_eq(login.state.as_bytes())) {
+            return Err(CallbackError::StateMismatch);
+        }
+        if let Some(err) = query.get("error") {
+            let short: String = err.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+            return Err(CallbackError::IdpError(short));
+        }
+        let code = query.get("code").filter(|c| !c.is_empty()).ok_or(CallbackError::NoCode)?;
+        let begun = oidc::Begun { state: login.state.clone(), nonce: login.nonce.clone(), pkce_verifier: login.pkce_verifier.clone() };
+        let signed_in = self.oidc.finish(code, &begun, &login.redirect_uri).await?;
+        Ok((self.new_session(signed_in, now), login.return_url))
+    }
+
+    /// A fresh session for a person who just signed in.
+    pub fn new_session(&self, s: SignedIn, now: UnixTime) -> Session {
+        Session {
+            sid: random_token(16),
+            sub: s.sub,
+            email: s.email,
+            email_verified: s.email_verified,
+            name: s.name,
+            groups: s.groups,
+            iss: s.iss,
+            iat: now,
+            exp: now + self.session_ttl,
+        }
+    }
+
+    /// A one-time token carrying `session` to the route host `host`.
+    pub fn seal_handoff(&self, session: &Session, host: &str, return_url: &str, now: UnixTime) -> String {
+        let h = Handoff {
+            session: session.clone(),
+            host: host.to_string(),
+            return_url: return_url.to_string(),
+            exp: now + HANDOFF_TTL_SECS,
+            jti: random_token(16),
+        };
+        self.handoff.seal("handoff", &serde_json::to_vec(&h).unwrap_or_default())
+    }
+
+    /// Opens a handoff token on route host `host`. Works once per process (a token replayed
+    /// on another replica within its 60 s is accepted there: see the README).
+    pub fn open_handoff(&self, token: &str, host: &str, now: UnixTime) -> Result<(VerifiedIdentity, String), HandoffRejected> {
+        let json = self.handoff.open("handoff", token).map_err(HandoffRejected::Unseal)?;
+        let h: Handoff = serde_json::from_slice(&json).map_err(|_| HandoffRejected::Garbled)?;
+        if now >= h.exp {
+            return Err(HandoffRejected::Expired);
+        }
+        if !h.host.eq_ignore_ascii_case(host) {
+            return Err(HandoffRejected::WrongHost { expected: h.host, found: host.to_string() });
+        }
+        if now >= h.session.exp {
+            return Err(HandoffRejected::Expired);
+        }
+        let mut used = self.handoffs_used.lock().map_err(|_| HandoffRejected::Replayed)?;
+        used.retain(|_, exp| *exp > now);
+        if used.insert(h.jti.clone(), h.exp).is_some() {
+            return Err(HandoffRejected::Replayed);
+        }
+        Ok((VerifiedIdentity::new(h.session), h.return_url))
+    }
+
+    /// A sealed request for the authenticate host to end its session too.
+    pub fn seal_sign_out(&self, return_url: &str, now: UnixTime) -> String {
+        let r = SignOutRequest { return_url: return_url.to_string(), exp: now + HANDOFF_TTL_SECS };
+        self.signout.seal("sign-out", &serde_json::to_vec(&r).unwrap_or_default())
+    }
+
+    pub fn open_sign_out(&self, token: &str, now: UnixTime) -> Option<SignOutRequest> {
+        let json = self.signout.open("sign-out", token).ok()?;
+        let r: SignOutRequest = serde_json::from_slice(&json).ok()?;
+        (now < r.exp).then_some(r)
+    }
+
+    /// The sign-out form's CSRF token for this session.
+    pub fn csrf_token(&self, id: &VerifiedIdentity) -> String {
+        URL_SAFE_NO_PAD.encode(self.csrf_mac(id).finalize().into_bytes())
+    }
+
+    /// Whether `token` is this session's CSRF token (constant time).
+    pub fn check_csrf(&self, id: &VerifiedIdentity, token: &str) -> bool {
+        let Ok(raw) = URL_SAFE_NO_PAD.decode(token.as_bytes()) else {
+            return false;
+        };
+        self.csrf_mac(id).verify_slice(&raw).is_ok()
+    }
+
+    fn csrf_mac(&self, id: &VerifiedIdentity) -> Hmac<Sha256> {
+        // HMAC takes keys of any length, so this cannot fail.
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.csrf_key) else {
+            unreachable!("HMAC accepts any key length");
+        };
+        mac.update(id.session().sid.as_bytes());
+        mac
+    }
+
+    /// The identity JWT for `host` (its `aud` and `iss`).
+    pub fn identity_jwt(&self, id: &VerifiedIdentity, host: &str, now: UnixTime) -> Result<String, jsonwebtoken::errors::Error> {
+        let s = id.session();
+        let jti = random_token(12);
+        self.signer.sign(&IdentityClaims {
+            iss: host,
+            aud: host,
+            sub: &s.sub,
+            email: &s.email,
+            user: &s.sub,
+            groups: &s.groups,
+            name: s.name.as_deref(),
+            iat: now,
+            exp: (now + IDENTITY_JWT_TTL_SECS).min(s.exp.max(now + 1)),
+            jti: &jti,
+        })
+    }
+}
+
+#[cfg(any(test, feature = "test-util"))]
+pub mod test_util {
+    //! Helpers for other crates' tests.
+    use super::*;
+
+    /// A verified identity without a sign-in, for tests of header handling.
+    pub fn identity(session: Session) -> VerifiedIdentity {
+        VerifiedIdentity::new(session)
+    }
+}
+
+#[cfg(test)]
+mod tests;

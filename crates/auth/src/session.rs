@@ -1,0 +1,129 @@
+//! The session, the in-flight login and the cross-host handoff, each a sealed value.
+
+use serde::{Deserialize, Serialize};
+
+use crate::seal::{Sealer, UnsealError, join_chunks, split_chunks};
+
+/// Seconds since the Unix epoch.
+pub type UnixTime = u64;
+
+/// What Gatehouse remembers about a signed-in person (inside the sealed session cookie).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    /// Random session id (for the sign-out CSRF token and JWT `jti` prefix).
+    pub sid: String,
+    /// The IdP's subject (`sub`).
+    pub sub: String,
+    pub email: String,
+    pub email_verified: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// The issuer that signed the person in.
+    pub iss: String,
+    pub iat: UnixTime,
+    pub exp: UnixTime,
+}
+
+/// A session that came out of a cookie or handoff that verified and has not expired.
+/// Only this crate can make one, so an unchecked identity can never reach an upstream.
+#[derive(Debug, Clone)]
+pub struct VerifiedIdentity {
+    session: Session,
+}
+
+impl VerifiedIdentity {
+    pub(crate) fn new(session: Session) -> Self {
+        VerifiedIdentity { session }
+    }
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+    pub fn email(&self) -> &str {
+        &self.session.email
+    }
+    /// The `user` claim: the IdP subject, as Pomerium sends it.
+    pub fn user(&self) -> &str {
+        &self.session.sub
+    }
+}
+
+/// Why a session cookie was not accepted (each means: sign in again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionRejected {
+    #[error("no session cookie")]
+    Missing,
+    #[error("session cookie refused: {0}")]
+    Unseal(#[from] UnsealError),
+    #[error("session cookie does not decode")]
+    Garbled,
+    #[error("session expired")]
+    Expired,
+}
+
+/// Reads and writes the session cookie (chunked when large).
+pub struct SessionCodec {
+    pub(crate) name: String,
+    pub(crate) sealer: Sealer,
+}
+
+impl SessionCodec {
+    /// Cookie `(name, value)` pairs holding `session`.
+    pub fn encode(&self, session: &Session) -> Vec<(String, String)> {
+        let json = serde_json::to_vec(session).unwrap_or_default();
+        split_chunks(&self.name, &self.sealer.seal(&self.name, &json))
+    }
+
+    /// The verified session from the request's cookies, or why there is none.
+    pub fn decode<'a>(
+        &self,
+        get: impl Fn(&str) -> Option<&'a str>,
+        now: UnixTime,
+    ) -> Result<VerifiedIdentity, SessionRejected> {
+        let sealed = join_chunks(&self.name, get).ok_or(SessionRejected::Missing)?;
+        let json = self.sealer.open(&self.name, &sealed)?;
+        let session: Session = serde_json::from_slice(&json).map_err(|_| SessionRejected::Garbled)?;
+        if now >= session.exp {
+            return Err(SessionRejected::Expired);
+        }
+        Ok(VerifiedIdentity::new(session))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// The in-flight login, kept in a short-lived sealed cookie (not server memory), so it
+/// survives a restart and works across replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginState {
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    /// Where to go after sign-in (checked against the routes before it was stored).
+    pub return_url: String,
+    /// The `redirect_uri` sent to the IdP (must be sent again with the code).
+    pub redirect_uri: String,
+    pub exp: UnixTime,
+}
+
+/// A one-time token that carries a fresh session from the authenticate host to a route host.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Handoff {
+    pub session: Session,
+    /// The route host this handoff is for (another host refuses it).
+    pub host: String,
+    pub return_url: String,
+    pub exp: UnixTime,
+    /// Unique id, remembered until `exp` so the token works once.
+    pub jti: String,
+}
+
+/// Asks the authenticate host to end its own session too (sealed, short-lived).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignOutRequest {
+    pub return_url: String,
+    pub exp: UnixTime,
+}

@@ -1,0 +1,149 @@
+use super::*;
+use gatehouse_config::{CookieConfig, IdpConfig, IdpProvider, Origin, SameSite, Secret, Url};
+use std::time::Duration;
+
+fn config(secret: [u8; 32]) -> Config {
+    Config {
+        source: "test.yaml".into(),
+        address: "127.0.0.1:0".parse().unwrap(),
+        insecure_server: false,
+        http_redirect_addr: None,
+        certificates: vec![],
+        authenticate_service_url: None,
+        idp: IdpConfig {
+            provider: IdpProvider::Oidc,
+            issuer: Url::parse("http://127.0.0.1:9").unwrap(),
+            client_id: "gatehouse".into(),
+            client_secret: Secret::new("s".into()),
+            scopes: vec!["openid".into(), "email".into()],
+            origin: Origin::Default,
+        },
+        cookie: CookieConfig {
+            name: "_pomerium".into(),
+            secret: Secret::new(secret),
+            expire: Duration::from_secs(3600),
+            domain: None,
+            same_site: SameSite::Lax,
+        },
+        signing_key: None,
+        allowed_domains: vec![],
+        routes: vec![],
+        log_level: "info".into(),
+        warnings: vec![],
+    }
+}
+
+fn signed_in() -> SignedIn {
+    SignedIn {
+        iss: "http://idp".into(),
+        sub: "alice".into(),
+        email: "alice@example.com".into(),
+        email_verified: true,
+        name: Some("Alice".into()),
+        groups: vec!["team-it".into()],
+    }
+}
+
+fn decode(auth: &Auth, pairs: &[(String, String)], now: UnixTime) -> Result<VerifiedIdentity, SessionRejected> {
+    auth.session.decode(|n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()), now)
+}
+
+#[test]
+fn session_cookie_round_trips() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let s = auth.new_session(signed_in(), 1000);
+    let cookies = auth.session.encode(&s);
+    let id = decode(&auth, &cookies, 1001).unwrap();
+    assert_eq!(id.session(), &s);
+    assert_eq!(id.user(), "alice");
+}
+
+#[test]
+fn expired_session_is_refused() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let s = auth.new_session(signed_in(), 1000);
+    let cookies = auth.session.encode(&s);
+    assert_eq!(decode(&auth, &cookies, 1000 + 3600).unwrap_err(), SessionRejected::Expired);
+}
+
+#[test]
+fn session_from_another_secret_is_refused() {
+    let a = Auth::new(&config([1; 32])).unwrap();
+    let b = Auth::new(&config([2; 32])).unwrap();
+    let cookies = a.session.encode(&a.new_session(signed_in(), 1000));
+    assert!(matches!(decode(&b, &cookies, 1001), Err(SessionRejected::Unseal(_))));
+}
+
+#[test]
+fn login_cookie_value_in_session_cookie_is_refused() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let login = auth.login.seal(auth.login_cookie_name(), b"{}");
+    let cookies = vec![("_pomerium".to_string(), login)];
+    assert!(matches!(decode(&auth, &cookies, 1), Err(SessionRejected::Unseal(_))));
+}
+
+#[test]
+fn large_session_is_chunked_and_reassembled() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let mut si = signed_in();
+    si.groups = (0..300).map(|i| format!("group-number-{i}@example.com")).collect();
+    let s = auth.new_session(si, 1000);
+    let cookies = auth.session.encode(&s);
+    assert!(cookies.len() > 1, "a 300-group session must be chunked");
+    assert!(cookies.iter().all(|(_, v)| v.len() < 4000));
+    assert_eq!(decode(&auth, &cookies, 1001).unwrap().session(), &s);
+}
+
+#[test]
+fn handoff_works_once_for_its_host_only() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let s = auth.new_session(signed_in(), 1000);
+    let t = auth.seal_handoff(&s, "assistant.example.com", "https://assistant.example.com/x", 1000);
+    assert!(matches!(auth.open_handoff(&t, "other.example.com", 1001), Err(HandoffRejected::WrongHost { .. })));
+    let (id, ret) = auth.open_handoff(&t, "assistant.example.com", 1001).unwrap();
+    assert_eq!(id.email(), "alice@example.com");
+    assert_eq!(ret, "https://assistant.example.com/x");
+    assert_eq!(auth.open_handoff(&t, "assistant.example.com", 1002).unwrap_err(), HandoffRejected::Replayed);
+}
+
+#[test]
+fn expired_handoff_is_refused() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let s = auth.new_session(signed_in(), 1000);
+    let t = auth.seal_handoff(&s, "a.test", "https://a.test/", 1000);
+    assert_eq!(auth.open_handoff(&t, "a.test", 1000 + HANDOFF_TTL_SECS).unwrap_err(), HandoffRejected::Expired);
+}
+
+#[test]
+fn csrf_token_is_bound_to_the_session() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let a = VerifiedIdentity::new(auth.new_session(signed_in(), 1000));
+    let b = VerifiedIdentity::new(auth.new_session(signed_in(), 1000));
+    let t = auth.csrf_token(&a);
+    assert!(auth.check_csrf(&a, &t));
+    assert!(!auth.check_csrf(&b, &t), "another session's token");
+    assert!(!auth.check_csrf(&a, ""));
+    assert!(!auth.check_csrf(&a, "!!"));
+}
+
+#[tokio::test]
+async fn callback_without_login_cookie_or_with_wrong_state_is_refused() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let mut q = HashMap::new();
+    q.insert("state".to_string(), "abc".to_string());
+    q.insert("code".to_string(), "c".to_string());
+    assert!(matches!(auth.finish_login(None, &q, 1).await, Err(CallbackError::LoginCookieMissing)));
+    let state = LoginState {
+        state: "expected".into(),
+        nonce: "n".into(),
+        pkce_verifier: "v".into(),
+        return_url: "https://a.test/".into(),
+        redirect_uri: "https://a.test/.gatehouse/callback".into(),
+        exp: 100,
+    };
+    let sealed = auth.login.seal(auth.login_cookie_name(), &serde_json::to_vec(&state).unwrap());
+    assert!(matches!(auth.finish_login(Some(&sealed), &q, 1).await, Err(CallbackError::StateMismatch)));
+    assert!(matches!(auth.finish_login(Some(&sealed), &q, 100).await, Err(CallbackError::LoginExpired)));
+    let tampered = format!("{}A", &sealed[..sealed.len() - 1]);
+    assert!(matches!(auth.finish_login(Some(&tampered), &q, 1).await, Err(CallbackError::LoginCookieRefused(_))));
+}

@@ -1,0 +1,267 @@
+//! Gatehouse configuration.
+//!
+//! Reads one YAML file (Pomerium-compatible keys, plus Gatehouse's own), resolves `${VAR}`
+//! from the environment, lets an upper-case environment variable override any top-level key
+//! (`COOKIE_SECRET` overrides `cookie_secret`), and turns it into a checked [`Config`].
+//! Every problem is reported with the place it came from (`config.yaml:14:9: …` or
+//! `environment variable COOKIE_SECRET: …`), and parsing goes on past the first problem so
+//! the operator sees them all at once.
+//!
+//! This crate must not open sockets. It reads files only to load the config itself; the
+//! proxy checks that certificate files parse (it owns TLS) and reports with the [`Origin`]
+//! kept on each value.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use secrecy::{ExposeSecret, SecretBox, SecretString};
+pub use url::Url;
+
+mod parse;
+
+/// Where a value came from, for error messages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// A place in a YAML file (1-based line and column).
+    File { file: Arc<Path>, line: usize, col: usize },
+    /// An environment variable that overrode a top-level key.
+    Env { var: String },
+    /// A built-in default.
+    Default,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File { file, line, col } => write!(f, "{}:{line}:{col}", file.display()),
+            Origin::Env { var } => write!(f, "environment variable {var}"),
+            Origin::Default => f.write_str("built-in default"),
+        }
+    }
+}
+
+/// One problem found in the configuration. `Display` is `origin: message`.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    pub origin: Origin,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(origin: Origin, message: impl Into<String>) -> Self {
+        ConfigError { origin, message: message.into() }
+    }
+}
+
+/// Every problem found, sorted by file and line. Never empty.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", self.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigErrors {
+    pub errors: Vec<ConfigError>,
+}
+
+/// How environment variables are read. Production uses [`ProcessEnv`]; tests pass a map.
+pub trait Lookup {
+    fn get(&self, name: &str) -> Option<String>;
+}
+
+/// Reads the process environment.
+pub struct ProcessEnv;
+
+impl Lookup for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Lookup for std::collections::HashMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        std::collections::HashMap::get(self, name).cloned()
+    }
+}
+
+/// Loads and checks the config file at `path`.
+pub fn load(path: &Path, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
+    parse::load(path, env)
+}
+
+/// Loads config from text, as if read from the file `name` (for tests and `init`).
+pub fn load_str(name: &Path, text: &str, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
+    parse::load_str(name, text, env)
+}
+
+/// The checked configuration. Other crates only ever see this.
+#[derive(Debug)]
+pub struct Config {
+    /// The file this was loaded from.
+    pub source: PathBuf,
+    /// Main listener (`address`, default `:443` = `0.0.0.0:443`).
+    pub address: SocketAddr,
+    /// `insecure_server: true`: plain HTTP on `address` (behind a TLS terminator).
+    pub insecure_server: bool,
+    /// `http_redirect_addr`: plain HTTP listener that only redirects to https.
+    pub http_redirect_addr: Option<SocketAddr>,
+    /// From `certificate_file`/`certificate_key_file` and the `certificates:` list, in order.
+    /// Empty and not `insecure_server` = self-signed at start (with a warning).
+    pub certificates: Vec<CertificatePair>,
+    /// `authenticate_service_url`: where the IdP callback lands (`/oauth2/callback`).
+    pub authenticate_service_url: Option<Url>,
+    pub idp: IdpConfig,
+    pub cookie: CookieConfig,
+    /// `signing_key`: PEM (decoded from base64) of an EC P-256 private key for the identity JWT.
+    pub signing_key: Option<Secret<String>>,
+    /// Top-level `allowed_domains` (TeamOS seed): applies to routes without a policy of their own.
+    pub allowed_domains: Vec<String>,
+    pub routes: Vec<Route>,
+    /// `log_level` (default `info`).
+    pub log_level: String,
+    /// Non-fatal notes (deprecated or ignored keys), shown by `check` and logged at start.
+    pub warnings: Vec<ConfigError>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificatePair {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdpProvider {
+    Google,
+    Oidc,
+}
+
+#[derive(Debug)]
+pub struct IdpConfig {
+    pub provider: IdpProvider,
+    /// Issuer URL: `https://accounts.google.com` for google, `idp_provider_url` for oidc.
+    /// http only on a loopback host.
+    pub issuer: Url,
+    pub client_id: String,
+    pub client_secret: Secret<String>,
+    /// Default `openid email profile`.
+    pub scopes: Vec<String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SameSite {
+    Lax,
+    Strict,
+    None,
+}
+
+#[derive(Debug)]
+pub struct CookieConfig {
+    /// `cookie_name`, default `_pomerium`.
+    pub name: String,
+    /// `cookie_secret`: exactly 32 bytes after base64 decoding.
+    pub secret: Secret<[u8; 32]>,
+    /// `cookie_expire`, default 14h.
+    pub expire: Duration,
+    pub domain: Option<String>,
+    /// `cookie_same_site`, default lax.
+    pub same_site: SameSite,
+}
+
+/// A secret value: `Debug` prints `[redacted]`, there is no `Display`.
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Secret(value)
+    }
+    /// The secret itself. Never log it.
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// `from:` of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteFrom {
+    /// `https` or `http`.
+    pub scheme: String,
+    /// Lower-case host name (no port).
+    pub host: String,
+    /// Explicit port: the route matches only that port. `None`: any port.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug)]
+pub struct Route {
+    /// Position in `routes:` (0-based), for messages: `routes[2]`.
+    pub index: usize,
+    pub from: RouteFrom,
+    /// `prefix:`: path must start with this.
+    pub prefix: Option<String>,
+    /// `path:`: path must equal this.
+    pub path: Option<String>,
+    /// `to:`: the static upstream (http or https URL).
+    pub to: Url,
+    pub pass_identity_headers: bool,
+    /// `preserve_host_header`: send the client's Host upstream instead of `to`'s host.
+    pub preserve_host_header: bool,
+    pub allow_public_unauthenticated_access: bool,
+    pub allow_any_authenticated_user: bool,
+    /// Route-level `allowed_domains`.
+    pub allowed_domains: Vec<String>,
+    /// Route-level `allowed_users` (emails).
+    pub allowed_users: Vec<String>,
+    /// `policy:` (only the subset supported so far).
+    pub policy: Option<PolicySpec>,
+    pub origin: Origin,
+}
+
+/// The `policy:` of a route, as written. The policy crate compiles and evaluates it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicySpec {
+    pub blocks: Vec<PolicyBlock>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogicalOp {
+    And,
+    Or,
+}
+
+/// `- allow: { or: [ … ] }`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyBlock {
+    pub action: Action,
+    pub op: LogicalOp,
+    pub criteria: Vec<Criterion>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CriterionKind {
+    /// `domain: { is: example.com }`
+    Domain,
+    /// `email: { is: alice@example.com }`
+    Email,
+}
+
+/// A criterion with its `is:` value (lower-cased).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Criterion {
+    pub kind: CriterionKind,
+    pub is: String,
+    pub origin: Origin,
+}
