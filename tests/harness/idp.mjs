@@ -97,6 +97,7 @@ export async function startIdp({ port = 0, host = '127.0.0.1', clients = [], use
 
   const stats = { authorize: 0, resume: 0, token: 0, loginForms: 0, logins: 0, failedLogins: 0, userinfo: 0 };
   let pendingTamper = null;
+  const issued = []; // every token response body sent (for redaction checks)
 
   // Bind first so the issuer carries the real port.
   const http = await import('node:http');
@@ -124,6 +125,7 @@ export async function startIdp({ port = 0, host = '127.0.0.1', clients = [], use
       profile: ['name', 'groups'],
     },
     conformIdTokenClaims: false,
+    ttl: { AccessToken: 600, AuthorizationCode: 60, Grant: 3600, IdToken: 3600, Interaction: 600, Session: 3600 },
     pkce: { required: () => true },
     features: {
       devInteractions: { enabled: false },
@@ -166,6 +168,11 @@ export async function startIdp({ port = 0, host = '127.0.0.1', clients = [], use
 
     if (testHooks && p === '/__test/tamper' && method === 'POST') {
       pendingTamper = await readForm(ctx.req);
+      ctx.status = 204;
+      return;
+    }
+    if (testHooks && p === '/__test/tamper' && method === 'DELETE') {
+      pendingTamper = null;
       ctx.status = 204;
       return;
     }
@@ -221,10 +228,14 @@ export async function startIdp({ port = 0, host = '127.0.0.1', clients = [], use
     await next();
     if (isToken) {
       stats.token += 1;
+      if (ctx.status === 200 && ctx.body && typeof ctx.body === 'object') {
+        issued.push({ id_token: ctx.body.id_token, access_token: ctx.body.access_token, refresh_token: ctx.body.refresh_token });
+      }
       if (pendingTamper && ctx.status === 200 && ctx.body && typeof ctx.body === 'object' && ctx.body.id_token) {
         const tamper = pendingTamper;
         pendingTamper = null;
         ctx.body = { ...ctx.body, id_token: await resign(ctx.body.id_token, tamper) };
+        issued.at(-1).id_token = ctx.body.id_token;
       }
     }
   });
@@ -259,6 +270,7 @@ export async function startIdp({ port = 0, host = '127.0.0.1', clients = [], use
     stats: () => ({ ...stats }),
     resetStats: () => { for (const k of Object.keys(stats)) stats[k] = 0; },
     tamperNext: (t) => { pendingTamper = t; },
+    issued: () => issued.map((t) => ({ ...t })),
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections?.();

@@ -24,7 +24,8 @@ mod parse;
 /// Where a value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Origin {
-    /// A place in a YAML file (1-based line and column).
+    /// A place in a YAML file (1-based line and column). Line 0 means the file as a whole
+    /// (it could not be read, or a required key is missing) and displays as just the path.
     File { file: Arc<Path>, line: usize, col: usize },
     /// An environment variable that overrode a top-level key.
     Env { var: String },
@@ -35,6 +36,7 @@ pub enum Origin {
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
+            Origin::File { file, line: 0, .. } => write!(f, "{}", file.display()),
             Origin::File { file, line, col } => write!(f, "{}:{line}:{col}", file.display()),
             Origin::Env { var } => write!(f, "environment variable {var}"),
             Origin::Default => f.write_str("built-in default"),

@@ -1,2 +1,537 @@
-pub(crate) fn load(_p: &std::path::Path, _e: &dyn crate::Lookup) -> Result<crate::Config, crate::ConfigErrors> { todo!() }
-pub(crate) fn load_str(_n: &std::path::Path, _t: &str, _e: &dyn crate::Lookup) -> Result<crate::Config, crate::ConfigErrors> { todo!() }
+//! YAML → [`Config`]: walks marked-yaml nodes (for line:col on every value), resolves
+//! `${VAR}`, applies environment overrides, and collects every problem before returning.
+
+mod node;
+mod route;
+mod values;
+
+#[cfg(test)]
+mod tests;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use marked_yaml::types::MarkedMappingNode;
+use marked_yaml::{LoadError, LoaderOptions, Node};
+
+use self::node::{Ctx, Fields, Setting, Text, split_commas, split_words};
+use crate::{
+    CertificatePair, Config, ConfigError, ConfigErrors, CookieConfig, IdpConfig, IdpProvider,
+    Lookup, Origin, SameSite, Secret, Url,
+};
+
+/// Top-level keys: the Gatehouse name, then its Pomerium alias (same setting).
+/// Each can also come from the environment variable of its upper-case name.
+const TOP_KEYS: &[&[&str]] = &[
+    &["address"],
+    &["insecure_server"],
+    &["http_redirect_addr"],
+    &["certificate_file"],
+    &["certificate_key_file"],
+    &["authenticate_service_url"],
+    &["idp_provider", "identity_provider"],
+    &["idp_provider_url", "identity_provider_url"],
+    &["idp_client_id", "identity_provider_client_id"],
+    &["idp_client_secret", "identity_provider_client_secret"],
+    &["idp_scopes", "identity_provider_scopes"],
+    &["cookie_name"],
+    &["cookie_secret"],
+    &["cookie_expire"],
+    &["cookie_domain"],
+    &["cookie_same_site"],
+    &["cookie_http_only"],
+    &["cookie_secure"],
+    &["signing_key"],
+    &["allowed_domains"],
+    &["log_level"],
+];
+
+/// Top-level keys read from the file only.
+const FILE_ONLY_KEYS: &[&str] = &["certificates", "routes"];
+
+/// Pomerium keys a migrated config may hold that change nothing about who gets in:
+/// ignored with a warning until Gatehouse supports them.
+const TOP_IGNORED: &[&str] = &[
+    "shared_secret",
+    "idp_service_account",
+    "idp_refresh_directory_interval",
+    "idp_refresh_directory_timeout",
+    "timeout",
+    "timeout_read",
+    "timeout_write",
+    "timeout_idle",
+    "forward_auth_url",
+    "databroker_service_url",
+    "grpc_address",
+    "metrics_address",
+    "services",
+];
+
+const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+const DEFAULT_COOKIE_NAME: &str = "_pomerium";
+const DEFAULT_COOKIE_EXPIRE: Duration = Duration::from_secs(14 * 60 * 60);
+const DEFAULT_SCOPES: &[&str] = &["openid", "email", "profile"];
+const DEFAULT_PORT: u16 = 443;
+
+pub(crate) fn load(path: &Path, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => load_str(path, &text, env),
+        Err(e) => {
+            let ctx = Ctx::new(path, env);
+            let origin = ctx.whole_file();
+            Err(ConfigErrors {
+                errors: vec![ConfigError::new(origin, format!("cannot read the config file: {e}"))],
+            })
+        }
+    }
+}
+
+pub(crate) fn load_str(name: &Path, text: &str, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
+    let mut ctx = Ctx::new(name, env);
+    let Some(root) = parse_yaml(&mut ctx, text) else {
+        return Err(ctx.into_errors());
+    };
+    let Some(map) = root.as_mapping() else {
+        // The loader is asked for a top-level mapping and refuses anything else.
+        let origin = ctx.node_origin(&root);
+        ctx.error(origin, "the file must be a YAML map of keys (like `address: \":443\"`)");
+        return Err(ctx.into_errors());
+    };
+    match build(&mut ctx, map) {
+        Some(config) if ctx.errors.is_empty() => Ok(config),
+        _ => {
+            if ctx.errors.is_empty() {
+                // Every `None` above comes with an error; this only guards that promise.
+                let origin = ctx.whole_file();
+                ctx.error(origin, "the configuration is incomplete (internal error: no reason recorded)");
+            }
+            Err(ctx.into_errors())
+        }
+    }
+}
+
+/// YAML text → node tree, or a positioned syntax error.
+fn parse_yaml(ctx: &mut Ctx<'_>, text: &str) -> Option<Node> {
+    if let Some(line) = second_document(text) {
+        ctx.error(
+            ctx.at(Some(&marked_yaml::Marker::new(0, 0, line, 1))),
+            "a second YAML document starts here; a config file holds one document (remove the \
+             `---` line or merge the two)",
+        );
+        return None;
+    }
+    let options = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
+    // marked-yaml 0.8 guards its event handler with `unreachable!`/`assert!`; a config file
+    // must never crash the process, so a panic in there becomes a syntax error instead.
+    let parsed = std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options));
+    let error = match parsed {
+        Ok(Ok(node)) => return Some(node),
+        Ok(Err(error)) => error,
+        Err(_) => {
+            let origin = ctx.whole_file();
+            ctx.error(origin, "YAML syntax error: the YAML parser failed on this file");
+            return None;
+        }
+    };
+    let (marker, message) = match &error {
+        LoadError::ScanError(m, e) => (*m, format!("YAML syntax error: {}", e.info())),
+        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
+            (*m, "the file must be a YAML map of keys (like `address: \":443\"`)".to_string())
+        }
+        LoadError::UnexpectedAnchor(m) => {
+            (*m, "YAML anchors and aliases (`&name`, `*name`) are not supported; write the value out".to_string())
+        }
+        LoadError::MappingKeyMustBeScalar(m) => (*m, "keys must be plain words (like `from:`)".to_string()),
+        LoadError::UnexpectedTag(m) => (*m, "YAML tags (`!name`) are not supported; remove the tag".to_string()),
+        LoadError::DuplicateKey(inner) => {
+            let first = inner.prev_key.span().start().map(|m| format!(" (first at line {})", m.line()));
+            let marker = inner.key.span().start().copied().unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 0, 0));
+            (
+                marker,
+                format!("duplicate key `{}`{}; keep only one", inner.key.as_str(), first.unwrap_or_default()),
+            )
+        }
+    };
+    ctx.error(ctx.at(Some(&marker)), message);
+    None
+}
+
+/// The line of a `---` that starts a second document. marked-yaml reads only the first
+/// document and would silently drop the rest (routes, policies).
+fn second_document(text: &str) -> Option<usize> {
+    let mut seen_content = false;
+    for (i, line) in text.lines().enumerate() {
+        let is_marker = line.strip_prefix("---").is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']));
+        if is_marker && seen_content {
+            return Some(i + 1);
+        }
+        let trimmed = line.trim();
+        if is_marker || !(trimmed.is_empty() || trimmed.starts_with('#') || line.starts_with('%')) {
+            seen_content = true;
+        }
+    }
+    None
+}
+
+/// The top-level map → `Config`. `None` when a required part is missing or wrong (the
+/// reason is on `ctx`).
+fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
+    let mut fields = Fields::new(ctx, "", root);
+    let mut settings: Vec<Option<Setting<'_>>> = TOP_KEYS.iter().map(|names| ctx.setting(&mut fields, names)).collect();
+    let mut take = |name: &str| -> Option<Setting<'_>> {
+        let i = TOP_KEYS.iter().position(|names| names[0] == name)?;
+        settings.get_mut(i)?.take()
+    };
+
+    let default_address = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT);
+    let address = take("address").and_then(|s| addr(ctx, &s));
+    let insecure_server = take("insecure_server").and_then(|s| ctx.flag(&s)).unwrap_or(false);
+    let http_redirect_addr = take("http_redirect_addr").and_then(|s| addr(ctx, &s));
+
+    let certificates = certificates(ctx, take("certificate_file"), take("certificate_key_file"), fields.take("certificates"));
+
+    let authenticate_service_url = take("authenticate_service_url")
+        .and_then(|s| ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::service_url(&t.value))));
+
+    let idp = idp(
+        ctx,
+        take("idp_provider"),
+        take("idp_provider_url"),
+        take("idp_client_id"),
+        take("idp_client_secret"),
+        take("idp_scopes"),
+    );
+
+    let cookie = cookie(
+        ctx,
+        take("cookie_name"),
+        take("cookie_secret"),
+        take("cookie_expire"),
+        take("cookie_domain"),
+        take("cookie_same_site"),
+        take("cookie_http_only"),
+        take("cookie_secure"),
+    );
+
+    let signing_key = take("signing_key").and_then(|s| {
+        let t = ctx.non_empty(&s)?;
+        ctx.check(&t.origin, &s.path, values::signing_key(&t.value)).map(Secret::new)
+    });
+
+    let allowed_domains: Vec<String> = match take("allowed_domains") {
+        Some(s) => ctx
+            .list(&s, split_commas)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| ctx.check(&t.origin, &s.path, values::domain(&t.value)))
+            .collect(),
+        None => Vec::new(),
+    };
+
+    let log_level = take("log_level")
+        .and_then(|s| ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::log_level(&t.value))))
+        .unwrap_or_else(|| "info".to_string());
+
+    let routes = match fields.take("routes") {
+        Some(entry) => route::routes(ctx, &entry),
+        None => Vec::new(),
+    };
+    if routes.is_empty() && ctx.errors.is_empty() {
+        let origin = ctx.whole_file();
+        ctx.warn(origin, "no routes: every request will get 404 (add `routes:` with `from:` and `to:`)");
+    }
+    let mut route_list = Vec::with_capacity(routes.len());
+    for (route, access) in routes {
+        if !access.grants_someone && allowed_domains.is_empty() {
+            ctx.warn(
+                route.origin.clone(),
+                format!(
+                    "routes[{}] lets nobody in: add a `policy`, `allowed_domains` or `allowed_users`, \
+                     or `allow_any_authenticated_user: true`",
+                    route.index
+                ),
+            );
+        }
+        route_list.push(route);
+    }
+
+    for entry in fields.rest() {
+        if TOP_IGNORED.contains(&entry.key) {
+            ctx.warn(entry.key_origin.clone(), format!("ignored: `{}` is not supported by Gatehouse yet", entry.key));
+        } else if route::ACCESS_UNSUPPORTED.contains(&entry.key) {
+            ctx.error(entry.key_origin.clone(), route::access_unsupported(&entry.path));
+        } else {
+            let known: Vec<&str> = TOP_KEYS.iter().flat_map(|n| n.iter().copied()).chain(FILE_ONLY_KEYS.iter().copied()).collect();
+            ctx.unknown_key(&entry, "", &known);
+        }
+    }
+
+    let warnings = ctx.take_warnings();
+    Some(Config {
+        source: ctx.file.to_path_buf(),
+        address: address.unwrap_or(default_address),
+        insecure_server,
+        http_redirect_addr,
+        certificates,
+        authenticate_service_url,
+        idp: idp?,
+        cookie: cookie?,
+        signing_key,
+        allowed_domains,
+        routes: route_list,
+        log_level,
+        warnings,
+    })
+}
+
+fn addr(ctx: &mut Ctx<'_>, setting: &Setting<'_>) -> Option<SocketAddr> {
+    let text = ctx.non_empty(setting)?;
+    ctx.check(&text.origin, &setting.path, values::listen_addr(&text.value))
+}
+
+/// `certificate_file` + `certificate_key_file`, then each `certificates:` entry, in order.
+/// The files must be readable; the proxy parses them.
+fn certificates(
+    ctx: &mut Ctx<'_>,
+    cert_file: Option<Setting<'_>>,
+    key_file: Option<Setting<'_>>,
+    list: Option<node::Entry<'_>>,
+) -> Vec<CertificatePair> {
+    let mut out = Vec::new();
+    match (cert_file, key_file) {
+        (Some(cert), Some(key)) => {
+            if let (Some(c), Some(k)) = (readable_file(ctx, &cert), readable_file(ctx, &key)) {
+                out.push(CertificatePair { cert_file: c.0, key_file: k.0, origin: c.1 });
+            }
+        }
+        (Some(one), None) | (None, Some(one)) => {
+            let (has, lacks) = if one.path == "certificate_file" {
+                ("certificate_file", "certificate_key_file")
+            } else {
+                ("certificate_key_file", "certificate_file")
+            };
+            ctx.error(one.origin.clone(), format!("{has} is set but {lacks} is not; give both (or neither)"));
+        }
+        (None, None) => {}
+    }
+    let Some(list) = list else { return out };
+    let items = match list.node {
+        Node::Sequence(items) => items,
+        Node::Scalar(s) if s.as_str().is_empty() => return out,
+        _ => {
+            ctx.error(list.origin.clone(), "certificates: expected a list of `{cert: file, key: file}`");
+            return out;
+        }
+    };
+    for (i, item) in items.iter().enumerate() {
+        let path = format!("certificates[{i}]");
+        let origin = ctx.node_origin(item);
+        let Some(map) = item.as_mapping() else {
+            ctx.error(origin, format!("{path}: expected `cert:` and `key:` file paths"));
+            continue;
+        };
+        let mut fields = Fields::new(ctx, &path, map);
+        let cert = fields.take("cert").map(Setting::file);
+        let key = fields.take("key").map(Setting::file);
+        for entry in fields.rest() {
+            ctx.unknown_key(&entry, &path, &["cert", "key"]);
+        }
+        let (Some(cert), Some(key)) = (cert, key) else {
+            ctx.error(origin, format!("{path}: needs both `cert:` and `key:` (file paths)"));
+            continue;
+        };
+        if let (Some(c), Some(k)) = (readable_file(ctx, &cert), readable_file(ctx, &key)) {
+            out.push(CertificatePair { cert_file: c.0, key_file: k.0, origin: c.1 });
+        }
+    }
+    out
+}
+
+/// A path (relative to the config file's directory) to a file that can be opened.
+fn readable_file(ctx: &mut Ctx<'_>, setting: &Setting<'_>) -> Option<(std::path::PathBuf, Origin)> {
+    let text = ctx.non_empty(setting)?;
+    let path = ctx.dir.join(text.value.trim());
+    let problem = match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => Some("is a directory, not a file".to_string()),
+        Ok(_) => std::fs::File::open(&path).err().map(|e| format!("cannot be read: {e}")),
+        Err(e) => Some(format!("cannot be read: {e}")),
+    };
+    if let Some(problem) = problem {
+        ctx.error(text.origin, format!("{}: `{}` {problem}", setting.path, path.display()));
+        return None;
+    }
+    Some((path, text.origin))
+}
+
+fn idp(
+    ctx: &mut Ctx<'_>,
+    provider: Option<Setting<'_>>,
+    url: Option<Setting<'_>>,
+    client_id: Option<Setting<'_>>,
+    client_secret: Option<Setting<'_>>,
+    scopes: Option<Setting<'_>>,
+) -> Option<IdpConfig> {
+    let (provider, origin) = match provider {
+        Some(s) => {
+            let text = ctx.non_empty(&s);
+            let provider = text.as_ref().and_then(|t| match t.value.trim().to_ascii_lowercase().as_str() {
+                "google" => Some(IdpProvider::Google),
+                "oidc" => Some(IdpProvider::Oidc),
+                _ => {
+                    ctx.error(
+                        t.origin.clone(),
+                        format!(
+                            "{}: `{}` is not supported (supported: google, oidc); for another \
+                             OpenID Connect provider use `oidc` with idp_provider_url",
+                            s.path, t.value
+                        ),
+                    );
+                    None
+                }
+            });
+            (provider, s.origin)
+        }
+        None => (Some(IdpProvider::Google), Origin::Default),
+    };
+
+    let issuer = match url {
+        Some(s) => ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::secure_url(&t.value))),
+        None => match provider {
+            Some(IdpProvider::Google) => match Url::parse(GOOGLE_ISSUER) {
+                Ok(url) => Some(url),
+                Err(e) => {
+                    ctx.error(Origin::Default, format!("internal error: Google's issuer URL: {e}"));
+                    None
+                }
+            },
+            Some(IdpProvider::Oidc) => {
+                ctx.error(
+                    origin.clone(),
+                    "idp_provider_url is required with `oidc`: the issuer URL of your provider \
+                     (like https://login.example.com/realms/team)",
+                );
+                None
+            }
+            None => None,
+        },
+    };
+
+    let required = |ctx: &mut Ctx<'_>, setting: Option<Setting<'_>>, what: &str, name: &str, alias: &str| {
+        match setting {
+            Some(s) => ctx.non_empty(&s),
+            None => {
+                let origin = ctx.whole_file();
+                ctx.error(
+                    origin,
+                    format!(
+                        "{name} is required ({what} from your identity provider); set {name} \
+                         (or {alias}), or the {} environment variable",
+                        name.to_ascii_uppercase()
+                    ),
+                );
+                None
+            }
+        }
+    };
+    let client_id = required(ctx, client_id, "the OAuth client ID", "idp_client_id", "identity_provider_client_id");
+    let client_secret = required(
+        ctx,
+        client_secret,
+        "the OAuth client secret",
+        "idp_client_secret",
+        "identity_provider_client_secret",
+    );
+
+    let scopes = match scopes {
+        Some(s) => {
+            let list = ctx.list(&s, split_words)?;
+            let scopes: Vec<String> = list.iter().map(|t| t.value.trim().to_string()).collect();
+            if !scopes.iter().any(|x| x == "openid") {
+                ctx.error(
+                    s.origin.clone(),
+                    format!("{}: must include `openid` (like `openid email profile`)", s.path),
+                );
+                return None;
+            }
+            scopes
+        }
+        None => DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect(),
+    };
+
+    Some(IdpConfig {
+        provider: provider?,
+        issuer: issuer?,
+        client_id: client_id?.value.trim().to_string(),
+        client_secret: Secret::new(client_secret?.value.trim().to_string()),
+        scopes,
+        origin,
+    })
+}
+
+#[allow(clippy::too_many_arguments)] // one per `cookie_*` key
+fn cookie(
+    ctx: &mut Ctx<'_>,
+    name: Option<Setting<'_>>,
+    secret: Option<Setting<'_>>,
+    expire: Option<Setting<'_>>,
+    domain: Option<Setting<'_>>,
+    same_site: Option<Setting<'_>>,
+    http_only: Option<Setting<'_>>,
+    secure: Option<Setting<'_>>,
+) -> Option<CookieConfig> {
+    let name = match name {
+        Some(s) => ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::cookie_name(t.value.trim()))),
+        None => Some(DEFAULT_COOKIE_NAME.to_string()),
+    };
+    let secret = match secret {
+        Some(s) => ctx.text(&s).and_then(|t: Text| {
+            if t.value.trim().is_empty() {
+                ctx.error(t.origin, values::cookie_secret_missing());
+                return None;
+            }
+            ctx.check(&t.origin, &s.path, values::cookie_secret(&t.value))
+        }),
+        None => {
+            let origin = ctx.whole_file();
+            ctx.error(origin, values::cookie_secret_missing());
+            None
+        }
+    };
+    let expire = match expire {
+        Some(s) => ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::duration(&t.value))),
+        None => Some(DEFAULT_COOKIE_EXPIRE),
+    };
+    let domain = domain.and_then(|s| {
+        let t = ctx.text(&s)?;
+        if t.value.trim().is_empty() {
+            return None;
+        }
+        ctx.check(&t.origin, &s.path, values::cookie_domain(&t.value))
+    });
+    let same_site = match same_site {
+        Some(s) => ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::same_site(&t.value))),
+        None => Some(SameSite::Lax),
+    };
+    for (setting, attribute) in [(http_only, "HttpOnly"), (secure, "Secure")] {
+        if let Some(s) = setting {
+            if ctx.flag(&s) == Some(false) {
+                ctx.error(
+                    s.origin.clone(),
+                    format!(
+                        "{}: Gatehouse always sets {attribute} on its session cookies, so this can \
+                         only be `true`; remove the line",
+                        s.path
+                    ),
+                );
+            }
+        }
+    }
+    Some(CookieConfig {
+        name: name?,
+        secret: Secret::new(secret?),
+        expire: expire?,
+        domain,
+        same_site: same_site?,
+    })
+}

@@ -1,0 +1,181 @@
+//! Every page Gatehouse itself shows a person, and the small JSON answers for scripts.
+//! One layout, escaped values, no scripts, `Cache-Control: no-store`.
+
+use bytes::Bytes;
+use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
+
+/// A response Gatehouse writes itself (never reaches an upstream).
+#[derive(Debug)]
+pub struct Page {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Bytes,
+}
+
+impl Page {
+    pub fn html(status: u16, title: &str, body_html: &str) -> Page {
+        let html = format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{title} · Gatehouse</title><style>\
+body{{font:16px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;background:#f5f6f8;color:#1c2430;margin:0}}\
+main{{max-width:36rem;margin:8vh auto;background:#fff;border:1px solid #dde1e7;border-radius:12px;padding:2rem 2.25rem;box-shadow:0 1px 3px rgba(0,0,0,.05)}}\
+h1{{font-size:1.4rem;margin:0 0 1rem}}p{{margin:.6rem 0}}code,.mono{{font-family:ui-monospace,Menlo,monospace;font-size:.92em}}\
+dl{{display:grid;grid-template-columns:max-content 1fr;gap:.35rem 1rem}}dt{{color:#5b6472}}dd{{margin:0;word-break:break-all}}\
+button,.button{{font:inherit;background:#1f5fd1;color:#fff;border:0;border-radius:8px;padding:.55rem 1.1rem;cursor:pointer;text-decoration:none;display:inline-block}}\
+.reason{{background:#fff4e5;border-left:4px solid #f0a030;padding:.6rem .9rem;border-radius:4px}}\
+footer{{margin-top:1.5rem;color:#7a8391;font-size:.85rem}}</style></head>\
+<body><main><h1>{title}</h1>{body_html}<footer>Gatehouse</footer></main></body></html>\n",
+            title = text(title),
+        );
+        Page {
+            status,
+            headers: vec![
+                ("content-type", "text/html; charset=utf-8".into()),
+                ("cache-control", "no-store".into()),
+                ("x-content-type-options", "nosniff".into()),
+                ("x-frame-options", "DENY".into()),
+                ("referrer-policy", "no-referrer".into()),
+                ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https:; frame-ancestors 'none'".into()),
+            ],
+            body: Bytes::from(html),
+        }
+    }
+
+    pub fn json(status: u16, value: &serde_json::Value) -> Page {
+        Page {
+            status,
+            headers: vec![
+                ("content-type", "application/json".into()),
+                ("cache-control", "no-store".into()),
+                ("x-content-type-options", "nosniff".into()),
+            ],
+            body: Bytes::from(value.to_string()),
+        }
+    }
+
+    pub fn text(status: u16, body: &'static str) -> Page {
+        Page {
+            status,
+            headers: vec![("content-type", "text/plain; charset=utf-8".into()), ("cache-control", "no-store".into())],
+            body: Bytes::from_static(body.as_bytes()),
+        }
+    }
+
+    pub fn redirect(status: u16, location: &str) -> Page {
+        Page {
+            status,
+            headers: vec![("location", location.to_string()), ("cache-control", "no-store".into())],
+            body: Bytes::new(),
+        }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: String) -> Page {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+fn sign_out_form(csrf: &str, label: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"/.gatehouse/sign_out\"><input type=\"hidden\" name=\"csrf_token\" value=\"{}\"><button type=\"submit\">{}</button></form>",
+        attr(csrf),
+        text(label)
+    )
+}
+
+pub fn not_found(host: &str) -> Page {
+    Page::html(
+        404,
+        "No such site here",
+        &format!("<p>Gatehouse has no route for <span class=\"mono\">{}</span>.</p><p>Check the address, or ask the operator to add a route for it.</p>", text(host)),
+    )
+}
+
+pub fn forbidden(email: &str, reason: &str, csrf: &str) -> Page {
+    Page::html(
+        403,
+        "You don't have access",
+        &format!(
+            "<p>You are signed in as <strong>{}</strong>.</p><p class=\"reason\">{}</p>\
+<p>If you should have access, ask the operator to change the policy. To use another account, sign out and sign in again.</p>{}",
+            text(email),
+            text(reason),
+            sign_out_form(csrf, "Sign out and switch account")
+        ),
+    )
+}
+
+pub fn sign_in_failed(reason: &str, retry_url: &str) -> Page {
+    Page::html(
+        400,
+        "Sign-in failed",
+        &format!(
+            "<p>Sign-in failed: {}.</p><p>This happens when a sign-in link is reused, takes too long, or comes from another browser. Nothing was changed.</p>\
+<p><a class=\"button\" href=\"{}\">Start again</a></p>",
+            text(reason),
+            attr(retry_url)
+        ),
+    )
+}
+
+pub fn bad_request(message: &str) -> Page {
+    Page::html(400, "Bad request", &format!("<p>{}</p>", text(message)))
+}
+
+pub fn signed_out() -> Page {
+    Page::html(200, "You are signed out", "<p>Your Gatehouse session has ended in this browser.</p><p><a class=\"button\" href=\"/\">Sign in again</a></p>")
+}
+
+pub struct UserView<'a> {
+    pub email: &'a str,
+    pub name: Option<&'a str>,
+    pub user: &'a str,
+    pub groups: &'a [String],
+    pub expires: String,
+    pub csrf: &'a str,
+}
+
+pub fn user_page(v: &UserView<'_>) -> Page {
+    let groups = if v.groups.is_empty() { "(none)".to_string() } else { v.groups.join(", ") };
+    Page::html(
+        200,
+        "Your session",
+        &format!(
+            "<dl><dt>Email</dt><dd>{}</dd><dt>Name</dt><dd>{}</dd><dt>User</dt><dd class=\"mono\">{}</dd><dt>Groups</dt><dd>{}</dd><dt>Session ends</dt><dd>{}</dd></dl>{}",
+            text(v.email),
+            text(v.name.unwrap_or("")),
+            text(v.user),
+            text(&groups),
+            text(&v.expires),
+            sign_out_form(v.csrf, "Sign out")
+        ),
+    )
+}
+
+pub fn upstream_error(status: u16, what: &str, request_id: &str) -> Page {
+    let title = if status == 504 { "The site took too long to answer" } else { "The site is not answering" };
+    Page::html(
+        status,
+        title,
+        &format!("<p>{}</p><p>Request id: <span class=\"mono\">{}</span></p>", text(what), text(request_id)),
+    )
+}
+
+pub fn internal_error(request_id: &str) -> Page {
+    Page::html(500, "Something went wrong", &format!("<p>Request id: <span class=\"mono\">{}</span></p>", text(request_id)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_are_escaped() {
+        let p = forbidden("<script>x</script>@e.com", "a \"reason\" <b>", "tok\"en");
+        let s = String::from_utf8(p.body.to_vec()).unwrap();
+        assert!(!s.contains("<script>x"));
+        assert!(s.contains("&lt;script&gt;"));
+        assert!(s.contains("value=\"tok&quot;en\""));
+        assert_eq!(p.status, 403);
+    }
+}

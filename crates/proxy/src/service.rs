@@ -1,0 +1,812 @@
+//! The Pingora `ProxyHttp` implementation: each hook is a few lines that call plain
+//! functions. See the crate docs for the request flow.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::Method;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{ErrorSource, ErrorType};
+
+use gatehouse_auth::seal::MAX_CHUNKS;
+use gatehouse_auth::{Auth, CallbackError, VerifiedIdentity, now};
+use gatehouse_config::{RouteFrom, SameSite};
+use gatehouse_policy::{Decision, Facts, Policy};
+
+use crate::pages::{self, Page};
+use crate::routes::{RouteTable, split_host};
+
+/// A route, ready to serve.
+#[derive(Debug)]
+pub struct RouteState {
+    pub from: RouteFrom,
+    /// `from` + prefix/path, for logs and pages.
+    pub label: String,
+    pub upstream: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+    /// `Host` sent upstream unless `preserve_host_header`.
+    pub upstream_host: String,
+    pub pass_identity_headers: bool,
+    pub preserve_host_header: bool,
+    pub public: bool,
+    pub policy: Policy,
+}
+
+/// The authenticate host (`authenticate_service_url`).
+#[derive(Debug, Clone)]
+pub struct AuthHost {
+    pub host: String,
+    pub port: Option<u16>,
+    /// `https://auth.example.com` (with `:port` when not the default).
+    pub origin: String,
+}
+
+/// Cookie attributes from the config.
+#[derive(Debug, Clone)]
+pub struct CookieSettings {
+    pub domain: Option<String>,
+    pub same_site: SameSite,
+}
+
+/// Everything a request needs, built once from the config.
+#[derive(Debug)]
+pub struct State {
+    pub routes: Vec<RouteState>,
+    pub table: RouteTable,
+    pub auth: Auth,
+    pub auth_host: Option<AuthHost>,
+    pub cookie: CookieSettings,
+    /// Whether the main listener is TLS (for the default port of a Host without one).
+    pub tls: bool,
+}
+
+/// Gatehouse's proxy service.
+pub struct Gatehouse {
+    pub state: Arc<State>,
+}
+
+/// The facts of one request, filled in as `request_filter` goes.
+pub struct Ctx {
+    start: Instant,
+    route: Option<usize>,
+    host: String,
+    authority: String,
+    identity: Option<VerifiedIdentity>,
+    reason: Option<&'static str>,
+}
+
+/// What a step of `request_filter` decided.
+enum Step {
+    Continue,
+    Respond(Page),
+}
+
+const GATEHOUSE_PREFIX: &str = "/.gatehouse/";
+const POMERIUM_PREFIX: &str = "/.pomerium/";
+const MAX_FORM_BYTES: usize = 8 * 1024;
+
+/// `/.pomerium/x` is an alias of `/.gatehouse/x`.
+fn gatehouse_path(path: &str) -> Option<&str> {
+    path.strip_prefix(GATEHOUSE_PREFIX).or_else(|| path.strip_prefix(POMERIUM_PREFIX)).or_else(|| {
+        (path == "/.gatehouse" || path == "/.pomerium").then_some("")
+    })
+}
+
+/// All cookies of the request (every `Cookie` header; HTTP/2 may send several).
+fn request_cookies(req: &RequestHeader) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for v in req.headers.get_all(http::header::COOKIE) {
+        let Ok(s) = v.to_str() else { continue };
+        for part in s.split(';') {
+            if let Some((k, v)) = part.trim().split_once('=') {
+                out.push((k.trim().to_string(), v.trim().trim_matches('"').to_string()));
+            }
+        }
+    }
+    out
+}
+
+fn cookie_lookup<'a>(jar: &'a [(String, String)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
+    move |name| jar.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn query_map(query: Option<&str>) -> HashMap<String, String> {
+    query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+/// Whether the client is a script rather than a browser navigation.
+fn is_api_request(req: &RequestHeader) -> bool {
+    if req.headers.contains_key(http::header::AUTHORIZATION) {
+        return true;
+    }
+    let accept = req.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    accept.contains("application/json") && !accept.contains("text/html")
+}
+
+impl State {
+    fn set_cookie(&self, name: &str, value: &str, max_age_secs: i64, same_site: SameSite, domain: bool) -> String {
+        let mut c = cookie::Cookie::build((name, value))
+            .path("/")
+            .secure(true)
+            .http_only(true)
+            .max_age(cookie::time::Duration::seconds(max_age_secs.max(0)))
+            .same_site(match same_site {
+                SameSite::Lax => cookie::SameSite::Lax,
+                SameSite::Strict => cookie::SameSite::Strict,
+                SameSite::None => cookie::SameSite::None,
+            });
+        if domain {
+            if let Some(d) = &self.cookie.domain {
+                c = c.domain(d.clone());
+            }
+        }
+        c.build().to_string()
+    }
+
+    /// Set-Cookie headers that store `session`, clearing leftover chunks of a larger one.
+    fn session_cookies(&self, session: &gatehouse_auth::Session, jar: &[(String, String)], now: u64) -> Vec<String> {
+        let pairs = self.auth.session.encode(session);
+        let ttl = session.exp.saturating_sub(now) as i64;
+        let mut out: Vec<String> =
+            pairs.iter().map(|(k, v)| self.set_cookie(k, v, ttl, self.cookie.same_site, true)).collect();
+        let name = self.auth.session.name();
+        for i in pairs.len()..MAX_CHUNKS {
+            let chunk = format!("{name}_{i}");
+            if jar.iter().any(|(k, _)| *k == chunk) {
+                out.push(self.set_cookie(&chunk, "", 0, self.cookie.same_site, true));
+            }
+        }
+        out
+    }
+
+    /// Set-Cookie headers that delete the session (every chunk) and the login cookie.
+    fn clear_session_cookies(&self) -> Vec<String> {
+        let name = self.auth.session.name();
+        let mut out = vec![self.set_cookie(name, "", 0, self.cookie.same_site, true)];
+        for i in 1..MAX_CHUNKS {
+            out.push(self.set_cookie(&format!("{name}_{i}"), "", 0, self.cookie.same_site, true));
+        }
+        out.push(self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false));
+        out
+    }
+
+    fn is_auth_host(&self, host: &str, port: u16) -> bool {
+        self.auth_host.as_ref().is_some_and(|a| a.host == host && a.port.is_none_or(|p| p == port))
+    }
+
+    fn default_port(&self) -> u16 {
+        if self.tls { 443 } else { 80 }
+    }
+
+    /// `return_url` is acceptable only if it is a URL of a configured route.
+    fn checked_return_url(&self, raw: &str) -> Option<url::Url> {
+        let u = url::Url::parse(raw).ok()?;
+        if !matches!(u.scheme(), "https" | "http") || !u.username().is_empty() || u.password().is_some() {
+            return None;
+        }
+        let host = u.host_str()?.to_ascii_lowercase();
+        let port = u.port_or_known_default()?;
+        let idx = self.table.find(&host, port, u.path())?;
+        (self.routes[idx].from.scheme == u.scheme()).then_some(u)
+    }
+
+    /// The identity from the session cookie, if it verifies and has not expired.
+    fn identity(&self, jar: &[(String, String)]) -> Option<VerifiedIdentity> {
+        match self.auth.session.decode(cookie_lookup(jar), now()) {
+            Ok(id) => Some(id),
+            Err(gatehouse_auth::SessionRejected::Missing) => None,
+            Err(e) => {
+                tracing::debug!(reason = %e, "session cookie not accepted; treating as signed out");
+                None
+            }
+        }
+    }
+
+    /// Sends the person to sign in (or answers 401 to a script).
+    async fn start_sign_in(&self, req: &RequestHeader, scheme: &str, authority: &str) -> Page {
+        let path_and_query = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut return_url = format!("{scheme}://{authority}{path_and_query}");
+        if return_url.len() > 2048 {
+            return_url = format!("{scheme}://{authority}/");
+        }
+        if is_api_request(req) || !matches!(req.method, Method::GET | Method::HEAD) {
+            return Page::json(
+                401,
+                &serde_json::json!({"error": "unauthenticated", "message": "sign in first", "sign_in_url": return_url}),
+            )
+            .with_header("www-authenticate", "Bearer realm=\"gatehouse\"".into());
+        }
+        if let Some(a) = &self.auth_host {
+            let enc: String = form_urlencoded::byte_serialize(return_url.as_bytes()).collect();
+            return Page::redirect(302, &format!("{}/.gatehouse/sign_in?return_url={enc}", a.origin));
+        }
+        let redirect_uri = format!("{scheme}://{authority}/.gatehouse/callback");
+        self.begin_login(&redirect_uri, &return_url).await
+    }
+
+    async fn begin_login(&self, redirect_uri: &str, return_url: &str) -> Page {
+        match self.auth.begin_login(redirect_uri, return_url, now()).await {
+            Ok((idp_url, login_cookie)) => Page::redirect(302, &idp_url).with_header(
+                "set-cookie",
+                self.set_cookie(self.auth.login_cookie_name(), &login_cookie, gatehouse_auth::LOGIN_TTL_SECS as i64, SameSite::Lax, false),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start sign-in");
+                pages::upstream_error(502, "Gatehouse cannot reach the identity provider to sign you in. Try again in a moment.", &request_id())
+            }
+        }
+    }
+
+    /// The IdP came back with `code` and `state`: check everything and make a session.
+    async fn finish_login(&self, jar: &[(String, String)], query: &HashMap<String, String>, retry: &str) -> Result<(gatehouse_auth::Session, String), Page> {
+        let login = cookie_lookup(jar)(self.auth.login_cookie_name());
+        match self.auth.finish_login(login, query, now()).await {
+            Ok(ok) => Ok(ok),
+            Err(e) => {
+                tracing::info!(reason = %e, "sign-in refused");
+                let shown = match &e {
+                    CallbackError::Oidc(gatehouse_auth::OidcError::IdTokenRefused(_) | gatehouse_auth::OidcError::AzpMismatch { .. }) => {
+                        "the identity provider's answer did not pass Gatehouse's checks".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                Err(pages::sign_in_failed(&shown, retry)
+                    .with_header("set-cookie", self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false)))
+            }
+        }
+    }
+}
+
+fn request_id() -> String {
+    gatehouse_auth::random_token(9)
+}
+
+fn expires_text(exp: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp)).to_string()
+}
+
+async fn read_form(session: &mut Session) -> Result<HashMap<String, String>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = session.read_request_body().await? {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_FORM_BYTES {
+            return Ok(HashMap::new());
+        }
+    }
+    Ok(form_urlencoded::parse(&body).into_owned().collect())
+}
+
+async fn write_page(session: &mut Session, page: Page) -> Result<u16> {
+    let mut resp = ResponseHeader::build(page.status, Some(page.headers.len() + 1))?;
+    for (k, v) in page.headers {
+        resp.append_header(k, v)?;
+    }
+    resp.insert_header("content-length", page.body.len().to_string())?;
+    let head_only = session.req_header().method == Method::HEAD;
+    let end = page.body.is_empty() || head_only;
+    session.write_response_header(Box::new(resp), end).await?;
+    if !end {
+        session.write_response_body(Some(page.body), true).await?;
+    }
+    Ok(page.status)
+}
+
+impl Gatehouse {
+    /// DESIGN.md's request flow, in order. Each step either continues or answers.
+    async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Step> {
+        let st = &*self.state;
+        let req = session.req_header();
+        let authority = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| req.uri.authority().map(|a| a.as_str()))
+            .unwrap_or("")
+            .to_string();
+        let path = req.uri.path().to_string();
+        let Some((host, port)) = split_host(&authority) else {
+            return Ok(Step::Respond(pages::bad_request("The request has no valid Host header.")));
+        };
+        let port = port.unwrap_or(st.default_port());
+        ctx.host.clone_from(&host);
+        ctx.authority.clone_from(&authority);
+        let gh = gatehouse_path(&path).map(str::to_string);
+
+        // Health check: any host, no auth.
+        if matches!(gh.as_deref(), Some("health" | "ping")) {
+            return Ok(Step::Respond(Page::text(200, "ok\n")));
+        }
+
+        // The authenticate host (two-host flow).
+        if st.is_auth_host(&host, port) {
+            return self.authenticate_host(session, &path, gh.as_deref()).await.map(Step::Respond);
+        }
+
+        // Route match.
+        let Some(idx) = st.table.find(&host, port, &path) else {
+            return Ok(Step::Respond(pages::not_found(&host)));
+        };
+        ctx.route = Some(idx);
+        let route = &st.routes[idx];
+        let scheme = route.from.scheme.as_str();
+
+        if path == "/.well-known/pomerium/jwks.json" || gh.as_deref() == Some("jwks.json") {
+            return Ok(Step::Respond(
+                Page::json(200, &serde_json::Value::Null)
+                    .with_body(st.auth.signer.jwks_json())
+                    .with_cache("public, max-age=300"),
+            ));
+        }
+        let jar = request_cookies(session.req_header());
+        match gh.as_deref() {
+            Some("callback") => return self.route_callback(session, &jar, &host).await.map(Step::Respond),
+            Some("signed_out") => return Ok(Step::Respond(pages::signed_out())),
+            _ => {}
+        }
+
+        if route.public && gh.is_none() {
+            ctx.reason = Some("public-route");
+            return Ok(Step::Continue);
+        }
+
+        let Some(identity) = st.identity(&jar) else {
+            if gh.as_deref() == Some("sign_out") {
+                // Nothing to end; make sure no cookie is left and show the page.
+                let mut page = Page::redirect(302, "/.gatehouse/signed_out");
+                for c in st.clear_session_cookies() {
+                    page = page.with_header("set-cookie", c);
+                }
+                return Ok(Step::Respond(page));
+            }
+            ctx.reason = Some("signed-out");
+            return Ok(Step::Respond(st.start_sign_in(session.req_header(), scheme, &authority).await));
+        };
+
+        if let Some(g) = gh.as_deref() {
+            return self.gatehouse_page(session, g, &identity, scheme, &authority).await.map(Step::Respond);
+        }
+
+        let s = identity.session();
+        let decision = route.policy.evaluate(&Facts { email: &s.email, email_verified: s.email_verified });
+        ctx.reason = Some(decision.reason().code());
+        match decision {
+            Decision::Allow(_) => {
+                ctx.identity = Some(identity);
+                Ok(Step::Continue)
+            }
+            Decision::Deny(reason) => {
+                tracing::info!(user = %s.email, route = %route.label, reason = reason.code(), "denied by policy");
+                ctx.identity = Some(identity.clone());
+                Ok(Step::Respond(pages::forbidden(&s.email, &reason.to_string(), &st.auth.csrf_token(&identity))))
+            }
+        }
+    }
+
+    /// `/.gatehouse/callback` on a route host: either a handoff from the authenticate host,
+    /// or (without `authenticate_service_url`) the IdP's redirect with `code` and `state`.
+    async fn route_callback(&self, session: &mut Session, jar: &[(String, String)], host: &str) -> Result<Page> {
+        let st = &*self.state;
+        let query = query_map(session.req_header().uri.query());
+        let t = now();
+        if let Some(token) = query.get("handoff") {
+            return Ok(match st.auth.open_handoff(token, host, t) {
+                Ok((id, return_url)) => {
+                    let target = st
+                        .checked_return_url(&return_url)
+                        .filter(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
+                        .map(|u| u.to_string())
+                        .unwrap_or_else(|| "/".to_string());
+                    let mut page = Page::redirect(302, &target);
+                    for c in st.session_cookies(id.session(), jar, t) {
+                        page = page.with_header("set-cookie", c);
+                    }
+                    tracing::info!(user = %id.email(), "signed in (handoff)");
+                    page
+                }
+                Err(e) => {
+                    tracing::info!(reason = %e, "handoff refused");
+                    pages::sign_in_failed(&e.to_string(), "/")
+                }
+            });
+        }
+        if st.auth_host.is_some() {
+            return Ok(pages::sign_in_failed("this site signs in through the authenticate service, not here", "/"));
+        }
+        Ok(match st.finish_login(jar, &query, "/").await {
+            Ok((s, return_url)) => {
+                let target = st
+                    .checked_return_url(&return_url)
+                    .filter(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| "/".to_string());
+                let mut page = Page::redirect(302, &target);
+                for c in st.session_cookies(&s, jar, t) {
+                    page = page.with_header("set-cookie", c);
+                }
+                page = page.with_header("set-cookie", st.set_cookie(st.auth.login_cookie_name(), "", 0, SameSite::Lax, false));
+                tracing::info!(user = %s.email, "signed in");
+                page
+            }
+            Err(page) => page,
+        })
+    }
+
+    /// Requests to the authenticate host: sign-in start, the IdP callback, sign-out.
+    async fn authenticate_host(&self, session: &mut Session, path: &str, gh: Option<&str>) -> Result<Page> {
+        let st = &*self.state;
+        let Some(auth_host) = st.auth_host.clone() else {
+            return Ok(pages::not_found(""));
+        };
+        let query = query_map(session.req_header().uri.query());
+        let jar = request_cookies(session.req_header());
+        let t = now();
+        if path == "/oauth2/callback" {
+            return Ok(match st.finish_login(&jar, &query, &format!("{}/", auth_host.origin)).await {
+                Ok((s, return_url)) => {
+                    let Some(target) = st.checked_return_url(&return_url) else {
+                        return Ok(pages::bad_request("The page to return to is not one Gatehouse protects."));
+                    };
+                    tracing::info!(user = %s.email, "signed in");
+                    let mut page = handoff_redirect(st, &s, &target, t);
+                    for c in st.session_cookies(&s, &jar, t) {
+                        page = page.with_header("set-cookie", c);
+                    }
+                    page.with_header("set-cookie", st.set_cookie(st.auth.login_cookie_name(), "", 0, SameSite::Lax, false))
+                }
+                Err(page) => page,
+            });
+        }
+        match gh {
+            Some("sign_in") => {
+                let raw = query.get("return_url").map(String::as_str).unwrap_or("");
+                let Some(target) = st.checked_return_url(raw) else {
+                    tracing::info!("sign-in refused: return_url is not a configured route");
+                    return Ok(pages::bad_request("The page to return to is not one Gatehouse protects, so Gatehouse will not send you there."));
+                };
+                // Already signed in at the authenticate host: hand the session over directly.
+                if let Some(id) = st.identity(&jar) {
+                    return Ok(handoff_redirect(st, id.session(), &target, t));
+                }
+                let redirect_uri = format!("{}/oauth2/callback", auth_host.origin);
+                Ok(st.begin_login(&redirect_uri, target.as_str()).await)
+            }
+            Some("sign_out") => {
+                let token = query.get("token").map(String::as_str).unwrap_or("");
+                let Some(req) = st.auth.open_sign_out(token, t) else {
+                    return Ok(pages::bad_request("This sign-out link is not valid (it may have expired)."));
+                };
+                let target = st.checked_return_url(&req.return_url).map(|u| u.to_string()).unwrap_or_else(|| "/.gatehouse/signed_out".into());
+                let mut page = Page::redirect(302, &target);
+                for c in st.clear_session_cookies() {
+                    page = page.with_header("set-cookie", c);
+                }
+                Ok(page)
+            }
+            Some("signed_out") => Ok(pages::signed_out()),
+            _ => Ok(pages::not_found(&auth_host.host)),
+        }
+    }
+
+    /// Gatehouse's own pages on a route host, for a signed-in person.
+    async fn gatehouse_page(&self, session: &mut Session, page: &str, id: &VerifiedIdentity, scheme: &str, authority: &str) -> Result<Page> {
+        let st = &*self.state;
+        let s = id.session();
+        Ok(match page {
+            "" => pages::user_page(&pages::UserView {
+                email: &s.email,
+                name: s.name.as_deref(),
+                user: &s.sub,
+                groups: &s.groups,
+                expires: expires_text(s.exp),
+                csrf: &st.auth.csrf_token(id),
+            }),
+            "user" => Page::json(
+                200,
+                &serde_json::json!({
+                    "email": s.email, "email_verified": s.email_verified, "name": s.name, "user": s.sub,
+                    "groups": s.groups, "expires_at": expires_text(s.exp),
+                }),
+            ),
+            "sign_out" if session.req_header().method == Method::POST => {
+                let origin_ok = match session.req_header().headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()) {
+                    Some(o) => o == format!("{scheme}://{authority}"),
+                    None => true,
+                };
+                let form = read_form(session).await?;
+                let token_ok = form.get("csrf_token").is_some_and(|t| st.auth.check_csrf(id, t));
+                if !origin_ok || !token_ok {
+                    tracing::info!(user = %s.email, origin_ok, token_ok, "sign-out refused: missing or wrong CSRF token");
+                    return Ok(Page::html(403, "Sign-out not confirmed", "<p>This sign-out request did not come from Gatehouse's own sign-out button, so nothing was changed.</p><p><a class=\"button\" href=\"/.gatehouse/\">Go to your session page</a></p>"));
+                }
+                tracing::info!(user = %s.email, "signed out");
+                let signed_out = format!("{scheme}://{authority}/.gatehouse/signed_out");
+                let location = match &st.auth_host {
+                    Some(a) => {
+                        let token = st.auth.seal_sign_out(&signed_out, now());
+                        format!("{}/.gatehouse/sign_out?token={token}", a.origin)
+                    }
+                    None => signed_out,
+                };
+                let mut p = Page::redirect(302, &location);
+                for c in st.clear_session_cookies() {
+                    p = p.with_header("set-cookie", c);
+                }
+                p
+            }
+            "sign_out" => pages::user_page(&pages::UserView {
+                email: &s.email,
+                name: s.name.as_deref(),
+                user: &s.sub,
+                groups: &s.groups,
+                expires: expires_text(s.exp),
+                csrf: &st.auth.csrf_token(id),
+            }),
+            other => Page::html(404, "Not found", &format!("<p>Gatehouse has no page called {}.</p>", html_escape::encode_text(other))),
+        })
+    }
+}
+
+/// Redirect from the authenticate host to the route host's callback, carrying a handoff.
+fn handoff_redirect(st: &State, s: &gatehouse_auth::Session, target: &url::Url, t: u64) -> Page {
+    let host = target.host_str().unwrap_or("").to_ascii_lowercase();
+    let token = st.auth.seal_handoff(s, &host, target.as_str(), t);
+    let origin = target.origin().ascii_serialization();
+    Page::redirect(302, &format!("{origin}/.gatehouse/callback?handoff={token}"))
+}
+
+impl Page {
+    fn with_body(mut self, body: &str) -> Page {
+        self.body = Bytes::copy_from_slice(body.as_bytes());
+        self
+    }
+    fn with_cache(mut self, value: &str) -> Page {
+        self.headers.retain(|(k, _)| *k != "cache-control");
+        self.headers.push(("cache-control", value.to_string()));
+        self
+    }
+}
+
+/// Header names that only Gatehouse may set: client-sent ones are removed on every route.
+fn is_identity_header(name: &str) -> bool {
+    name.starts_with("x-pomerium-") || name.starts_with("x-gatehouse-")
+}
+
+/// Adds the identity headers. Needs a [`VerifiedIdentity`], which only the auth crate makes.
+fn add_identity_headers(auth: &Auth, req: &mut RequestHeader, id: &VerifiedIdentity, host: &str) -> Result<()> {
+    let s = id.session();
+    match auth.identity_jwt(id, host, now()) {
+        Ok(jwt) => req.insert_header("x-pomerium-jwt-assertion", jwt)?,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot sign the identity JWT");
+            return Error::e_explain(ErrorType::InternalError, "identity JWT signing failed");
+        }
+    }
+    req.insert_header("x-pomerium-claim-email", s.email.as_str())?;
+    req.insert_header("x-pomerium-claim-user", s.sub.as_str())?;
+    req.insert_header("x-pomerium-claim-groups", s.groups.join(","))?;
+    Ok(())
+}
+
+#[async_trait]
+impl ProxyHttp for Gatehouse {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx { start: Instant::now(), route: None, host: String::new(), authority: String::new(), identity: None, reason: None }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.decide(session, ctx).await? {
+            Step::Continue => Ok(false),
+            Step::Respond(page) => {
+                write_page(session, page).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = ctx.route.and_then(|i| self.state.routes.get(i)) else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        let mut peer = HttpPeer::new(route.upstream, route.tls, route.sni.clone());
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.total_connection_timeout = Some(Duration::from_secs(10));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        let st = &*self.state;
+        let Some(route) = ctx.route.and_then(|i| st.routes.get(i)) else {
+            return Error::e_explain(ErrorType::InternalError, "no route chosen");
+        };
+        // 1. Strip every identity header the client sent, in any letter case
+        //    (header names are stored lower-case).
+        let spoofed: Vec<http::HeaderName> = req.headers.keys().filter(|k| is_identity_header(k.as_str())).cloned().collect();
+        for name in spoofed {
+            req.remove_header(&name);
+        }
+        // 2. Gatehouse's own cookies never reach an upstream.
+        let jar = request_cookies(req);
+        if !jar.is_empty() {
+            let ours = st.auth.session.name();
+            let kept: Vec<String> = jar
+                .iter()
+                .filter(|(k, _)| {
+                    k != ours && k != st.auth.login_cookie_name() && !k.strip_prefix(ours).is_some_and(|r| r.starts_with('_'))
+                })
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            req.remove_header(&http::header::COOKIE);
+            if !kept.is_empty() {
+                req.insert_header(http::header::COOKIE, kept.join("; "))?;
+            }
+        }
+        // 3. Forwarding headers, set by us (never trusted from the client).
+        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
+            req.insert_header("x-forwarded-for", ip)?;
+        }
+        req.insert_header("x-forwarded-proto", route.from.scheme.as_str())?;
+        req.insert_header("x-forwarded-host", ctx.authority.as_str())?;
+        if !route.preserve_host_header {
+            req.insert_header(http::header::HOST, route.upstream_host.as_str())?;
+        }
+        // 4. Identity.
+        if route.pass_identity_headers {
+            if let Some(id) = &ctx.identity {
+                add_identity_headers(&st.auth, req, id, &ctx.host)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
+        // Pingora's default includes the query string, which may hold an authorization code.
+        format!("{} {} host={}", session.req_header().method, session.req_header().uri.path(), ctx.host)
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
+        // A client that went away is not an operator problem.
+        error.esource() == &ErrorSource::Downstream
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let label = ctx.route.and_then(|i| self.state.routes.get(i)).map(|r| r.label.as_str()).unwrap_or("");
+        let rid = request_id();
+        let page = match (e.esource(), e.etype()) {
+            (ErrorSource::Downstream, ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed) => None,
+            (ErrorSource::Downstream, _) => Some(pages::bad_request("The request could not be read.")),
+            (_, ErrorType::HTTPStatus(code)) if *code < 500 => Some(pages::bad_request("The request was refused.")),
+            (_, ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
+                Some(pages::upstream_error(504, "The service behind this address did not answer in time.", &rid))
+            }
+            (ErrorSource::Upstream, _) | (_, ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute) => {
+                Some(pages::upstream_error(502, "The service behind this address is not answering. It may be starting or stopped.", &rid))
+            }
+            _ => Some(pages::internal_error(&rid)),
+        };
+        if page.is_some() {
+            tracing::warn!(route = label, request_id = %rid, error = e.etype().as_str(), source = ?e.esource(), "request failed");
+        }
+        let code = match page {
+            Some(p) => {
+                let status = p.status;
+                let _ = write_page(session, p).await;
+                status
+            }
+            None => 0,
+        };
+        FailToProxy { error_code: code, can_reuse_downstream: false }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let req = session.req_header();
+        let route = ctx.route.and_then(|i| self.state.routes.get(i)).map(|r| r.label.as_str()).unwrap_or("-");
+        let user = ctx.identity.as_ref().map(|i| i.email()).unwrap_or("-");
+        // The path only: the query may hold an authorization code or a handoff token.
+        tracing::info!(
+            target: "gatehouse::access",
+            method = %req.method,
+            host = %ctx.host,
+            path = %req.uri.path(),
+            status,
+            route,
+            user,
+            decision = ctx.reason.unwrap_or("-"),
+            bytes = session.body_bytes_sent(),
+            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+        );
+    }
+}
+
+/// The plain-HTTP listener (`http_redirect_addr`): a permanent redirect to https, and
+/// nothing else (health checks excepted).
+pub struct HttpsRedirect {
+    /// The https port to send people to (omitted from URLs when 443).
+    pub https_port: u16,
+}
+
+#[async_trait]
+impl ProxyHttp for HttpsRedirect {
+    type CTX = ();
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        let req = session.req_header();
+        let path = req.uri.path();
+        if matches!(gatehouse_path(path), Some("health" | "ping")) {
+            write_page(session, Page::text(200, "ok\n")).await?;
+            return Ok(true);
+        }
+        let authority = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let page = match split_host(authority) {
+            Some((host, _)) => {
+                let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+                let port = if self.https_port == 443 { String::new() } else { format!(":{}", self.https_port) };
+                Page::redirect(308, &format!("https://{host}{port}{pq}"))
+            }
+            None => pages::bad_request("The request has no valid Host header."),
+        };
+        write_page(session, page).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Error::e_explain(ErrorType::InternalError, "the redirect listener never proxies")
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &(), _error: &Error) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pomerium_paths_are_aliases() {
+        assert_eq!(gatehouse_path("/.pomerium/sign_out"), Some("sign_out"));
+        assert_eq!(gatehouse_path("/.gatehouse/"), Some(""));
+        assert_eq!(gatehouse_path("/.gatehouse"), Some(""));
+        assert_eq!(gatehouse_path("/.gatehousex"), None);
+        assert_eq!(gatehouse_path("/app"), None);
+    }
+
+    #[test]
+    fn identity_headers_are_recognised_in_lower_case() {
+        assert!(is_identity_header("x-pomerium-claim-email"));
+        assert!(is_identity_header("x-gatehouse-anything"));
+        assert!(!is_identity_header("x-forwarded-for"));
+    }
+
+    #[test]
+    fn api_requests_are_recognised() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        assert!(!is_api_request(&r));
+        r.insert_header("accept", "application/json").unwrap();
+        assert!(is_api_request(&r));
+        r.insert_header("accept", "text/html,application/json;q=0.9").unwrap();
+        assert!(!is_api_request(&r));
+        r.insert_header("authorization", "Bearer x").unwrap();
+        assert!(is_api_request(&r));
+    }
+
+    #[test]
+    fn cookies_from_several_headers_are_all_read() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.append_header("cookie", "a=1; b=2").unwrap();
+        r.append_header("cookie", "c=\"3\"").unwrap();
+        let jar = request_cookies(&r);
+        assert_eq!(jar, vec![("a".into(), "1".into()), ("b".into(), "2".into()), ("c".into(), "3".into())]);
+    }
+}

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Gatehouse demo on this machine: a local OpenID Provider, an echo app, and Gatehouse in
+# front of it at https://assistant.localhost:8443. Ctrl-C stops everything it started.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$ROOT"
+RUN="$ROOT/deploy/demo/.run"
+section() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+section "system dependencies"
+GATEHOUSE_NEED_CHROMIUM=0 tests/harness/install-deps.sh
+
+section "npm ci (the demo IdP lives in tests/e2e)"
+if [[ -d tests/e2e/node_modules && tests/e2e/node_modules/.package-lock.json -nt tests/e2e/package-lock.json ]]; then
+  echo "node_modules up to date"
+else
+  (cd tests/e2e && npm ci --no-audit --no-fund)
+fi
+
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  section "cargo build -p gatehouse"
+  cargo build -p gatehouse
+fi
+BIN="${GATEHOUSE_BIN:-$ROOT/target/debug/gatehouse}"
+
+section "certificates (throwaway CA) in deploy/demo/.run/"
+mkdir -p "$RUN"
+node tests/harness/certs.mjs "$RUN" >/dev/null
+echo "CA: $RUN/ca.crt"
+
+for port in 9000 4096 8443 8080; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "error: 127.0.0.1:$port is already in use; stop whatever listens there first." >&2
+    exit 1
+  fi
+done
+
+export DEMO_TLS_CERT="$RUN/leaf.crt"
+export DEMO_TLS_KEY="$RUN/leaf.key"
+DEMO_IDP_CLIENT_SECRET="$(openssl rand -hex 24)"
+COOKIE_SECRET="$(openssl rand -base64 32)"
+export DEMO_IDP_CLIENT_SECRET COOKIE_SECRET
+
+PIDS=()
+cleanup() {
+  trap - INT TERM EXIT
+  echo
+  echo "stopping demo processes: ${PIDS[*]:-none}"
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap 'cleanup; exit 130' INT TERM
+trap cleanup EXIT
+
+wait_port() { # port name
+  for _ in $(seq 1 150); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    sleep 0.2
+  done
+  echo "error: $2 did not start listening on 127.0.0.1:$1" >&2
+  exit 1
+}
+
+section "starting the demo IdP, the echo app and Gatehouse"
+node tests/harness/idp.mjs --port 9000 --client-id gatehouse-demo --client-secret "$DEMO_IDP_CLIENT_SECRET" \
+  --redirect-uri https://auth.localhost:8443/oauth2/callback \
+  --redirect-uri https://assistant.localhost:8443/.gatehouse/callback 2> >(grep -v 'oidc-provider' >&2) &
+PIDS+=($!)
+wait_port 9000 "the IdP"
+node tests/harness/upstream.mjs --port 4096 &
+PIDS+=($!)
+wait_port 4096 "the echo app"
+"$BIN" serve --config deploy/demo/gatehouse.yaml &
+PIDS+=($!)
+wait_port 8443 "Gatehouse"
+
+cat <<MSG
+
+  Gatehouse demo is running.
+
+  Open:   https://assistant.localhost:8443
+          (http://assistant.localhost:8080 redirects there)
+
+  Sign in at the demo IdP as one of:
+    alice / alice-pass     alice@example.com, groups team-it, team-admins  -> let in
+    bob   / bob-pass       bob@example.com, group team-it                  -> let in
+    mallory / mallory-pass mallory@evil.test (outside example.com)         -> 403
+    eve   / eve-pass       eve@example.com, email not verified             -> 403
+
+  Your session: https://assistant.localhost:8443/.gatehouse/  (sign out there)
+
+  The certificate comes from a throwaway CA made for this demo:
+    $RUN/ca.crt
+  Either trust it in your browser (Settings > Privacy and security > Security >
+  Manage certificates > Authorities > Import), or accept the warning once for
+  assistant.localhost and auth.localhost. From a shell:
+    curl --cacert $RUN/ca.crt https://assistant.localhost:8443/.gatehouse/health
+  (curl resolves *.localhost to 127.0.0.1 itself; other clients may need
+   --resolve assistant.localhost:8443:127.0.0.1)
+
+  Ctrl-C stops everything.
+MSG
+
+# Stop everything as soon as any one of them exits.
+set +e
+wait -n "${PIDS[@]}"
+echo "a demo process exited; shutting down"

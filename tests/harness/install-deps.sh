@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Install the system packages the tests and the demo need, only when missing (Debian 12, root).
+# Also checks the toolchains that are not apt packages here: cargo, node >= 20.19, npm.
+set -euo pipefail
+
+need=()
+have_cmd() { command -v "$1" >/dev/null 2>&1; }
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+have_cmd cmake      || need+=(cmake)
+have_cmd openssl    || need+=(openssl)
+have_cmd pkg-config || need+=(pkg-config)
+have_pkg build-essential || need+=(build-essential)
+if [[ "${GATEHOUSE_NEED_CHROMIUM:-1}" == 1 ]]; then
+  [[ -x /usr/bin/chromium ]] || need+=(chromium)
+fi
+
+if ((${#need[@]})); then
+  echo "installing: ${need[*]}"
+  SUDO=""
+  [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y --no-install-recommends "${need[@]}"
+else
+  echo "system packages present"
+fi
+
+if ! have_cmd cargo; then
+  echo "error: cargo not found. Install Rust (stable, >= 1.88) first, e.g. with rustup." >&2
+  exit 1
+fi
+if ! have_cmd node || ! have_cmd npm; then
+  echo "error: node and npm not found. Install Node.js >= 20.19 (e.g. from nodejs.org or NodeSource)." >&2
+  exit 1
+fi
+node -e '
+  const [maj, min] = process.versions.node.split(".").map(Number);
+  if (maj < 20 || (maj === 20 && min < 19)) {
+    console.error(`error: node ${process.versions.node} is too old; oidc-provider needs >= 20.19`);
+    process.exit(1);
+  }'

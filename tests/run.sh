@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, Rust tests, then the end-to-end tests against the
+# real binary (real oidc-provider, real Chromium, real TLS). Safe to run again and again.
+#
+#   tests/run.sh                 # everything
+#   SKIP_RUST=1 tests/run.sh     # only the end-to-end tests (binary must be built)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+section() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
+
+section "system dependencies"
+tests/harness/install-deps.sh
+
+section "npm ci (tests/e2e)"
+if [[ -d tests/e2e/node_modules && tests/e2e/node_modules/.package-lock.json -nt tests/e2e/package-lock.json ]]; then
+  echo "node_modules up to date"
+else
+  (cd tests/e2e && npm ci --no-audit --no-fund)
+fi
+
+if [[ "${SKIP_RUST:-0}" != 1 ]]; then
+  section "cargo fmt --all --check"
+  cargo fmt --all --check
+
+  section "cargo clippy --workspace --all-targets -- -D warnings"
+  cargo clippy --workspace --all-targets -- -D warnings
+
+  section "cargo test --workspace"
+  cargo test --workspace
+
+  section "cargo build -p gatehouse"
+  cargo build -p gatehouse
+fi
+
+section "end-to-end tests (node --test tests/e2e/)"
+export GATEHOUSE_BIN="${GATEHOUSE_BIN:-target/debug/gatehouse}"
+node --test --test-concurrency=1 --test-timeout=120000 tests/e2e/
+
+section "all tests passed"
