@@ -135,7 +135,11 @@ fn parse_yaml(ctx: &mut Ctx<'_>, text: &str) -> Option<Node> {
         }
     };
     let (marker, message) = match &error {
-        LoadError::ScanError(m, e) => (*m, format!("YAML syntax error: {}", e.info())),
+        LoadError::ScanError(m, e) => {
+            // The scanner notices a mis-indented line only where the structure breaks.
+            let hint = if e.info().contains("block") { " (check the indentation of this line)" } else { "" };
+            (*m, format!("YAML syntax error: {}{hint}", e.info()))
+        }
         LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
             (*m, "the file must be a YAML map of keys (like `address: \":443\"`)".to_string())
         }

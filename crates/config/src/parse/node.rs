@@ -343,13 +343,6 @@ impl<'n> Setting<'n> {
     pub fn is_env(&self) -> bool {
         matches!(self.src, Source::Env(_))
     }
-
-    pub fn entry(&self) -> Option<&Entry<'n>> {
-        match &self.src {
-            Source::File(e) => Some(e),
-            Source::Env(_) => None,
-        }
-    }
 }
 
 /// A single value after interpolation, with where it came from.
