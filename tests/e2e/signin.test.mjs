@@ -229,7 +229,9 @@ test('the user page shows email, name, groups, expiry and a sign-out form with a
     assert.match(r.body, /team-admins/);
     assert.match(r.body, /<form[^>]*method="post"[^>]*action="\/\.gatehouse\/sign_out"|<form[^>]*action="\/\.gatehouse\/sign_out"[^>]*method="post"/i);
     assert.match(r.body, /<input[^>]*name="csrf_token"[^>]*>/);
-    assert.match(r.body, /expir/i);
+    // Session expiry, shown as a date-time in the future.
+    const when = /\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2})?(Z|[+-]\d{2}:?\d{2}| UTC)?/.exec(r.body);
+    assert.ok(when && Date.parse(when[0].replace(' UTC', 'Z')) > Date.now(), `shows the session expiry: ${when?.[0]}`);
   }
 });
 

@@ -12,7 +12,9 @@ use sha2::{Digest, Sha256};
 /// Why the signing key could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SigningKeyError {
-    #[error("signing_key is not an EC P-256 private key in PEM (PKCS#8 `BEGIN PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY`); make one with `gatehouse keygen`")]
+    #[error(
+        "signing_key is not an EC P-256 private key in PEM (PKCS#8 `BEGIN PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY`); make one with `gatehouse keygen`"
+    )]
     NotP256Pem,
     #[error("signing key could not be encoded: {0}")]
     Encode(String),
@@ -43,7 +45,9 @@ pub struct IdentitySigner {
 
 impl std::fmt::Debug for IdentitySigner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IdentitySigner").field("kid", &self.kid).finish_non_exhaustive()
+        f.debug_struct("IdentitySigner")
+            .field("kid", &self.kid)
+            .finish_non_exhaustive()
     }
 }
 
@@ -62,11 +66,15 @@ impl IdentitySigner {
     }
 
     fn from_secret(secret: &p256::SecretKey) -> Result<Self, SigningKeyError> {
-        let der = secret.to_pkcs8_der().map_err(|e| SigningKeyError::Encode(e.to_string()))?;
+        let der = secret
+            .to_pkcs8_der()
+            .map_err(|e| SigningKeyError::Encode(e.to_string()))?;
         let key = EncodingKey::from_ec_der(der.as_bytes());
         let point = secret.public_key().to_encoded_point(false);
         let (Some(x), Some(y)) = (point.x(), point.y()) else {
-            return Err(SigningKeyError::Encode("public key has no coordinates".into()));
+            return Err(SigningKeyError::Encode(
+                "public key has no coordinates".into(),
+            ));
         };
         let (x, y) = (URL_SAFE_NO_PAD.encode(x), URL_SAFE_NO_PAD.encode(y));
         // RFC 7638 thumbprint: SHA-256 over the required members in lexicographic order.
@@ -115,15 +123,25 @@ mod tests {
         let s = IdentitySigner::generate().unwrap();
         let groups = vec!["a".to_string()];
         let claims = IdentityClaims {
-            iss: "h", aud: "h", sub: "alice", email: "a@x", user: "alice", groups: &groups,
-            name: None, iat: 1, exp: 4_000_000_000, jti: "j",
+            iss: "h",
+            aud: "h",
+            sub: "alice",
+            email: "a@x",
+            user: "alice",
+            groups: &groups,
+            name: None,
+            iat: 1,
+            exp: 4_000_000_000,
+            jti: "j",
         };
         let token = s.sign(&claims).unwrap();
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(header.kid.as_deref(), Some(s.kid()));
         let jwks: serde_json::Value = serde_json::from_str(s.jwks_json()).unwrap();
         let k = &jwks["keys"][0];
-        let dk = DecodingKey::from_ec_components(k["x"].as_str().unwrap(), k["y"].as_str().unwrap()).unwrap();
+        let dk =
+            DecodingKey::from_ec_components(k["x"].as_str().unwrap(), k["y"].as_str().unwrap())
+                .unwrap();
         let mut v = Validation::new(Algorithm::ES256);
         v.set_audience(&["h"]);
         let data = jsonwebtoken::decode::<serde_json::Value>(&token, &dk, &v).unwrap();
@@ -131,8 +149,13 @@ mod tests {
         let other = IdentitySigner::generate().unwrap();
         let jwks2: serde_json::Value = serde_json::from_str(other.jwks_json()).unwrap();
         let k2 = &jwks2["keys"][0];
-        let dk2 = DecodingKey::from_ec_components(k2["x"].as_str().unwrap(), k2["y"].as_str().unwrap()).unwrap();
-        assert!(jsonwebtoken::decode::<serde_json::Value>(&token, &dk2, &v).is_err(), "another key must not verify it");
+        let dk2 =
+            DecodingKey::from_ec_components(k2["x"].as_str().unwrap(), k2["y"].as_str().unwrap())
+                .unwrap();
+        assert!(
+            jsonwebtoken::decode::<serde_json::Value>(&token, &dk2, &v).is_err(),
+            "another key must not verify it"
+        );
     }
 
     #[test]
@@ -143,6 +166,11 @@ mod tests {
         let a = IdentitySigner::from_pem(&pem).unwrap();
         let b = IdentitySigner::from_pem(&pem).unwrap();
         assert_eq!(a.kid(), b.kid(), "same key, same kid");
-        assert!(matches!(IdentitySigner::from_pem("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"), Err(SigningKeyError::NotP256Pem)));
+        assert!(matches!(
+            IdentitySigner::from_pem(
+                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+            ),
+            Err(SigningKeyError::NotP256Pem)
+        ));
     }
 }

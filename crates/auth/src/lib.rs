@@ -40,7 +40,10 @@ use gatehouse_config::Config;
 pub use jwt::{IdentityClaims, IdentitySigner, SigningKeyError};
 pub use oidc::{Oidc, OidcError, SignedIn};
 use seal::{Sealer, UnsealError};
-pub use session::{Handoff, LoginState, Session, SessionCodec, SessionRejected, SignOutRequest, UnixTime, VerifiedIdentity};
+pub use session::{
+    Handoff, LoginState, Session, SessionCodec, SessionRejected, SignOutRequest, UnixTime,
+    VerifiedIdentity,
+};
 
 /// How long a login may take between the redirect to the IdP and the callback.
 pub const LOGIN_TTL_SECS: u64 = 600;
@@ -51,7 +54,10 @@ pub const IDENTITY_JWT_TTL_SECS: u64 = 300;
 
 /// Seconds since the Unix epoch, now.
 pub fn now() -> UnixTime {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// A random URL-safe token with `bytes` bytes of entropy.
@@ -120,7 +126,10 @@ pub struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth").field("oidc", &self.oidc).field("signer", &self.signer).finish_non_exhaustive()
+        f.debug_struct("Auth")
+            .field("oidc", &self.oidc)
+            .field("signer", &self.signer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -137,7 +146,10 @@ impl Auth {
             unreachable!("HKDF output length 32 is valid");
         }
         Ok(Auth {
-            session: SessionCodec { name: config.cookie.name.clone(), sealer: Sealer::new(secret, "session") },
+            session: SessionCodec {
+                name: config.cookie.name.clone(),
+                sealer: Sealer::new(secret, "session"),
+            },
             oidc: Oidc::new(&config.idp)?,
             signer,
             login: Sealer::new(secret, "login"),
@@ -156,7 +168,12 @@ impl Auth {
     }
 
     /// Starts a sign-in. Returns the IdP URL to redirect to, and the sealed login cookie value.
-    pub async fn begin_login(&self, redirect_uri: &str, return_url: &str, now: UnixTime) -> Result<(String, String), OidcError> {
+    pub async fn begin_login(
+        &self,
+        redirect_uri: &str,
+        return_url: &str,
+        now: UnixTime,
+    ) -> Result<(String, String), OidcError> {
         let (url, begun) = self.oidc.begin(redirect_uri).await?;
         let state = LoginState {
             state: begun.state,
@@ -179,8 +196,12 @@ impl Auth {
         now: UnixTime,
     ) -> Result<(Session, String), CallbackError> {
         let sealed = login_cookie.ok_or(CallbackError::LoginCookieMissing)?;
-        let json = self.login.open(&self.login_cookie, sealed).map_err(CallbackError::LoginCookieRefused)?;
-        let login: LoginState = serde_json::from_slice(&json).map_err(|_| CallbackError::LoginCookieRefused(UnsealError::Malformed))?;
+        let json = self
+            .login
+            .open(&self.login_cookie, sealed)
+            .map_err(CallbackError::LoginCookieRefused)?;
+        let login: LoginState = serde_json::from_slice(&json)
+            .map_err(|_| CallbackError::LoginCookieRefused(UnsealError::Malformed))?;
         if now >= login.exp {
             return Err(CallbackError::LoginExpired);
         }
@@ -189,11 +210,22 @@ impl Auth {
             return Err(CallbackError::StateMismatch);
         }
         if let Some(err) = query.get("error") {
-            let short: String = err.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '_').take(64).collect();
+            let short: String = err
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(64)
+                .collect();
             return Err(CallbackError::IdpError(short));
         }
-        let code = query.get("code").filter(|c| !c.is_empty()).ok_or(CallbackError::NoCode)?;
-        let begun = oidc::Begun { state: login.state.clone(), nonce: login.nonce.clone(), pkce_verifier: login.pkce_verifier.clone() };
+        let code = query
+            .get("code")
+            .filter(|c| !c.is_empty())
+            .ok_or(CallbackError::NoCode)?;
+        let begun = oidc::Begun {
+            state: login.state.clone(),
+            nonce: login.nonce.clone(),
+            pkce_verifier: login.pkce_verifier.clone(),
+        };
         let signed_in = self.oidc.finish(code, &begun, &login.redirect_uri).await?;
         Ok((self.new_session(signed_in, now), login.return_url))
     }
@@ -214,7 +246,13 @@ impl Auth {
     }
 
     /// A one-time token carrying `session` to the route host `host`.
-    pub fn seal_handoff(&self, session: &Session, host: &str, return_url: &str, now: UnixTime) -> String {
+    pub fn seal_handoff(
+        &self,
+        session: &Session,
+        host: &str,
+        return_url: &str,
+        now: UnixTime,
+    ) -> String {
         let h = Handoff {
             session: session.clone(),
             host: host.to_string(),
@@ -222,24 +260,39 @@ impl Auth {
             exp: now + HANDOFF_TTL_SECS,
             jti: random_token(16),
         };
-        self.handoff.seal("handoff", &serde_json::to_vec(&h).unwrap_or_default())
+        self.handoff
+            .seal("handoff", &serde_json::to_vec(&h).unwrap_or_default())
     }
 
     /// Opens a handoff token on route host `host`. Works once per process (a token replayed
     /// on another replica within its 60 s is accepted there: see the README).
-    pub fn open_handoff(&self, token: &str, host: &str, now: UnixTime) -> Result<(VerifiedIdentity, String), HandoffRejected> {
-        let json = self.handoff.open("handoff", token).map_err(HandoffRejected::Unseal)?;
+    pub fn open_handoff(
+        &self,
+        token: &str,
+        host: &str,
+        now: UnixTime,
+    ) -> Result<(VerifiedIdentity, String), HandoffRejected> {
+        let json = self
+            .handoff
+            .open("handoff", token)
+            .map_err(HandoffRejected::Unseal)?;
         let h: Handoff = serde_json::from_slice(&json).map_err(|_| HandoffRejected::Garbled)?;
         if now >= h.exp {
             return Err(HandoffRejected::Expired);
         }
         if !h.host.eq_ignore_ascii_case(host) {
-            return Err(HandoffRejected::WrongHost { expected: h.host, found: host.to_string() });
+            return Err(HandoffRejected::WrongHost {
+                expected: h.host,
+                found: host.to_string(),
+            });
         }
         if now >= h.session.exp {
             return Err(HandoffRejected::Expired);
         }
-        let mut used = self.handoffs_used.lock().map_err(|_| HandoffRejected::Replayed)?;
+        let mut used = self
+            .handoffs_used
+            .lock()
+            .map_err(|_| HandoffRejected::Replayed)?;
         used.retain(|_, exp| *exp > now);
         if used.insert(h.jti.clone(), h.exp).is_some() {
             return Err(HandoffRejected::Replayed);
@@ -249,8 +302,12 @@ impl Auth {
 
     /// A sealed request for the authenticate host to end its session too.
     pub fn seal_sign_out(&self, return_url: &str, now: UnixTime) -> String {
-        let r = SignOutRequest { return_url: return_url.to_string(), exp: now + HANDOFF_TTL_SECS };
-        self.signout.seal("sign-out", &serde_json::to_vec(&r).unwrap_or_default())
+        let r = SignOutRequest {
+            return_url: return_url.to_string(),
+            exp: now + HANDOFF_TTL_SECS,
+        };
+        self.signout
+            .seal("sign-out", &serde_json::to_vec(&r).unwrap_or_default())
     }
 
     pub fn open_sign_out(&self, token: &str, now: UnixTime) -> Option<SignOutRequest> {
@@ -282,7 +339,12 @@ impl Auth {
     }
 
     /// The identity JWT for `host` (its `aud` and `iss`).
-    pub fn identity_jwt(&self, id: &VerifiedIdentity, host: &str, now: UnixTime) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn identity_jwt(
+        &self,
+        id: &VerifiedIdentity,
+        host: &str,
+        now: UnixTime,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let s = id.session();
         let jti = random_token(12);
         self.signer.sign(&IdentityClaims {

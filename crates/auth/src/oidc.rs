@@ -8,14 +8,15 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use openidconnect::core::{
-    CoreAuthenticationFlow, CoreClient, CoreGenderClaim, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
-    CoreJwsSigningAlgorithm, CoreProviderMetadata,
+    CoreAuthenticationFlow, CoreClient, CoreGenderClaim, CoreJsonWebKey,
+    CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm, CoreProviderMetadata,
 };
 use openidconnect::reqwest;
 use openidconnect::{
-    AdditionalClaims, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret, CsrfToken, IdToken,
-    IdTokenVerifier, IssuerUrl, JsonWebKeySet, Nonce, OAuth2TokenResponse, PkceCodeChallenge, PkceCodeVerifier,
-    RedirectUrl, RequestTokenError, Scope, SignatureVerificationError, TokenResponse,
+    AdditionalClaims, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
+    CsrfToken, IdToken, IdTokenVerifier, IssuerUrl, JsonWebKeySet, Nonce, OAuth2TokenResponse,
+    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope,
+    SignatureVerificationError, TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -46,8 +47,12 @@ type Client = CoreClient<
     openidconnect::EndpointMaybeSet,
 >;
 
-type GatehouseIdToken =
-    IdToken<ExtraClaims, CoreGenderClaim, CoreJweContentEncryptionAlgorithm, CoreJwsSigningAlgorithm>;
+type GatehouseIdToken = IdToken<
+    ExtraClaims,
+    CoreGenderClaim,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJwsSigningAlgorithm,
+>;
 
 /// Why a sign-in failed. Messages never contain codes, tokens or secrets.
 #[derive(Debug, thiserror::Error)]
@@ -102,28 +107,40 @@ pub struct Oidc {
 
 impl std::fmt::Debug for Oidc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Oidc").field("issuer", &self.issuer.as_str()).field("client_id", &self.client_id.as_str()).finish_non_exhaustive()
+        f.debug_struct("Oidc")
+            .field("issuer", &self.issuer.as_str())
+            .field("client_id", &self.client_id.as_str())
+            .finish_non_exhaustive()
     }
 }
 
 impl Oidc {
     pub fn new(cfg: &IdpConfig) -> Result<Self, OidcError> {
-        let issuer = IssuerUrl::new(cfg.issuer.as_str().trim_end_matches('/').to_string()).map_err(|e| OidcError::Discovery {
-            issuer: cfg.issuer.to_string(),
-            reason: e.to_string(),
-        })?;
+        let issuer = IssuerUrl::new(cfg.issuer.as_str().trim_end_matches('/').to_string())
+            .map_err(|e| OidcError::Discovery {
+                issuer: cfg.issuer.to_string(),
+                reason: e.to_string(),
+            })?;
         // No redirects: following them from an IdP response is an SSRF risk (openidconnect docs).
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(15))
             .build()
-            .map_err(|e| OidcError::Discovery { issuer: cfg.issuer.to_string(), reason: e.to_string() })?;
+            .map_err(|e| OidcError::Discovery {
+                issuer: cfg.issuer.to_string(),
+                reason: e.to_string(),
+            })?;
         Ok(Oidc {
             issuer,
             client_id: ClientId::new(cfg.client_id.clone()),
             client_secret: ClientSecret::new(cfg.client_secret.expose().clone()),
-            scopes: cfg.scopes.iter().filter(|s| *s != "openid").map(|s| Scope::new(s.clone())).collect(),
+            scopes: cfg
+                .scopes
+                .iter()
+                .filter(|s| *s != "openid")
+                .map(|s| Scope::new(s.clone()))
+                .collect(),
             http,
             provider: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
@@ -146,18 +163,31 @@ impl Oidc {
 
     /// The discovery document (fetched on first use, then cached for an hour).
     async fn provider(&self) -> Result<Arc<Provider>, OidcError> {
-        if let Some(p) = self.cached().filter(|p| p.fetched_at.elapsed() < DISCOVERY_TTL) {
+        if let Some(p) = self
+            .cached()
+            .filter(|p| p.fetched_at.elapsed() < DISCOVERY_TTL)
+        {
             return Ok(p);
         }
         let _guard = self.fetch_lock.lock().await;
-        if let Some(p) = self.cached().filter(|p| p.fetched_at.elapsed() < DISCOVERY_TTL) {
+        if let Some(p) = self
+            .cached()
+            .filter(|p| p.fetched_at.elapsed() < DISCOVERY_TTL)
+        {
             return Ok(p);
         }
         let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
             .await
-            .map_err(|e| OidcError::Discovery { issuer: self.issuer.to_string(), reason: error_chain(&e) })?;
+            .map_err(|e| OidcError::Discovery {
+                issuer: self.issuer.to_string(),
+                reason: error_chain(&e),
+            })?;
         let now = Instant::now();
-        let p = Arc::new(Provider { metadata, fetched_at: now, jwks_fetched_at: now });
+        let p = Arc::new(Provider {
+            metadata,
+            fetched_at: now,
+            jwks_fetched_at: now,
+        });
         self.store(p.clone());
         tracing::info!(issuer = %self.issuer.as_str(), "identity provider discovered");
         Ok(p)
@@ -172,58 +202,92 @@ impl Oidc {
         if old.jwks_fetched_at.elapsed() < JWKS_REFRESH_MIN_INTERVAL {
             return Ok(old.clone());
         }
-        let jwks: JsonWebKeySet<CoreJsonWebKey> = JsonWebKeySet::fetch_async(old.metadata.jwks_uri(), &self.http)
-            .await
-            .map_err(|e| OidcError::Discovery { issuer: self.issuer.to_string(), reason: error_chain(&e) })?;
+        let jwks: JsonWebKeySet<CoreJsonWebKey> =
+            JsonWebKeySet::fetch_async(old.metadata.jwks_uri(), &self.http)
+                .await
+                .map_err(|e| OidcError::Discovery {
+                    issuer: self.issuer.to_string(),
+                    reason: error_chain(&e),
+                })?;
         let metadata = old.metadata.clone().set_jwks(jwks);
-        let p = Arc::new(Provider { metadata, fetched_at: old.fetched_at, jwks_fetched_at: Instant::now() });
+        let p = Arc::new(Provider {
+            metadata,
+            fetched_at: old.fetched_at,
+            jwks_fetched_at: Instant::now(),
+        });
         self.store(p.clone());
         tracing::info!(issuer = %self.issuer.as_str(), "identity provider keys refreshed");
         Ok(p)
     }
 
     fn client(&self, p: &Provider) -> Client {
-        CoreClient::from_provider_metadata(p.metadata.clone(), self.client_id.clone(), Some(self.client_secret.clone()))
+        CoreClient::from_provider_metadata(
+            p.metadata.clone(),
+            self.client_id.clone(),
+            Some(self.client_secret.clone()),
+        )
     }
 
     /// Starts a sign-in: the IdP authorization URL, and the state to keep in the login cookie.
     pub async fn begin(&self, redirect_uri: &str) -> Result<(String, Begun), OidcError> {
         let p = self.provider().await?;
         let client = self.client(&p);
-        let redirect = RedirectUrl::new(redirect_uri.to_string()).map_err(|_| OidcError::BadRedirectUri(redirect_uri.to_string()))?;
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|_| OidcError::BadRedirectUri(redirect_uri.to_string()))?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let (url, state, nonce) = client
-            .authorize_url(CoreAuthenticationFlow::AuthorizationCode, CsrfToken::new_random, Nonce::new_random)
+            .authorize_url(
+                CoreAuthenticationFlow::AuthorizationCode,
+                CsrfToken::new_random,
+                Nonce::new_random,
+            )
             .add_scopes(self.scopes.iter().cloned())
             .set_pkce_challenge(challenge)
             .set_redirect_uri(Cow::Owned(redirect))
             .url();
         Ok((
             url.to_string(),
-            Begun { state: state.secret().clone(), nonce: nonce.secret().clone(), pkce_verifier: verifier.secret().clone() },
+            Begun {
+                state: state.secret().clone(),
+                nonce: nonce.secret().clone(),
+                pkce_verifier: verifier.secret().clone(),
+            },
         ))
     }
 
     /// Finishes a sign-in: exchanges `code` (with the PKCE verifier) and checks the ID token.
-    pub async fn finish(&self, code: &str, begun: &Begun, redirect_uri: &str) -> Result<SignedIn, OidcError> {
+    pub async fn finish(
+        &self,
+        code: &str,
+        begun: &Begun,
+        redirect_uri: &str,
+    ) -> Result<SignedIn, OidcError> {
         let p = self.provider().await?;
         let client = self.client(&p);
-        let redirect = RedirectUrl::new(redirect_uri.to_string()).map_err(|_| OidcError::BadRedirectUri(redirect_uri.to_string()))?;
+        let redirect = RedirectUrl::new(redirect_uri.to_string())
+            .map_err(|_| OidcError::BadRedirectUri(redirect_uri.to_string()))?;
         let request = client
             .exchange_code(AuthorizationCode::new(code.to_string()))
             .map_err(|e| OidcError::TokenEndpoint(e.to_string()))?
             .set_pkce_verifier(PkceCodeVerifier::new(begun.pkce_verifier.clone()))
             .set_redirect_uri(Cow::Owned(redirect));
-        let response = request.request_async(&self.http).await.map_err(|e| match e {
-            RequestTokenError::ServerResponse(r) => OidcError::CodeRefused(match r.error_description() {
-                Some(d) => format!("{} ({d})", r.error()),
-                None => r.error().to_string(),
-            }),
-            // The body may hold tokens: never put it in the message.
-            RequestTokenError::Parse(..) => OidcError::TokenEndpoint("the token response did not parse".into()),
-            RequestTokenError::Request(e) => OidcError::TokenEndpoint(error_chain(&e)),
-            RequestTokenError::Other(m) => OidcError::TokenEndpoint(m),
-        })?;
+        let response = request
+            .request_async(&self.http)
+            .await
+            .map_err(|e| match e {
+                RequestTokenError::ServerResponse(r) => {
+                    OidcError::CodeRefused(match r.error_description() {
+                        Some(d) => format!("{} ({d})", r.error()),
+                        None => r.error().to_string(),
+                    })
+                }
+                // The body may hold tokens: never put it in the message.
+                RequestTokenError::Parse(..) => {
+                    OidcError::TokenEndpoint("the token response did not parse".into())
+                }
+                RequestTokenError::Request(e) => OidcError::TokenEndpoint(error_chain(&e)),
+                RequestTokenError::Other(m) => OidcError::TokenEndpoint(m),
+            })?;
         let _ = response.access_token();
         let raw = response.id_token().ok_or(OidcError::NoIdToken)?.to_string();
         let id_token: GatehouseIdToken = raw.parse().map_err(|_| OidcError::MalformedIdToken)?;
@@ -262,15 +326,12 @@ impl Oidc {
             })
     }
 
-    fn unknown_kid(
-        &self,
-        client: &Client,
-        token: &GatehouseIdToken,
-        nonce: &Nonce,
-    ) -> bool {
+    fn unknown_kid(&self, client: &Client, token: &GatehouseIdToken, nonce: &Nonce) -> bool {
         matches!(
             token.claims(&self.verifier(client), nonce),
-            Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey))
+            Err(ClaimsVerificationError::SignatureVerification(
+                SignatureVerificationError::NoMatchingKey
+            ))
         )
     }
 
@@ -280,20 +341,35 @@ impl Oidc {
         token: &GatehouseIdToken,
         nonce: &Nonce,
     ) -> Result<SignedIn, OidcError> {
-        let claims = token.claims(&self.verifier(client), nonce).map_err(|e| OidcError::IdTokenRefused(e.to_string()))?;
+        let claims = token
+            .claims(&self.verifier(client), nonce)
+            .map_err(|e| OidcError::IdTokenRefused(e.to_string()))?;
         if let Some(azp) = claims.authorized_party() {
             if azp.as_str() != self.client_id.as_str() {
-                return Err(OidcError::AzpMismatch { expected: self.client_id.to_string(), found: azp.to_string() });
+                return Err(OidcError::AzpMismatch {
+                    expected: self.client_id.to_string(),
+                    found: azp.to_string(),
+                });
             }
         }
-        let email = claims.email().map(|e| e.to_string()).ok_or(OidcError::NoEmail)?;
+        let email = claims
+            .email()
+            .map(|e| e.to_string())
+            .ok_or(OidcError::NoEmail)?;
         Ok(SignedIn {
             iss: claims.issuer().to_string(),
             sub: claims.subject().to_string(),
             email,
             email_verified: claims.email_verified().unwrap_or(false),
-            name: claims.name().and_then(|n| n.get(None)).map(|n| n.to_string()),
-            groups: claims.additional_claims().groups.clone().unwrap_or_default(),
+            name: claims
+                .name()
+                .and_then(|n| n.get(None))
+                .map(|n| n.to_string()),
+            groups: claims
+                .additional_claims()
+                .groups
+                .clone()
+                .unwrap_or_default(),
         })
     }
 }

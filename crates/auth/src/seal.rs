@@ -63,7 +63,9 @@ fn derive(secret: &[u8; 32], purpose: &str) -> Key {
 impl Sealer {
     /// A sealer for `purpose`, keyed from the 32-byte `cookie_secret`.
     pub fn new(secret: &[u8; 32], purpose: &str) -> Self {
-        Sealer { keys: vec![derive(secret, purpose)] }
+        Sealer {
+            keys: vec![derive(secret, purpose)],
+        }
     }
 
     /// Also accept values sealed with an earlier secret (key rotation).
@@ -77,7 +79,10 @@ impl Sealer {
         let key = &self.keys[0];
         let mut nonce = [0u8; NONCE_LEN];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let payload = Payload { msg: plaintext, aad: name.as_bytes() };
+        let payload = Payload {
+            msg: plaintext,
+            aad: name.as_bytes(),
+        };
         // AES-GCM encryption only fails for plaintexts over 64 GiB.
         let Ok(ct) = key.cipher.encrypt(&Nonce::from(nonce), payload) else {
             unreachable!("AES-GCM encrypt of a small buffer");
@@ -93,7 +98,9 @@ impl Sealer {
     /// Opens a value sealed under `name`. Returns `Err` if anything about it is wrong,
     /// and never returns partial plaintext.
     pub fn open(&self, name: &str, sealed: &str) -> Result<Vec<u8>, UnsealError> {
-        let raw = URL_SAFE_NO_PAD.decode(sealed.as_bytes()).map_err(|_| UnsealError::Malformed)?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(sealed.as_bytes())
+            .map_err(|_| UnsealError::Malformed)?;
         if raw.len() < HEADER_LEN + TAG_LEN {
             return Err(UnsealError::Malformed);
         }
@@ -107,12 +114,19 @@ impl Sealer {
         let mut known = false;
         for key in self.keys.iter().filter(|k| k.id == id) {
             known = true;
-            let payload = Payload { msg: &raw[HEADER_LEN..], aad: name.as_bytes() };
+            let payload = Payload {
+                msg: &raw[HEADER_LEN..],
+                aad: name.as_bytes(),
+            };
             if let Ok(pt) = key.cipher.decrypt(&nonce, payload) {
                 return Ok(pt);
             }
         }
-        Err(if known { UnsealError::Tampered } else { UnsealError::UnknownKey(id) })
+        Err(if known {
+            UnsealError::Tampered
+        } else {
+            UnsealError::UnknownKey(id)
+        })
     }
 }
 
@@ -189,8 +203,18 @@ mod tests {
         for i in 0..raw.len() {
             let mut bad = raw.clone();
             bad[i] ^= 0x01;
-            let e = s.open("_pomerium", &URL_SAFE_NO_PAD.encode(&bad)).unwrap_err();
-            assert!(matches!(e, UnsealError::Tampered | UnsealError::UnknownKey(_) | UnsealError::UnknownVersion(_)), "byte {i}: {e:?}");
+            let e = s
+                .open("_pomerium", &URL_SAFE_NO_PAD.encode(&bad))
+                .unwrap_err();
+            assert!(
+                matches!(
+                    e,
+                    UnsealError::Tampered
+                        | UnsealError::UnknownKey(_)
+                        | UnsealError::UnknownVersion(_)
+                ),
+                "byte {i}: {e:?}"
+            );
         }
     }
 
@@ -204,7 +228,10 @@ mod tests {
         assert_eq!(s.open("_pomerium", &cut), Err(UnsealError::Tampered));
         assert_eq!(s.open("_pomerium", &v[..10]), Err(UnsealError::Malformed));
         assert_eq!(s.open("_pomerium", ""), Err(UnsealError::Malformed));
-        assert_eq!(s.open("_pomerium", "not base64 !!"), Err(UnsealError::Malformed));
+        assert_eq!(
+            s.open("_pomerium", "not base64 !!"),
+            Err(UnsealError::Malformed)
+        );
     }
 
     #[test]
@@ -227,7 +254,10 @@ mod tests {
         let a = Sealer::new(&K1, "session");
         let b = Sealer::new(&K2, "session");
         let v = a.seal("_pomerium", b"hello");
-        assert!(matches!(b.open("_pomerium", &v), Err(UnsealError::UnknownKey(_) | UnsealError::Tampered)));
+        assert!(matches!(
+            b.open("_pomerium", &v),
+            Err(UnsealError::UnknownKey(_) | UnsealError::Tampered)
+        ));
     }
 
     #[test]
@@ -237,7 +267,10 @@ mod tests {
         let rotated = Sealer::new(&K2, "session").with_previous(&K1, "session");
         assert_eq!(rotated.open("_pomerium", &v).unwrap(), b"hello");
         let fresh = rotated.seal("_pomerium", b"x");
-        assert!(old.open("_pomerium", &fresh).is_err(), "new values use the new key");
+        assert!(
+            old.open("_pomerium", &fresh).is_err(),
+            "new values use the new key"
+        );
         let dropped = Sealer::new(&K2, "session");
         assert!(dropped.open("_pomerium", &v).is_err());
     }
@@ -247,18 +280,28 @@ mod tests {
         let s = Sealer::new(&K1, "session");
         let mut raw = URL_SAFE_NO_PAD.decode(s.seal("n", b"x")).unwrap();
         raw[0] = 2;
-        assert_eq!(s.open("n", &URL_SAFE_NO_PAD.encode(&raw)), Err(UnsealError::UnknownVersion(2)));
+        assert_eq!(
+            s.open("n", &URL_SAFE_NO_PAD.encode(&raw)),
+            Err(UnsealError::UnknownVersion(2))
+        );
     }
 
     #[test]
     fn chunks_round_trip_and_small_values_stay_whole() {
         let small = "a".repeat(100);
-        assert_eq!(split_chunks("c", &small), vec![("c".to_string(), small.clone())]);
-        let big: String = (0..9000).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        assert_eq!(
+            split_chunks("c", &small),
+            vec![("c".to_string(), small.clone())]
+        );
+        let big: String = (0..9000)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         let parts = split_chunks("c", &big);
         assert_eq!(parts.len(), 3);
         assert!(parts.iter().all(|(_, v)| v.len() <= CHUNK_SIZE + 3));
-        let joined = join_chunks("c", |n| parts.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()));
+        let joined = join_chunks("c", |n| {
+            parts.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str())
+        });
         assert_eq!(joined.as_deref(), Some(big.as_str()));
     }
 
@@ -266,7 +309,12 @@ mod tests {
     fn missing_chunk_or_bad_count_is_no_value() {
         let big = "b".repeat(8000);
         let parts = split_chunks("c", &big);
-        let without_last = |n: &str| parts[..2].iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str());
+        let without_last = |n: &str| {
+            parts[..2]
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
         assert_eq!(join_chunks("c", without_last), None);
         assert_eq!(join_chunks("c", |_| Some("99~x")), None);
         assert_eq!(join_chunks("c", |_| Some("x~x")), None);

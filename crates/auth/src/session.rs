@@ -83,7 +83,8 @@ impl SessionCodec {
     ) -> Result<VerifiedIdentity, SessionRejected> {
         let sealed = join_chunks(&self.name, get).ok_or(SessionRejected::Missing)?;
         let json = self.sealer.open(&self.name, &sealed)?;
-        let session: Session = serde_json::from_slice(&json).map_err(|_| SessionRejected::Garbled)?;
+        let session: Session =
+            serde_json::from_slice(&json).map_err(|_| SessionRejected::Garbled)?;
         if now >= session.exp {
             return Err(SessionRejected::Expired);
         }

@@ -44,8 +44,15 @@ fn signed_in() -> SignedIn {
     }
 }
 
-fn decode(auth: &Auth, pairs: &[(String, String)], now: UnixTime) -> Result<VerifiedIdentity, SessionRejected> {
-    auth.session.decode(|n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()), now)
+fn decode(
+    auth: &Auth,
+    pairs: &[(String, String)],
+    now: UnixTime,
+) -> Result<VerifiedIdentity, SessionRejected> {
+    auth.session.decode(
+        |n| pairs.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()),
+        now,
+    )
 }
 
 #[test]
@@ -63,7 +70,10 @@ fn expired_session_is_refused() {
     let auth = Auth::new(&config([1; 32])).unwrap();
     let s = auth.new_session(signed_in(), 1000);
     let cookies = auth.session.encode(&s);
-    assert_eq!(decode(&auth, &cookies, 1000 + 3600).unwrap_err(), SessionRejected::Expired);
+    assert_eq!(
+        decode(&auth, &cookies, 1000 + 3600).unwrap_err(),
+        SessionRejected::Expired
+    );
 }
 
 #[test]
@@ -71,7 +81,10 @@ fn session_from_another_secret_is_refused() {
     let a = Auth::new(&config([1; 32])).unwrap();
     let b = Auth::new(&config([2; 32])).unwrap();
     let cookies = a.session.encode(&a.new_session(signed_in(), 1000));
-    assert!(matches!(decode(&b, &cookies, 1001), Err(SessionRejected::Unseal(_))));
+    assert!(matches!(
+        decode(&b, &cookies, 1001),
+        Err(SessionRejected::Unseal(_))
+    ));
 }
 
 #[test]
@@ -79,14 +92,19 @@ fn login_cookie_value_in_session_cookie_is_refused() {
     let auth = Auth::new(&config([1; 32])).unwrap();
     let login = auth.login.seal(auth.login_cookie_name(), b"{}");
     let cookies = vec![("_pomerium".to_string(), login)];
-    assert!(matches!(decode(&auth, &cookies, 1), Err(SessionRejected::Unseal(_))));
+    assert!(matches!(
+        decode(&auth, &cookies, 1),
+        Err(SessionRejected::Unseal(_))
+    ));
 }
 
 #[test]
 fn large_session_is_chunked_and_reassembled() {
     let auth = Auth::new(&config([1; 32])).unwrap();
     let mut si = signed_in();
-    si.groups = (0..300).map(|i| format!("group-number-{i}@example.com")).collect();
+    si.groups = (0..300)
+        .map(|i| format!("group-number-{i}@example.com"))
+        .collect();
     let s = auth.new_session(si, 1000);
     let cookies = auth.session.encode(&s);
     assert!(cookies.len() > 1, "a 300-group session must be chunked");
@@ -98,12 +116,26 @@ fn large_session_is_chunked_and_reassembled() {
 fn handoff_works_once_for_its_host_only() {
     let auth = Auth::new(&config([1; 32])).unwrap();
     let s = auth.new_session(signed_in(), 1000);
-    let t = auth.seal_handoff(&s, "assistant.example.com", "https://assistant.example.com/x", 1000);
-    assert!(matches!(auth.open_handoff(&t, "other.example.com", 1001), Err(HandoffRejected::WrongHost { .. })));
-    let (id, ret) = auth.open_handoff(&t, "assistant.example.com", 1001).unwrap();
+    let t = auth.seal_handoff(
+        &s,
+        "assistant.example.com",
+        "https://assistant.example.com/x",
+        1000,
+    );
+    assert!(matches!(
+        auth.open_handoff(&t, "other.example.com", 1001),
+        Err(HandoffRejected::WrongHost { .. })
+    ));
+    let (id, ret) = auth
+        .open_handoff(&t, "assistant.example.com", 1001)
+        .unwrap();
     assert_eq!(id.email(), "alice@example.com");
     assert_eq!(ret, "https://assistant.example.com/x");
-    assert_eq!(auth.open_handoff(&t, "assistant.example.com", 1002).unwrap_err(), HandoffRejected::Replayed);
+    assert_eq!(
+        auth.open_handoff(&t, "assistant.example.com", 1002)
+            .unwrap_err(),
+        HandoffRejected::Replayed
+    );
 }
 
 #[test]
@@ -111,7 +143,11 @@ fn expired_handoff_is_refused() {
     let auth = Auth::new(&config([1; 32])).unwrap();
     let s = auth.new_session(signed_in(), 1000);
     let t = auth.seal_handoff(&s, "a.test", "https://a.test/", 1000);
-    assert_eq!(auth.open_handoff(&t, "a.test", 1000 + HANDOFF_TTL_SECS).unwrap_err(), HandoffRejected::Expired);
+    assert_eq!(
+        auth.open_handoff(&t, "a.test", 1000 + HANDOFF_TTL_SECS)
+            .unwrap_err(),
+        HandoffRejected::Expired
+    );
 }
 
 #[test]
@@ -132,7 +168,10 @@ async fn callback_without_login_cookie_or_with_wrong_state_is_refused() {
     let mut q = HashMap::new();
     q.insert("state".to_string(), "abc".to_string());
     q.insert("code".to_string(), "c".to_string());
-    assert!(matches!(auth.finish_login(None, &q, 1).await, Err(CallbackError::LoginCookieMissing)));
+    assert!(matches!(
+        auth.finish_login(None, &q, 1).await,
+        Err(CallbackError::LoginCookieMissing)
+    ));
     let state = LoginState {
         state: "expected".into(),
         nonce: "n".into(),
@@ -141,9 +180,21 @@ async fn callback_without_login_cookie_or_with_wrong_state_is_refused() {
         redirect_uri: "https://a.test/.gatehouse/callback".into(),
         exp: 100,
     };
-    let sealed = auth.login.seal(auth.login_cookie_name(), &serde_json::to_vec(&state).unwrap());
-    assert!(matches!(auth.finish_login(Some(&sealed), &q, 1).await, Err(CallbackError::StateMismatch)));
-    assert!(matches!(auth.finish_login(Some(&sealed), &q, 100).await, Err(CallbackError::LoginExpired)));
+    let sealed = auth.login.seal(
+        auth.login_cookie_name(),
+        &serde_json::to_vec(&state).unwrap(),
+    );
+    assert!(matches!(
+        auth.finish_login(Some(&sealed), &q, 1).await,
+        Err(CallbackError::StateMismatch)
+    ));
+    assert!(matches!(
+        auth.finish_login(Some(&sealed), &q, 100).await,
+        Err(CallbackError::LoginExpired)
+    ));
     let tampered = format!("{}A", &sealed[..sealed.len() - 1]);
-    assert!(matches!(auth.finish_login(Some(&tampered), &q, 1).await, Err(CallbackError::LoginCookieRefused(_))));
+    assert!(matches!(
+        auth.finish_login(Some(&tampered), &q, 1).await,
+        Err(CallbackError::LoginCookieRefused(_))
+    ));
 }

@@ -26,7 +26,11 @@ mod parse;
 pub enum Origin {
     /// A place in a YAML file (1-based line and column). Line 0 means the file as a whole
     /// (it could not be read, or a required key is missing) and displays as just the path.
-    File { file: Arc<Path>, line: usize, col: usize },
+    File {
+        file: Arc<Path>,
+        line: usize,
+        col: usize,
+    },
     /// An environment variable that overrode a top-level key.
     Env { var: String },
     /// A built-in default.
@@ -54,7 +58,10 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(origin: Origin, message: impl Into<String>) -> Self {
-        ConfigError { origin, message: message.into() }
+        ConfigError {
+            origin,
+            message: message.into(),
+        }
     }
 }
 

@@ -81,7 +81,10 @@ pub(crate) fn load(path: &Path, env: &dyn Lookup) -> Result<Config, ConfigErrors
             let ctx = Ctx::new(path, env);
             let origin = ctx.whole_file();
             Err(ConfigErrors {
-                errors: vec![ConfigError::new(origin, format!("cannot read the config file: {e}"))],
+                errors: vec![ConfigError::new(
+                    origin,
+                    format!("cannot read the config file: {e}"),
+                )],
             })
         }
     }
@@ -95,7 +98,10 @@ pub(crate) fn load_str(name: &Path, text: &str, env: &dyn Lookup) -> Result<Conf
     let Some(map) = root.as_mapping() else {
         // The loader is asked for a top-level mapping and refuses anything else.
         let origin = ctx.node_origin(&root);
-        ctx.error(origin, "the file must be a YAML map of keys (like `address: \":443\"`)");
+        ctx.error(
+            origin,
+            "the file must be a YAML map of keys (like `address: \":443\"`)",
+        );
         return Err(ctx.into_errors());
     };
     match build(&mut ctx, map) {
@@ -104,7 +110,10 @@ pub(crate) fn load_str(name: &Path, text: &str, env: &dyn Lookup) -> Result<Conf
             if ctx.errors.is_empty() {
                 // Every `None` above comes with an error; this only guards that promise.
                 let origin = ctx.whole_file();
-                ctx.error(origin, "the configuration is incomplete (internal error: no reason recorded)");
+                ctx.error(
+                    origin,
+                    "the configuration is incomplete (internal error: no reason recorded)",
+                );
             }
             Err(ctx.into_errors())
         }
@@ -121,39 +130,70 @@ fn parse_yaml(ctx: &mut Ctx<'_>, text: &str) -> Option<Node> {
         );
         return None;
     }
-    let options = LoaderOptions::default().error_on_duplicate_keys(true).prevent_coercion(true);
+    let options = LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
     // marked-yaml 0.8 guards its event handler with `unreachable!`/`assert!`; a config file
     // must never crash the process, so a panic in there becomes a syntax error instead.
-    let parsed = std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options));
+    let parsed =
+        std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options));
     let error = match parsed {
         Ok(Ok(node)) => return Some(node),
         Ok(Err(error)) => error,
         Err(_) => {
             let origin = ctx.whole_file();
-            ctx.error(origin, "YAML syntax error: the YAML parser failed on this file");
+            ctx.error(
+                origin,
+                "YAML syntax error: the YAML parser failed on this file",
+            );
             return None;
         }
     };
     let (marker, message) = match &error {
         LoadError::ScanError(m, e) => {
             // The scanner notices a mis-indented line only where the structure breaks.
-            let hint = if e.info().contains("block") { " (check the indentation of this line)" } else { "" };
+            let hint = if e.info().contains("block") {
+                " (check the indentation of this line)"
+            } else {
+                ""
+            };
             (*m, format!("YAML syntax error: {}{hint}", e.info()))
         }
-        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => {
-            (*m, "the file must be a YAML map of keys (like `address: \":443\"`)".to_string())
+        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => (
+            *m,
+            "the file must be a YAML map of keys (like `address: \":443\"`)".to_string(),
+        ),
+        LoadError::UnexpectedAnchor(m) => (
+            *m,
+            "YAML anchors and aliases (`&name`, `*name`) are not supported; write the value out"
+                .to_string(),
+        ),
+        LoadError::MappingKeyMustBeScalar(m) => {
+            (*m, "keys must be plain words (like `from:`)".to_string())
         }
-        LoadError::UnexpectedAnchor(m) => {
-            (*m, "YAML anchors and aliases (`&name`, `*name`) are not supported; write the value out".to_string())
-        }
-        LoadError::MappingKeyMustBeScalar(m) => (*m, "keys must be plain words (like `from:`)".to_string()),
-        LoadError::UnexpectedTag(m) => (*m, "YAML tags (`!name`) are not supported; remove the tag".to_string()),
+        LoadError::UnexpectedTag(m) => (
+            *m,
+            "YAML tags (`!name`) are not supported; remove the tag".to_string(),
+        ),
         LoadError::DuplicateKey(inner) => {
-            let first = inner.prev_key.span().start().map(|m| format!(" (first at line {})", m.line()));
-            let marker = inner.key.span().start().copied().unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 0, 0));
+            let first = inner
+                .prev_key
+                .span()
+                .start()
+                .map(|m| format!(" (first at line {})", m.line()));
+            let marker = inner
+                .key
+                .span()
+                .start()
+                .copied()
+                .unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 0, 0));
             (
                 marker,
-                format!("duplicate key `{}`{}; keep only one", inner.key.as_str(), first.unwrap_or_default()),
+                format!(
+                    "duplicate key `{}`{}; keep only one",
+                    inner.key.as_str(),
+                    first.unwrap_or_default()
+                ),
             )
         }
     };
@@ -166,7 +206,9 @@ fn parse_yaml(ctx: &mut Ctx<'_>, text: &str) -> Option<Node> {
 fn second_document(text: &str) -> Option<usize> {
     let mut seen_content = false;
     for (i, line) in text.lines().enumerate() {
-        let is_marker = line.strip_prefix("---").is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']));
+        let is_marker = line
+            .strip_prefix("---")
+            .is_some_and(|r| r.is_empty() || r.starts_with([' ', '\t']));
         if is_marker && seen_content {
             return Some(i + 1);
         }
@@ -182,7 +224,10 @@ fn second_document(text: &str) -> Option<usize> {
 /// reason is on `ctx`).
 fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
     let mut fields = Fields::new(ctx, "", root);
-    let mut settings: Vec<Option<Setting<'_>>> = TOP_KEYS.iter().map(|names| ctx.setting(&mut fields, names)).collect();
+    let mut settings: Vec<Option<Setting<'_>>> = TOP_KEYS
+        .iter()
+        .map(|names| ctx.setting(&mut fields, names))
+        .collect();
     let mut take = |name: &str| -> Option<Setting<'_>> {
         let i = TOP_KEYS.iter().position(|names| names[0] == name)?;
         settings.get_mut(i)?.take()
@@ -190,13 +235,22 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
 
     let default_address = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT);
     let address = take("address").and_then(|s| addr(ctx, &s));
-    let insecure_server = take("insecure_server").and_then(|s| ctx.flag(&s)).unwrap_or(false);
+    let insecure_server = take("insecure_server")
+        .and_then(|s| ctx.flag(&s))
+        .unwrap_or(false);
     let http_redirect_addr = take("http_redirect_addr").and_then(|s| addr(ctx, &s));
 
-    let certificates = certificates(ctx, take("certificate_file"), take("certificate_key_file"), fields.take("certificates"));
+    let certificates = certificates(
+        ctx,
+        take("certificate_file"),
+        take("certificate_key_file"),
+        fields.take("certificates"),
+    );
 
-    let authenticate_service_url = take("authenticate_service_url")
-        .and_then(|s| ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::service_url(&t.value))));
+    let authenticate_service_url = take("authenticate_service_url").and_then(|s| {
+        ctx.non_empty(&s)
+            .and_then(|t| ctx.check(&t.origin, &s.path, values::service_url(&t.value)))
+    });
 
     let idp = idp(
         ctx,
@@ -220,7 +274,8 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
 
     let signing_key = take("signing_key").and_then(|s| {
         let t = ctx.non_empty(&s)?;
-        ctx.check(&t.origin, &s.path, values::signing_key(&t.value)).map(Secret::new)
+        ctx.check(&t.origin, &s.path, values::signing_key(&t.value))
+            .map(Secret::new)
     });
 
     let allowed_domains: Vec<String> = match take("allowed_domains") {
@@ -234,7 +289,10 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
     };
 
     let log_level = take("log_level")
-        .and_then(|s| ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::log_level(&t.value))))
+        .and_then(|s| {
+            ctx.non_empty(&s)
+                .and_then(|t| ctx.check(&t.origin, &s.path, values::log_level(&t.value)))
+        })
         .unwrap_or_else(|| "info".to_string());
 
     let routes = match fields.take("routes") {
@@ -243,7 +301,10 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
     };
     if routes.is_empty() && ctx.errors.is_empty() {
         let origin = ctx.whole_file();
-        ctx.warn(origin, "no routes: every request will get 404 (add `routes:` with `from:` and `to:`)");
+        ctx.warn(
+            origin,
+            "no routes: every request will get 404 (add `routes:` with `from:` and `to:`)",
+        );
     }
     let mut route_list = Vec::with_capacity(routes.len());
     for (route, access) in routes {
@@ -262,11 +323,21 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
 
     for entry in fields.rest() {
         if TOP_IGNORED.contains(&entry.key) {
-            ctx.warn(entry.key_origin.clone(), format!("ignored: `{}` is not supported by Gatehouse yet", entry.key));
+            ctx.warn(
+                entry.key_origin.clone(),
+                format!("ignored: `{}` is not supported by Gatehouse yet", entry.key),
+            );
         } else if route::ACCESS_UNSUPPORTED.contains(&entry.key) {
-            ctx.error(entry.key_origin.clone(), route::access_unsupported(&entry.path));
+            ctx.error(
+                entry.key_origin.clone(),
+                route::access_unsupported(&entry.path),
+            );
         } else {
-            let known: Vec<&str> = TOP_KEYS.iter().flat_map(|n| n.iter().copied()).chain(FILE_ONLY_KEYS.iter().copied()).collect();
+            let known: Vec<&str> = TOP_KEYS
+                .iter()
+                .flat_map(|n| n.iter().copied())
+                .chain(FILE_ONLY_KEYS.iter().copied())
+                .collect();
             ctx.unknown_key(&entry, "", &known);
         }
     }
@@ -291,7 +362,11 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
 
 fn addr(ctx: &mut Ctx<'_>, setting: &Setting<'_>) -> Option<SocketAddr> {
     let text = ctx.non_empty(setting)?;
-    ctx.check(&text.origin, &setting.path, values::listen_addr(&text.value))
+    ctx.check(
+        &text.origin,
+        &setting.path,
+        values::listen_addr(&text.value),
+    )
 }
 
 /// `certificate_file` + `certificate_key_file`, then each `certificates:` entry, in order.
@@ -306,7 +381,11 @@ fn certificates(
     match (cert_file, key_file) {
         (Some(cert), Some(key)) => {
             if let (Some(c), Some(k)) = (readable_file(ctx, &cert), readable_file(ctx, &key)) {
-                out.push(CertificatePair { cert_file: c.0, key_file: k.0, origin: c.1 });
+                out.push(CertificatePair {
+                    cert_file: c.0,
+                    key_file: k.0,
+                    origin: c.1,
+                });
             }
         }
         (Some(one), None) | (None, Some(one)) => {
@@ -315,7 +394,10 @@ fn certificates(
             } else {
                 ("certificate_key_file", "certificate_file")
             };
-            ctx.error(one.origin.clone(), format!("{has} is set but {lacks} is not; give both (or neither)"));
+            ctx.error(
+                one.origin.clone(),
+                format!("{has} is set but {lacks} is not; give both (or neither)"),
+            );
         }
         (None, None) => {}
     }
@@ -324,7 +406,10 @@ fn certificates(
         Node::Sequence(items) => items,
         Node::Scalar(s) if s.as_str().is_empty() => return out,
         _ => {
-            ctx.error(list.origin.clone(), "certificates: expected a list of `{cert: file, key: file}`");
+            ctx.error(
+                list.origin.clone(),
+                "certificates: expected a list of `{cert: file, key: file}`",
+            );
             return out;
         }
     };
@@ -332,7 +417,10 @@ fn certificates(
         let path = format!("certificates[{i}]");
         let origin = ctx.node_origin(item);
         let Some(map) = item.as_mapping() else {
-            ctx.error(origin, format!("{path}: expected `cert:` and `key:` file paths"));
+            ctx.error(
+                origin,
+                format!("{path}: expected `cert:` and `key:` file paths"),
+            );
             continue;
         };
         let mut fields = Fields::new(ctx, &path, map);
@@ -342,11 +430,18 @@ fn certificates(
             ctx.unknown_key(&entry, &path, &["cert", "key"]);
         }
         let (Some(cert), Some(key)) = (cert, key) else {
-            ctx.error(origin, format!("{path}: needs both `cert:` and `key:` (file paths)"));
+            ctx.error(
+                origin,
+                format!("{path}: needs both `cert:` and `key:` (file paths)"),
+            );
             continue;
         };
         if let (Some(c), Some(k)) = (readable_file(ctx, &cert), readable_file(ctx, &key)) {
-            out.push(CertificatePair { cert_file: c.0, key_file: k.0, origin: c.1 });
+            out.push(CertificatePair {
+                cert_file: c.0,
+                key_file: k.0,
+                origin: c.1,
+            });
         }
     }
     out
@@ -358,11 +453,16 @@ fn readable_file(ctx: &mut Ctx<'_>, setting: &Setting<'_>) -> Option<(std::path:
     let path = ctx.dir.join(text.value.trim());
     let problem = match std::fs::metadata(&path) {
         Ok(meta) if meta.is_dir() => Some("is a directory, not a file".to_string()),
-        Ok(_) => std::fs::File::open(&path).err().map(|e| format!("cannot be read: {e}")),
+        Ok(_) => std::fs::File::open(&path)
+            .err()
+            .map(|e| format!("cannot be read: {e}")),
         Err(e) => Some(format!("cannot be read: {e}")),
     };
     if let Some(problem) = problem {
-        ctx.error(text.origin, format!("{}: `{}` {problem}", setting.path, path.display()));
+        ctx.error(
+            text.origin,
+            format!("{}: `{}` {problem}", setting.path, path.display()),
+        );
         return None;
     }
     Some((path, text.origin))
@@ -379,11 +479,13 @@ fn idp(
     let (provider, origin) = match provider {
         Some(s) => {
             let text = ctx.non_empty(&s);
-            let provider = text.as_ref().and_then(|t| match t.value.trim().to_ascii_lowercase().as_str() {
-                "google" => Some(IdpProvider::Google),
-                "oidc" => Some(IdpProvider::Oidc),
-                _ => {
-                    ctx.error(
+            let provider =
+                text.as_ref()
+                    .and_then(|t| match t.value.trim().to_ascii_lowercase().as_str() {
+                        "google" => Some(IdpProvider::Google),
+                        "oidc" => Some(IdpProvider::Oidc),
+                        _ => {
+                            ctx.error(
                         t.origin.clone(),
                         format!(
                             "{}: `{}` is not supported (supported: google, oidc); for another \
@@ -391,21 +493,26 @@ fn idp(
                             s.path, t.value
                         ),
                     );
-                    None
-                }
-            });
+                            None
+                        }
+                    });
             (provider, s.origin)
         }
         None => (Some(IdpProvider::Google), Origin::Default),
     };
 
     let issuer = match url {
-        Some(s) => ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::secure_url(&t.value))),
+        Some(s) => ctx
+            .non_empty(&s)
+            .and_then(|t| ctx.check(&t.origin, &s.path, values::secure_url(&t.value))),
         None => match provider {
             Some(IdpProvider::Google) => match Url::parse(GOOGLE_ISSUER) {
                 Ok(url) => Some(url),
                 Err(e) => {
-                    ctx.error(Origin::Default, format!("internal error: Google's issuer URL: {e}"));
+                    ctx.error(
+                        Origin::Default,
+                        format!("internal error: Google's issuer URL: {e}"),
+                    );
                     None
                 }
             },
@@ -421,24 +528,31 @@ fn idp(
         },
     };
 
-    let required = |ctx: &mut Ctx<'_>, setting: Option<Setting<'_>>, what: &str, name: &str, alias: &str| {
-        match setting {
-            Some(s) => ctx.non_empty(&s),
-            None => {
-                let origin = ctx.whole_file();
-                ctx.error(
-                    origin,
-                    format!(
-                        "{name} is required ({what} from your identity provider); set {name} \
+    let required =
+        |ctx: &mut Ctx<'_>, setting: Option<Setting<'_>>, what: &str, name: &str, alias: &str| {
+            match setting {
+                Some(s) => ctx.non_empty(&s),
+                None => {
+                    let origin = ctx.whole_file();
+                    ctx.error(
+                        origin,
+                        format!(
+                            "{name} is required ({what} from your identity provider); set {name} \
                          (or {alias}), or the {} environment variable",
-                        name.to_ascii_uppercase()
-                    ),
-                );
-                None
+                            name.to_ascii_uppercase()
+                        ),
+                    );
+                    None
+                }
             }
-        }
-    };
-    let client_id = required(ctx, client_id, "the OAuth client ID", "idp_client_id", "identity_provider_client_id");
+        };
+    let client_id = required(
+        ctx,
+        client_id,
+        "the OAuth client ID",
+        "idp_client_id",
+        "identity_provider_client_id",
+    );
     let client_secret = required(
         ctx,
         client_secret,
@@ -454,7 +568,10 @@ fn idp(
             if !scopes.iter().any(|x| x == "openid") {
                 ctx.error(
                     s.origin.clone(),
-                    format!("{}: must include `openid` (like `openid email profile`)", s.path),
+                    format!(
+                        "{}: must include `openid` (like `openid email profile`)",
+                        s.path
+                    ),
                 );
                 return None;
             }
@@ -485,7 +602,9 @@ fn cookie(
     secure: Option<Setting<'_>>,
 ) -> Option<CookieConfig> {
     let name = match name {
-        Some(s) => ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::cookie_name(t.value.trim()))),
+        Some(s) => ctx
+            .non_empty(&s)
+            .and_then(|t| ctx.check(&t.origin, &s.path, values::cookie_name(t.value.trim()))),
         None => Some(DEFAULT_COOKIE_NAME.to_string()),
     };
     let secret = match secret {
@@ -503,7 +622,9 @@ fn cookie(
         }
     };
     let expire = match expire {
-        Some(s) => ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::duration(&t.value))),
+        Some(s) => ctx
+            .non_empty(&s)
+            .and_then(|t| ctx.check(&t.origin, &s.path, values::duration(&t.value))),
         None => Some(DEFAULT_COOKIE_EXPIRE),
     };
     let domain = domain.and_then(|s| {
@@ -514,7 +635,9 @@ fn cookie(
         ctx.check(&t.origin, &s.path, values::cookie_domain(&t.value))
     });
     let same_site = match same_site {
-        Some(s) => ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, values::same_site(&t.value))),
+        Some(s) => ctx
+            .non_empty(&s)
+            .and_then(|t| ctx.check(&t.origin, &s.path, values::same_site(&t.value))),
         None => Some(SameSite::Lax),
     };
     for (setting, attribute) in [(http_only, "HttpOnly"), (secure, "Secure")] {

@@ -15,7 +15,10 @@ fn check(name: &str, vars: &[(&str, &str)]) {
     let file = fixture(&format!("broken/{name}.yaml"));
     let text = std::fs::read_to_string(&file).expect("read fixture");
     match load_str(Path::new(&format!("{name}.yaml")), &text, &env(vars)) {
-        Ok(config) => panic!("{name}.yaml loaded, but should fail; warnings: {:?}", config.warnings),
+        Ok(config) => panic!(
+            "{name}.yaml loaded, but should fail; warnings: {:?}",
+            config.warnings
+        ),
         Err(errors) => assert_golden(name, &format!("{errors}\n")),
     }
 }
@@ -32,7 +35,10 @@ fn unknown_keys_are_errors_with_the_closest_known_key_suggested() {
 
 #[test]
 fn missing_env_var_is_reported_with_position() {
-    check("missing-env-var", &[("GOOGLE_CLIENT_SECRET", "not-a-real-secret")]);
+    check(
+        "missing-env-var",
+        &[("GOOGLE_CLIENT_SECRET", "not-a-real-secret")],
+    );
 }
 
 #[test]
@@ -68,6 +74,7 @@ fn several_errors_in_one_file_are_all_reported_in_line_order() {
 #[test]
 fn teamos_seed_without_its_environment_reports_each_missing_variable() {
     let text = std::fs::read_to_string(fixture("teamos-seed.yaml")).expect("read fixture");
-    let errors = load_str(Path::new("config.yaml"), &text, &env(&[])).expect_err("secrets are missing");
+    let errors =
+        load_str(Path::new("config.yaml"), &text, &env(&[])).expect_err("secrets are missing");
     assert_golden("teamos-seed-without-env", &format!("{errors}\n"));
 }

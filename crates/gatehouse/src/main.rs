@@ -15,7 +15,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// issuer), every request is checked against a policy, and each upstream gets the person's
 /// identity in Pomerium-compatible headers and a signed JWT.
 #[derive(Parser, Debug)]
-#[command(name = "gatehouse", version, after_help = "Exit codes: 0 ok; 1 the configuration is invalid; 2 Gatehouse could not run.")]
+#[command(
+    name = "gatehouse",
+    version,
+    after_help = "Exit codes: 0 ok; 1 the configuration is invalid; 2 Gatehouse could not run."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -26,7 +30,12 @@ enum Command {
     /// Run the proxy.
     Serve {
         /// The YAML config file (Pomerium-compatible keys).
-        #[arg(short, long, env = "GATEHOUSE_CONFIG", default_value = "gatehouse.yaml")]
+        #[arg(
+            short,
+            long,
+            env = "GATEHOUSE_CONFIG",
+            default_value = "gatehouse.yaml"
+        )]
         config: PathBuf,
         /// Worker threads (default: the number of CPUs).
         #[arg(long)]
@@ -39,7 +48,12 @@ enum Command {
     /// 0 and a summary when it is valid, 1 and `file:line:col: message` lines when not.
     Check {
         /// The YAML config file.
-        #[arg(short, long, env = "GATEHOUSE_CONFIG", default_value = "gatehouse.yaml")]
+        #[arg(
+            short,
+            long,
+            env = "GATEHOUSE_CONFIG",
+            default_value = "gatehouse.yaml"
+        )]
         config: PathBuf,
     },
     /// Print a new random `cookie_secret` and `signing_key`, ready to paste into the config
@@ -56,21 +70,35 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, threads, log_format } => serve(config, threads, log_format),
+        Command::Serve {
+            config,
+            threads,
+            log_format,
+        } => serve(config, threads, log_format),
         Command::Check { config } => check(config),
         Command::Keygen => keygen(),
     }
 }
 
-fn load(path: &std::path::Path) -> Result<(gatehouse_config::Config, gatehouse_proxy::Prepared), ExitCode> {
+fn load(
+    path: &std::path::Path,
+) -> Result<(gatehouse_config::Config, gatehouse_proxy::Prepared), ExitCode> {
     let config = gatehouse_config::load(path, &gatehouse_config::ProcessEnv).map_err(|e| {
         eprintln!("{e}");
-        eprintln!("{}: {} problem(s); nothing was started", path.display(), e.errors.len());
+        eprintln!(
+            "{}: {} problem(s); nothing was started",
+            path.display(),
+            e.errors.len()
+        );
         ExitCode::from(1)
     })?;
     let prepared = gatehouse_proxy::prepare(&config).map_err(|e| {
         eprintln!("{e}");
-        eprintln!("{}: {} problem(s); nothing was started", path.display(), e.errors.len());
+        eprintln!(
+            "{}: {} problem(s); nothing was started",
+            path.display(),
+            e.errors.len()
+        );
         ExitCode::from(1)
     })?;
     Ok((config, prepared))
@@ -110,7 +138,11 @@ fn serve(path: PathBuf, threads: Option<usize>, format: LogFormat) -> ExitCode {
     for n in &prepared.notes {
         tracing::warn!("{n}");
     }
-    let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2));
+    let threads = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
     match gatehouse_proxy::run(prepared, gatehouse_proxy::RunOptions { threads }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -125,7 +157,11 @@ fn init_logging(level: &str, format: LogFormat) {
     // Pingora's own log lines come through the `log` bridge; keep them to warnings.
     let default = format!("{level},pingora=warn,pingora_core=warn,pingora_proxy=warn");
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let result = match format {
         LogFormat::Plain => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
@@ -142,7 +178,10 @@ fn keygen() -> ExitCode {
     rand::rngs::OsRng.fill_bytes(&mut secret);
     match gatehouse_auth::jwt::generate_signing_key_b64() {
         Ok(key) => {
-            println!("cookie_secret: {}", base64::engine::general_purpose::STANDARD.encode(secret));
+            println!(
+                "cookie_secret: {}",
+                base64::engine::general_purpose::STANDARD.encode(secret)
+            );
             println!("signing_key: {key}");
             ExitCode::SUCCESS
         }

@@ -82,14 +82,20 @@ impl Reason {
 impl std::fmt::Display for Reason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Reason::AnyAuthenticatedUser => f.write_str("this route lets in anyone who is signed in"),
+            Reason::AnyAuthenticatedUser => {
+                f.write_str("this route lets in anyone who is signed in")
+            }
             Reason::DomainAllowed { domain } => write!(f, "addresses at {domain} are allowed"),
             Reason::EmailAllowed { email } => write!(f, "{email} is allowed by name"),
             Reason::AllowBlockMatched { block } => {
                 write!(f, "allowed by rule {} of this route's policy", block + 1)
             }
             Reason::DenyBlockMatched { block } => {
-                write!(f, "refused by rule {} of this route's policy (a deny rule)", block + 1)
+                write!(
+                    f,
+                    "refused by rule {} of this route's policy (a deny rule)",
+                    block + 1
+                )
             }
             Reason::EmailNotVerified { email } => write!(
                 f,
@@ -131,7 +137,9 @@ struct Block {
 impl Block {
     fn matches(&self, facts: &Facts<'_>) -> bool {
         match self.op {
-            LogicalOp::And => !self.criteria.is_empty() && self.criteria.iter().all(|c| c.matches(facts)),
+            LogicalOp::And => {
+                !self.criteria.is_empty() && self.criteria.iter().all(|c| c.matches(facts))
+            }
             LogicalOp::Or => self.criteria.iter().any(|c| c.matches(facts)),
         }
     }
@@ -181,11 +189,19 @@ impl Policy {
             || !route.allowed_domains.is_empty()
             || !route.allowed_users.is_empty()
             || !blocks.is_empty();
-        let domains = if own_rules { &route.allowed_domains } else { global_domains };
+        let domains = if own_rules {
+            &route.allowed_domains
+        } else {
+            global_domains
+        };
         Policy {
             any_authenticated: route.allow_any_authenticated_user,
             domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
-            users: route.allowed_users.iter().map(|u| u.to_ascii_lowercase()).collect(),
+            users: route
+                .allowed_users
+                .iter()
+                .map(|u| u.to_ascii_lowercase())
+                .collect(),
             blocks,
         }
     }
@@ -203,11 +219,19 @@ impl Policy {
         if facts.email_verified {
             if let Some(d) = domain_of(facts.email) {
                 if let Some(found) = self.domains.iter().find(|x| x.eq_ignore_ascii_case(d)) {
-                    return Decision::Allow(Reason::DomainAllowed { domain: found.clone() });
+                    return Decision::Allow(Reason::DomainAllowed {
+                        domain: found.clone(),
+                    });
                 }
             }
-            if let Some(found) = self.users.iter().find(|u| u.eq_ignore_ascii_case(facts.email)) {
-                return Decision::Allow(Reason::EmailAllowed { email: found.clone() });
+            if let Some(found) = self
+                .users
+                .iter()
+                .find(|u| u.eq_ignore_ascii_case(facts.email))
+            {
+                return Decision::Allow(Reason::EmailAllowed {
+                    email: found.clone(),
+                });
             }
         }
         for (i, b) in self.blocks.iter().enumerate() {
@@ -215,19 +239,29 @@ impl Policy {
                 return Decision::Allow(Reason::AllowBlockMatched { block: i });
             }
         }
-        if self.domains.is_empty() && self.users.is_empty() && self.blocks.iter().all(|b| b.action == Action::Deny) {
+        if self.domains.is_empty()
+            && self.users.is_empty()
+            && self.blocks.iter().all(|b| b.action == Action::Deny)
+        {
             return Decision::Deny(Reason::NoPolicy);
         }
         if !facts.email_verified {
-            return Decision::Deny(Reason::EmailNotVerified { email: facts.email.to_string() });
+            return Decision::Deny(Reason::EmailNotVerified {
+                email: facts.email.to_string(),
+            });
         }
-        Decision::Deny(Reason::NotAllowed { email: facts.email.to_string() })
+        Decision::Deny(Reason::NotAllowed {
+            email: facts.email.to_string(),
+        })
     }
 }
 
 /// The part after the last `@`, if there is one and it is not empty.
 fn domain_of(email: &str) -> Option<&str> {
-    email.rsplit_once('@').map(|(_, d)| d).filter(|d| !d.is_empty())
+    email
+        .rsplit_once('@')
+        .map(|(_, d)| d)
+        .filter(|d| !d.is_empty())
 }
 
 #[cfg(test)]

@@ -4,7 +4,11 @@ use gatehouse_config::{Criterion, Origin, PolicyBlock, PolicySpec, RouteFrom, Ur
 fn route() -> Route {
     Route {
         index: 0,
-        from: RouteFrom { scheme: "https".into(), host: "a.test".into(), port: None },
+        from: RouteFrom {
+            scheme: "https".into(),
+            host: "a.test".into(),
+            port: None,
+        },
         prefix: None,
         path: None,
         to: Url::parse("http://127.0.0.1:1").unwrap(),
@@ -25,14 +29,21 @@ fn block(action: Action, op: LogicalOp, crit: &[(CriterionKind, &str)]) -> Polic
         op,
         criteria: crit
             .iter()
-            .map(|(k, v)| Criterion { kind: k.clone(), is: v.to_string(), origin: Origin::Default })
+            .map(|(k, v)| Criterion {
+                kind: k.clone(),
+                is: v.to_string(),
+                origin: Origin::Default,
+            })
             .collect(),
         origin: Origin::Default,
     }
 }
 
 fn verified(email: &str) -> Facts<'_> {
-    Facts { email, email_verified: true }
+    Facts {
+        email,
+        email_verified: true,
+    }
 }
 
 #[test]
@@ -40,11 +51,15 @@ fn top_level_domains_apply_to_route_without_rules() {
     let p = Policy::for_route(&route(), &["Example.com".into()]);
     assert_eq!(
         p.evaluate(&verified("alice@EXAMPLE.com")),
-        Decision::Allow(Reason::DomainAllowed { domain: "example.com".into() })
+        Decision::Allow(Reason::DomainAllowed {
+            domain: "example.com".into()
+        })
     );
     assert_eq!(
         p.evaluate(&verified("mallory@evil.test")),
-        Decision::Deny(Reason::NotAllowed { email: "mallory@evil.test".into() })
+        Decision::Deny(Reason::NotAllowed {
+            email: "mallory@evil.test".into()
+        })
     );
 }
 
@@ -59,8 +74,16 @@ fn domain_match_is_exact_not_suffix() {
 #[test]
 fn unverified_email_is_never_admitted_by_email_rules() {
     let p = Policy::allowed_domains(&["example.com".into()]);
-    let d = p.evaluate(&Facts { email: "eve@example.com", email_verified: false });
-    assert_eq!(d, Decision::Deny(Reason::EmailNotVerified { email: "eve@example.com".into() }));
+    let d = p.evaluate(&Facts {
+        email: "eve@example.com",
+        email_verified: false,
+    });
+    assert_eq!(
+        d,
+        Decision::Deny(Reason::EmailNotVerified {
+            email: "eve@example.com".into()
+        })
+    );
     assert!(d.reason().to_string().contains("not verified"));
 }
 
@@ -68,7 +91,11 @@ fn unverified_email_is_never_admitted_by_email_rules() {
 fn route_policy_replaces_top_level_domains() {
     let mut r = route();
     r.policy = Some(PolicySpec {
-        blocks: vec![block(Action::Allow, LogicalOp::Or, &[(CriterionKind::Email, "bob@example.com")])],
+        blocks: vec![block(
+            Action::Allow,
+            LogicalOp::Or,
+            &[(CriterionKind::Email, "bob@example.com")],
+        )],
     });
     let p = Policy::for_route(&r, &["example.com".into()]);
     assert!(p.evaluate(&verified("bob@example.com")).is_allow());
@@ -80,13 +107,27 @@ fn deny_wins_over_allow() {
     let mut r = route();
     r.policy = Some(PolicySpec {
         blocks: vec![
-            block(Action::Allow, LogicalOp::Or, &[(CriterionKind::Domain, "example.com")]),
-            block(Action::Deny, LogicalOp::Or, &[(CriterionKind::Email, "bob@example.com")]),
+            block(
+                Action::Allow,
+                LogicalOp::Or,
+                &[(CriterionKind::Domain, "example.com")],
+            ),
+            block(
+                Action::Deny,
+                LogicalOp::Or,
+                &[(CriterionKind::Email, "bob@example.com")],
+            ),
         ],
     });
     let p = Policy::for_route(&r, &[]);
-    assert_eq!(p.evaluate(&verified("bob@example.com")), Decision::Deny(Reason::DenyBlockMatched { block: 1 }));
-    assert_eq!(p.evaluate(&verified("alice@example.com")), Decision::Allow(Reason::AllowBlockMatched { block: 0 }));
+    assert_eq!(
+        p.evaluate(&verified("bob@example.com")),
+        Decision::Deny(Reason::DenyBlockMatched { block: 1 })
+    );
+    assert_eq!(
+        p.evaluate(&verified("alice@example.com")),
+        Decision::Allow(Reason::AllowBlockMatched { block: 0 })
+    );
 }
 
 #[test]
@@ -96,7 +137,10 @@ fn and_block_needs_every_criterion() {
         blocks: vec![block(
             Action::Allow,
             LogicalOp::And,
-            &[(CriterionKind::Domain, "example.com"), (CriterionKind::Email, "alice@example.com")],
+            &[
+                (CriterionKind::Domain, "example.com"),
+                (CriterionKind::Email, "alice@example.com"),
+            ],
         )],
     });
     let p = Policy::for_route(&r, &[]);
@@ -107,7 +151,10 @@ fn and_block_needs_every_criterion() {
 #[test]
 fn route_without_any_rule_lets_nobody_in() {
     let p = Policy::for_route(&route(), &[]);
-    assert_eq!(p.evaluate(&verified("alice@example.com")), Decision::Deny(Reason::NoPolicy));
+    assert_eq!(
+        p.evaluate(&verified("alice@example.com")),
+        Decision::Deny(Reason::NoPolicy)
+    );
 }
 
 #[test]
@@ -115,7 +162,13 @@ fn any_authenticated_user_admits_unverified_too() {
     let mut r = route();
     r.allow_any_authenticated_user = true;
     let p = Policy::for_route(&r, &["example.com".into()]);
-    assert!(p.evaluate(&Facts { email: "x@y.z", email_verified: false }).is_allow());
+    assert!(
+        p.evaluate(&Facts {
+            email: "x@y.z",
+            email_verified: false
+        })
+        .is_allow()
+    );
 }
 
 #[test]
@@ -124,5 +177,8 @@ fn allowed_users_on_route() {
     r.allowed_users = vec!["Bob@Example.com".into()];
     let p = Policy::for_route(&r, &["example.com".into()]);
     assert!(p.evaluate(&verified("bob@example.com")).is_allow());
-    assert!(!p.evaluate(&verified("alice@example.com")).is_allow(), "route rules replace the top-level domains");
+    assert!(
+        !p.evaluate(&verified("alice@example.com")).is_allow(),
+        "route rules replace the top-level domains"
+    );
 }

@@ -79,12 +79,23 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
     let mut routes = Vec::new();
     let mut matchers = Vec::new();
     for r in &config.routes {
-        let host = r.to.host_str().unwrap_or("").trim_start_matches('[').trim_end_matches(']').to_string();
+        let host =
+            r.to.host_str()
+                .unwrap_or("")
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
         let Some(port) = r.to.port_or_known_default() else {
-            errors.push(ConfigError::new(r.origin.clone(), format!("routes[{}].to: {} has no port", r.index, r.to)));
+            errors.push(ConfigError::new(
+                r.origin.clone(),
+                format!("routes[{}].to: {} has no port", r.index, r.to),
+            ));
             continue;
         };
-        let upstream = match (host.as_str(), port).to_socket_addrs().map(|mut a| a.next()) {
+        let upstream = match (host.as_str(), port)
+            .to_socket_addrs()
+            .map(|mut a| a.next())
+        {
             Ok(Some(a)) => a,
             _ => {
                 errors.push(ConfigError::new(
@@ -125,7 +136,11 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
         None
     } else if config.certificates.is_empty() {
         let mut names: Vec<String> = config.routes.iter().map(|r| r.from.host.clone()).collect();
-        if let Some(h) = config.authenticate_service_url.as_ref().and_then(|u| u.host_str()) {
+        if let Some(h) = config
+            .authenticate_service_url
+            .as_ref()
+            .and_then(|u| u.host_str())
+        {
             names.push(h.to_string());
         }
         names.push("localhost".into());
@@ -137,7 +152,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
                 Some(r)
             }
             Err(e) => {
-                errors.push(ConfigError::new(gatehouse_config::Origin::Default, format!("cannot make a self-signed certificate: {e}")));
+                errors.push(ConfigError::new(
+                    gatehouse_config::Origin::Default,
+                    format!("cannot make a self-signed certificate: {e}"),
+                ));
                 None
             }
         }
@@ -168,10 +186,19 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
         table: routes::RouteTable::new(matchers),
         auth,
         auth_host,
-        cookie: CookieSettings { domain: config.cookie.domain.clone(), same_site: config.cookie.same_site },
+        cookie: CookieSettings {
+            domain: config.cookie.domain.clone(),
+            same_site: config.cookie.same_site,
+        },
         tls: !config.insecure_server,
     };
-    Ok(Prepared { state: Arc::new(state), tls, address: config.address, redirect_addr: config.http_redirect_addr, notes })
+    Ok(Prepared {
+        state: Arc::new(state),
+        tls,
+        address: config.address,
+        redirect_addr: config.http_redirect_addr,
+        notes,
+    })
 }
 
 /// Options for running (from the command line, not the config file).
@@ -198,7 +225,9 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
 
     let mut main = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
-        Gatehouse { state: prepared.state.clone() },
+        Gatehouse {
+            state: prepared.state.clone(),
+        },
         "gatehouse",
     );
     let addr = prepared.address.to_string();
@@ -220,7 +249,9 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(r) = prepared.redirect_addr {
         let mut redirect = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
-            HttpsRedirect { https_port: prepared.address.port() },
+            HttpsRedirect {
+                https_port: prepared.address.port(),
+            },
             "gatehouse-redirect",
         );
         redirect.add_tcp(&r.to_string());

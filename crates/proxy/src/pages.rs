@@ -56,7 +56,10 @@ footer{{margin-top:1.5rem;color:#7a8391;font-size:.85rem}}</style></head>\
     pub fn text(status: u16, body: &'static str) -> Page {
         Page {
             status,
-            headers: vec![("content-type", "text/plain; charset=utf-8".into()), ("cache-control", "no-store".into())],
+            headers: vec![
+                ("content-type", "text/plain; charset=utf-8".into()),
+                ("cache-control", "no-store".into()),
+            ],
             body: Bytes::from_static(body.as_bytes()),
         }
     }
@@ -64,7 +67,10 @@ footer{{margin-top:1.5rem;color:#7a8391;font-size:.85rem}}</style></head>\
     pub fn redirect(status: u16, location: &str) -> Page {
         Page {
             status,
-            headers: vec![("location", location.to_string()), ("cache-control", "no-store".into())],
+            headers: vec![
+                ("location", location.to_string()),
+                ("cache-control", "no-store".into()),
+            ],
             body: Bytes::new(),
         }
     }
@@ -87,7 +93,10 @@ pub fn not_found(host: &str) -> Page {
     Page::html(
         404,
         "No such site here",
-        &format!("<p>Gatehouse has no route for <span class=\"mono\">{}</span>.</p><p>Check the address, or ask the operator to add a route for it.</p>", text(host)),
+        &format!(
+            "<p>Gatehouse has no route for <span class=\"mono\">{}</span>.</p><p>Check the address, or ask the operator to add a route for it.</p>",
+            text(host)
+        ),
     )
 }
 
@@ -123,7 +132,11 @@ pub fn bad_request(message: &str) -> Page {
 }
 
 pub fn signed_out() -> Page {
-    Page::html(200, "You are signed out", "<p>Your Gatehouse session has ended in this browser.</p><p><a class=\"button\" href=\"/\">Sign in again</a></p>")
+    Page::html(
+        200,
+        "You are signed out",
+        "<p>Your Gatehouse session has ended in this browser.</p><p><a class=\"button\" href=\"/\">Sign in again</a></p>",
+    )
 }
 
 pub struct UserView<'a> {
@@ -136,7 +149,11 @@ pub struct UserView<'a> {
 }
 
 pub fn user_page(v: &UserView<'_>) -> Page {
-    let groups = if v.groups.is_empty() { "(none)".to_string() } else { v.groups.join(", ") };
+    let groups = if v.groups.is_empty() {
+        "(none)".to_string()
+    } else {
+        v.groups.join(", ")
+    };
     Page::html(
         200,
         "Your session",
@@ -153,16 +170,31 @@ pub fn user_page(v: &UserView<'_>) -> Page {
 }
 
 pub fn upstream_error(status: u16, what: &str, request_id: &str) -> Page {
-    let title = if status == 504 { "The site took too long to answer" } else { "The site is not answering" };
+    let title = if status == 504 {
+        "The site took too long to answer"
+    } else {
+        "The site is not answering"
+    };
     Page::html(
         status,
         title,
-        &format!("<p>{}</p><p>Request id: <span class=\"mono\">{}</span></p>", text(what), text(request_id)),
+        &format!(
+            "<p>{}</p><p>Request id: <span class=\"mono\">{}</span></p>",
+            text(what),
+            text(request_id)
+        ),
     )
 }
 
 pub fn internal_error(request_id: &str) -> Page {
-    Page::html(500, "Something went wrong", &format!("<p>Request id: <span class=\"mono\">{}</span></p>", text(request_id)))
+    Page::html(
+        500,
+        "Something went wrong",
+        &format!(
+            "<p>Request id: <span class=\"mono\">{}</span></p>",
+            text(request_id)
+        ),
+    )
 }
 
 #[cfg(test)]

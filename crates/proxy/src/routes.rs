@@ -16,7 +16,12 @@ pub struct RouteMatcher {
 
 impl RouteMatcher {
     pub fn from_route(r: &Route) -> Self {
-        RouteMatcher { host: r.from.host.clone(), port: r.from.port, prefix: r.prefix.clone(), path: r.path.clone() }
+        RouteMatcher {
+            host: r.from.host.clone(),
+            port: r.from.port,
+            prefix: r.prefix.clone(),
+            path: r.path.clone(),
+        }
     }
 
     /// How specific a match is, or `None` if it doesn't match.
@@ -29,7 +34,9 @@ impl RouteMatcher {
             return (exact == path).then_some(1_000_000 + port_bonus);
         }
         if let Some(prefix) = &self.prefix {
-            return path.starts_with(prefix.as_str()).then_some(1000 + 2 * prefix.len() + port_bonus);
+            return path
+                .starts_with(prefix.as_str())
+                .then_some(1000 + 2 * prefix.len() + port_bonus);
         }
         Some(port_bonus)
     }
@@ -62,7 +69,9 @@ impl RouteTable {
 
     /// Whether some route serves `host` on `port` (any path).
     pub fn has_host(&self, host: &str, port: u16) -> bool {
-        self.matchers.iter().any(|m| m.host == host && m.port.is_none_or(|p| p == port))
+        self.matchers
+            .iter()
+            .any(|m| m.host == host && m.port.is_none_or(|p| p == port))
     }
 }
 
@@ -88,7 +97,11 @@ pub fn split_host(value: &str) -> Option<(String, Option<u16>)> {
             None => (value.to_string(), None),
         }
     };
-    if host.is_empty() || !host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b)) {
+    if host.is_empty()
+        || !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._[]:".contains(&b))
+    {
         return None;
     }
     Some((host.to_ascii_lowercase(), port))
@@ -99,7 +112,12 @@ mod tests {
     use super::*;
 
     fn m(host: &str, port: Option<u16>, prefix: Option<&str>, path: Option<&str>) -> RouteMatcher {
-        RouteMatcher { host: host.into(), port, prefix: prefix.map(Into::into), path: path.map(Into::into) }
+        RouteMatcher {
+            host: host.into(),
+            port,
+            prefix: prefix.map(Into::into),
+            path: path.map(Into::into),
+        }
     }
 
     #[test]
@@ -119,13 +137,19 @@ mod tests {
 
     #[test]
     fn first_listed_wins_a_tie() {
-        let t = RouteTable::new(vec![m("a.test", None, None, None), m("a.test", None, None, None)]);
+        let t = RouteTable::new(vec![
+            m("a.test", None, None, None),
+            m("a.test", None, None, None),
+        ]);
         assert_eq!(t.find("a.test", 443, "/"), Some(0));
     }
 
     #[test]
     fn explicit_port_matches_only_that_port() {
-        let t = RouteTable::new(vec![m("a.test", Some(8443), None, None), m("b.test", None, None, None)]);
+        let t = RouteTable::new(vec![
+            m("a.test", Some(8443), None, None),
+            m("b.test", None, None, None),
+        ]);
         assert_eq!(t.find("a.test", 8443, "/"), Some(0));
         assert_eq!(t.find("a.test", 443, "/"), None);
         assert_eq!(t.find("b.test", 8443, "/"), Some(1));
@@ -140,7 +164,10 @@ mod tests {
 
     #[test]
     fn host_header_is_split_and_lowercased() {
-        assert_eq!(split_host("Assistant.Localhost:8443"), Some(("assistant.localhost".into(), Some(8443))));
+        assert_eq!(
+            split_host("Assistant.Localhost:8443"),
+            Some(("assistant.localhost".into(), Some(8443)))
+        );
         assert_eq!(split_host("a.test"), Some(("a.test".into(), None)));
         assert_eq!(split_host("[::1]:80"), Some(("[::1]".into(), Some(80))));
         assert_eq!(split_host("a.test:notaport"), None);

@@ -94,9 +94,9 @@ const MAX_FORM_BYTES: usize = 8 * 1024;
 
 /// `/.pomerium/x` is an alias of `/.gatehouse/x`.
 fn gatehouse_path(path: &str) -> Option<&str> {
-    path.strip_prefix(GATEHOUSE_PREFIX).or_else(|| path.strip_prefix(POMERIUM_PREFIX)).or_else(|| {
-        (path == "/.gatehouse" || path == "/.pomerium").then_some("")
-    })
+    path.strip_prefix(GATEHOUSE_PREFIX)
+        .or_else(|| path.strip_prefix(POMERIUM_PREFIX))
+        .or_else(|| (path == "/.gatehouse" || path == "/.pomerium").then_some(""))
 }
 
 /// All cookies of the request (every `Cookie` header; HTTP/2 may send several).
@@ -118,7 +118,9 @@ fn cookie_lookup<'a>(jar: &'a [(String, String)]) -> impl Fn(&str) -> Option<&'a
 }
 
 fn query_map(query: Option<&str>) -> HashMap<String, String> {
-    query.map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+    query
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default()
 }
 
 /// Whether the client is a script rather than a browser navigation.
@@ -126,12 +128,23 @@ fn is_api_request(req: &RequestHeader) -> bool {
     if req.headers.contains_key(http::header::AUTHORIZATION) {
         return true;
     }
-    let accept = req.headers.get(http::header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let accept = req
+        .headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
     accept.contains("application/json") && !accept.contains("text/html")
 }
 
 impl State {
-    fn set_cookie(&self, name: &str, value: &str, max_age_secs: i64, same_site: SameSite, domain: bool) -> String {
+    fn set_cookie(
+        &self,
+        name: &str,
+        value: &str,
+        max_age_secs: i64,
+        same_site: SameSite,
+        domain: bool,
+    ) -> String {
         let mut c = cookie::Cookie::build((name, value))
             .path("/")
             .secure(true)
@@ -151,11 +164,18 @@ impl State {
     }
 
     /// Set-Cookie headers that store `session`, clearing leftover chunks of a larger one.
-    fn session_cookies(&self, session: &gatehouse_auth::Session, jar: &[(String, String)], now: u64) -> Vec<String> {
+    fn session_cookies(
+        &self,
+        session: &gatehouse_auth::Session,
+        jar: &[(String, String)],
+        now: u64,
+    ) -> Vec<String> {
         let pairs = self.auth.session.encode(session);
         let ttl = session.exp.saturating_sub(now) as i64;
-        let mut out: Vec<String> =
-            pairs.iter().map(|(k, v)| self.set_cookie(k, v, ttl, self.cookie.same_site, true)).collect();
+        let mut out: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| self.set_cookie(k, v, ttl, self.cookie.same_site, true))
+            .collect();
         let name = self.auth.session.name();
         for i in pairs.len()..MAX_CHUNKS {
             let chunk = format!("{name}_{i}");
@@ -178,7 +198,9 @@ impl State {
     }
 
     fn is_auth_host(&self, host: &str, port: u16) -> bool {
-        self.auth_host.as_ref().is_some_and(|a| a.host == host && a.port.is_none_or(|p| p == port))
+        self.auth_host
+            .as_ref()
+            .is_some_and(|a| a.host == host && a.port.is_none_or(|p| p == port))
     }
 
     fn default_port(&self) -> u16 {
@@ -188,7 +210,10 @@ impl State {
     /// `return_url` is acceptable only if it is a URL of a configured route.
     fn checked_return_url(&self, raw: &str) -> Option<url::Url> {
         let u = url::Url::parse(raw).ok()?;
-        if !matches!(u.scheme(), "https" | "http") || !u.username().is_empty() || u.password().is_some() {
+        if !matches!(u.scheme(), "https" | "http")
+            || !u.username().is_empty()
+            || u.password().is_some()
+        {
             return None;
         }
         let host = u.host_str()?.to_ascii_lowercase();
@@ -225,7 +250,10 @@ impl State {
         }
         if let Some(a) = &self.auth_host {
             let enc: String = form_urlencoded::byte_serialize(return_url.as_bytes()).collect();
-            return Page::redirect(302, &format!("{}/.gatehouse/sign_in?return_url={enc}", a.origin));
+            return Page::redirect(
+                302,
+                &format!("{}/.gatehouse/sign_in?return_url={enc}", a.origin),
+            );
         }
         let redirect_uri = format!("{scheme}://{authority}/.gatehouse/callback");
         self.begin_login(&redirect_uri, &return_url).await
@@ -235,30 +263,50 @@ impl State {
         match self.auth.begin_login(redirect_uri, return_url, now()).await {
             Ok((idp_url, login_cookie)) => Page::redirect(302, &idp_url).with_header(
                 "set-cookie",
-                self.set_cookie(self.auth.login_cookie_name(), &login_cookie, gatehouse_auth::LOGIN_TTL_SECS as i64, SameSite::Lax, false),
+                self.set_cookie(
+                    self.auth.login_cookie_name(),
+                    &login_cookie,
+                    gatehouse_auth::LOGIN_TTL_SECS as i64,
+                    SameSite::Lax,
+                    false,
+                ),
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start sign-in");
-                pages::upstream_error(502, "Gatehouse cannot reach the identity provider to sign you in. Try again in a moment.", &request_id())
+                pages::upstream_error(
+                    502,
+                    "Gatehouse cannot reach the identity provider to sign you in. Try again in a moment.",
+                    &request_id(),
+                )
             }
         }
     }
 
     /// The IdP came back with `code` and `state`: check everything and make a session.
-    async fn finish_login(&self, jar: &[(String, String)], query: &HashMap<String, String>, retry: &str) -> Result<(gatehouse_auth::Session, String), Page> {
+    async fn finish_login(
+        &self,
+        jar: &[(String, String)],
+        query: &HashMap<String, String>,
+        retry: &str,
+    ) -> Result<(gatehouse_auth::Session, String), Page> {
         let login = cookie_lookup(jar)(self.auth.login_cookie_name());
         match self.auth.finish_login(login, query, now()).await {
             Ok(ok) => Ok(ok),
             Err(e) => {
                 tracing::info!(reason = %e, "sign-in refused");
                 let shown = match &e {
-                    CallbackError::Oidc(gatehouse_auth::OidcError::IdTokenRefused(_) | gatehouse_auth::OidcError::AzpMismatch { .. }) => {
+                    CallbackError::Oidc(
+                        gatehouse_auth::OidcError::IdTokenRefused(_)
+                        | gatehouse_auth::OidcError::AzpMismatch { .. },
+                    ) => {
                         "the identity provider's answer did not pass Gatehouse's checks".to_string()
                     }
                     other => other.to_string(),
                 };
-                Err(pages::sign_in_failed(&shown, retry)
-                    .with_header("set-cookie", self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false)))
+                Err(pages::sign_in_failed(&shown, retry).with_header(
+                    "set-cookie",
+                    self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false),
+                ))
             }
         }
     }
@@ -312,7 +360,9 @@ impl Gatehouse {
             .to_string();
         let path = req.uri.path().to_string();
         let Some((host, port)) = split_host(&authority) else {
-            return Ok(Step::Respond(pages::bad_request("The request has no valid Host header.")));
+            return Ok(Step::Respond(pages::bad_request(
+                "The request has no valid Host header.",
+            )));
         };
         let port = port.unwrap_or(st.default_port());
         ctx.host.clone_from(&host);
@@ -326,7 +376,10 @@ impl Gatehouse {
 
         // The authenticate host (two-host flow).
         if st.is_auth_host(&host, port) {
-            return self.authenticate_host(session, &path, gh.as_deref()).await.map(Step::Respond);
+            return self
+                .authenticate_host(session, &path, gh.as_deref())
+                .await
+                .map(Step::Respond);
         }
 
         // Route match.
@@ -346,7 +399,12 @@ impl Gatehouse {
         }
         let jar = request_cookies(session.req_header());
         match gh.as_deref() {
-            Some("callback") => return self.route_callback(session, &jar, &host).await.map(Step::Respond),
+            Some("callback") => {
+                return self
+                    .route_callback(session, &jar, &host)
+                    .await
+                    .map(Step::Respond);
+            }
             Some("signed_out") => return Ok(Step::Respond(pages::signed_out())),
             _ => {}
         }
@@ -366,15 +424,24 @@ impl Gatehouse {
                 return Ok(Step::Respond(page));
             }
             ctx.reason = Some("signed-out");
-            return Ok(Step::Respond(st.start_sign_in(session.req_header(), scheme, &authority).await));
+            return Ok(Step::Respond(
+                st.start_sign_in(session.req_header(), scheme, &authority)
+                    .await,
+            ));
         };
 
         if let Some(g) = gh.as_deref() {
-            return self.gatehouse_page(session, g, &identity, scheme, &authority).await.map(Step::Respond);
+            return self
+                .gatehouse_page(session, g, &identity, scheme, &authority)
+                .await
+                .map(Step::Respond);
         }
 
         let s = identity.session();
-        let decision = route.policy.evaluate(&Facts { email: &s.email, email_verified: s.email_verified });
+        let decision = route.policy.evaluate(&Facts {
+            email: &s.email,
+            email_verified: s.email_verified,
+        });
         ctx.reason = Some(decision.reason().code());
         match decision {
             Decision::Allow(_) => {
@@ -384,14 +451,23 @@ impl Gatehouse {
             Decision::Deny(reason) => {
                 tracing::info!(user = %s.email, route = %route.label, reason = reason.code(), "denied by policy");
                 ctx.identity = Some(identity.clone());
-                Ok(Step::Respond(pages::forbidden(&s.email, &reason.to_string(), &st.auth.csrf_token(&identity))))
+                Ok(Step::Respond(pages::forbidden(
+                    &s.email,
+                    &reason.to_string(),
+                    &st.auth.csrf_token(&identity),
+                )))
             }
         }
     }
 
     /// `/.gatehouse/callback` on a route host: either a handoff from the authenticate host,
     /// or (without `authenticate_service_url`) the IdP's redirect with `code` and `state`.
-    async fn route_callback(&self, session: &mut Session, jar: &[(String, String)], host: &str) -> Result<Page> {
+    async fn route_callback(
+        &self,
+        session: &mut Session,
+        jar: &[(String, String)],
+        host: &str,
+    ) -> Result<Page> {
         let st = &*self.state;
         let query = query_map(session.req_header().uri.query());
         let t = now();
@@ -417,7 +493,10 @@ impl Gatehouse {
             });
         }
         if st.auth_host.is_some() {
-            return Ok(pages::sign_in_failed("this site signs in through the authenticate service, not here", "/"));
+            return Ok(pages::sign_in_failed(
+                "this site signs in through the authenticate service, not here",
+                "/",
+            ));
         }
         Ok(match st.finish_login(jar, &query, "/").await {
             Ok((s, return_url)) => {
@@ -430,7 +509,10 @@ impl Gatehouse {
                 for c in st.session_cookies(&s, jar, t) {
                     page = page.with_header("set-cookie", c);
                 }
-                page = page.with_header("set-cookie", st.set_cookie(st.auth.login_cookie_name(), "", 0, SameSite::Lax, false));
+                page = page.with_header(
+                    "set-cookie",
+                    st.set_cookie(st.auth.login_cookie_name(), "", 0, SameSite::Lax, false),
+                );
                 tracing::info!(user = %s.email, "signed in");
                 page
             }
@@ -439,7 +521,12 @@ impl Gatehouse {
     }
 
     /// Requests to the authenticate host: sign-in start, the IdP callback, sign-out.
-    async fn authenticate_host(&self, session: &mut Session, path: &str, gh: Option<&str>) -> Result<Page> {
+    async fn authenticate_host(
+        &self,
+        session: &mut Session,
+        path: &str,
+        gh: Option<&str>,
+    ) -> Result<Page> {
         let st = &*self.state;
         let Some(auth_host) = st.auth_host.clone() else {
             return Ok(pages::not_found(""));
@@ -448,27 +535,39 @@ impl Gatehouse {
         let jar = request_cookies(session.req_header());
         let t = now();
         if path == "/oauth2/callback" {
-            return Ok(match st.finish_login(&jar, &query, &format!("{}/", auth_host.origin)).await {
-                Ok((s, return_url)) => {
-                    let Some(target) = st.checked_return_url(&return_url) else {
-                        return Ok(pages::bad_request("The page to return to is not one Gatehouse protects."));
-                    };
-                    tracing::info!(user = %s.email, "signed in");
-                    let mut page = handoff_redirect(st, &s, &target, t);
-                    for c in st.session_cookies(&s, &jar, t) {
-                        page = page.with_header("set-cookie", c);
+            return Ok(
+                match st
+                    .finish_login(&jar, &query, &format!("{}/", auth_host.origin))
+                    .await
+                {
+                    Ok((s, return_url)) => {
+                        let Some(target) = st.checked_return_url(&return_url) else {
+                            return Ok(pages::bad_request(
+                                "The page to return to is not one Gatehouse protects.",
+                            ));
+                        };
+                        tracing::info!(user = %s.email, "signed in");
+                        let mut page = handoff_redirect(st, &s, &target, t);
+                        for c in st.session_cookies(&s, &jar, t) {
+                            page = page.with_header("set-cookie", c);
+                        }
+                        page.with_header(
+                            "set-cookie",
+                            st.set_cookie(st.auth.login_cookie_name(), "", 0, SameSite::Lax, false),
+                        )
                     }
-                    page.with_header("set-cookie", st.set_cookie(st.auth.login_cookie_name(), "", 0, SameSite::Lax, false))
-                }
-                Err(page) => page,
-            });
+                    Err(page) => page,
+                },
+            );
         }
         match gh {
             Some("sign_in") => {
                 let raw = query.get("return_url").map(String::as_str).unwrap_or("");
                 let Some(target) = st.checked_return_url(raw) else {
                     tracing::info!("sign-in refused: return_url is not a configured route");
-                    return Ok(pages::bad_request("The page to return to is not one Gatehouse protects, so Gatehouse will not send you there."));
+                    return Ok(pages::bad_request(
+                        "The page to return to is not one Gatehouse protects, so Gatehouse will not send you there.",
+                    ));
                 };
                 // Already signed in at the authenticate host: hand the session over directly.
                 if let Some(id) = st.identity(&jar) {
@@ -480,9 +579,14 @@ impl Gatehouse {
             Some("sign_out") => {
                 let token = query.get("token").map(String::as_str).unwrap_or("");
                 let Some(req) = st.auth.open_sign_out(token, t) else {
-                    return Ok(pages::bad_request("This sign-out link is not valid (it may have expired)."));
+                    return Ok(pages::bad_request(
+                        "This sign-out link is not valid (it may have expired).",
+                    ));
                 };
-                let target = st.checked_return_url(&req.return_url).map(|u| u.to_string()).unwrap_or_else(|| "/.gatehouse/signed_out".into());
+                let target = st
+                    .checked_return_url(&req.return_url)
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| "/.gatehouse/signed_out".into());
                 let mut page = Page::redirect(302, &target);
                 for c in st.clear_session_cookies() {
                     page = page.with_header("set-cookie", c);
@@ -495,7 +599,14 @@ impl Gatehouse {
     }
 
     /// Gatehouse's own pages on a route host, for a signed-in person.
-    async fn gatehouse_page(&self, session: &mut Session, page: &str, id: &VerifiedIdentity, scheme: &str, authority: &str) -> Result<Page> {
+    async fn gatehouse_page(
+        &self,
+        session: &mut Session,
+        page: &str,
+        id: &VerifiedIdentity,
+        scheme: &str,
+        authority: &str,
+    ) -> Result<Page> {
         let st = &*self.state;
         let s = id.session();
         Ok(match page {
@@ -515,15 +626,26 @@ impl Gatehouse {
                 }),
             ),
             "sign_out" if session.req_header().method == Method::POST => {
-                let origin_ok = match session.req_header().headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()) {
+                let origin_ok = match session
+                    .req_header()
+                    .headers
+                    .get(http::header::ORIGIN)
+                    .and_then(|v| v.to_str().ok())
+                {
                     Some(o) => o == format!("{scheme}://{authority}"),
                     None => true,
                 };
                 let form = read_form(session).await?;
-                let token_ok = form.get("csrf_token").is_some_and(|t| st.auth.check_csrf(id, t));
+                let token_ok = form
+                    .get("csrf_token")
+                    .is_some_and(|t| st.auth.check_csrf(id, t));
                 if !origin_ok || !token_ok {
                     tracing::info!(user = %s.email, origin_ok, token_ok, "sign-out refused: missing or wrong CSRF token");
-                    return Ok(Page::html(403, "Sign-out not confirmed", "<p>This sign-out request did not come from Gatehouse's own sign-out button, so nothing was changed.</p><p><a class=\"button\" href=\"/.gatehouse/\">Go to your session page</a></p>"));
+                    return Ok(Page::html(
+                        403,
+                        "Sign-out not confirmed",
+                        "<p>This sign-out request did not come from Gatehouse's own sign-out button, so nothing was changed.</p><p><a class=\"button\" href=\"/.gatehouse/\">Go to your session page</a></p>",
+                    ));
                 }
                 tracing::info!(user = %s.email, "signed out");
                 let signed_out = format!("{scheme}://{authority}/.gatehouse/signed_out");
@@ -548,7 +670,14 @@ impl Gatehouse {
                 expires: expires_text(s.exp),
                 csrf: &st.auth.csrf_token(id),
             }),
-            other => Page::html(404, "Not found", &format!("<p>Gatehouse has no page called {}.</p>", html_escape::encode_text(other))),
+            other => Page::html(
+                404,
+                "Not found",
+                &format!(
+                    "<p>Gatehouse has no page called {}.</p>",
+                    html_escape::encode_text(other)
+                ),
+            ),
         })
     }
 }
@@ -558,7 +687,10 @@ fn handoff_redirect(st: &State, s: &gatehouse_auth::Session, target: &url::Url, 
     let host = target.host_str().unwrap_or("").to_ascii_lowercase();
     let token = st.auth.seal_handoff(s, &host, target.as_str(), t);
     let origin = target.origin().ascii_serialization();
-    Page::redirect(302, &format!("{origin}/.gatehouse/callback?handoff={token}"))
+    Page::redirect(
+        302,
+        &format!("{origin}/.gatehouse/callback?handoff={token}"),
+    )
 }
 
 impl Page {
@@ -579,7 +711,12 @@ fn is_identity_header(name: &str) -> bool {
 }
 
 /// Adds the identity headers. Needs a [`VerifiedIdentity`], which only the auth crate makes.
-fn add_identity_headers(auth: &Auth, req: &mut RequestHeader, id: &VerifiedIdentity, host: &str) -> Result<()> {
+fn add_identity_headers(
+    auth: &Auth,
+    req: &mut RequestHeader,
+    id: &VerifiedIdentity,
+    host: &str,
+) -> Result<()> {
     let s = id.session();
     match auth.identity_jwt(id, host, now()) {
         Ok(jwt) => req.insert_header("x-pomerium-jwt-assertion", jwt)?,
@@ -599,7 +736,14 @@ impl ProxyHttp for Gatehouse {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { start: Instant::now(), route: None, host: String::new(), authority: String::new(), identity: None, reason: None }
+        Ctx {
+            start: Instant::now(),
+            route: None,
+            host: String::new(),
+            authority: String::new(),
+            identity: None,
+            reason: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -623,14 +767,24 @@ impl ProxyHttp for Gatehouse {
         Ok(Box::new(peer))
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         let st = &*self.state;
         let Some(route) = ctx.route.and_then(|i| st.routes.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
         // 1. Strip every identity header the client sent, in any letter case
         //    (header names are stored lower-case).
-        let spoofed: Vec<http::HeaderName> = req.headers.keys().filter(|k| is_identity_header(k.as_str())).cloned().collect();
+        let spoofed: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|k| is_identity_header(k.as_str()))
+            .cloned()
+            .collect();
         for name in spoofed {
             req.remove_header(&name);
         }
@@ -641,7 +795,9 @@ impl ProxyHttp for Gatehouse {
             let kept: Vec<String> = jar
                 .iter()
                 .filter(|(k, _)| {
-                    k != ours && k != st.auth.login_cookie_name() && !k.strip_prefix(ours).is_some_and(|r| r.starts_with('_'))
+                    k != ours
+                        && k != st.auth.login_cookie_name()
+                        && !k.strip_prefix(ours).is_some_and(|r| r.starts_with('_'))
                 })
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
@@ -651,7 +807,11 @@ impl ProxyHttp for Gatehouse {
             }
         }
         // 3. Forwarding headers, set by us (never trusted from the client).
-        if let Some(ip) = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()) {
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+        {
             req.insert_header("x-forwarded-for", ip)?;
         }
         req.insert_header("x-forwarded-proto", route.from.scheme.as_str())?;
@@ -670,7 +830,12 @@ impl ProxyHttp for Gatehouse {
 
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
         // Pingora's default includes the query string, which may hold an authorization code.
-        format!("{} {} host={}", session.req_header().method, session.req_header().uri.path(), ctx.host)
+        format!(
+            "{} {} host={}",
+            session.req_header().method,
+            session.req_header().uri.path(),
+            ctx.host
+        )
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &Ctx, error: &Error) -> bool {
@@ -679,18 +844,40 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let label = ctx.route.and_then(|i| self.state.routes.get(i)).map(|r| r.label.as_str()).unwrap_or("");
+        let label = ctx
+            .route
+            .and_then(|i| self.state.routes.get(i))
+            .map(|r| r.label.as_str())
+            .unwrap_or("");
         let rid = request_id();
         let page = match (e.esource(), e.etype()) {
-            (ErrorSource::Downstream, ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed) => None,
-            (ErrorSource::Downstream, _) => Some(pages::bad_request("The request could not be read.")),
-            (_, ErrorType::HTTPStatus(code)) if *code < 500 => Some(pages::bad_request("The request was refused.")),
-            (_, ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout) => {
-                Some(pages::upstream_error(504, "The service behind this address did not answer in time.", &rid))
+            (
+                ErrorSource::Downstream,
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+            ) => None,
+            (ErrorSource::Downstream, _) => {
+                Some(pages::bad_request("The request could not be read."))
             }
-            (ErrorSource::Upstream, _) | (_, ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute) => {
-                Some(pages::upstream_error(502, "The service behind this address is not answering. It may be starting or stopped.", &rid))
+            (_, ErrorType::HTTPStatus(code)) if *code < 500 => {
+                Some(pages::bad_request("The request was refused."))
             }
+            (
+                _,
+                ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
+            ) => Some(pages::upstream_error(
+                504,
+                "The service behind this address did not answer in time.",
+                &rid,
+            )),
+            (ErrorSource::Upstream, _)
+            | (
+                _,
+                ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute,
+            ) => Some(pages::upstream_error(
+                502,
+                "The service behind this address is not answering. It may be starting or stopped.",
+                &rid,
+            )),
             _ => Some(pages::internal_error(&rid)),
         };
         if page.is_some() {
@@ -704,13 +891,23 @@ impl ProxyHttp for Gatehouse {
             }
             None => 0,
         };
-        FailToProxy { error_code: code, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .unwrap_or(0);
         let req = session.req_header();
-        let route = ctx.route.and_then(|i| self.state.routes.get(i)).map(|r| r.label.as_str()).unwrap_or("-");
+        let route = ctx
+            .route
+            .and_then(|i| self.state.routes.get(i))
+            .map(|r| r.label.as_str())
+            .unwrap_or("-");
         let user = ctx.identity.as_ref().map(|i| i.email()).unwrap_or("-");
         // The path only: the query may hold an authorization code or a handoff token.
         tracing::info!(
@@ -747,11 +944,19 @@ impl ProxyHttp for HttpsRedirect {
             write_page(session, Page::text(200, "ok\n")).await?;
             return Ok(true);
         }
-        let authority = req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).unwrap_or("");
+        let authority = req
+            .headers
+            .get(http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
         let page = match split_host(authority) {
             Some((host, _)) => {
                 let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                let port = if self.https_port == 443 { String::new() } else { format!(":{}", self.https_port) };
+                let port = if self.https_port == 443 {
+                    String::new()
+                } else {
+                    format!(":{}", self.https_port)
+                };
                 Page::redirect(308, &format!("https://{host}{port}{pq}"))
             }
             None => pages::bad_request("The request has no valid Host header."),
@@ -761,7 +966,10 @@ impl ProxyHttp for HttpsRedirect {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Error::e_explain(ErrorType::InternalError, "the redirect listener never proxies")
+        Error::e_explain(
+            ErrorType::InternalError,
+            "the redirect listener never proxies",
+        )
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &(), _error: &Error) -> bool {
@@ -795,7 +1003,8 @@ mod tests {
         assert!(!is_api_request(&r));
         r.insert_header("accept", "application/json").unwrap();
         assert!(is_api_request(&r));
-        r.insert_header("accept", "text/html,application/json;q=0.9").unwrap();
+        r.insert_header("accept", "text/html,application/json;q=0.9")
+            .unwrap();
         assert!(!is_api_request(&r));
         r.insert_header("authorization", "Bearer x").unwrap();
         assert!(is_api_request(&r));
@@ -807,6 +1016,13 @@ mod tests {
         r.append_header("cookie", "a=1; b=2").unwrap();
         r.append_header("cookie", "c=\"3\"").unwrap();
         let jar = request_cookies(&r);
-        assert_eq!(jar, vec![("a".into(), "1".into()), ("b".into(), "2".into()), ("c".into(), "3".into())]);
+        assert_eq!(
+            jar,
+            vec![
+                ("a".into(), "1".into()),
+                ("b".into(), "2".into()),
+                ("c".into(), "3".into())
+            ]
+        );
     }
 }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use pingora::tls::sign::CertifiedKey;
-use pingora::tls::{CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert, ServerName};
+use pingora::tls::{
+    CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert, ServerName,
+};
 
 use gatehouse_config::{CertificatePair, ConfigError};
 
@@ -38,13 +40,16 @@ impl ResolvesServerCert for SniResolver {
 /// The process's rustls crypto provider (ring, as Pingora installs it).
 fn provider() -> Result<Arc<CryptoProvider>, String> {
     pingora::tls::install_default_crypto_provider();
-    CryptoProvider::get_default().cloned().ok_or_else(|| "no rustls crypto provider is installed".to_string())
+    CryptoProvider::get_default()
+        .cloned()
+        .ok_or_else(|| "no rustls crypto provider is installed".to_string())
 }
 
 /// Loads every certificate pair, checking that each parses and that its key matches.
 /// Returns every problem found, each at the config position of the pair.
 pub fn load_resolver(pairs: &[CertificatePair]) -> Result<SniResolver, Vec<ConfigError>> {
-    let provider = provider().map_err(|e| vec![ConfigError::new(gatehouse_config::Origin::Default, e)])?;
+    let provider =
+        provider().map_err(|e| vec![ConfigError::new(gatehouse_config::Origin::Default, e)])?;
     let mut keys = Vec::new();
     let mut errors = Vec::new();
     for pair in pairs {
@@ -53,14 +58,22 @@ pub fn load_resolver(pairs: &[CertificatePair]) -> Result<SniResolver, Vec<Confi
             Err(msg) => errors.push(ConfigError::new(pair.origin.clone(), msg)),
         }
     }
-    if errors.is_empty() { Ok(SniResolver { keys }) } else { Err(errors) }
+    if errors.is_empty() {
+        Ok(SniResolver { keys })
+    } else {
+        Err(errors)
+    }
 }
 
 fn load_pair(pair: &CertificatePair, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
     let cert_path = pair.cert_file.display().to_string();
     let key_path = pair.key_file.display().to_string();
-    let loaded = pingora::tls::load_certs_and_key_files(&cert_path, &key_path)
-        .map_err(|e| format!("cannot read certificate {cert_path} or key {key_path}: {}", e.root_cause()))?;
+    let loaded = pingora::tls::load_certs_and_key_files(&cert_path, &key_path).map_err(|e| {
+        format!(
+            "cannot read certificate {cert_path} or key {key_path}: {}",
+            e.root_cause()
+        )
+    })?;
     let Some((certs, key)) = loaded else {
         return Err(format!(
             "{cert_path} must hold a PEM certificate (BEGIN CERTIFICATE) and {key_path} a PEM private key (BEGIN PRIVATE KEY / RSA PRIVATE KEY / EC PRIVATE KEY)"
@@ -69,12 +82,16 @@ fn load_pair(pair: &CertificatePair, provider: &CryptoProvider) -> Result<Certif
     let certs: Vec<CertificateDer<'static>> = certs.into_iter().map(|c| c.into_owned()).collect();
     for (i, c) in certs.iter().enumerate() {
         if webpki::EndEntityCert::try_from(c).is_err() {
-            return Err(format!("certificate #{} in {cert_path} does not parse as X.509", i + 1));
+            return Err(format!(
+                "certificate #{} in {cert_path} does not parse as X.509",
+                i + 1
+            ));
         }
     }
     let key: PrivateKeyDer<'static> = key.clone_key();
-    CertifiedKey::from_der(certs, key, provider)
-        .map_err(|e| format!("the key in {key_path} does not match the certificate in {cert_path} ({e})"))
+    CertifiedKey::from_der(certs, key, provider).map_err(|e| {
+        format!("the key in {key_path} does not match the certificate in {cert_path} ({e})")
+    })
 }
 
 /// A self-signed certificate for `names`, made now (kept in memory only).
@@ -84,5 +101,7 @@ pub fn self_signed(names: Vec<String>) -> anyhow::Result<SniResolver> {
     let cert = CertificateDer::from(generated.cert.der().to_vec());
     let key = PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
     let ck = CertifiedKey::from_der(vec![cert], key, &provider)?;
-    Ok(SniResolver { keys: vec![Arc::new(ck)] })
+    Ok(SniResolver {
+        keys: vec![Arc::new(ck)],
+    })
 }

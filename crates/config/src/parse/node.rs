@@ -26,17 +26,31 @@ pub(super) struct Ctx<'e> {
 impl<'e> Ctx<'e> {
     pub fn new(file: &Path, env: &'e dyn Lookup) -> Self {
         let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ctx { file: Arc::from(file), dir, env, errors: Vec::new(), warnings: Vec::new() }
+        Ctx {
+            file: Arc::from(file),
+            dir,
+            env,
+            errors: Vec::new(),
+            warnings: Vec::new(),
+        }
     }
 
     /// The file as a whole (line 0): for keys that are missing rather than wrong.
     pub fn whole_file(&self) -> Origin {
-        Origin::File { file: self.file.clone(), line: 0, col: 0 }
+        Origin::File {
+            file: self.file.clone(),
+            line: 0,
+            col: 0,
+        }
     }
 
     pub fn at(&self, marker: Option<&Marker>) -> Origin {
         match marker {
-            Some(m) => Origin::File { file: self.file.clone(), line: m.line(), col: m.column() },
+            Some(m) => Origin::File {
+                file: self.file.clone(),
+                line: m.line(),
+                col: m.column(),
+            },
             None => self.whole_file(),
         }
     }
@@ -47,7 +61,11 @@ impl<'e> Ctx<'e> {
         let start = node.span().start().copied();
         let start = match node.as_mapping().and_then(|m| m.keys().next()) {
             Some(key) => match (start, key.span().start().copied()) {
-                (Some(a), Some(b)) => Some(if (b.line(), b.column()) < (a.line(), a.column()) { b } else { a }),
+                (Some(a), Some(b)) => Some(if (b.line(), b.column()) < (a.line(), a.column()) {
+                    b
+                } else {
+                    a
+                }),
                 (a, b) => a.or(b),
             },
             None => start,
@@ -64,7 +82,12 @@ impl<'e> Ctx<'e> {
     }
 
     /// Reports `Err(message)` as `path: message` at `origin`.
-    pub fn check<T>(&mut self, origin: &Origin, path: &str, result: Result<T, String>) -> Option<T> {
+    pub fn check<T>(
+        &mut self,
+        origin: &Origin,
+        path: &str,
+        result: Result<T, String>,
+    ) -> Option<T> {
         match result {
             Ok(value) => Some(value),
             Err(message) => {
@@ -78,7 +101,9 @@ impl<'e> Ctx<'e> {
     /// the environment variables.
     pub fn into_errors(mut self) -> ConfigErrors {
         sort(&mut self.errors);
-        ConfigErrors { errors: self.errors }
+        ConfigErrors {
+            errors: self.errors,
+        }
     }
 
     pub fn take_warnings(&mut self) -> Vec<ConfigError> {
@@ -91,12 +116,19 @@ impl<'e> Ctx<'e> {
 
     /// An unknown key, with the closest known one when it is close enough.
     pub fn unknown_key(&mut self, entry: &Entry<'_>, parent: &str, candidates: &[&str]) {
-        let place = if parent.is_empty() { String::new() } else { format!(" in {parent}") };
+        let place = if parent.is_empty() {
+            String::new()
+        } else {
+            format!(" in {parent}")
+        };
         let hint = match closest(entry.key, candidates) {
             Some(best) => format!("; did you mean `{best}`?"),
             None => "; check the spelling or remove it".to_string(),
         };
-        self.error(entry.key_origin.clone(), format!("unknown key `{}`{place}{hint}", entry.key));
+        self.error(
+            entry.key_origin.clone(),
+            format!("unknown key `{}`{place}{hint}", entry.key),
+        );
     }
 
     /// Reads the setting `names[0]` (its Pomerium alias, if any, is `names[1]`), from its
@@ -126,7 +158,9 @@ impl<'e> Ctx<'e> {
         }
         if let [(first, _), (second, _), ..] = from_env.as_slice() {
             self.error(
-                Origin::Env { var: second.clone() },
+                Origin::Env {
+                    var: second.clone(),
+                },
                 format!(
                     "{first} and {second} are both set and are the same setting ({}); set only one",
                     names[0],
@@ -151,19 +185,31 @@ impl<'e> Ctx<'e> {
         let scalar = match node {
             Node::Scalar(s) => s,
             Node::Sequence(_) => {
-                self.error(origin.clone(), format!("{path}: expected a single value, found a list"));
+                self.error(
+                    origin.clone(),
+                    format!("{path}: expected a single value, found a list"),
+                );
                 return None;
             }
             Node::Mapping(_) => {
-                self.error(origin.clone(), format!("{path}: expected a single value, found a map"));
+                self.error(
+                    origin.clone(),
+                    format!("{path}: expected a single value, found a map"),
+                );
                 return None;
             }
         };
         if is_null(scalar) {
-            return Some(Text { value: String::new(), origin: origin.clone() });
+            return Some(Text {
+                value: String::new(),
+                origin: origin.clone(),
+            });
         }
         let value = self.interpolate(path, scalar.as_str(), origin)?;
-        Some(Text { value, origin: origin.clone() })
+        Some(Text {
+            value,
+            origin: origin.clone(),
+        })
     }
 
     /// Replaces `${VAR}` through the lookup; `$${` is a literal `${`. Never puts a value in
@@ -174,7 +220,9 @@ impl<'e> Ctx<'e> {
             Err(problems) => {
                 for problem in problems {
                     let message = match problem {
-                        Interpolation::NotSet(var) => format!("`{var}` is not set (used in {path})"),
+                        Interpolation::NotSet(var) => {
+                            format!("`{var}` is not set (used in {path})")
+                        }
                         Interpolation::Unclosed => format!(
                             "{path}: `${{` without a closing `}}`; write `${{NAME}}` to use an \
                              environment variable, or `$${{` for a literal `${{`"
@@ -194,7 +242,10 @@ impl<'e> Ctx<'e> {
     pub fn text(&mut self, setting: &Setting<'_>) -> Option<Text> {
         match &setting.src {
             Source::File(entry) => self.scalar(&setting.path, entry.node, &entry.origin),
-            Source::Env(value) => Some(Text { value: value.clone(), origin: setting.origin.clone() }),
+            Source::Env(value) => Some(Text {
+                value: value.clone(),
+                origin: setting.origin.clone(),
+            }),
         }
     }
 
@@ -210,14 +261,21 @@ impl<'e> Ctx<'e> {
 
     /// A list: a YAML sequence of single values, or one string split by `split` (the form
     /// environment variables always take: `ALLOWED_DOMAINS=a.com,b.com`).
-    pub fn list(&mut self, setting: &Setting<'_>, split: fn(&str) -> Vec<&str>) -> Option<Vec<Text>> {
+    pub fn list(
+        &mut self,
+        setting: &Setting<'_>,
+        split: fn(&str) -> Vec<&str>,
+    ) -> Option<Vec<Text>> {
         let node = match &setting.src {
             Source::File(entry) => entry.node,
             Source::Env(value) => {
                 return Some(
                     split(value)
                         .into_iter()
-                        .map(|v| Text { value: v.to_string(), origin: setting.origin.clone() })
+                        .map(|v| Text {
+                            value: v.to_string(),
+                            origin: setting.origin.clone(),
+                        })
                         .collect(),
                 );
             }
@@ -231,7 +289,10 @@ impl<'e> Ctx<'e> {
                     match self.scalar(&format!("{}[{i}]", setting.path), item, &origin) {
                         Some(text) if !text.value.trim().is_empty() => out.push(text),
                         Some(text) => {
-                            self.error(text.origin, format!("{}[{i}]: must not be empty", setting.path));
+                            self.error(
+                                text.origin,
+                                format!("{}[{i}]: must not be empty", setting.path),
+                            );
                             ok = false;
                         }
                         None => ok = false,
@@ -244,13 +305,19 @@ impl<'e> Ctx<'e> {
                 Some(
                     split(&text.value)
                         .into_iter()
-                        .map(|v| Text { value: v.to_string(), origin: text.origin.clone() })
+                        .map(|v| Text {
+                            value: v.to_string(),
+                            origin: text.origin.clone(),
+                        })
                         .collect(),
                 )
             }
             Node::Mapping(_) => {
                 let origin = self.node_origin(node);
-                self.error(origin, format!("{}: expected a list, found a map", setting.path));
+                self.error(
+                    origin,
+                    format!("{}: expected a list, found a map", setting.path),
+                );
                 None
             }
         }
@@ -264,8 +331,15 @@ impl<'e> Ctx<'e> {
             "true" => Some(true),
             "false" => Some(false),
             _ => {
-                let shown = if setting.is_env() { String::new() } else { format!("`{}` ", text.value) };
-                self.error(text.origin, format!("{}: {shown}must be true or false", setting.path));
+                let shown = if setting.is_env() {
+                    String::new()
+                } else {
+                    format!("`{}` ", text.value)
+                };
+                self.error(
+                    text.origin,
+                    format!("{}: {shown}must be true or false", setting.path),
+                );
                 None
             }
         }
@@ -306,14 +380,23 @@ impl<'n> Fields<'n> {
                 } else {
                     format!("{parent}.{}", key.as_str())
                 };
-                Some(Entry { key: key.as_str(), key_origin, node, origin, path })
+                Some(Entry {
+                    key: key.as_str(),
+                    key_origin,
+                    node,
+                    origin,
+                    path,
+                })
             })
             .collect();
         Fields { entries }
     }
 
     pub fn take(&mut self, key: &str) -> Option<Entry<'n>> {
-        self.entries.iter_mut().find(|e| e.as_ref().is_some_and(|e| e.key == key))?.take()
+        self.entries
+            .iter_mut()
+            .find(|e| e.as_ref().is_some_and(|e| e.key == key))?
+            .take()
     }
 
     /// The keys nobody took.
@@ -337,7 +420,11 @@ pub(super) struct Setting<'n> {
 
 impl<'n> Setting<'n> {
     pub fn file(entry: Entry<'n>) -> Self {
-        Setting { path: entry.path.clone(), origin: entry.origin.clone(), src: Source::File(entry) }
+        Setting {
+            path: entry.path.clone(),
+            origin: entry.origin.clone(),
+            src: Source::File(entry),
+        }
     }
 
     pub fn is_env(&self) -> bool {
@@ -356,12 +443,17 @@ pub(super) struct Text {
 
 /// Splits on commas (environment lists, `ALLOWED_DOMAINS=a.com,b.com`).
 pub(super) fn split_commas(s: &str) -> Vec<&str> {
-    s.split(',').map(str::trim).filter(|v| !v.is_empty()).collect()
+    s.split(',')
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 /// Splits on commas and white space (`idp_scopes: openid email profile`).
 pub(super) fn split_words(s: &str) -> Vec<&str> {
-    s.split(|c: char| c == ',' || c.is_whitespace()).filter(|v| !v.is_empty()).collect()
+    s.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 fn is_null(scalar: &MarkedScalarNode) -> bool {
@@ -449,11 +541,17 @@ pub(super) fn interpolate(text: &str, env: &dyn Lookup) -> Result<String, Vec<In
         }
     }
     out.push_str(rest);
-    if problems.is_empty() { Ok(out) } else { Err(problems) }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
+    }
 }
 
 fn is_var_name(name: &str) -> bool {
     let mut chars = name.chars();
-    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

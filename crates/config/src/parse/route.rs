@@ -5,7 +5,9 @@ use marked_yaml::types::MarkedMappingNode;
 
 use super::node::{Ctx, Entry, Fields, Setting, Text, split_commas};
 use super::values;
-use crate::{Action, Criterion, CriterionKind, LogicalOp, PolicyBlock, PolicySpec, Route, RouteFrom};
+use crate::{
+    Action, Criterion, CriterionKind, LogicalOp, PolicyBlock, PolicySpec, Route, RouteFrom,
+};
 
 const ROUTE_KEYS: &[&str] = &[
     "from",
@@ -56,7 +58,10 @@ pub(super) fn routes(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Vec<(Route, RouteA
                     out.push(route);
                 }
             }
-            None => ctx.error(origin, format!("{path}: expected a map with `from:` and `to:`")),
+            None => ctx.error(
+                origin,
+                format!("{path}: expected a map with `from:` and `to:`"),
+            ),
         }
     }
     out
@@ -73,23 +78,40 @@ fn route(
     let mut fields = Fields::new(ctx, path, map);
 
     let from = match fields.take("from").map(Setting::file) {
-        Some(s) => ctx.non_empty(&s).and_then(|t| ctx.check(&t.origin, &s.path, route_from(&t.value))),
+        Some(s) => ctx
+            .non_empty(&s)
+            .and_then(|t| ctx.check(&t.origin, &s.path, route_from(&t.value))),
         None => {
-            ctx.error(origin.clone(), format!("{path}: `from` is required (like `from: https://app.example.com`)"));
+            ctx.error(
+                origin.clone(),
+                format!("{path}: `from` is required (like `from: https://app.example.com`)"),
+            );
             None
         }
     };
     let to = match fields.take("to") {
         Some(entry) => to(ctx, &entry),
         None => {
-            ctx.error(origin.clone(), format!("{path}: `to` is required (like `to: http://localhost:8080`)"));
+            ctx.error(
+                origin.clone(),
+                format!("{path}: `to` is required (like `to: http://localhost:8080`)"),
+            );
             None
         }
     };
-    let prefix = fields.take("prefix").map(Setting::file).and_then(|s| path_value(ctx, &s, "prefix"));
-    let exact = fields.take("path").map(Setting::file).and_then(|s| path_value(ctx, &s, "path"));
+    let prefix = fields
+        .take("prefix")
+        .map(Setting::file)
+        .and_then(|s| path_value(ctx, &s, "prefix"));
+    let exact = fields
+        .take("path")
+        .map(Setting::file)
+        .and_then(|s| path_value(ctx, &s, "path"));
     if let (Some(_), Some(p)) = (&prefix, &exact) {
-        ctx.error(p.origin.clone(), format!("{path}: give `prefix` or `path`, not both"));
+        ctx.error(
+            p.origin.clone(),
+            format!("{path}: give `prefix` or `path`, not both"),
+        );
     }
 
     let mut flag = |ctx: &mut Ctx<'_>, key: &str| -> (bool, Option<crate::Origin>) {
@@ -111,7 +133,10 @@ fn route(
         if ROUTE_IGNORED.contains(&entry.key) {
             ctx.warn(
                 entry.key_origin.clone(),
-                format!("ignored: `{}` in {path} is not supported by Gatehouse yet", entry.key),
+                format!(
+                    "ignored: `{}` in {path} is not supported by Gatehouse yet",
+                    entry.key
+                ),
             );
         } else if ACCESS_UNSUPPORTED.contains(&entry.key) {
             ctx.error(entry.key_origin.clone(), access_unsupported(&entry.path));
@@ -150,7 +175,9 @@ fn route(
         || any_user
         || !allowed_domains.is_empty()
         || !allowed_users.is_empty()
-        || policy.as_ref().is_some_and(|p| p.blocks.iter().any(|b| b.action == crate::Action::Allow));
+        || policy
+            .as_ref()
+            .is_some_and(|p| p.blocks.iter().any(|b| b.action == crate::Action::Allow));
 
     if ctx.errors.len() > errors_before {
         return None;
@@ -186,7 +213,10 @@ pub(super) fn access_unsupported(path: &str) -> String {
 fn route_from(s: &str) -> Result<RouteFrom, String> {
     let url = values::http_url(s)?;
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(format!("\"{}\" must not contain a user name or password", values::shown(s)));
+        return Err(format!(
+            "\"{}\" must not contain a user name or password",
+            values::shown(s)
+        ));
     }
     if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
         let hint = if url.path() != "/" {
@@ -194,13 +224,21 @@ fn route_from(s: &str) -> Result<RouteFrom, String> {
         } else {
             String::new()
         };
-        return Err(format!("\"{s}\" must be scheme and host only (and a port), no path or query{hint}"));
+        return Err(format!(
+            "\"{s}\" must be scheme and host only (and a port), no path or query{hint}"
+        ));
     }
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
     if host.contains('*') {
-        return Err(format!("\"{s}\": wildcard hosts are not supported yet; list each host as its own route"));
+        return Err(format!(
+            "\"{s}\": wildcard hosts are not supported yet; list each host as its own route"
+        ));
     }
-    Ok(RouteFrom { scheme: url.scheme().to_string(), host, port: url.port() })
+    Ok(RouteFrom {
+        scheme: url.scheme().to_string(),
+        host,
+        port: url.port(),
+    })
 }
 
 /// `to:` a URL, or a list of URLs (Pomerium's load balancing): the first is used.
@@ -208,7 +246,10 @@ fn to(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<url::Url> {
     let (text, path) = match entry.node {
         Node::Sequence(items) => {
             let Some(first) = items.first() else {
-                ctx.error(entry.origin.clone(), format!("{}: the list of upstreams is empty", entry.path));
+                ctx.error(
+                    entry.origin.clone(),
+                    format!("{}: the list of upstreams is empty", entry.path),
+                );
                 return None;
             };
             let path = format!("{}[0]", entry.path);
@@ -227,7 +268,10 @@ fn to(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<url::Url> {
             }
             (text, path)
         }
-        _ => (ctx.non_empty(&Setting::file(clone_entry(entry)))?, entry.path.clone()),
+        _ => (
+            ctx.non_empty(&Setting::file(clone_entry(entry)))?,
+            entry.path.clone(),
+        ),
     };
     ctx.check(&text.origin, &path, values::http_url(&text.value))
 }
@@ -248,7 +292,10 @@ fn path_value(ctx: &mut Ctx<'_>, setting: &Setting<'_>, key: &str) -> Option<Tex
     if !text.value.starts_with('/') {
         ctx.error(
             text.origin.clone(),
-            format!("{}: `{}` must start with `/` (like `{key}: /api`)", setting.path, text.value),
+            format!(
+                "{}: `{}` must start with `/` (like `{key}: /api`)",
+                setting.path, text.value
+            ),
         );
         return None;
     }
@@ -261,8 +308,12 @@ fn list(
     key: &str,
     check: fn(&str) -> Result<String, String>,
 ) -> Vec<String> {
-    let Some(setting) = fields.take(key).map(Setting::file) else { return Vec::new() };
-    let Some(items) = ctx.list(&setting, split_commas) else { return Vec::new() };
+    let Some(setting) = fields.take(key).map(Setting::file) else {
+        return Vec::new();
+    };
+    let Some(items) = ctx.list(&setting, split_commas) else {
+        return Vec::new();
+    };
     items
         .iter()
         .filter_map(|t| ctx.check(&t.origin, &setting.path, check(&t.value)))
@@ -325,7 +376,10 @@ fn policy(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<PolicySpec> {
     match entry.node {
         Node::Sequence(items) => {
             if items.is_empty() {
-                ctx.error(entry.origin.clone(), format!("{}: the list of policy blocks is empty", entry.path));
+                ctx.error(
+                    entry.origin.clone(),
+                    format!("{}: the list of policy blocks is empty", entry.path),
+                );
             }
             for (i, item) in items.iter().enumerate() {
                 blocks.extend(block(ctx, &format!("{}[{i}]", entry.path), item));
@@ -345,11 +399,19 @@ fn policy(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<PolicySpec> {
 fn block(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Vec<PolicyBlock> {
     let origin = ctx.node_origin(node);
     let Some(map) = node.as_mapping() else {
-        ctx.error(origin, format!("{path}: expected a block like `allow: {{or: [{{domain: {{is: example.com}}}}]}}`"));
+        ctx.error(
+            origin,
+            format!(
+                "{path}: expected a block like `allow: {{or: [{{domain: {{is: example.com}}}}]}}`"
+            ),
+        );
         return Vec::new();
     };
     if map.is_empty() {
-        ctx.error(origin, format!("{path}: empty policy block; write `allow:` or `deny:`"));
+        ctx.error(
+            origin,
+            format!("{path}: empty policy block; write `allow:` or `deny:`"),
+        );
         return Vec::new();
     }
     let mut out = Vec::new();
@@ -357,7 +419,12 @@ fn block(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Vec<PolicyBlock> {
     for (key, action) in [("allow", Action::Allow), ("deny", Action::Deny)] {
         if let Some(entry) = fields.take(key) {
             if let Some((op, criteria)) = rule(ctx, &entry) {
-                out.push(PolicyBlock { action, op, criteria, origin: entry.key_origin.clone() });
+                out.push(PolicyBlock {
+                    action,
+                    op,
+                    criteria,
+                    origin: entry.key_origin.clone(),
+                });
             }
         }
     }
@@ -365,7 +432,10 @@ fn block(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Vec<PolicyBlock> {
         if matches!(entry.key, "and" | "or") {
             ctx.error(
                 entry.key_origin.clone(),
-                format!("{}: `{}` must be inside `allow:` or `deny:`", entry.path, entry.key),
+                format!(
+                    "{}: `{}` must be inside `allow:` or `deny:`",
+                    entry.path, entry.key
+                ),
             );
         } else if is_ppl_unsupported(entry.key) {
             ppl_unsupported(ctx, &entry);
@@ -381,7 +451,10 @@ fn rule(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<(LogicalOp, Vec<Criterio
     let Some(map) = entry.node.as_mapping() else {
         ctx.error(
             entry.origin.clone(),
-            format!("{}: expected `and:` or `or:` with a list of criteria", entry.path),
+            format!(
+                "{}: expected `and:` or `or:` with a list of criteria",
+                entry.path
+            ),
         );
         return None;
     };
@@ -411,7 +484,13 @@ fn rule(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<(LogicalOp, Vec<Criterio
     }
     let (op, list) = match ops.as_slice() {
         [] if ok => {
-            ctx.error(entry.origin.clone(), format!("{}: expected `and:` or `or:` with a list of criteria", entry.path));
+            ctx.error(
+                entry.origin.clone(),
+                format!(
+                    "{}: expected `and:` or `or:` with a list of criteria",
+                    entry.path
+                ),
+            );
             return None;
         }
         [] => return None,
@@ -419,18 +498,27 @@ fn rule(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<(LogicalOp, Vec<Criterio
         [_, (_, second), ..] => {
             ctx.error(
                 second.key_origin.clone(),
-                format!("{}: has both `and` and `or`; this release supports one of them per block", entry.path),
+                format!(
+                    "{}: has both `and` and `or`; this release supports one of them per block",
+                    entry.path
+                ),
             );
             return None;
         }
     };
     let Node::Sequence(items) = list.node else {
-        ctx.error(list.origin.clone(), format!("{}: expected a list of criteria (`- domain: …`)", list.path));
+        ctx.error(
+            list.origin.clone(),
+            format!("{}: expected a list of criteria (`- domain: …`)", list.path),
+        );
         return None;
     };
     if items.is_empty() {
         // `and: []` would be true for everyone.
-        ctx.error(list.origin.clone(), format!("{}: the list of criteria is empty", list.path));
+        ctx.error(
+            list.origin.clone(),
+            format!("{}: the list of criteria is empty", list.path),
+        );
         return None;
     }
     let mut criteria = Vec::new();
@@ -447,12 +535,18 @@ fn rule(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<(LogicalOp, Vec<Criterio
 fn criterion(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Option<Criterion> {
     let origin = ctx.node_origin(node);
     let Some(map) = node.as_mapping() else {
-        ctx.error(origin, format!("{path}: expected a criterion like `domain: {{is: example.com}}`"));
+        ctx.error(
+            origin,
+            format!("{path}: expected a criterion like `domain: {{is: example.com}}`"),
+        );
         return None;
     };
     let mut fields = Fields::new(ctx, path, map);
     let mut found = Vec::new();
-    for (key, kind) in [("domain", CriterionKind::Domain), ("email", CriterionKind::Email)] {
+    for (key, kind) in [
+        ("domain", CriterionKind::Domain),
+        ("email", CriterionKind::Email),
+    ] {
         if let Some(e) = fields.take(key) {
             found.push((kind, e));
         }
@@ -468,7 +562,10 @@ fn criterion(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Option<Criterion> {
     }
     let (kind, entry) = match found.len() {
         0 if ok => {
-            ctx.error(origin, format!("{path}: empty criterion; write `domain: {{is: …}}` or `email: {{is: …}}`"));
+            ctx.error(
+                origin,
+                format!("{path}: empty criterion; write `domain: {{is: …}}` or `email: {{is: …}}`"),
+            );
             return None;
         }
         1 if ok => found.pop()?,
@@ -498,7 +595,10 @@ fn criterion(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Option<Criterion> {
                 Some(is) if ok => ctx.non_empty(&Setting::file(is))?,
                 Some(_) => return None,
                 None if ok => {
-                    ctx.error(entry.origin.clone(), format!("{}: expected `is: …`", entry.path));
+                    ctx.error(
+                        entry.origin.clone(),
+                        format!("{}: expected `is: …`", entry.path),
+                    );
                     return None;
                 }
                 None => return None,
@@ -511,5 +611,9 @@ fn criterion(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Option<Criterion> {
         CriterionKind::Email => values::email(&text.value),
     };
     let is = ctx.check(&text.origin, &entry.path, value)?;
-    Some(Criterion { kind, is, origin: entry.key_origin })
+    Some(Criterion {
+        kind,
+        is,
+        origin: entry.key_origin,
+    })
 }

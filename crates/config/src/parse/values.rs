@@ -28,7 +28,9 @@ pub(super) fn listen_addr(s: &str) -> Result<SocketAddr, String> {
         return Ok(addr);
     }
     if s.parse::<u16>().is_ok() {
-        return Err(format!("`{s}` is not a listen address; write `:{s}` for all interfaces"));
+        return Err(format!(
+            "`{s}` is not a listen address; write `:{s}` for all interfaces"
+        ));
     }
     match s.rsplit_once(':') {
         Some((host, port)) if host.eq_ignore_ascii_case("localhost") => port
@@ -66,7 +68,12 @@ pub(super) fn shown(s: &str) -> String {
 
 /// An http(s) URL with a host, otherwise `"x" is not a URL (expected http:// or https://)`.
 pub(super) fn http_url(s: &str) -> Result<Url, String> {
-    let not_url = || format!("\"{}\" is not a URL (expected http:// or https://)", shown(s));
+    let not_url = || {
+        format!(
+            "\"{}\" is not a URL (expected http:// or https://)",
+            shown(s)
+        )
+    };
     let url = Url::parse(s.trim()).map_err(|_| not_url())?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
         return Err(not_url());
@@ -113,7 +120,8 @@ pub(super) fn duration(s: &str) -> Result<Duration, String> {
 
 /// Base64 in the standard or the URL-safe alphabet, padded or not.
 fn decode_base64(s: &str) -> Option<Vec<u8>> {
-    let config = GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
+    let config =
+        GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     let s = s.trim();
     GeneralPurpose::new(&alphabet::STANDARD, config)
         .decode(s)
@@ -130,9 +138,8 @@ pub(super) fn cookie_secret(s: &str) -> Result<[u8; 32], String> {
         ));
     };
     let len = bytes.len();
-    <[u8; 32]>::try_from(bytes).map_err(|_| {
-        format!("decodes to {len} bytes but must be exactly 32 ({KEYGEN_HINT})")
-    })
+    <[u8; 32]>::try_from(bytes)
+        .map_err(|_| format!("decodes to {len} bytes but must be exactly 32 ({KEYGEN_HINT})"))
 }
 
 pub(super) fn cookie_secret_missing() -> String {
@@ -154,7 +161,9 @@ pub(super) fn signing_key(s: &str) -> Result<String, String> {
         .and_then(|bytes| String::from_utf8(bytes).ok())
         .ok_or_else(|| format!("is not valid base64; {help}"))?;
     if !pem.contains("-----BEGIN") {
-        return Err(format!("decodes to something that is not PEM (no `-----BEGIN` line); {help}"));
+        return Err(format!(
+            "decodes to something that is not PEM (no `-----BEGIN` line); {help}"
+        ));
     }
     Ok(pem)
 }
@@ -194,7 +203,9 @@ pub(super) fn log_level(s: &str) -> Result<String, String> {
     let level = s.trim().to_ascii_lowercase();
     match level.as_str() {
         "trace" | "debug" | "info" | "warn" | "error" => Ok(level),
-        _ => Err(format!("`{s}` is not one of trace, debug, info, warn, error")),
+        _ => Err(format!(
+            "`{s}` is not one of trace, debug, info, warn, error"
+        )),
     }
 }
 
@@ -215,6 +226,8 @@ pub(super) fn email(s: &str) -> Result<String, String> {
     let e = s.trim().to_ascii_lowercase();
     match e.split_once('@') {
         Some((user, host)) if !user.is_empty() && !host.is_empty() && !host.contains('@') => Ok(e),
-        _ => Err(format!("`{s}` is not an email address (like `alice@example.com`)")),
+        _ => Err(format!(
+            "`{s}` is not an email address (like `alice@example.com`)"
+        )),
     }
 }

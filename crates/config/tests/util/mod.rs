@@ -11,24 +11,34 @@ pub const COOKIE_SECRET: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 /// The environment a test passes in, instead of the process environment.
 pub fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// `tests/fixtures/config/<name>` at the repository root.
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/config").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/fixtures/config")
+        .join(name)
 }
 
 /// Compares `actual` with `crates/config/tests/golden/<name>.txt`, printing a line diff on
 /// a mismatch. `UPDATE_GOLDEN=1 cargo test -p gatehouse-config` rewrites the file instead.
 pub fn assert_golden(name: &str, actual: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(format!("{name}.txt"));
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(format!("{name}.txt"));
     if std::env::var_os("UPDATE_GOLDEN").is_some_and(|v| v == "1") {
         std::fs::write(&path, actual).expect("write golden file");
         return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!("cannot read {}: {e}\n(run with UPDATE_GOLDEN=1 to create it)\nactual:\n{actual}", path.display())
+        panic!(
+            "cannot read {}: {e}\n(run with UPDATE_GOLDEN=1 to create it)\nactual:\n{actual}",
+            path.display()
+        )
     });
     if expected != actual {
         panic!(
@@ -46,7 +56,11 @@ fn diff(expected: &str, actual: &str) -> String {
     let mut lcs = vec![vec![0usize; b.len() + 1]; a.len() + 1];
     for i in (0..a.len()).rev() {
         for j in (0..b.len()).rev() {
-            lcs[i][j] = if a[i] == b[j] { lcs[i + 1][j + 1] + 1 } else { lcs[i + 1][j].max(lcs[i][j + 1]) };
+            lcs[i][j] = if a[i] == b[j] {
+                lcs[i + 1][j + 1] + 1
+            } else {
+                lcs[i + 1][j].max(lcs[i][j + 1])
+            };
         }
     }
     let (mut i, mut j, mut out) = (0, 0, String::new());
@@ -55,7 +69,7 @@ fn diff(expected: &str, actual: &str) -> String {
             out += &format!("  {}\n", a[i]);
             i += 1;
             j += 1;
-        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] >= lcs[i + 1][j]) {
+        } else if j < b.len() && (i == a.len() || lcs[i][j + 1] > lcs[i + 1][j]) {
             out += &format!("+ {}\n", b[j]);
             j += 1;
         } else {
@@ -64,7 +78,11 @@ fn diff(expected: &str, actual: &str) -> String {
         }
     }
     if !expected.ends_with('\n') || !actual.ends_with('\n') {
-        out += &format!("(trailing newline: expected {}, actual {})\n", expected.ends_with('\n'), actual.ends_with('\n'));
+        out += &format!(
+            "(trailing newline: expected {}, actual {})\n",
+            expected.ends_with('\n'),
+            actual.ends_with('\n')
+        );
     }
     out
 }
