@@ -10,6 +10,38 @@
 //! This crate must not open sockets. It reads files only to load the config itself; the
 //! proxy checks that certificate files parse (it owns TLS) and reports with the [`Origin`]
 //! kept on each value.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::path::Path;
+//!
+//! // Tests pass a map; production passes `ProcessEnv`.
+//! let env: HashMap<String, String> = [
+//!     ("COOKIE_SECRET", "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="),
+//!     ("GOOGLE_CLIENT_SECRET", "not-a-real-secret"),
+//! ]
+//! .into_iter()
+//! .map(|(k, v)| (k.to_string(), v.to_string()))
+//! .collect();
+//! let yaml = "\
+//! idp_client_id: 1234.apps.googleusercontent.com
+//! idp_client_secret: ${GOOGLE_CLIENT_SECRET}
+//! routes:
+//!   - from: https://assistant.example.com
+//!     to: http://127.0.0.1:4096
+//!     policy:
+//!       - allow: { or: [ { domain: { is: example.com } } ] }
+//! ";
+//! let config = gatehouse_config::load_str(Path::new("gatehouse.yaml"), yaml, &env).unwrap();
+//! assert_eq!(config.routes[0].from.host, "assistant.example.com");
+//!
+//! let broken = yaml.replace("http://127", "htp://127");
+//! let errors = gatehouse_config::load_str(Path::new("gatehouse.yaml"), &broken, &env).unwrap_err();
+//! assert_eq!(
+//!     errors.to_string(),
+//!     "gatehouse.yaml:5:9: routes[0].to: \"htp://127.0.0.1:4096\" is not a URL (expected http:// or https://)"
+//! );
+//! ```
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -92,6 +92,8 @@ pub(crate) fn load(path: &Path, env: &dyn Lookup) -> Result<Config, ConfigErrors
 
 pub(crate) fn load_str(name: &Path, text: &str, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
     let mut ctx = Ctx::new(name, env);
+    // Editors on Windows may save a byte-order mark; it is not part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let Some(root) = parse_yaml(&mut ctx, text) else {
         return Err(ctx.into_errors());
     };
@@ -641,17 +643,17 @@ fn cookie(
         None => Some(SameSite::Lax),
     };
     for (setting, attribute) in [(http_only, "HttpOnly"), (secure, "Secure")] {
-        if let Some(s) = setting {
-            if ctx.flag(&s) == Some(false) {
-                ctx.error(
-                    s.origin.clone(),
-                    format!(
-                        "{}: Gatehouse always sets {attribute} on its session cookies, so this can \
-                         only be `true`; remove the line",
-                        s.path
-                    ),
-                );
-            }
+        if let Some(s) = setting
+            && ctx.flag(&s) == Some(false)
+        {
+            ctx.error(
+                s.origin.clone(),
+                format!(
+                    "{}: Gatehouse always sets {attribute} on its session cookies, so this can \
+                     only be `true`; remove the line",
+                    s.path
+                ),
+            );
         }
     }
     Some(CookieConfig {

@@ -799,3 +799,9 @@ fn duplicate_keys_are_an_error() {
         ["config.yaml:9:1: duplicate key `cookie_name` (first at line 8); keep only one"]
     );
 }
+
+#[test]
+fn byte_order_mark_at_the_start_is_ignored() {
+    let config = ok(&format!("\u{feff}{}", with_secret(MINIMAL)), &[]);
+    assert_eq!(config.routes.len(), 1);
+}

@@ -349,6 +349,7 @@ impl<'e> Ctx<'e> {
 // === Entry, Fields, Setting, Text ===
 
 /// One `key: value` of a YAML mapping.
+#[derive(Clone)]
 pub(super) struct Entry<'n> {
     pub key: &'n str,
     pub key_origin: Origin,

@@ -269,21 +269,11 @@ fn to(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<url::Url> {
             (text, path)
         }
         _ => (
-            ctx.non_empty(&Setting::file(clone_entry(entry)))?,
+            ctx.non_empty(&Setting::file(entry.clone()))?,
             entry.path.clone(),
         ),
     };
     ctx.check(&text.origin, &path, values::http_url(&text.value))
-}
-
-fn clone_entry<'n>(e: &Entry<'n>) -> Entry<'n> {
-    Entry {
-        key: e.key,
-        key_origin: e.key_origin.clone(),
-        node: e.node,
-        origin: e.origin.clone(),
-        path: e.path.clone(),
-    }
 }
 
 /// `prefix:` / `path:` must start with `/`.
@@ -417,15 +407,15 @@ fn block(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Vec<PolicyBlock> {
     let mut out = Vec::new();
     let mut fields = Fields::new(ctx, path, map);
     for (key, action) in [("allow", Action::Allow), ("deny", Action::Deny)] {
-        if let Some(entry) = fields.take(key) {
-            if let Some((op, criteria)) = rule(ctx, &entry) {
-                out.push(PolicyBlock {
-                    action,
-                    op,
-                    criteria,
-                    origin: entry.key_origin.clone(),
-                });
-            }
+        if let Some(entry) = fields.take(key)
+            && let Some((op, criteria)) = rule(ctx, &entry)
+        {
+            out.push(PolicyBlock {
+                action,
+                op,
+                criteria,
+                origin: entry.key_origin.clone(),
+            });
         }
     }
     for entry in fields.rest() {
@@ -604,7 +594,7 @@ fn criterion(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Option<Criterion> {
                 None => return None,
             }
         }
-        _ => ctx.non_empty(&Setting::file(clone_entry(&entry)))?,
+        _ => ctx.non_empty(&Setting::file(entry.clone()))?,
     };
     let value = match kind {
         CriterionKind::Domain => values::domain(&text.value),
