@@ -344,13 +344,13 @@ impl Oidc {
         let claims = token
             .claims(&self.verifier(client), nonce)
             .map_err(|e| OidcError::IdTokenRefused(e.to_string()))?;
-        if let Some(azp) = claims.authorized_party() {
-            if azp.as_str() != self.client_id.as_str() {
-                return Err(OidcError::AzpMismatch {
-                    expected: self.client_id.to_string(),
-                    found: azp.to_string(),
-                });
-            }
+        if let Some(azp) = claims.authorized_party()
+            && azp.as_str() != self.client_id.as_str()
+        {
+            return Err(OidcError::AzpMismatch {
+                expected: self.client_id.to_string(),
+                found: azp.to_string(),
+            });
         }
         let email = claims
             .email()

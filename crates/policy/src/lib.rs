@@ -217,12 +217,12 @@ impl Policy {
             return Decision::Allow(Reason::AnyAuthenticatedUser);
         }
         if facts.email_verified {
-            if let Some(d) = domain_of(facts.email) {
-                if let Some(found) = self.domains.iter().find(|x| x.eq_ignore_ascii_case(d)) {
-                    return Decision::Allow(Reason::DomainAllowed {
-                        domain: found.clone(),
-                    });
-                }
+            if let Some(d) = domain_of(facts.email)
+                && let Some(found) = self.domains.iter().find(|x| x.eq_ignore_ascii_case(d))
+            {
+                return Decision::Allow(Reason::DomainAllowed {
+                    domain: found.clone(),
+                });
             }
             if let Some(found) = self
                 .users

@@ -58,10 +58,10 @@ impl RouteTable {
     pub fn find(&self, host: &str, port: u16, path: &str) -> Option<usize> {
         let mut best: Option<(usize, usize)> = None;
         for (i, m) in self.matchers.iter().enumerate() {
-            if let Some(score) = m.score(host, port, path) {
-                if best.is_none_or(|(_, s)| score > s) {
-                    best = Some((i, score));
-                }
+            if let Some(score) = m.score(host, port, path)
+                && best.is_none_or(|(_, s)| score > s)
+            {
+                best = Some((i, score));
             }
         }
         best.map(|(i, _)| i)

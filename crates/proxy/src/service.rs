@@ -155,10 +155,8 @@ impl State {
                 SameSite::Strict => cookie::SameSite::Strict,
                 SameSite::None => cookie::SameSite::None,
             });
-        if domain {
-            if let Some(d) = &self.cookie.domain {
-                c = c.domain(d.clone());
-            }
+        if domain && let Some(d) = &self.cookie.domain {
+            c = c.domain(d.clone());
         }
         c.build().to_string()
     }
@@ -820,10 +818,10 @@ impl ProxyHttp for Gatehouse {
             req.insert_header(http::header::HOST, route.upstream_host.as_str())?;
         }
         // 4. Identity.
-        if route.pass_identity_headers {
-            if let Some(id) = &ctx.identity {
-                add_identity_headers(&st.auth, req, id, &ctx.host)?;
-            }
+        if route.pass_identity_headers
+            && let Some(id) = &ctx.identity
+        {
+            add_identity_headers(&st.auth, req, id, &ctx.host)?;
         }
         Ok(())
     }

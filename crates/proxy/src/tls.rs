@@ -19,17 +19,17 @@ pub struct SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = hello.server_name() {
-            if let Ok(sni) = ServerName::try_from(name) {
-                for ck in &self.keys {
-                    let valid = ck
-                        .cert
-                        .first()
-                        .and_then(|c| webpki::EndEntityCert::try_from(c).ok())
-                        .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&sni).is_ok());
-                    if valid {
-                        return Some(ck.clone());
-                    }
+        if let Some(name) = hello.server_name()
+            && let Ok(sni) = ServerName::try_from(name)
+        {
+            for ck in &self.keys {
+                let valid = ck
+                    .cert
+                    .first()
+                    .and_then(|c| webpki::EndEntityCert::try_from(c).ok())
+                    .is_some_and(|ee| ee.verify_is_valid_for_subject_name(&sni).is_ok());
+                if valid {
+                    return Some(ck.clone());
                 }
             }
         }
