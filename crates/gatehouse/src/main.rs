@@ -154,9 +154,21 @@ fn serve(path: PathBuf, threads: Option<usize>, format: LogFormat) -> ExitCode {
 
 fn init_logging(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    // Pingora's own log lines come through the `log` bridge; keep them to warnings.
+    // Pingora's own log lines come through the `log` bridge. Keep them to warnings by
+    // default, and never below info unless asked for by name: at debug, Pingora prints
+    // whole upstream requests, identity JWT included.
     let default = format!("{level},pingora=warn,pingora_core=warn,pingora_proxy=warn");
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.is_empty() => {
+            let spec = if spec.contains("pingora") {
+                spec
+            } else {
+                format!("{spec},pingora=info,pingora_core=info,pingora_proxy=info")
+            };
+            EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new(&default))
+        }
+        _ => EnvFilter::new(default),
+    };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

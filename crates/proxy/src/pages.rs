@@ -34,7 +34,8 @@ footer{{margin-top:1.5rem;color:#7a8391;font-size:.85rem}}</style></head>\
                 ("cache-control", "no-store".into()),
                 ("x-content-type-options", "nosniff".into()),
                 ("x-frame-options", "DENY".into()),
-                ("referrer-policy", "no-referrer".into()),
+                // Not `no-referrer`: with it, browsers send `Origin: null` on the page's own form POST.
+                ("referrer-policy", "same-origin".into()),
                 ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https:; frame-ancestors 'none'".into()),
             ],
             body: Bytes::from(html),
