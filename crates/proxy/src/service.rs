@@ -429,6 +429,7 @@ impl Gatehouse {
         };
 
         if let Some(g) = gh.as_deref() {
+            ctx.identity = Some(identity.clone());
             return self
                 .gatehouse_page(session, g, &identity, scheme, &authority)
                 .await
