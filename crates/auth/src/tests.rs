@@ -198,3 +198,37 @@ async fn callback_without_login_cookie_or_with_wrong_state_is_refused() {
         Err(CallbackError::LoginCookieRefused(_))
     ));
 }
+
+#[test]
+fn identity_jwt_is_reused_briefly_per_session_and_host() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let a = VerifiedIdentity::new(auth.new_session(signed_in(), 1000));
+    let b = VerifiedIdentity::new(auth.new_session(signed_in(), 1000));
+    let t1 = auth.identity_jwt(&a, "x.test", 1000).unwrap();
+    assert_eq!(
+        auth.identity_jwt(&a, "x.test", 1000 + IDENTITY_JWT_REUSE_SECS - 1)
+            .unwrap(),
+        t1
+    );
+    assert_ne!(
+        auth.identity_jwt(&a, "y.test", 1000).unwrap(),
+        t1,
+        "another host gets its own aud"
+    );
+    assert_ne!(
+        auth.identity_jwt(&b, "x.test", 1000).unwrap(),
+        t1,
+        "another session gets its own token"
+    );
+    let later = auth
+        .identity_jwt(&a, "x.test", 1000 + IDENTITY_JWT_REUSE_SECS)
+        .unwrap();
+    assert_ne!(later, t1, "re-signed after the reuse window");
+    let claims: serde_json::Value = {
+        use base64::Engine;
+        let payload = later.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    };
+    assert_eq!(claims["iat"], 1000 + IDENTITY_JWT_REUSE_SECS);
+    assert_eq!(claims["aud"], "x.test");
+}

@@ -80,6 +80,8 @@ pub struct Ctx {
     authority: String,
     identity: Option<VerifiedIdentity>,
     reason: Option<&'static str>,
+    /// The request's cookies, parsed once in `request_filter`.
+    cookies: Vec<(String, String)>,
 }
 
 /// What a step of `request_filter` decided.
@@ -409,6 +411,7 @@ impl Gatehouse {
 
         if route.public && gh.is_none() {
             ctx.reason = Some("public-route");
+            ctx.cookies = jar;
             return Ok(Step::Continue);
         }
 
@@ -445,6 +448,7 @@ impl Gatehouse {
         match decision {
             Decision::Allow(_) => {
                 ctx.identity = Some(identity);
+                ctx.cookies = jar;
                 Ok(Step::Continue)
             }
             Decision::Deny(reason) => {
@@ -720,7 +724,7 @@ fn add_identity_headers(
 ) -> Result<()> {
     let s = id.session();
     match auth.identity_jwt(id, host, now()) {
-        Ok(jwt) => req.insert_header("x-pomerium-jwt-assertion", jwt)?,
+        Ok(jwt) => req.insert_header("x-pomerium-jwt-assertion", &*jwt)?,
         Err(e) => {
             tracing::error!(error = %e, "cannot sign the identity JWT");
             return Error::e_explain(ErrorType::InternalError, "identity JWT signing failed");
@@ -744,6 +748,7 @@ impl ProxyHttp for Gatehouse {
             authority: String::new(),
             identity: None,
             reason: None,
+            cookies: Vec::new(),
         }
     }
 
@@ -790,7 +795,7 @@ impl ProxyHttp for Gatehouse {
             req.remove_header(&name);
         }
         // 2. Gatehouse's own cookies never reach an upstream.
-        let jar = request_cookies(req);
+        let jar = &ctx.cookies;
         if !jar.is_empty() {
             let ours = st.auth.session.name();
             let kept: Vec<String> = jar
