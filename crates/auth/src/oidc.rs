@@ -25,7 +25,7 @@ use gatehouse_config::IdpConfig;
 /// How long a discovery document is trusted before it is fetched again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 /// A token naming an unknown `kid` may trigger a JWKS fetch at most this often.
-const JWKS_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(30);
+const JWKS_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
 /// Clock leeway for `exp` and `iat`.
 const LEEWAY_SECS: i64 = 60;
 
