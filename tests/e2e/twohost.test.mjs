@@ -31,7 +31,7 @@ test('a route host sends a browser without a session to the auth host with the o
 
 test('the auth host sets _pomerium_login and sends the browser to the IdP with its own /oauth2/callback', async () => {
   const start = gh.url(A, '/two/path?y=2');
-  const r = await s.client().get(gh.url('auth.localhost', `/.gatehouse/sign_in?return_url=${encodeURIComponent(start)}`));
+  const r = await s.client().get(gh.url('auth.localhost', `/.gatehouse/sign_in?return_url=${encodeURIComponent(start)}&binding=some-binding`));
   assertRedirectsToIdp(r, s);
   const q = new URL(r.location).searchParams;
   assert.equal(q.get('redirect_uri'), gh.url('auth.localhost', '/oauth2/callback'));
@@ -70,7 +70,7 @@ test('a handoff URL replayed in another browser does not create a session', asyn
 
 test('a return_url to a host that is not a configured route is refused with 400, never redirected', async () => {
   for (const evil of ['https://evil.test/', 'https://evil.test:443/x', '//evil.test/', 'https://assistant.localhost.evil.test/']) {
-    const r = await s.client().get(gh.url('auth.localhost', `/.gatehouse/sign_in?return_url=${encodeURIComponent(evil)}`));
+    const r = await s.client().get(gh.url('auth.localhost', `/.gatehouse/sign_in?return_url=${encodeURIComponent(evil)}&binding=some-binding`));
     assert.equal(r.status, 400, `${evil}: got ${r.status} ${r.location ?? ''}`);
     assert.ok(!r.location || !r.location.includes('evil.test'), `${evil}: Location ${r.location}`);
   }

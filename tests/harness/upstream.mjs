@@ -1,6 +1,8 @@
 // Echo upstream on 127.0.0.1: answers every request with 200 JSON {method, url, headers}
 // (header names lower-cased), or, for `Accept: text/html`, a page greeting the signed-in
 // person and listing the headers it received. `/sse` sends 5 events 200 ms apart.
+// `/set-cookie` answers like any other path but also sets the cookies `_pomerium=evil`,
+// `_pomerium_login=evil` and `app=1` (to check Gatehouse strips its own names).
 //
 //   const up = await startUpstream();   // { url, port, hits(), last(), requests, reset(), close() }
 //   node tests/harness/upstream.mjs --port 4096
@@ -57,15 +59,20 @@ export async function startUpstream({ port = 0, host = '127.0.0.1' } = {}) {
         return;
       }
 
+      const extra = {};
+      if (req.url === '/set-cookie' || req.url.startsWith('/set-cookie?')) {
+        extra['set-cookie'] = ['_pomerium=evil; Path=/', '_pomerium_login=evil; Path=/', 'app=1; Path=/'];
+      }
+
       if ((req.headers.accept || '').includes('text/html')) {
         const body = htmlPage(req);
-        res.writeHead(200, { 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(body) });
+        res.writeHead(200, { ...extra, 'content-type': 'text/html; charset=utf-8', 'content-length': Buffer.byteLength(body) });
         res.end(body);
         return;
       }
 
       const body = JSON.stringify({ method: req.method, url: req.url, headers });
-      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.writeHead(200, { ...extra, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
       res.end(body);
     });
   });

@@ -53,6 +53,8 @@ pub const HANDOFF_TTL_SECS: u64 = 60;
 pub const IDENTITY_JWT_TTL_SECS: u64 = 300;
 /// How long one signed identity JWT is reused for the same session and host.
 pub const IDENTITY_JWT_REUSE_SECS: u64 = 60;
+/// The most handoff ids remembered for replay protection.
+const HANDOFFS_REMEMBERED_MAX: usize = 100_000;
 /// The most identity JWTs kept for reuse (expired ones are dropped first).
 const JWT_CACHE_MAX: usize = 10_000;
 
@@ -112,6 +114,25 @@ pub enum HandoffRejected {
     WrongHost { expected: String, found: String },
     #[error("handoff token was already used")]
     Replayed,
+    #[error("handoff token belongs to a sign-in started in another browser")]
+    NotThisBrowser,
+}
+
+/// A finished sign-in.
+#[derive(Debug)]
+pub struct LoginDone {
+    pub session: Session,
+    /// Where to go now (checked against the routes when the login started).
+    pub return_url: String,
+    /// Two-host flow: the browser binding to put into the handoff.
+    pub binding: Option<String>,
+}
+
+/// The binding stored in a handoff for a browser holding `<cookie>_handoff = nonce`:
+/// base64url(SHA-256(nonce)), so the nonce itself never appears in a URL.
+pub fn handoff_binding(nonce: &str) -> String {
+    use sha2::Digest;
+    URL_SAFE_NO_PAD.encode(Sha256::digest(nonce.as_bytes()))
 }
 
 /// Identity and its cryptography for one configuration.
@@ -124,6 +145,7 @@ pub struct Auth {
     signout: Sealer,
     csrf_key: [u8; 32],
     login_cookie: String,
+    handoff_cookie: String,
     session_ttl: u64,
     handoffs_used: Mutex<HashMap<String, UnixTime>>,
     /// Identity JWTs already signed, by session id and host (see [`Auth::identity_jwt`]).
@@ -168,6 +190,7 @@ impl Auth {
             signout: Sealer::new(secret, "sign-out"),
             csrf_key,
             login_cookie: format!("{}_login", config.cookie.name),
+            handoff_cookie: format!("{}_handoff", config.cookie.name),
             session_ttl: config.cookie.expire.as_secs().max(1),
             handoffs_used: Mutex::new(HashMap::new()),
             jwt_cache: Mutex::new(HashMap::new()),
@@ -179,11 +202,17 @@ impl Auth {
         &self.login_cookie
     }
 
+    /// Name of the cookie that binds a two-host sign-in to its browser (`<cookie_name>_handoff`).
+    pub fn handoff_cookie_name(&self) -> &str {
+        &self.handoff_cookie
+    }
+
     /// Starts a sign-in. Returns the IdP URL to redirect to, and the sealed login cookie value.
     pub async fn begin_login(
         &self,
         redirect_uri: &str,
         return_url: &str,
+        binding: Option<&str>,
         now: UnixTime,
     ) -> Result<(String, String), OidcError> {
         let (url, begun) = self.oidc.begin(redirect_uri).await?;
@@ -193,6 +222,7 @@ impl Auth {
             pkce_verifier: begun.pkce_verifier,
             return_url: return_url.to_string(),
             redirect_uri: redirect_uri.to_string(),
+            binding: binding.map(str::to_string),
             exp: now + LOGIN_TTL_SECS,
         };
         let json = serde_json::to_vec(&state).unwrap_or_default();
@@ -206,7 +236,7 @@ impl Auth {
         login_cookie: Option<&str>,
         query: &HashMap<String, String>,
         now: UnixTime,
-    ) -> Result<(Session, String), CallbackError> {
+    ) -> Result<LoginDone, CallbackError> {
         let sealed = login_cookie.ok_or(CallbackError::LoginCookieMissing)?;
         let json = self
             .login
@@ -239,7 +269,11 @@ impl Auth {
             pkce_verifier: login.pkce_verifier.clone(),
         };
         let signed_in = self.oidc.finish(code, &begun, &login.redirect_uri).await?;
-        Ok((self.new_session(signed_in, now), login.return_url))
+        Ok(LoginDone {
+            session: self.new_session(signed_in, now),
+            return_url: login.return_url,
+            binding: login.binding,
+        })
     }
 
     /// A fresh session for a person who just signed in.
@@ -263,12 +297,14 @@ impl Auth {
         session: &Session,
         host: &str,
         return_url: &str,
+        binding: &str,
         now: UnixTime,
     ) -> String {
         let h = Handoff {
             session: session.clone(),
             host: host.to_string(),
             return_url: return_url.to_string(),
+            binding: binding.to_string(),
             exp: now + HANDOFF_TTL_SECS,
             jti: random_token(16),
         };
@@ -276,12 +312,17 @@ impl Auth {
             .seal("handoff", &serde_json::to_vec(&h).unwrap_or_default())
     }
 
-    /// Opens a handoff token on route host `host`. Works once per process (a token replayed
-    /// on another replica within its 60 s is accepted there: see the README).
+    /// Opens a handoff token on route host `host`, in the browser holding
+    /// `binding_cookie` (the `<cookie>_handoff` value set when it was sent to sign in).
+    /// Refused if the cookie does not match: a handoff taken from one browser and opened in
+    /// another would otherwise sign the second one in as the first (login CSRF). Works once
+    /// per process (a replica that did not see it used would accept it within its 60 s, but
+    /// only in the same browser).
     pub fn open_handoff(
         &self,
         token: &str,
         host: &str,
+        binding_cookie: Option<&str>,
         now: UnixTime,
     ) -> Result<(VerifiedIdentity, String), HandoffRejected> {
         let json = self
@@ -301,11 +342,23 @@ impl Auth {
         if now >= h.session.exp {
             return Err(HandoffRejected::Expired);
         }
+        let expected = binding_cookie.map(handoff_binding).unwrap_or_default();
+        if h.binding.is_empty() || !bool::from(expected.as_bytes().ct_eq(h.binding.as_bytes())) {
+            return Err(HandoffRejected::NotThisBrowser);
+        }
         let mut used = self
             .handoffs_used
             .lock()
             .map_err(|_| HandoffRejected::Replayed)?;
-        used.retain(|_, exp| *exp > now);
+        if used.len() >= HANDOFFS_REMEMBERED_MAX {
+            used.retain(|_, exp| *exp > now);
+        }
+        if used.len() >= HANDOFFS_REMEMBERED_MAX {
+            // Only reachable by minting handoffs faster than they expire; each is still bound
+            // to its browser, so forgetting them only reopens replay in that same browser.
+            tracing::warn!("handoff replay memory full; forgetting handoffs still valid");
+            used.clear();
+        }
         if used.insert(h.jti.clone(), h.exp).is_some() {
             return Err(HandoffRejected::Replayed);
         }
@@ -313,9 +366,10 @@ impl Auth {
     }
 
     /// A sealed request for the authenticate host to end its session too.
-    pub fn seal_sign_out(&self, return_url: &str, now: UnixTime) -> String {
+    pub fn seal_sign_out(&self, return_url: &str, sid: &str, now: UnixTime) -> String {
         let r = SignOutRequest {
             return_url: return_url.to_string(),
+            sid: sid.to_string(),
             exp: now + HANDOFF_TTL_SECS,
         };
         self.signout

@@ -26,6 +26,9 @@ use gatehouse_config::IdpConfig;
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 /// A token naming an unknown `kid` may trigger a JWKS fetch at most this often.
 const JWKS_REFRESH_MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// After a failed discovery, answer from that failure for this long instead of queueing
+/// every sign-in behind another attempt with its own timeouts.
+const DISCOVERY_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Clock leeway for `exp` and `iat`.
 const LEEWAY_SECS: i64 = 60;
 
@@ -103,6 +106,7 @@ pub struct Oidc {
     http: reqwest::Client,
     provider: RwLock<Option<Arc<Provider>>>,
     fetch_lock: tokio::sync::Mutex<()>,
+    last_failure: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl std::fmt::Debug for Oidc {
@@ -144,11 +148,20 @@ impl Oidc {
             http,
             provider: RwLock::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
+            last_failure: std::sync::Mutex::new(None),
         })
     }
 
     pub fn issuer(&self) -> &str {
         self.issuer.as_str()
+    }
+
+    /// The reason of a discovery failure in the last [`DISCOVERY_RETRY_AFTER`], if any.
+    fn recent_failure(&self) -> Option<String> {
+        let f = self.last_failure.lock().ok()?;
+        f.as_ref()
+            .filter(|(at, _)| at.elapsed() < DISCOVERY_RETRY_AFTER)
+            .map(|(_, r)| r.clone())
     }
 
     fn cached(&self) -> Option<Arc<Provider>> {
@@ -169,6 +182,12 @@ impl Oidc {
         {
             return Ok(p);
         }
+        if let Some(reason) = self.recent_failure() {
+            return Err(OidcError::Discovery {
+                issuer: self.issuer.to_string(),
+                reason,
+            });
+        }
         let _guard = self.fetch_lock.lock().await;
         if let Some(p) = self
             .cached()
@@ -176,12 +195,26 @@ impl Oidc {
         {
             return Ok(p);
         }
-        let metadata = CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http)
-            .await
-            .map_err(|e| OidcError::Discovery {
+        if let Some(reason) = self.recent_failure() {
+            return Err(OidcError::Discovery {
                 issuer: self.issuer.to_string(),
-                reason: error_chain(&e),
-            })?;
+                reason,
+            });
+        }
+        let metadata =
+            match CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http).await {
+                Ok(m) => m,
+                Err(e) => {
+                    let reason = error_chain(&e);
+                    if let Ok(mut f) = self.last_failure.lock() {
+                        *f = Some((Instant::now(), reason.clone()));
+                    }
+                    return Err(OidcError::Discovery {
+                        issuer: self.issuer.to_string(),
+                        reason,
+                    });
+                }
+            };
         let now = Instant::now();
         let p = Arc::new(Provider {
             metadata,

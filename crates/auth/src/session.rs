@@ -107,6 +107,10 @@ pub struct LoginState {
     pub return_url: String,
     /// The `redirect_uri` sent to the IdP (must be sent again with the code).
     pub redirect_uri: String,
+    /// Two-host flow: the hash of the route host's `<cookie>_handoff` cookie, carried into
+    /// the handoff so only the browser that started the sign-in can use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<String>,
     pub exp: UnixTime,
 }
 
@@ -117,6 +121,9 @@ pub struct Handoff {
     /// The route host this handoff is for (another host refuses it).
     pub host: String,
     pub return_url: String,
+    /// Hash of the `<cookie>_handoff` cookie the route host set on the browser that started
+    /// the sign-in ([`crate::handoff_binding`]).
+    pub binding: String,
     pub exp: UnixTime,
     /// Unique id, remembered until `exp` so the token works once.
     pub jti: String,
@@ -126,5 +133,7 @@ pub struct Handoff {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignOutRequest {
     pub return_url: String,
+    /// The session being ended: the authenticate host ends its own only if it is the same.
+    pub sid: String,
     pub exp: UnixTime,
 }

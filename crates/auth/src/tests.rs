@@ -113,26 +113,38 @@ fn large_session_is_chunked_and_reassembled() {
 }
 
 #[test]
-fn handoff_works_once_for_its_host_only() {
+fn handoff_works_once_for_its_host_and_browser_only() {
     let auth = Auth::new(&config([1; 32])).unwrap();
     let s = auth.new_session(signed_in(), 1000);
+    let binding = handoff_binding("browser-nonce");
     let t = auth.seal_handoff(
         &s,
         "assistant.example.com",
         "https://assistant.example.com/x",
+        &binding,
         1000,
     );
     assert!(matches!(
-        auth.open_handoff(&t, "other.example.com", 1001),
+        auth.open_handoff(&t, "other.example.com", Some("browser-nonce"), 1001),
         Err(HandoffRejected::WrongHost { .. })
     ));
+    assert_eq!(
+        auth.open_handoff(&t, "assistant.example.com", Some("another-browser"), 1001)
+            .unwrap_err(),
+        HandoffRejected::NotThisBrowser
+    );
+    assert_eq!(
+        auth.open_handoff(&t, "assistant.example.com", None, 1001)
+            .unwrap_err(),
+        HandoffRejected::NotThisBrowser
+    );
     let (id, ret) = auth
-        .open_handoff(&t, "assistant.example.com", 1001)
+        .open_handoff(&t, "assistant.example.com", Some("browser-nonce"), 1001)
         .unwrap();
     assert_eq!(id.email(), "alice@example.com");
     assert_eq!(ret, "https://assistant.example.com/x");
     assert_eq!(
-        auth.open_handoff(&t, "assistant.example.com", 1002)
+        auth.open_handoff(&t, "assistant.example.com", Some("browser-nonce"), 1002)
             .unwrap_err(),
         HandoffRejected::Replayed
     );
@@ -142,9 +154,9 @@ fn handoff_works_once_for_its_host_only() {
 fn expired_handoff_is_refused() {
     let auth = Auth::new(&config([1; 32])).unwrap();
     let s = auth.new_session(signed_in(), 1000);
-    let t = auth.seal_handoff(&s, "a.test", "https://a.test/", 1000);
+    let t = auth.seal_handoff(&s, "a.test", "https://a.test/", &handoff_binding("n"), 1000);
     assert_eq!(
-        auth.open_handoff(&t, "a.test", 1000 + HANDOFF_TTL_SECS)
+        auth.open_handoff(&t, "a.test", Some("n"), 1000 + HANDOFF_TTL_SECS)
             .unwrap_err(),
         HandoffRejected::Expired
     );
@@ -178,6 +190,7 @@ async fn callback_without_login_cookie_or_with_wrong_state_is_refused() {
         pkce_verifier: "v".into(),
         return_url: "https://a.test/".into(),
         redirect_uri: "https://a.test/.gatehouse/callback".into(),
+        binding: None,
         exp: 100,
     };
     let sealed = auth.login.seal(

@@ -12,7 +12,8 @@
 //! - with no matching `allow`, the answer is deny ("default deny");
 //! - a route with no rule of its own uses the top-level `allowed_domains`;
 //! - a route with no rule at all lets nobody in;
-//! - email-based criteria (`domain`, `email`) only match a verified email address.
+//! - in `allow` rules, email-based criteria (`domain`, `email`) only match a verified email
+//!   address; in `deny` rules they match verified or not.
 //!
 //! ```
 //! use gatehouse_policy::{Facts, Policy};
@@ -116,8 +117,10 @@ enum Matcher {
 }
 
 impl Matcher {
-    fn matches(&self, facts: &Facts<'_>) -> bool {
-        if !facts.email_verified {
+    /// For an `allow`, only a verified address counts. For a `deny`, the address counts
+    /// whether verified or not: an unverified claim must never get someone *past* a deny.
+    fn matches(&self, facts: &Facts<'_>, action: Action) -> bool {
+        if action == Action::Allow && !facts.email_verified {
             return false;
         }
         match self {
@@ -138,9 +141,10 @@ impl Block {
     fn matches(&self, facts: &Facts<'_>) -> bool {
         match self.op {
             LogicalOp::And => {
-                !self.criteria.is_empty() && self.criteria.iter().all(|c| c.matches(facts))
+                !self.criteria.is_empty()
+                    && self.criteria.iter().all(|c| c.matches(facts, self.action))
             }
-            LogicalOp::Or => self.criteria.iter().any(|c| c.matches(facts)),
+            LogicalOp::Or => self.criteria.iter().any(|c| c.matches(facts, self.action)),
         }
     }
 }

@@ -182,3 +182,26 @@ fn allowed_users_on_route() {
         "route rules replace the top-level domains"
     );
 }
+
+#[test]
+fn deny_rules_apply_to_unverified_addresses_too() {
+    let mut r = route();
+    r.allow_any_authenticated_user = true;
+    r.policy = Some(PolicySpec {
+        blocks: vec![block(
+            Action::Deny,
+            LogicalOp::Or,
+            &[(CriterionKind::Domain, "contractors.example.com")],
+        )],
+    });
+    let p = Policy::for_route(&r, &[]);
+    let unverified = Facts {
+        email: "x@contractors.example.com",
+        email_verified: false,
+    };
+    assert_eq!(
+        p.evaluate(&unverified),
+        Decision::Deny(Reason::DenyBlockMatched { block: 0 })
+    );
+    assert!(p.evaluate(&verified("alice@example.com")).is_allow());
+}

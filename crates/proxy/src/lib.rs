@@ -175,6 +175,22 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
         origin: u.origin().ascii_serialization(),
     });
 
+    if let Some(a) = &auth_host {
+        for r in &config.routes {
+            if r.from.host == a.host
+                && (r.from.port.is_none() || a.port.is_none() || r.from.port == a.port)
+            {
+                errors.push(ConfigError::new(
+                    r.origin.clone(),
+                    format!(
+                        "routes[{}].from: host {} is also the host of authenticate_service_url, which only serves sign-in; give the authenticate service its own host name (e.g. auth.{})",
+                        r.index, r.from.host, r.from.host
+                    ),
+                ));
+            }
+        }
+    }
+
     let Some(auth) = auth else {
         return Err(ConfigErrors { errors });
     };

@@ -176,3 +176,94 @@ mod tests {
         assert_eq!(split_host("evil/x"), None);
     }
 }
+
+/// Whether `path` is in the one form Gatehouse matches routes on. Anything an upstream might
+/// normalise differently is refused, so a path-scoped policy can't be side-stepped
+/// (`/public/../secret`, `//admin`, `/%61dmin` all match other routes than they reach):
+/// empty segments, `.`/`..` segments, backslashes, and percent-escapes of `.`, `/`, `\`
+/// or of an unreserved character (RFC 3986 2.3 says those are never to be escaped).
+pub fn is_canonical_path(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') || bytes.contains(&b'\\') {
+        return false;
+    }
+    if path.contains("//") {
+        return false;
+    }
+    for segment in path.split('/').skip(1) {
+        if segment == "." || segment == ".." {
+            return false;
+        }
+    }
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'%' {
+            let hex = |c: u8| (c as char).to_digit(16);
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).and_then(|c| hex(*c)),
+                bytes.get(i + 2).and_then(|c| hex(*c)),
+            ) else {
+                return false;
+            };
+            let decoded = (h * 16 + l) as u8;
+            if decoded.is_ascii_alphanumeric() || b"-._~/\\".contains(&decoded) {
+                return false;
+            }
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod canonical_tests {
+    use super::is_canonical_path;
+
+    #[test]
+    fn ordinary_paths_are_canonical() {
+        for p in [
+            "/",
+            "/a",
+            "/a/b/",
+            "/api/v1/x.json",
+            "/a%20b",
+            "/q%3Fx",
+            "/file.tar.gz",
+            "/.well-known/x",
+            "/a..b",
+            "/..a",
+        ] {
+            assert!(is_canonical_path(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn paths_an_upstream_could_normalise_differently_are_refused() {
+        for p in [
+            "",
+            "a",
+            "//admin",
+            "/a//b",
+            "/.",
+            "/..",
+            "/a/./b",
+            "/a/../b",
+            "/public/..",
+            "/a\\b",
+            "/%61dmin",
+            "/%2e%2e/x",
+            "/a%2Fb",
+            "/a%2fb",
+            "/a%5Cb",
+            "/%7E",
+            "/%2D",
+            "/bad%zz",
+            "/trail%",
+            "/trail%4",
+        ] {
+            assert!(!is_canonical_path(p), "{p:?}");
+        }
+    }
+}

@@ -20,7 +20,7 @@ use gatehouse_config::{RouteFrom, SameSite};
 use gatehouse_policy::{Decision, Facts, Policy};
 
 use crate::pages::{self, Page};
-use crate::routes::{RouteTable, split_host};
+use crate::routes::{RouteTable, is_canonical_path, split_host};
 
 /// A route, ready to serve.
 #[derive(Debug)]
@@ -105,7 +105,8 @@ fn gatehouse_path(path: &str) -> Option<&str> {
 fn request_cookies(req: &RequestHeader) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for v in req.headers.get_all(http::header::COOKIE) {
-        let Ok(s) = v.to_str() else { continue };
+        // Not `to_str()`: one non-ASCII cookie from another app must not hide ours.
+        let s = String::from_utf8_lossy(v.as_bytes());
         for part in s.split(';') {
             if let Some((k, v)) = part.trim().split_once('=') {
                 out.push((k.trim().to_string(), v.trim().trim_matches('"').to_string()));
@@ -194,6 +195,7 @@ impl State {
             out.push(self.set_cookie(&format!("{name}_{i}"), "", 0, self.cookie.same_site, true));
         }
         out.push(self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false));
+        out.push(self.set_cookie(self.auth.handoff_cookie_name(), "", 0, SameSite::Lax, false));
         out
     }
 
@@ -249,18 +251,44 @@ impl State {
             .with_header("www-authenticate", "Bearer realm=\"gatehouse\"".into());
         }
         if let Some(a) = &self.auth_host {
+            // Bind the coming handoff to this browser: only a browser holding this cookie
+            // can open it (otherwise a handoff minted by one person could sign in another).
+            let nonce = gatehouse_auth::random_token(16);
+            let binding = gatehouse_auth::handoff_binding(&nonce);
             let enc: String = form_urlencoded::byte_serialize(return_url.as_bytes()).collect();
             return Page::redirect(
                 302,
-                &format!("{}/.gatehouse/sign_in?return_url={enc}", a.origin),
+                &format!(
+                    "{}/.gatehouse/sign_in?return_url={enc}&binding={binding}",
+                    a.origin
+                ),
+            )
+            .with_header(
+                "set-cookie",
+                self.set_cookie(
+                    self.auth.handoff_cookie_name(),
+                    &nonce,
+                    gatehouse_auth::LOGIN_TTL_SECS as i64,
+                    SameSite::Lax,
+                    false,
+                ),
             );
         }
         let redirect_uri = format!("{scheme}://{authority}/.gatehouse/callback");
-        self.begin_login(&redirect_uri, &return_url).await
+        self.begin_login(&redirect_uri, &return_url, None).await
     }
 
-    async fn begin_login(&self, redirect_uri: &str, return_url: &str) -> Page {
-        match self.auth.begin_login(redirect_uri, return_url, now()).await {
+    async fn begin_login(
+        &self,
+        redirect_uri: &str,
+        return_url: &str,
+        binding: Option<&str>,
+    ) -> Page {
+        match self
+            .auth
+            .begin_login(redirect_uri, return_url, binding, now())
+            .await
+        {
             Ok((idp_url, login_cookie)) => Page::redirect(302, &idp_url).with_header(
                 "set-cookie",
                 self.set_cookie(
@@ -288,7 +316,7 @@ impl State {
         jar: &[(String, String)],
         query: &HashMap<String, String>,
         retry: &str,
-    ) -> Result<(gatehouse_auth::Session, String), Page> {
+    ) -> Result<gatehouse_auth::LoginDone, Page> {
         let login = cookie_lookup(jar)(self.auth.login_cookie_name());
         match self.auth.finish_login(login, query, now()).await {
             Ok(ok) => Ok(ok),
@@ -365,6 +393,11 @@ impl Gatehouse {
             )));
         };
         let port = port.unwrap_or(st.default_port());
+        if !is_canonical_path(&path) {
+            return Ok(Step::Respond(pages::bad_request(
+                "This address has an unusual form (an empty, \".\" or \"..\" segment, a backslash, or an escaped character that needs no escaping). Use the plain form of the address.",
+            )));
+        }
         ctx.host.clone_from(&host);
         ctx.authority.clone_from(&authority);
         let gh = gatehouse_path(&path).map(str::to_string);
@@ -475,7 +508,8 @@ impl Gatehouse {
         let query = query_map(session.req_header().uri.query());
         let t = now();
         if let Some(token) = query.get("handoff") {
-            return Ok(match st.auth.open_handoff(token, host, t) {
+            let binding = cookie_lookup(jar)(st.auth.handoff_cookie_name());
+            return Ok(match st.auth.open_handoff(token, host, binding, t) {
                 Ok((id, return_url)) => {
                     let target = st
                         .checked_return_url(&return_url)
@@ -487,7 +521,10 @@ impl Gatehouse {
                         page = page.with_header("set-cookie", c);
                     }
                     tracing::info!(user = %id.email(), "signed in (handoff)");
-                    page
+                    page.with_header(
+                        "set-cookie",
+                        st.set_cookie(st.auth.handoff_cookie_name(), "", 0, SameSite::Lax, false),
+                    )
                 }
                 Err(e) => {
                     tracing::info!(reason = %e, "handoff refused");
@@ -502,9 +539,10 @@ impl Gatehouse {
             ));
         }
         Ok(match st.finish_login(jar, &query, "/").await {
-            Ok((s, return_url)) => {
+            Ok(done) => {
+                let s = done.session;
                 let target = st
-                    .checked_return_url(&return_url)
+                    .checked_return_url(&done.return_url)
                     .filter(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
                     .map(|u| u.to_string())
                     .unwrap_or_else(|| "/".to_string());
@@ -543,14 +581,21 @@ impl Gatehouse {
                     .finish_login(&jar, &query, &format!("{}/", auth_host.origin))
                     .await
                 {
-                    Ok((s, return_url)) => {
-                        let Some(target) = st.checked_return_url(&return_url) else {
+                    Ok(done) => {
+                        let s = done.session;
+                        let Some(target) = st.checked_return_url(&done.return_url) else {
                             return Ok(pages::bad_request(
                                 "The page to return to is not one Gatehouse protects.",
                             ));
                         };
+                        let Some(binding) = done.binding else {
+                            return Ok(pages::sign_in_failed(
+                                "this sign-in was not started from a Gatehouse page",
+                                "/",
+                            ));
+                        };
                         tracing::info!(user = %s.email, "signed in");
-                        let mut page = handoff_redirect(st, &s, &target, t);
+                        let mut page = handoff_redirect(st, &s, &target, &binding, t);
                         for c in st.session_cookies(&s, &jar, t) {
                             page = page.with_header("set-cookie", c);
                         }
@@ -572,12 +617,23 @@ impl Gatehouse {
                         "The page to return to is not one Gatehouse protects, so Gatehouse will not send you there.",
                     ));
                 };
+                // The route host's binding for the browser that asked (see start_sign_in).
+                let Some(binding) = query
+                    .get("binding")
+                    .filter(|b| !b.is_empty() && b.len() <= 128)
+                else {
+                    return Ok(pages::bad_request(
+                        "This sign-in link is incomplete. Open the page you wanted again to sign in.",
+                    ));
+                };
                 // Already signed in at the authenticate host: hand the session over directly.
                 if let Some(id) = st.identity(&jar) {
-                    return Ok(handoff_redirect(st, id.session(), &target, t));
+                    return Ok(handoff_redirect(st, id.session(), &target, binding, t));
                 }
                 let redirect_uri = format!("{}/oauth2/callback", auth_host.origin);
-                Ok(st.begin_login(&redirect_uri, target.as_str()).await)
+                Ok(st
+                    .begin_login(&redirect_uri, target.as_str(), Some(binding))
+                    .await)
             }
             Some("sign_out") => {
                 let token = query.get("token").map(String::as_str).unwrap_or("");
@@ -591,8 +647,15 @@ impl Gatehouse {
                     .map(|u| u.to_string())
                     .unwrap_or_else(|| "/.gatehouse/signed_out".into());
                 let mut page = Page::redirect(302, &target);
-                for c in st.clear_session_cookies() {
-                    page = page.with_header("set-cookie", c);
+                // End this host's session only if it is the one being signed out, so a
+                // sign-out link can't be used to sign someone else out.
+                if st
+                    .identity(&jar)
+                    .is_some_and(|id| id.session().sid == req.sid)
+                {
+                    for c in st.clear_session_cookies() {
+                        page = page.with_header("set-cookie", c);
+                    }
                 }
                 Ok(page)
             }
@@ -656,7 +719,7 @@ impl Gatehouse {
                 let signed_out = format!("{scheme}://{authority}/.gatehouse/signed_out");
                 let location = match &st.auth_host {
                     Some(a) => {
-                        let token = st.auth.seal_sign_out(&signed_out, now());
+                        let token = st.auth.seal_sign_out(&signed_out, &s.sid, now());
                         format!("{}/.gatehouse/sign_out?token={token}", a.origin)
                     }
                     None => signed_out,
@@ -688,9 +751,15 @@ impl Gatehouse {
 }
 
 /// Redirect from the authenticate host to the route host's callback, carrying a handoff.
-fn handoff_redirect(st: &State, s: &gatehouse_auth::Session, target: &url::Url, t: u64) -> Page {
+fn handoff_redirect(
+    st: &State,
+    s: &gatehouse_auth::Session,
+    target: &url::Url,
+    binding: &str,
+    t: u64,
+) -> Page {
     let host = target.host_str().unwrap_or("").to_ascii_lowercase();
-    let token = st.auth.seal_handoff(s, &host, target.as_str(), t);
+    let token = st.auth.seal_handoff(s, &host, target.as_str(), binding, t);
     let origin = target.origin().ascii_serialization();
     Page::redirect(
         302,
@@ -711,8 +780,75 @@ impl Page {
 }
 
 /// Header names that only Gatehouse may set: client-sent ones are removed on every route.
+fn ctx_label<'a>(st: &'a State, ctx: &Ctx) -> &'a str {
+    ctx.route
+        .and_then(|i| st.routes.get(i))
+        .map(|r| r.label.as_str())
+        .unwrap_or("-")
+}
+
+/// Also in underscore spelling: CGI-style upstreams (WSGI, Rack, PHP) read
+/// `X_Pomerium_Claim_Email` and `X-Pomerium-Claim-Email` as the same variable.
 fn is_identity_header(name: &str) -> bool {
-    name.starts_with("x-pomerium-") || name.starts_with("x-gatehouse-")
+    let n = name.as_bytes();
+    let starts = |prefix: &[u8]| {
+        n.len() >= prefix.len()
+            && n.iter()
+                .zip(prefix)
+                .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
+    };
+    starts(b"x-pomerium-") || starts(b"x-gatehouse-")
+}
+
+/// Headers a client could use to lie to the upstream about where a request came from.
+/// Gatehouse sets `X-Forwarded-For`/`-Proto`/`-Host` itself and removes these.
+const CLIENT_FORWARDING_HEADERS: [&str; 6] = [
+    "forwarded",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-ssl",
+];
+
+/// Whether a cookie name is one of Gatehouse's own (`<name>`, `<name>_1`…, `<name>_login`,
+/// `<name>_handoff`).
+fn is_own_cookie(cookie: &[u8], name: &str) -> bool {
+    cookie == name.as_bytes()
+        || cookie
+            .strip_prefix(name.as_bytes())
+            .is_some_and(|rest| rest.first() == Some(&b'_'))
+}
+
+/// The `Cookie` header without Gatehouse's own cookies, byte for byte otherwise
+/// (non-UTF-8 cookies of other apps pass unchanged). `None` if nothing is left.
+fn cookies_without_own(req: &RequestHeader, name: &str) -> Option<Vec<u8>> {
+    let mut out: Vec<u8> = Vec::new();
+    for v in req.headers.get_all(http::header::COOKIE) {
+        for part in v.as_bytes().split(|b| *b == b';') {
+            let part = part.trim_ascii();
+            let cookie_name = part
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            if part.is_empty() || is_own_cookie(cookie_name, name) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.extend_from_slice(b"; ");
+            }
+            out.extend_from_slice(part);
+        }
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// A header value for a claim: non-ASCII and control characters percent-encoded (the JWT
+/// carries the exact value).
+fn claim_header_value(value: &str) -> String {
+    const ENCODE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+    percent_encoding::utf8_percent_encode(value, ENCODE).to_string()
 }
 
 /// Adds the identity headers. Needs a [`VerifiedIdentity`], which only the auth crate makes.
@@ -730,9 +866,12 @@ fn add_identity_headers(
             return Error::e_explain(ErrorType::InternalError, "identity JWT signing failed");
         }
     }
-    req.insert_header("x-pomerium-claim-email", s.email.as_str())?;
-    req.insert_header("x-pomerium-claim-user", s.sub.as_str())?;
-    req.insert_header("x-pomerium-claim-groups", s.groups.join(","))?;
+    req.insert_header("x-pomerium-claim-email", claim_header_value(&s.email))?;
+    req.insert_header("x-pomerium-claim-user", claim_header_value(&s.sub))?;
+    req.insert_header(
+        "x-pomerium-claim-groups",
+        claim_header_value(&s.groups.join(",")),
+    )?;
     Ok(())
 }
 
@@ -794,22 +933,17 @@ impl ProxyHttp for Gatehouse {
         for name in spoofed {
             req.remove_header(&name);
         }
+        for name in CLIENT_FORWARDING_HEADERS {
+            req.remove_header(name);
+        }
         // 2. Gatehouse's own cookies never reach an upstream.
-        let jar = &ctx.cookies;
-        if !jar.is_empty() {
-            let ours = st.auth.session.name();
-            let kept: Vec<String> = jar
-                .iter()
-                .filter(|(k, _)| {
-                    k != ours
-                        && k != st.auth.login_cookie_name()
-                        && !k.strip_prefix(ours).is_some_and(|r| r.starts_with('_'))
-                })
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect();
+        if req.headers.contains_key(http::header::COOKIE) {
+            let kept = cookies_without_own(req, st.auth.session.name());
             req.remove_header(&http::header::COOKIE);
-            if !kept.is_empty() {
-                req.insert_header(http::header::COOKIE, kept.join("; "))?;
+            if let Some(kept) = kept {
+                let value = http::HeaderValue::from_bytes(&kept)
+                    .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "cookie header"))?;
+                req.insert_header(http::header::COOKIE, value)?;
             }
         }
         // 3. Forwarding headers, set by us (never trusted from the client).
@@ -830,6 +964,53 @@ impl ProxyHttp for Gatehouse {
             && let Some(id) = &ctx.identity
         {
             add_identity_headers(&st.auth, req, id, &ctx.host)?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        _ctx: &mut Ctx,
+    ) -> Result<()> {
+        // An upstream must not plant Gatehouse's own cookies (a public app could otherwise
+        // set someone's session for the whole host).
+        let name = self.state.auth.session.name();
+        let mut planted = false;
+        for v in resp.headers.get_all(http::header::SET_COOKIE) {
+            let n = v
+                .as_bytes()
+                .split(|b| *b == b'=')
+                .next()
+                .unwrap_or_default()
+                .trim_ascii();
+            planted |= is_own_cookie(n, name);
+        }
+        if planted {
+            let kept: Vec<http::HeaderValue> = resp
+                .headers
+                .get_all(http::header::SET_COOKIE)
+                .iter()
+                .filter(|v| {
+                    let n = v
+                        .as_bytes()
+                        .split(|b| *b == b'=')
+                        .next()
+                        .unwrap_or_default()
+                        .trim_ascii();
+                    !is_own_cookie(n, name)
+                })
+                .cloned()
+                .collect();
+            resp.remove_header(&http::header::SET_COOKIE);
+            for v in kept {
+                resp.append_header(http::header::SET_COOKIE, v)?;
+            }
+            tracing::warn!(
+                route = ctx_label(&self.state, _ctx),
+                "upstream tried to set Gatehouse's own cookie; removed"
+            );
         }
         Ok(())
     }
@@ -997,10 +1178,43 @@ mod tests {
     }
 
     #[test]
-    fn identity_headers_are_recognised_in_lower_case() {
+    fn identity_headers_are_recognised_in_any_spelling() {
         assert!(is_identity_header("x-pomerium-claim-email"));
         assert!(is_identity_header("x-gatehouse-anything"));
+        assert!(is_identity_header("x_pomerium_claim_email"));
+        assert!(is_identity_header("X_Pomerium-Jwt-Assertion"));
         assert!(!is_identity_header("x-forwarded-for"));
+        assert!(!is_identity_header("x-pomerium"));
+    }
+
+    #[test]
+    fn own_cookies_are_removed_and_others_kept_byte_for_byte() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.append_header(
+            "cookie",
+            http::HeaderValue::from_bytes(b"a=1; _pomerium=x; t=\xc3\xa9").unwrap(),
+        )
+        .unwrap();
+        r.append_header(
+            "cookie",
+            "_pomerium_1=y; _pomerium_login=z; _pomeriumx=keep; _pomerium_handoff=h",
+        )
+        .unwrap();
+        let kept = cookies_without_own(&r, "_pomerium").unwrap();
+        assert_eq!(kept, b"a=1; t=\xc3\xa9; _pomeriumx=keep".to_vec());
+        let mut only_ours = RequestHeader::build("GET", b"/", None).unwrap();
+        only_ours.append_header("cookie", "_pomerium=x").unwrap();
+        assert_eq!(cookies_without_own(&only_ours, "_pomerium"), None);
+    }
+
+    #[test]
+    fn non_ascii_claims_are_percent_encoded() {
+        assert_eq!(
+            claim_header_value("zoë@example.com"),
+            "zo%C3%AB@example.com"
+        );
+        assert_eq!(claim_header_value("a%b"), "a%25b");
+        assert_eq!(claim_header_value("plain@example.com"), "plain@example.com");
     }
 
     #[test]
