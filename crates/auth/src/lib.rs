@@ -409,7 +409,7 @@ impl Auth {
     /// A token is signed once per session and host and reused for [`IDENTITY_JWT_REUSE_SECS`],
     /// so an upstream always receives one with at least 4 of its 5 minutes left. Signing is
     /// most of an authenticated request's cost (an ES256 signature with `jsonwebtoken`,
-    /// which parses the key each time: ~29 µs, measured in bench/README.md).
+    /// which parses the key each time: ~29 µs; bench/README.md has the before/after).
     pub fn identity_jwt(
         &self,
         id: &VerifiedIdentity,
