@@ -267,7 +267,8 @@ async function assertVictimRefused(victim, url, target) {
 }
 
 test('login CSRF: a handoff minted by an attacker (binding of its choosing) is refused in a fresh victim browser', async () => {
-  for (const binding of ['attacker-chosen', 'x']) {
+  // Each binding is new: a sign-in link (and so its binding) works only once.
+  for (const binding of ['attacker-chosen-1', 'x']) {
     const { url, target } = await attackerHandoffUrl(binding);
     await assertVictimRefused(s.client(), url, target);
   }
@@ -279,7 +280,7 @@ test('login CSRF: a handoff minted by an attacker is refused in a victim browser
   assert.equal(started.status, 302);
   assert.ok(victim.jar.get(A, '_pomerium_handoff'), 'the victim has its own _pomerium_handoff');
   const victimBinding = new URL(started.location).searchParams.get('binding');
-  for (const binding of ['attacker-chosen', victimBinding === null ? 'none' : `${victimBinding}x`]) {
+  for (const binding of ['attacker-chosen-2', victimBinding === null ? 'none' : `${victimBinding}x`]) {
     const { url, target } = await attackerHandoffUrl(binding);
     await assertVictimRefused(victim, url, target);
   }
@@ -293,6 +294,23 @@ test('a handoff opened without the _pomerium_handoff cookie, in the browser that
   assert.ok(next, 'stopped before the handoff');
   c.jar.delete(A, '_pomerium_handoff');
   await assertVictimRefused(c, next, start);
+});
+
+test('a sign-in link works once: replayed later by someone signed in at the auth host, it mints no handoff', async () => {
+  const gh = s.gh.two;
+  const victim = s.client();
+  const start = gh.url(A, '/leaked-link');
+  const { response, chain } = await victim.login('alice', 'alice-pass', start);
+  assert.equal(response.status, 200, 'the victim signed in normally');
+  const signInUrl = chain[0].location;
+  assert.match(signInUrl, /\/\.gatehouse\/sign_in\?/);
+  // The link leaks (history, a screenshot); the attacker, signed in as bob, opens it.
+  const attacker = s.client();
+  await attacker.login('bob', 'bob-pass', gh.url(A, '/attacker-2'));
+  const r = await attacker.get(signInUrl);
+  assert.equal(r.status, 400, `expected 400, got ${r.status} ${r.location ?? ''}`);
+  assert.ok(!r.location, `no handoff minted: ${r.location}`);
+  assert.match(r.body, /already used/);
 });
 
 test('the auth host refuses sign_in without binding= with 400, signed in or not', async () => {

@@ -53,8 +53,8 @@ pub const HANDOFF_TTL_SECS: u64 = 60;
 pub const IDENTITY_JWT_TTL_SECS: u64 = 300;
 /// How long one signed identity JWT is reused for the same session and host.
 pub const IDENTITY_JWT_REUSE_SECS: u64 = 60;
-/// The most handoff ids remembered for replay protection.
-const HANDOFFS_REMEMBERED_MAX: usize = 100_000;
+/// The most one-time values (handoff ids, sign-in bindings) remembered per kind.
+const ONCE_REMEMBERED_MAX: usize = 100_000;
 /// The most identity JWTs kept for reuse (expired ones are dropped first).
 const JWT_CACHE_MAX: usize = 10_000;
 
@@ -147,9 +147,45 @@ pub struct Auth {
     login_cookie: String,
     handoff_cookie: String,
     session_ttl: u64,
-    handoffs_used: Mutex<HashMap<String, UnixTime>>,
+    handoffs_used: OnceSet,
+    bindings_used: OnceSet,
     /// Identity JWTs already signed, by session id and host (see [`Auth::identity_jwt`]).
     jwt_cache: Mutex<HashMap<String, CachedJwt>>,
+}
+
+/// Values that may be used once each until they expire (per process).
+struct OnceSet {
+    what: &'static str,
+    used: Mutex<HashMap<String, UnixTime>>,
+}
+
+impl OnceSet {
+    fn new(what: &'static str) -> Self {
+        OnceSet {
+            what,
+            used: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `true` the first time `key` is seen (it is then remembered until `until`).
+    fn first_use(&self, key: &str, until: UnixTime, now: UnixTime) -> bool {
+        let Ok(mut used) = self.used.lock() else {
+            return false;
+        };
+        if used.len() >= ONCE_REMEMBERED_MAX {
+            used.retain(|_, exp| *exp > now);
+        }
+        if used.len() >= ONCE_REMEMBERED_MAX {
+            // Only reachable by minting these faster than they expire. Each is bound to one
+            // browser, so forgetting them only reopens replay in that same browser.
+            tracing::warn!(
+                what = self.what,
+                "one-time memory full; forgetting values still valid"
+            );
+            used.clear();
+        }
+        used.insert(key.to_string(), until).is_none()
+    }
 }
 
 struct CachedJwt {
@@ -192,7 +228,8 @@ impl Auth {
             login_cookie: format!("{}_login", config.cookie.name),
             handoff_cookie: format!("{}_handoff", config.cookie.name),
             session_ttl: config.cookie.expire.as_secs().max(1),
-            handoffs_used: Mutex::new(HashMap::new()),
+            handoffs_used: OnceSet::new("handoff"),
+            bindings_used: OnceSet::new("sign-in binding"),
             jwt_cache: Mutex::new(HashMap::new()),
         })
     }
@@ -205,6 +242,14 @@ impl Auth {
     /// Name of the cookie that binds a two-host sign-in to its browser (`<cookie_name>_handoff`).
     pub fn handoff_cookie_name(&self) -> &str {
         &self.handoff_cookie
+    }
+
+    /// Claims a two-host sign-in binding at the authenticate host: `true` the first time.
+    /// A sign-in link works once, so a link leaked after use (history, a shared screenshot)
+    /// can't be replayed by someone else to mint a handoff that browser would accept.
+    pub fn claim_binding(&self, binding: &str, now: UnixTime) -> bool {
+        self.bindings_used
+            .first_use(binding, now + LOGIN_TTL_SECS, now)
     }
 
     /// Starts a sign-in. Returns the IdP URL to redirect to, and the sealed login cookie value.
@@ -346,20 +391,7 @@ impl Auth {
         if h.binding.is_empty() || !bool::from(expected.as_bytes().ct_eq(h.binding.as_bytes())) {
             return Err(HandoffRejected::NotThisBrowser);
         }
-        let mut used = self
-            .handoffs_used
-            .lock()
-            .map_err(|_| HandoffRejected::Replayed)?;
-        if used.len() >= HANDOFFS_REMEMBERED_MAX {
-            used.retain(|_, exp| *exp > now);
-        }
-        if used.len() >= HANDOFFS_REMEMBERED_MAX {
-            // Only reachable by minting handoffs faster than they expire; each is still bound
-            // to its browser, so forgetting them only reopens replay in that same browser.
-            tracing::warn!("handoff replay memory full; forgetting handoffs still valid");
-            used.clear();
-        }
-        if used.insert(h.jti.clone(), h.exp).is_some() {
+        if !self.handoffs_used.first_use(&h.jti, h.exp, now) {
             return Err(HandoffRejected::Replayed);
         }
         Ok((VerifiedIdentity::new(h.session), h.return_url))

@@ -252,3 +252,14 @@ fn identity_jwt_is_reused_briefly_per_session_and_host() {
     assert_eq!(claims["iat"], 1000 + IDENTITY_JWT_REUSE_SECS);
     assert_eq!(claims["aud"], "x.test");
 }
+
+#[test]
+fn a_sign_in_binding_is_claimed_once() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    assert!(auth.claim_binding("b1", 1000));
+    assert!(
+        !auth.claim_binding("b1", 1001),
+        "the same sign-in link used again"
+    );
+    assert!(auth.claim_binding("b2", 1001));
+}

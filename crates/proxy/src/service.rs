@@ -626,6 +626,12 @@ impl Gatehouse {
                         "This sign-in link is incomplete. Open the page you wanted again to sign in.",
                     ));
                 };
+                if !st.auth.claim_binding(binding, t) {
+                    tracing::info!("sign-in refused: this sign-in link was already used");
+                    return Ok(pages::bad_request(
+                        "This sign-in link was already used. Open the page you wanted again to sign in.",
+                    ));
+                }
                 // Already signed in at the authenticate host: hand the session over directly.
                 if let Some(id) = st.identity(&jar) {
                     return Ok(handoff_redirect(st, id.session(), &target, binding, t));
