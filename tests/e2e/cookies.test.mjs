@@ -94,3 +94,21 @@ test('a session cookie moved into another cookie name is not a session', async (
   await assertNoSession('main', `_pomerium_login=${value}`);
   await assertNoSession('main', `_pomerium_csrf=${value}`);
 });
+
+test('a session too big for one cookie is split into _pomerium, _pomerium_1, … and works', async () => {
+  const c = s.client();
+  const { response, chain } = await c.login('carol', 'carol-pass', s.gh.main.url(A, '/many-groups'));
+  assert.equal(response.status, 200);
+  const callback = chain.find((r) => new URL(r.url).pathname === '/.gatehouse/callback');
+  const names = callback.setCookies.filter((x) => x.value && /^_pomerium(_\d+)?$/.test(x.name)).map((x) => x.name);
+  assert.ok(names.includes('_pomerium') && names.includes('_pomerium_1'), `chunked: ${names.join(', ')}`);
+  for (const x of callback.setCookies.filter((y) => names.includes(y.name))) {
+    assert.ok(x.value.length <= 3600, `${x.name} is ${x.value.length} bytes`);
+  }
+  const groups = s.upstream.last().headers['x-pomerium-claim-groups'].split(',');
+  assert.equal(groups.length, 150);
+  assert.equal(groups[149], 'project-group-149');
+  // Without its second chunk the session is no session.
+  const first = sessionCookieHeader(c.jar, A).split('; ').filter((p) => !p.startsWith('_pomerium_1='));
+  await assertNoSession('main', first.join('; '));
+});

@@ -52,6 +52,14 @@ export const DEFAULT_USERS = {
     name: 'Eve Unverified',
     groups: ['team-it'],
   },
+  // Enough groups that Gatehouse's session no longer fits one cookie (it is chunked).
+  carol: {
+    password: 'carol-pass',
+    email: 'carol@example.com',
+    email_verified: true,
+    name: 'Carol Many-Groups',
+    groups: Array.from({ length: 150 }, (_, i) => `project-group-${String(i).padStart(3, '0')}`),
+  },
 };
 
 const escapeHtml = (s) =>
