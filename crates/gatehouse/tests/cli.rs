@@ -157,3 +157,28 @@ fn keygen_prints_a_usable_secret_and_key() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// `--help` texts are part of the interface: pinned in tests/golden/ (rewrite with UPDATE_GOLDEN=1).
+#[test]
+fn help_texts_match_golden_files() {
+    for (args, file) in [
+        (vec!["--help"], "help.txt"),
+        (vec!["serve", "--help"], "help-serve.txt"),
+        (vec!["check", "--help"], "help-check.txt"),
+        (vec!["keygen", "--help"], "help-keygen.txt"),
+    ] {
+        let out = gatehouse().args(&args).output().unwrap();
+        assert!(out.status.success());
+        let got = String::from_utf8(out.stdout).unwrap();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(file);
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &got).unwrap();
+        }
+        let want = std::fs::read_to_string(&path).unwrap_or_default();
+        if got != want {
+            panic!("{file} differs (UPDATE_GOLDEN=1 to accept)\n--- want\n{want}\n--- got\n{got}");
+        }
+    }
+}
