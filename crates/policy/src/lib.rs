@@ -53,7 +53,9 @@ pub struct Facts<'a> {
     pub claims: &'a [Claim<'a>],
     /// The request method, upper-case (`GET`).
     pub method: &'a str,
-    /// The request path, without the query.
+    /// The request path, without the query. The proxy passes only canonical paths (no
+    /// `..`, `//` or needless percent-escapes: `routes::is_canonical_path`), so an
+    /// `http_path` rule cannot be side-stepped by another spelling of the same path.
     pub path: &'a str,
     /// When the request arrived, for `day_of_week` and `time_of_day`.
     pub time: SystemTime,
@@ -663,14 +665,9 @@ fn describe(kind: &CriterionKind) -> String {
     }
 }
 
+/// The values of `in`/`not_in` are not listed: the deny page would show a person the other
+/// addresses on a block or allow list.
 fn describe_text(m: &StringMatcher) -> String {
-    let few = |v: &Vec<String>| {
-        if v.len() <= 5 {
-            v.join(", ")
-        } else {
-            format!("{}, … ({} in all)", v[..5].join(", "), v.len())
-        }
-    };
     let parts: Vec<String> = m
         .ops
         .iter()
@@ -679,8 +676,8 @@ fn describe_text(m: &StringMatcher) -> String {
             StringOp::StartsWith(v) => format!("starts with {v}"),
             StringOp::EndsWith(v) => format!("ends with {v}"),
             StringOp::Contains(v) => format!("contains {v}"),
-            StringOp::In(v) => format!("is one of {}", few(v)),
-            StringOp::NotIn(v) => format!("is none of {}", few(v)),
+            StringOp::In(v) => format!("is one of the {} listed", v.len()),
+            StringOp::NotIn(v) => format!("is none of the {} listed", v.len()),
         })
         .collect();
     parts.join(" and ")

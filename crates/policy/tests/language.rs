@@ -783,12 +783,12 @@ fn every_criterion_describes_itself() {
         ("authenticated_user: true", "you are signed in"),
         (
             "email: {in: [alice@example.com, b@x.test]}",
-            "your email address is one of alice@example.com, b@x.test",
+            "your email address is one of the 2 listed",
         ),
         ("user: {starts_with: u-}", "your user id starts with u-"),
         (
             "http_method: {not_in: [DELETE]}",
-            "the request method is none of DELETE",
+            "the request method is none of the 1 listed",
         ),
         ("http_path: {contains: /}", "the request path contains /"),
         (
