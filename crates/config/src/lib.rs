@@ -259,12 +259,15 @@ pub struct Route {
     pub allowed_domains: Vec<String>,
     /// Route-level `allowed_users` (emails).
     pub allowed_users: Vec<String>,
-    /// `policy:` (only the subset supported so far).
+    /// Route-level `allowed_groups` (group names or ids, as the IdP or directory gives them).
+    pub allowed_groups: Vec<String>,
+    /// `policy:` in Pomerium's policy language.
     pub policy: Option<PolicySpec>,
     pub origin: Origin,
 }
 
-/// The `policy:` of a route, as written. The policy crate compiles and evaluates it.
+/// The `policy:` of a route, in Pomerium's policy language (PPL), checked and normalised.
+/// The policy crate compiles and evaluates it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySpec {
     pub blocks: Vec<PolicyBlock>,
@@ -276,33 +279,194 @@ pub enum Action {
     Deny,
 }
 
+/// PPL's logical operators, with Pomerium's documented meaning (docs "Pomerium Policy
+/// Language", "More on Logical Operators", and its generator `conditionals.go`):
+/// `and` = all hold (A ∧ B); `or` = at least one holds (A ∨ B); `not` = none holds
+/// (¬A ∧ ¬B, "traditionally called NOR"); `nor` = not all hold (¬A ∨ ¬B, "traditionally
+/// called NAND"). Note that PPL's `nor` is *not* the Boolean NOR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogicalOp {
     And,
     Or,
+    Not,
+    Nor,
 }
 
-/// `- allow: { or: [ … ] }`
+impl LogicalOp {
+    pub fn keyword(self) -> &'static str {
+        match self {
+            LogicalOp::And => "and",
+            LogicalOp::Or => "or",
+            LogicalOp::Not => "not",
+            LogicalOp::Nor => "nor",
+        }
+    }
+}
+
+/// `- allow: { or: [ … ] }`. Several operators in one block (valid PPL) hold if any of
+/// them holds, as Pomerium documents ("Multiple Operators in a Rule"); they are kept as
+/// one `or` of the operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyBlock {
     pub action: Action,
-    pub op: LogicalOp,
-    pub criteria: Vec<Criterion>,
+    pub rule: Condition,
+    pub origin: Origin,
+}
+
+/// A logical operator over conditions, or one criterion. Nests to any depth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    Op {
+        op: LogicalOp,
+        children: Vec<Condition>,
+        origin: Origin,
+    },
+    Criterion(Criterion),
+}
+
+/// One criterion, like `domain: {is: example.com}`, with where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Criterion {
+    pub kind: CriterionKind,
     pub origin: Origin,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CriterionKind {
-    /// `domain: { is: example.com }`
-    Domain,
-    /// `email: { is: alice@example.com }`
-    Email,
+    /// `accept: true`: always matches.
+    Accept,
+    /// `reject: true`: never matches.
+    Reject,
+    /// `authenticated_user: true`: anyone signed in.
+    AuthenticatedUser,
+    /// The part of the email after `@` (lower-case).
+    Domain(StringMatcher),
+    /// The email address (lower-case).
+    Email(StringMatcher),
+    /// The IdP's user id (`sub`), compared as written.
+    User(StringMatcher),
+    /// The person's groups (a list).
+    Groups(ListMatcher),
+    /// `claim/<name>`: the values of an ID-token or directory claim (a list).
+    Claim { name: String, matcher: ListMatcher },
+    /// The request method (upper-case).
+    HttpMethod(StringMatcher),
+    /// The request path.
+    HttpPath(StringMatcher),
+    /// `day_of_week: mon-fri`.
+    DayOfWeek(DaysOfWeek),
+    /// `time_of_day: {timezone: Europe/Paris, after: "9:00", before: "17:30"}`.
+    TimeOfDay(TimeOfDay),
 }
 
-/// A criterion with its `is:` value (lower-cased).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Criterion {
-    pub kind: CriterionKind,
-    pub is: String,
-    pub origin: Origin,
+impl CriterionKind {
+    /// The PPL name, as written (`claim/department`).
+    pub fn name(&self) -> String {
+        match self {
+            CriterionKind::Accept => "accept".into(),
+            CriterionKind::Reject => "reject".into(),
+            CriterionKind::AuthenticatedUser => "authenticated_user".into(),
+            CriterionKind::Domain(_) => "domain".into(),
+            CriterionKind::Email(_) => "email".into(),
+            CriterionKind::User(_) => "user".into(),
+            CriterionKind::Groups(_) => "groups".into(),
+            CriterionKind::Claim { name, .. } => format!("claim/{name}"),
+            CriterionKind::HttpMethod(_) => "http_method".into(),
+            CriterionKind::HttpPath(_) => "http_path".into(),
+            CriterionKind::DayOfWeek(_) => "day_of_week".into(),
+            CriterionKind::TimeOfDay(_) => "time_of_day".into(),
+        }
+    }
 }
+
+/// A PPL string matcher: every operator given must hold (Pomerium ANDs them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StringMatcher {
+    pub ops: Vec<StringOp>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StringOp {
+    Is(String),
+    StartsWith(String),
+    EndsWith(String),
+    Contains(String),
+    In(Vec<String>),
+    NotIn(Vec<String>),
+}
+
+/// A PPL string list matcher (for list facts: groups, claims): every operator must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListOp {
+    /// The list contains this value.
+    Has(String),
+    /// The list is exactly this one value.
+    Is(String),
+    /// The list does not contain this value.
+    Exclude(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListMatcher {
+    pub ops: Vec<ListOp>,
+}
+
+/// Days as a bit set (bit 0 = Monday … bit 6 = Sunday), in a time zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaysOfWeek {
+    pub days: u8,
+    pub timezone: TimeZone,
+}
+
+/// A window within the day, in seconds after midnight local time: `after < t < before`
+/// (either bound may be absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TimeOfDay {
+    pub timezone: TimeZone,
+    pub after: Option<u32>,
+    pub before: Option<u32>,
+}
+
+/// An IANA time zone from the tz database compiled into Gatehouse (no files are read),
+/// with the name it was written as.
+#[derive(Clone)]
+pub struct TimeZone {
+    pub name: String,
+    pub zone: jiff::tz::TimeZone,
+}
+
+impl TimeZone {
+    /// `UTC`, or a name from the tz database (`Europe/Paris`); `None` if unknown.
+    pub fn get(name: &str) -> Option<Self> {
+        let zone = if name.eq_ignore_ascii_case("utc") {
+            jiff::tz::TimeZone::UTC
+        } else {
+            jiff::tz::TimeZone::get(name).ok()?
+        };
+        Some(TimeZone {
+            name: name.to_string(),
+            zone,
+        })
+    }
+
+    pub fn utc() -> Self {
+        TimeZone {
+            name: "UTC".into(),
+            zone: jiff::tz::TimeZone::UTC,
+        }
+    }
+}
+
+impl std::fmt::Debug for TimeZone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+impl PartialEq for TimeZone {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+    }
+}
+
+impl Eq for TimeZone {}

@@ -2,6 +2,7 @@
 //! `${VAR}`, applies environment overrides, and collects every problem before returning.
 
 mod node;
+mod policy;
 mod route;
 mod values;
 
@@ -329,7 +330,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
                 entry.key_origin.clone(),
                 format!("ignored: `{}` is not supported by Gatehouse yet", entry.key),
             );
-        } else if route::ACCESS_UNSUPPORTED.contains(&entry.key) {
+        } else if route::ACCESS_UNSUPPORTED.contains(&entry.key) || entry.key == "allowed_groups" {
             ctx.error(
                 entry.key_origin.clone(),
                 route::access_unsupported(&entry.path),

@@ -62,8 +62,8 @@ fn http_issuer_on_non_loopback_host_is_refused() {
 }
 
 #[test]
-fn unsupported_policy_criteria_and_operators_are_named() {
-    check("unsupported-policy", &[]);
+fn policy_mistakes_are_each_named_with_a_fix() {
+    check("bad-policy", &[]);
 }
 
 #[test]

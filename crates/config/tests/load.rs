@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gatehouse_config::{
-    Action, Config, ConfigErrors, CriterionKind, IdpProvider, LogicalOp, Origin, SameSite, load,
-    load_str,
+    Action, Condition, Config, ConfigErrors, Criterion, CriterionKind, IdpProvider, LogicalOp,
+    Origin, SameSite, StringOp, load, load_str,
 };
 use util::{COOKIE_SECRET, env, fixture};
 
@@ -87,10 +87,15 @@ fn teamos_seed_loads_with_secrets_from_the_environment() {
         let policy = route.policy.as_ref().expect("policy");
         assert_eq!(policy.blocks.len(), 1);
         let block = &policy.blocks[0];
-        assert_eq!((block.action, block.op), (Action::Allow, LogicalOp::Or));
-        assert_eq!(block.criteria.len(), 1);
-        assert_eq!(block.criteria[0].kind, CriterionKind::Domain);
-        assert_eq!(block.criteria[0].is, "yourcompany.com");
+        assert_eq!(
+            (block.action, op(&block.rule)),
+            (Action::Allow, LogicalOp::Or)
+        );
+        assert_eq!(criteria(&block.rule).len(), 1);
+        assert_eq!(
+            is_value(&criteria(&block.rule)[0]),
+            ("domain", "yourcompany.com")
+        );
     }
     assert_eq!(
         main.origin,
@@ -101,13 +106,47 @@ fn teamos_seed_loads_with_secrets_from_the_environment() {
         }
     );
     assert_eq!(
-        api.policy.as_ref().expect("policy").blocks[0].criteria[0].origin,
+        criterion(&criteria(&api.policy.as_ref().expect("policy").blocks[0].rule)[0]).origin,
         Origin::File {
             file: path.as_path().into(),
             line: 36,
             col: 15
         }
     );
+}
+
+fn op(c: &Condition) -> LogicalOp {
+    match c {
+        Condition::Op { op, .. } => *op,
+        Condition::Criterion(_) => panic!("expected an operator, found {c:?}"),
+    }
+}
+
+fn criteria(c: &Condition) -> &[Condition] {
+    match c {
+        Condition::Op { children, .. } => children,
+        Condition::Criterion(_) => panic!("expected an operator, found {c:?}"),
+    }
+}
+
+fn criterion(c: &Condition) -> &Criterion {
+    match c {
+        Condition::Criterion(c) => c,
+        Condition::Op { .. } => panic!("expected a criterion, found {c:?}"),
+    }
+}
+
+/// `(name, value)` of a `domain`/`email` criterion with a single `is`.
+fn is_value(c: &Condition) -> (&'static str, &str) {
+    let (name, m) = match &criterion(c).kind {
+        CriterionKind::Domain(m) => ("domain", m),
+        CriterionKind::Email(m) => ("email", m),
+        other => panic!("expected domain or email, found {other:?}"),
+    };
+    match m.ops.as_slice() {
+        [StringOp::Is(v)] => (name, v.as_str()),
+        other => panic!("expected one `is`, found {other:?}"),
+    }
 }
 
 // === environment ===
@@ -595,14 +634,14 @@ fn policy_accepts_a_single_block_and_the_short_criterion_form() {
     let blocks = &config.routes[0].policy.as_ref().expect("policy").blocks;
     assert_eq!(blocks.len(), 2);
     assert_eq!(
-        (blocks[0].action, blocks[0].op),
+        (blocks[0].action, op(&blocks[0].rule)),
         (Action::Allow, LogicalOp::And)
     );
-    assert_eq!(blocks[0].criteria[0].kind, CriterionKind::Email);
-    assert_eq!(blocks[0].criteria[0].is, "alice@example.com");
-    assert_eq!(blocks[0].criteria[1].is, "example.com");
+    let first = criteria(&blocks[0].rule);
+    assert_eq!(is_value(&first[0]), ("email", "alice@example.com"));
+    assert_eq!(is_value(&first[1]), ("domain", "example.com"));
     assert_eq!(
-        (blocks[1].action, blocks[1].op),
+        (blocks[1].action, op(&blocks[1].rule)),
         (Action::Deny, LogicalOp::Or)
     );
     assert!(
@@ -659,19 +698,27 @@ fn prefix_and_path_together_are_an_error() {
 }
 
 #[test]
-fn allowed_groups_is_refused_rather_than_ignored() {
+fn top_level_allowed_groups_is_refused_rather_than_ignored() {
     let text = with_secret(&format!(
         "allowed_groups: [admins@example.com]\n{MINIMAL}    allowed_groups: [x]\n"
     ));
     let errors = messages(&fails(&text, &[]));
-    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
         errors[0].starts_with("config.yaml:2:1: allowed_groups is not supported yet"),
         "{errors:?}"
     );
-    assert!(
-        errors[1].starts_with("config.yaml:9:5: routes[0].allowed_groups is not supported yet"),
-        "{errors:?}"
+}
+
+#[test]
+fn route_allowed_groups_are_kept_as_written() {
+    let text = with_secret(&format!(
+        "{MINIMAL}    allowed_groups: [Admins@Example.com, 00gv40ki4gmtCyl5d4x6]\n"
+    ));
+    let config = ok(&text, &[]);
+    assert_eq!(
+        config.routes[0].allowed_groups,
+        ["Admins@Example.com", "00gv40ki4gmtCyl5d4x6"]
     );
 }
 

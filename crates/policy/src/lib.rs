@@ -1,37 +1,97 @@
-//! Gatehouse policy: decides whether a signed-in person may use a route, and says why.
+//! Gatehouse policy: decides allow or deny for a request's facts, always with the reason
+//! (issue 4).
 //!
-//! This release knows the subset the TeamOS seed uses: top-level and route-level
-//! `allowed_domains`, route `allowed_users`, `allow_any_authenticated_user`, and a route
-//! `policy:` of `allow`/`deny` blocks whose `and`/`or` combine `domain: {is}` and
-//! `email: {is}` criteria. The full Pomerium language comes next (issue 4).
+//! Pure and synchronous: no I/O, no clock (the caller passes the time in [`Facts`]), no
+//! tokio. A route's rules are compiled once at load ([`Policy::for_route`]); evaluating them
+//! allocates nothing except the strings a [`Reason`] carries.
 //!
-//! Pure and synchronous: no I/O, no clock, no allocation per decision beyond the reason.
-//!
-//! Rules, following Pomerium's documented semantics:
+//! Rules, following Pomerium's documented semantics ("Pomerium Policy Language"):
 //! - a matching `deny` block wins over any `allow`;
 //! - with no matching `allow`, the answer is deny ("default deny");
+//! - `and` = all hold, `or` = any holds, `not` = none holds (¬A ∧ ¬B), `nor` = not all hold
+//!   (¬A ∨ ¬B) — Pomerium's meanings, see [`gatehouse_config::LogicalOp`];
 //! - a route with no rule of its own uses the top-level `allowed_domains`;
-//! - a route with no rule at all lets nobody in;
-//! - in `allow` rules, email-based criteria (`domain`, `email`) only match a verified email
-//!   address; in `deny` rules they match verified or not.
+//! - a route with no rule at all lets nobody in.
+//!
+//! Gatehouse's own rule on email addresses: an address the identity provider has not
+//! verified never helps a request. In `allow` rules, `domain` and `email` criteria treat an
+//! unverified address as not matching (or, under an odd number of `not`/`nor`, as matching,
+//! so the negation cannot admit either). In `deny` rules they match the address as written
+//! (verified or not), except under negation, where an unverified address counts as not
+//! matching, so claiming an address cannot lift a deny.
 //!
 //! ```
 //! use gatehouse_policy::{Facts, Policy};
 //! let policy = Policy::allowed_domains(&["example.com".to_string()]);
-//! let alice = Facts { email: "alice@example.com", email_verified: true };
+//! let alice = Facts::signed_in("alice@example.com", true);
 //! assert!(policy.evaluate(&alice).is_allow());
-//! let mallory = Facts { email: "mallory@evil.test", email_verified: true };
-//! assert!(!policy.evaluate(&mallory).is_allow());
+//! let mallory = Facts::signed_in("mallory@evil.test", true);
+//! let decision = policy.evaluate(&mallory);
+//! assert!(!decision.is_allow());
+//! assert_eq!(decision.reason().code(), "not-allowed");
 //! ```
 
-use gatehouse_config::{Action, CriterionKind, LogicalOp, Route};
+use std::sync::Arc;
+use std::time::SystemTime;
 
-/// What the policy may look at about a request.
+use gatehouse_config::{
+    Action, Condition, CriterionKind, ListOp, LogicalOp, PolicySpec, Route, StringMatcher, StringOp,
+};
+
+// === Facts ===
+
+/// What the policy may look at about a request. Built by the proxy per request.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
+    /// The IdP's user id (`sub`), for `user`.
+    pub user: &'a str,
     pub email: &'a str,
     pub email_verified: bool,
+    /// The person's groups (ID-token `groups` claim or the directory), for `groups`.
+    pub groups: &'a [String],
+    /// Claims by name, for `claim/<name>`.
+    pub claims: &'a [Claim<'a>],
+    /// The request method, upper-case (`GET`).
+    pub method: &'a str,
+    /// The request path, without the query. The proxy passes only canonical paths (no
+    /// `..`, `//` or needless percent-escapes: `routes::is_canonical_path`), so an
+    /// `http_path` rule cannot be side-stepped by another spelling of the same path.
+    pub path: &'a str,
+    /// When the request arrived, for `day_of_week` and `time_of_day`.
+    pub time: SystemTime,
 }
+
+impl<'a> Facts<'a> {
+    /// A signed-in person's `GET /` at the Unix epoch, with no groups or claims; set the
+    /// other fields as needed.
+    pub fn signed_in(email: &'a str, email_verified: bool) -> Self {
+        Facts {
+            user: "",
+            email,
+            email_verified,
+            groups: &[],
+            claims: &[],
+            method: "GET",
+            path: "/",
+            time: SystemTime::UNIX_EPOCH,
+        }
+    }
+}
+
+/// One claim: its name and its value(s).
+#[derive(Debug, Clone, Copy)]
+pub struct Claim<'a> {
+    pub name: &'a str,
+    pub values: ClaimValues<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum ClaimValues<'a> {
+    One(&'a str),
+    Many(&'a [String]),
+}
+
+// === Decision and Reason ===
 
 /// The outcome, always with its reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,13 +114,32 @@ impl Decision {
 /// Why a decision was made. `Display` is a sentence for the person; `code()` is for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reason {
+    /// `allow_any_authenticated_user: true`.
     AnyAuthenticatedUser,
+    /// `allowed_domains` (route or top level).
     DomainAllowed { domain: String },
+    /// `allowed_users`.
     EmailAllowed { email: String },
-    AllowBlockMatched { block: usize },
-    DenyBlockMatched { block: usize },
+    /// `allowed_groups`.
+    GroupAllowed { group: String },
+    /// An `allow` block of the route's `policy` matched (0-based `block`). `criterion`
+    /// describes the criterion that decided it when one did (an `or` that matched on it, or
+    /// a lone criterion), and is `None` when the block matched as a whole (several criteria
+    /// under `and`, or a `not`/`nor`).
+    AllowBlockMatched {
+        block: usize,
+        criterion: Option<Arc<str>>,
+    },
+    /// A `deny` block matched; fields as for `AllowBlockMatched`.
+    DenyBlockMatched {
+        block: usize,
+        criterion: Option<Arc<str>>,
+    },
+    /// Nothing allowed, and the address is not verified, so email rules could not admit.
     EmailNotVerified { email: String },
+    /// Nothing allowed this person.
     NotAllowed { email: String },
+    /// The route has no rule that lets anyone in.
     NoPolicy,
 }
 
@@ -71,11 +150,22 @@ impl Reason {
             Reason::AnyAuthenticatedUser => "any-authenticated-user",
             Reason::DomainAllowed { .. } => "domain-allowed",
             Reason::EmailAllowed { .. } => "email-allowed",
+            Reason::GroupAllowed { .. } => "group-allowed",
             Reason::AllowBlockMatched { .. } => "allow-block-matched",
             Reason::DenyBlockMatched { .. } => "deny-block-matched",
             Reason::EmailNotVerified { .. } => "email-not-verified",
             Reason::NotAllowed { .. } => "not-allowed",
             Reason::NoPolicy => "no-policy",
+        }
+    }
+
+    /// The 0-based index of the policy block that decided, if one did.
+    pub fn block(&self) -> Option<usize> {
+        match self {
+            Reason::AllowBlockMatched { block, .. } | Reason::DenyBlockMatched { block, .. } => {
+                Some(*block)
+            }
+            _ => None,
         }
     }
 }
@@ -88,15 +178,24 @@ impl std::fmt::Display for Reason {
             }
             Reason::DomainAllowed { domain } => write!(f, "addresses at {domain} are allowed"),
             Reason::EmailAllowed { email } => write!(f, "{email} is allowed by name"),
-            Reason::AllowBlockMatched { block } => {
-                write!(f, "allowed by rule {} of this route's policy", block + 1)
+            Reason::GroupAllowed { group } => write!(f, "members of the group {group} are allowed"),
+            Reason::AllowBlockMatched { block, criterion } => {
+                write!(f, "allowed by rule {} of this route's policy", block + 1)?;
+                match criterion {
+                    Some(c) => write!(f, ": {c}"),
+                    None => Ok(()),
+                }
             }
-            Reason::DenyBlockMatched { block } => {
+            Reason::DenyBlockMatched { block, criterion } => {
                 write!(
                     f,
                     "refused by rule {} of this route's policy (a deny rule)",
                     block + 1
-                )
+                )?;
+                match criterion {
+                    Some(c) => write!(f, ": {c}"),
+                    None => Ok(()),
+                }
             }
             Reason::EmailNotVerified { email } => write!(
                 f,
@@ -110,43 +209,61 @@ impl std::fmt::Display for Reason {
     }
 }
 
+// === compiled form ===
+
+/// A string matcher, compiled. `fold` = compare ignoring ASCII case (addresses, methods).
 #[derive(Debug, Clone)]
-enum Matcher {
-    Domain(String),
-    Email(String),
+struct Text {
+    ops: Box<[TextOp]>,
+    fold: bool,
 }
 
-impl Matcher {
-    /// For an `allow`, only a verified address counts. For a `deny`, the address counts
-    /// whether verified or not: an unverified claim must never get someone *past* a deny.
-    fn matches(&self, facts: &Facts<'_>, action: Action) -> bool {
-        if action == Action::Allow && !facts.email_verified {
-            return false;
-        }
-        match self {
-            Matcher::Domain(d) => domain_of(facts.email).is_some_and(|x| x.eq_ignore_ascii_case(d)),
-            Matcher::Email(e) => facts.email.eq_ignore_ascii_case(e),
-        }
-    }
+#[derive(Debug, Clone)]
+enum TextOp {
+    Is(Box<str>),
+    StartsWith(Box<str>),
+    EndsWith(Box<str>),
+    Contains(Box<str>),
+    In(Box<[Box<str>]>),
+    NotIn(Box<[Box<str>]>),
+}
+
+#[derive(Debug, Clone)]
+enum Check {
+    Accept,
+    Reject,
+    Authenticated,
+    Domain(Text),
+    Email(Text),
+    User(Text),
+    Method(Text),
+    Path(Text),
+    Groups(Box<[ListOp]>),
+    Claim(Box<str>, Box<[ListOp]>),
+    Days(u8, jiff::tz::TimeZone),
+    TimeOfDay(jiff::tz::TimeZone, Option<u32>, Option<u32>),
+}
+
+#[derive(Debug, Clone)]
+struct Leaf {
+    check: Check,
+    /// What it means when it matches, for the reason ("your email domain is example.com").
+    says: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+enum Node {
+    Op {
+        op: LogicalOp,
+        children: Box<[Node]>,
+    },
+    Leaf(Leaf),
 }
 
 #[derive(Debug, Clone)]
 struct Block {
     action: Action,
-    op: LogicalOp,
-    criteria: Vec<Matcher>,
-}
-
-impl Block {
-    fn matches(&self, facts: &Facts<'_>) -> bool {
-        match self.op {
-            LogicalOp::And => {
-                !self.criteria.is_empty()
-                    && self.criteria.iter().all(|c| c.matches(facts, self.action))
-            }
-            LogicalOp::Or => self.criteria.iter().any(|c| c.matches(facts, self.action)),
-        }
-    }
+    rule: Node,
 }
 
 /// A compiled policy for one route.
@@ -155,6 +272,7 @@ pub struct Policy {
     any_authenticated: bool,
     domains: Vec<String>,
     users: Vec<String>,
+    groups: Vec<String>,
     blocks: Vec<Block>,
 }
 
@@ -165,33 +283,30 @@ impl Policy {
             any_authenticated: false,
             domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             users: Vec::new(),
+            groups: Vec::new(),
             blocks: Vec::new(),
+        }
+    }
+
+    /// Compiles a `policy:` on its own (no route shortcuts).
+    pub fn from_spec(spec: &PolicySpec) -> Self {
+        Policy {
+            any_authenticated: false,
+            domains: Vec::new(),
+            users: Vec::new(),
+            groups: Vec::new(),
+            blocks: compile_blocks(Some(spec)),
         }
     }
 
     /// Compiles a route's rules; `global_domains` is the top-level `allowed_domains`, used
     /// only when the route has no rule of its own.
     pub fn for_route(route: &Route, global_domains: &[String]) -> Self {
-        let blocks: Vec<Block> = route
-            .policy
-            .iter()
-            .flat_map(|p| p.blocks.iter())
-            .map(|b| Block {
-                action: b.action,
-                op: b.op,
-                criteria: b
-                    .criteria
-                    .iter()
-                    .map(|c| match c.kind {
-                        CriterionKind::Domain => Matcher::Domain(c.is.to_ascii_lowercase()),
-                        CriterionKind::Email => Matcher::Email(c.is.to_ascii_lowercase()),
-                    })
-                    .collect(),
-            })
-            .collect();
+        let blocks = compile_blocks(route.policy.as_ref());
         let own_rules = route.allow_any_authenticated_user
             || !route.allowed_domains.is_empty()
             || !route.allowed_users.is_empty()
+            || !route.allowed_groups.is_empty()
             || !blocks.is_empty();
         let domains = if own_rules {
             &route.allowed_domains
@@ -206,6 +321,7 @@ impl Policy {
                 .iter()
                 .map(|u| u.to_ascii_lowercase())
                 .collect(),
+            groups: route.allowed_groups.clone(),
             blocks,
         }
     }
@@ -213,8 +329,14 @@ impl Policy {
     /// Decides for a signed-in person. Deny blocks are checked first: deny wins.
     pub fn evaluate(&self, facts: &Facts<'_>) -> Decision {
         for (i, b) in self.blocks.iter().enumerate() {
-            if b.action == Action::Deny && b.matches(facts) {
-                return Decision::Deny(Reason::DenyBlockMatched { block: i });
+            if b.action == Action::Deny {
+                let (hit, leaf) = b.rule.eval(facts, Action::Deny, true);
+                if hit {
+                    return Decision::Deny(Reason::DenyBlockMatched {
+                        block: i,
+                        criterion: leaf.map(|l| l.says.clone()),
+                    });
+                }
             }
         }
         if self.any_authenticated {
@@ -238,13 +360,25 @@ impl Policy {
                 });
             }
         }
+        if let Some(found) = self.groups.iter().find(|g| facts.groups.contains(g)) {
+            return Decision::Allow(Reason::GroupAllowed {
+                group: found.clone(),
+            });
+        }
         for (i, b) in self.blocks.iter().enumerate() {
-            if b.action == Action::Allow && b.matches(facts) {
-                return Decision::Allow(Reason::AllowBlockMatched { block: i });
+            if b.action == Action::Allow {
+                let (hit, leaf) = b.rule.eval(facts, Action::Allow, true);
+                if hit {
+                    return Decision::Allow(Reason::AllowBlockMatched {
+                        block: i,
+                        criterion: leaf.map(|l| l.says.clone()),
+                    });
+                }
             }
         }
         if self.domains.is_empty()
             && self.users.is_empty()
+            && self.groups.is_empty()
             && self.blocks.iter().all(|b| b.action == Action::Deny)
         {
             return Decision::Deny(Reason::NoPolicy);
@@ -260,12 +394,310 @@ impl Policy {
     }
 }
 
+// === evaluation ===
+
+impl Node {
+    /// Whether the condition holds, and the criterion that decided it when it was a single
+    /// one reached through `or`s (or a lone criterion under `and`). `positive` is false
+    /// under an odd number of `not`/`nor`: see the crate docs on unverified addresses.
+    fn eval(&self, f: &Facts<'_>, action: Action, positive: bool) -> (bool, Option<&Leaf>) {
+        match self {
+            Node::Leaf(leaf) => (leaf.check.matches(f, action, positive), Some(leaf)),
+            Node::Op { op, children } => match op {
+                LogicalOp::And => {
+                    let mut witness = None;
+                    for c in children.iter() {
+                        let (hit, w) = c.eval(f, action, positive);
+                        if !hit {
+                            return (false, None);
+                        }
+                        witness = w;
+                    }
+                    (true, if children.len() == 1 { witness } else { None })
+                }
+                LogicalOp::Or => {
+                    for c in children.iter() {
+                        let (hit, w) = c.eval(f, action, positive);
+                        if hit {
+                            return (true, w);
+                        }
+                    }
+                    (false, None)
+                }
+                // PPL `not`: none of the children holds (¬A ∧ ¬B).
+                LogicalOp::Not => {
+                    let none = children.iter().all(|c| !c.eval(f, action, !positive).0);
+                    (none, None)
+                }
+                // PPL `nor`: not all of the children hold (¬A ∨ ¬B).
+                LogicalOp::Nor => {
+                    let some_fails = children.iter().any(|c| !c.eval(f, action, !positive).0);
+                    (some_fails, None)
+                }
+            },
+        }
+    }
+}
+
+impl Check {
+    fn matches(&self, f: &Facts<'_>, action: Action, positive: bool) -> bool {
+        match self {
+            Check::Accept => true,
+            Check::Reject => false,
+            Check::Authenticated => true,
+            Check::Domain(t) => address(f, action, positive, || {
+                domain_of(f.email).is_some_and(|d| t.matches(d))
+            }),
+            Check::Email(t) => address(f, action, positive, || t.matches(f.email)),
+            Check::User(t) => t.matches(f.user),
+            Check::Method(t) => t.matches(f.method),
+            Check::Path(t) => t.matches(f.path),
+            Check::Groups(ops) => list_matches(ops, Values::Many(f.groups)),
+            Check::Claim(name, ops) => {
+                let values = match f.claims.iter().find(|c| c.name == &**name) {
+                    Some(Claim {
+                        values: ClaimValues::One(v),
+                        ..
+                    }) => Values::One(v),
+                    Some(Claim {
+                        values: ClaimValues::Many(v),
+                        ..
+                    }) => Values::Many(v),
+                    None => Values::Many(&[]),
+                };
+                list_matches(ops, values)
+            }
+            Check::Days(days, zone) => local(f, zone).is_some_and(|dt| {
+                let day = dt.weekday().to_monday_zero_offset();
+                days & (1 << day) != 0
+            }),
+            Check::TimeOfDay(zone, after, before) => local(f, zone).is_some_and(|dt| {
+                let t = dt.hour() as u32 * 3600 + dt.minute() as u32 * 60 + dt.second() as u32;
+                after.is_none_or(|a| t >= a) && before.is_none_or(|b| t < b)
+            }),
+        }
+    }
+}
+
+/// An email-based criterion: as written for a verified address; for an unverified one, the
+/// value that cannot help the request (see the crate docs).
+fn address(f: &Facts<'_>, action: Action, positive: bool, raw: impl FnOnce() -> bool) -> bool {
+    if f.email_verified {
+        return raw();
+    }
+    match action {
+        Action::Allow => !positive,
+        Action::Deny => positive && raw(),
+    }
+}
+
+fn local(f: &Facts<'_>, zone: &jiff::tz::TimeZone) -> Option<jiff::civil::DateTime> {
+    let ts = jiff::Timestamp::try_from(f.time).ok()?;
+    Some(zone.to_datetime(ts))
+}
+
+impl Text {
+    fn matches(&self, s: &str) -> bool {
+        let fold = self.fold;
+        self.ops.iter().all(|op| match op {
+            TextOp::Is(v) => same(s, v, fold),
+            TextOp::StartsWith(v) => {
+                s.len() >= v.len() && same_bytes(&s.as_bytes()[..v.len()], v.as_bytes(), fold)
+            }
+            TextOp::EndsWith(v) => {
+                s.len() >= v.len()
+                    && same_bytes(&s.as_bytes()[s.len() - v.len()..], v.as_bytes(), fold)
+            }
+            TextOp::Contains(v) => {
+                v.is_empty()
+                    || s.as_bytes()
+                        .windows(v.len())
+                        .any(|w| same_bytes(w, v.as_bytes(), fold))
+            }
+            TextOp::In(vs) => vs.iter().any(|v| same(s, v, fold)),
+            TextOp::NotIn(vs) => !vs.iter().any(|v| same(s, v, fold)),
+        })
+    }
+}
+
+fn same(a: &str, b: &str, fold: bool) -> bool {
+    same_bytes(a.as_bytes(), b.as_bytes(), fold)
+}
+
+fn same_bytes(a: &[u8], b: &[u8], fold: bool) -> bool {
+    if fold {
+        a.eq_ignore_ascii_case(b)
+    } else {
+        a == b
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Values<'a> {
+    One(&'a str),
+    Many(&'a [String]),
+}
+
+impl Values<'_> {
+    fn has(self, v: &str) -> bool {
+        match self {
+            Values::One(x) => x == v,
+            Values::Many(xs) => xs.iter().any(|x| x == v),
+        }
+    }
+}
+
+fn list_matches(ops: &[ListOp], values: Values<'_>) -> bool {
+    ops.iter().all(|op| match op {
+        ListOp::Has(v) => values.has(v),
+        ListOp::Is(v) => match values {
+            Values::One(x) => x == v,
+            Values::Many(xs) => xs.len() == 1 && xs[0] == *v,
+        },
+        ListOp::Exclude(v) => !values.has(v),
+    })
+}
+
 /// The part after the last `@`, if there is one and it is not empty.
 fn domain_of(email: &str) -> Option<&str> {
     email
         .rsplit_once('@')
         .map(|(_, d)| d)
         .filter(|d| !d.is_empty())
+}
+
+// === compilation ===
+
+fn compile_blocks(spec: Option<&PolicySpec>) -> Vec<Block> {
+    spec.iter()
+        .flat_map(|p| p.blocks.iter())
+        .map(|b| Block {
+            action: b.action,
+            rule: compile(&b.rule),
+        })
+        .collect()
+}
+
+fn compile(c: &Condition) -> Node {
+    match c {
+        Condition::Op { op, children, .. } => Node::Op {
+            op: *op,
+            children: children.iter().map(compile).collect(),
+        },
+        Condition::Criterion(c) => Node::Leaf(Leaf {
+            says: describe(&c.kind).into(),
+            check: check(&c.kind),
+        }),
+    }
+}
+
+fn check(kind: &CriterionKind) -> Check {
+    let text = |m: &StringMatcher, fold: bool| Text {
+        ops: m
+            .ops
+            .iter()
+            .map(|op| {
+                let b = |s: &String| -> Box<str> { s.as_str().into() };
+                let bs = |v: &Vec<String>| -> Box<[Box<str>]> { v.iter().map(b).collect() };
+                match op {
+                    StringOp::Is(v) => TextOp::Is(b(v)),
+                    StringOp::StartsWith(v) => TextOp::StartsWith(b(v)),
+                    StringOp::EndsWith(v) => TextOp::EndsWith(b(v)),
+                    StringOp::Contains(v) => TextOp::Contains(b(v)),
+                    StringOp::In(v) => TextOp::In(bs(v)),
+                    StringOp::NotIn(v) => TextOp::NotIn(bs(v)),
+                }
+            })
+            .collect(),
+        fold,
+    };
+    match kind {
+        CriterionKind::Accept => Check::Accept,
+        CriterionKind::Reject => Check::Reject,
+        CriterionKind::AuthenticatedUser => Check::Authenticated,
+        CriterionKind::Domain(m) => Check::Domain(text(m, true)),
+        CriterionKind::Email(m) => Check::Email(text(m, true)),
+        CriterionKind::User(m) => Check::User(text(m, false)),
+        CriterionKind::HttpMethod(m) => Check::Method(text(m, true)),
+        CriterionKind::HttpPath(m) => Check::Path(text(m, false)),
+        CriterionKind::Groups(m) => Check::Groups(m.ops.clone().into()),
+        CriterionKind::Claim { name, matcher } => {
+            Check::Claim(name.as_str().into(), matcher.ops.clone().into())
+        }
+        CriterionKind::DayOfWeek(d) => Check::Days(d.days, d.timezone.zone.clone()),
+        CriterionKind::TimeOfDay(t) => Check::TimeOfDay(t.timezone.zone.clone(), t.after, t.before),
+    }
+}
+
+/// What a criterion means when it matches, in words for the deny page and the log.
+fn describe(kind: &CriterionKind) -> String {
+    match kind {
+        CriterionKind::Accept => "it lets every request through".into(),
+        CriterionKind::Reject => "it matches no request".into(),
+        CriterionKind::AuthenticatedUser => "you are signed in".into(),
+        CriterionKind::Domain(m) => format!("your email domain {}", describe_text(m)),
+        CriterionKind::Email(m) => format!("your email address {}", describe_text(m)),
+        CriterionKind::User(m) => format!("your user id {}", describe_text(m)),
+        CriterionKind::HttpMethod(m) => format!("the request method {}", describe_text(m)),
+        CriterionKind::HttpPath(m) => format!("the request path {}", describe_text(m)),
+        CriterionKind::Groups(m) => format!("your groups {}", describe_list(&m.ops, true)),
+        CriterionKind::Claim { name, matcher } => {
+            format!("your `{name}` claim {}", describe_list(&matcher.ops, false))
+        }
+        CriterionKind::DayOfWeek(d) => {
+            const DAYS: [&str; 7] = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"];
+            let days: Vec<&str> = (0..7)
+                .filter(|i| d.days & (1 << i) != 0)
+                .map(|i| DAYS[i])
+                .collect();
+            format!("the day is {} ({})", days.join(", "), d.timezone.name)
+        }
+        CriterionKind::TimeOfDay(t) => {
+            let hm = |s: u32| format!("{:02}:{:02}", s / 3600, (s / 60) % 60);
+            let window = match (t.after, t.before) {
+                (Some(a), Some(b)) => format!("between {} and {}", hm(a), hm(b)),
+                (Some(a), None) => format!("after {}", hm(a)),
+                (None, Some(b)) => format!("before {}", hm(b)),
+                (None, None) => "any time".into(),
+            };
+            format!("the time is {window} ({})", t.timezone.name)
+        }
+    }
+}
+
+/// The values of `in`/`not_in` are not listed: the deny page would show a person the other
+/// addresses on a block or allow list.
+fn describe_text(m: &StringMatcher) -> String {
+    let parts: Vec<String> = m
+        .ops
+        .iter()
+        .map(|op| match op {
+            StringOp::Is(v) => format!("is {v}"),
+            StringOp::StartsWith(v) => format!("starts with {v}"),
+            StringOp::EndsWith(v) => format!("ends with {v}"),
+            StringOp::Contains(v) => format!("contains {v}"),
+            StringOp::In(v) => format!("is one of the {} listed", v.len()),
+            StringOp::NotIn(v) => format!("is none of the {} listed", v.len()),
+        })
+        .collect();
+    parts.join(" and ")
+}
+
+fn describe_list(ops: &[ListOp], plural: bool) -> String {
+    let (has, is, excl) = if plural {
+        ("include", "are exactly", "do not include")
+    } else {
+        ("includes", "is exactly", "does not include")
+    };
+    let parts: Vec<String> = ops
+        .iter()
+        .map(|op| match op {
+            ListOp::Has(v) => format!("{has} {v}"),
+            ListOp::Is(v) => format!("{is} {v}"),
+            ListOp::Exclude(v) => format!("{excl} {v}"),
+        })
+        .collect();
+    parts.join(" and ")
 }
 
 #[cfg(test)]

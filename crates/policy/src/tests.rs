@@ -1,5 +1,15 @@
 use super::*;
-use gatehouse_config::{Criterion, Origin, PolicyBlock, PolicySpec, RouteFrom, Url};
+use gatehouse_config::{
+    Condition, Criterion, CriterionKind, Origin, PolicyBlock, PolicySpec, RouteFrom, StringMatcher,
+    Url,
+};
+
+/// The criteria the first tests were written with.
+#[derive(Clone, Copy)]
+enum Kind {
+    Domain,
+    Email,
+}
 
 fn route() -> Route {
     Route {
@@ -18,32 +28,40 @@ fn route() -> Route {
         allow_any_authenticated_user: false,
         allowed_domains: vec![],
         allowed_users: vec![],
+        allowed_groups: vec![],
         policy: None,
         origin: Origin::Default,
     }
 }
 
-fn block(action: Action, op: LogicalOp, crit: &[(CriterionKind, &str)]) -> PolicyBlock {
+fn block(action: Action, op: LogicalOp, crit: &[(Kind, &str)]) -> PolicyBlock {
     PolicyBlock {
         action,
-        op,
-        criteria: crit
-            .iter()
-            .map(|(k, v)| Criterion {
-                kind: k.clone(),
-                is: v.to_string(),
-                origin: Origin::Default,
-            })
-            .collect(),
+        rule: Condition::Op {
+            op,
+            children: crit
+                .iter()
+                .map(|(k, v)| {
+                    let m = StringMatcher {
+                        ops: vec![gatehouse_config::StringOp::Is(v.to_string())],
+                    };
+                    Condition::Criterion(Criterion {
+                        kind: match k {
+                            Kind::Domain => CriterionKind::Domain(m),
+                            Kind::Email => CriterionKind::Email(m),
+                        },
+                        origin: Origin::Default,
+                    })
+                })
+                .collect(),
+            origin: Origin::Default,
+        },
         origin: Origin::Default,
     }
 }
 
 fn verified(email: &str) -> Facts<'_> {
-    Facts {
-        email,
-        email_verified: true,
-    }
+    Facts::signed_in(email, true)
 }
 
 #[test]
@@ -74,10 +92,7 @@ fn domain_match_is_exact_not_suffix() {
 #[test]
 fn unverified_email_is_never_admitted_by_email_rules() {
     let p = Policy::allowed_domains(&["example.com".into()]);
-    let d = p.evaluate(&Facts {
-        email: "eve@example.com",
-        email_verified: false,
-    });
+    let d = p.evaluate(&Facts::signed_in("eve@example.com", false));
     assert_eq!(
         d,
         Decision::Deny(Reason::EmailNotVerified {
@@ -94,7 +109,7 @@ fn route_policy_replaces_top_level_domains() {
         blocks: vec![block(
             Action::Allow,
             LogicalOp::Or,
-            &[(CriterionKind::Email, "bob@example.com")],
+            &[(Kind::Email, "bob@example.com")],
         )],
     });
     let p = Policy::for_route(&r, &["example.com".into()]);
@@ -110,23 +125,29 @@ fn deny_wins_over_allow() {
             block(
                 Action::Allow,
                 LogicalOp::Or,
-                &[(CriterionKind::Domain, "example.com")],
+                &[(Kind::Domain, "example.com")],
             ),
             block(
                 Action::Deny,
                 LogicalOp::Or,
-                &[(CriterionKind::Email, "bob@example.com")],
+                &[(Kind::Email, "bob@example.com")],
             ),
         ],
     });
     let p = Policy::for_route(&r, &[]);
     assert_eq!(
         p.evaluate(&verified("bob@example.com")),
-        Decision::Deny(Reason::DenyBlockMatched { block: 1 })
+        Decision::Deny(Reason::DenyBlockMatched {
+            block: 1,
+            criterion: Some("your email address is bob@example.com".into())
+        })
     );
     assert_eq!(
         p.evaluate(&verified("alice@example.com")),
-        Decision::Allow(Reason::AllowBlockMatched { block: 0 })
+        Decision::Allow(Reason::AllowBlockMatched {
+            block: 0,
+            criterion: Some("your email domain is example.com".into())
+        })
     );
 }
 
@@ -138,8 +159,8 @@ fn and_block_needs_every_criterion() {
             Action::Allow,
             LogicalOp::And,
             &[
-                (CriterionKind::Domain, "example.com"),
-                (CriterionKind::Email, "alice@example.com"),
+                (Kind::Domain, "example.com"),
+                (Kind::Email, "alice@example.com"),
             ],
         )],
     });
@@ -162,13 +183,7 @@ fn any_authenticated_user_admits_unverified_too() {
     let mut r = route();
     r.allow_any_authenticated_user = true;
     let p = Policy::for_route(&r, &["example.com".into()]);
-    assert!(
-        p.evaluate(&Facts {
-            email: "x@y.z",
-            email_verified: false
-        })
-        .is_allow()
-    );
+    assert!(p.evaluate(&Facts::signed_in("x@y.z", false)).is_allow());
 }
 
 #[test]
@@ -191,17 +206,17 @@ fn deny_rules_apply_to_unverified_addresses_too() {
         blocks: vec![block(
             Action::Deny,
             LogicalOp::Or,
-            &[(CriterionKind::Domain, "contractors.example.com")],
+            &[(Kind::Domain, "contractors.example.com")],
         )],
     });
     let p = Policy::for_route(&r, &[]);
-    let unverified = Facts {
-        email: "x@contractors.example.com",
-        email_verified: false,
-    };
+    let unverified = Facts::signed_in("x@contractors.example.com", false);
     assert_eq!(
         p.evaluate(&unverified),
-        Decision::Deny(Reason::DenyBlockMatched { block: 0 })
+        Decision::Deny(Reason::DenyBlockMatched {
+            block: 0,
+            criterion: Some("your email domain is contractors.example.com".into())
+        })
     );
     assert!(p.evaluate(&verified("alice@example.com")).is_allow());
 }

@@ -17,7 +17,7 @@ use pingora::{ErrorSource, ErrorType};
 use gatehouse_auth::seal::MAX_CHUNKS;
 use gatehouse_auth::{Auth, CallbackError, VerifiedIdentity, now};
 use gatehouse_config::{RouteFrom, SameSite};
-use gatehouse_policy::{Decision, Facts, Policy};
+use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Policy};
 
 use crate::pages::{self, Page};
 use crate::routes::{RouteTable, is_canonical_path, split_host};
@@ -473,9 +473,49 @@ impl Gatehouse {
         }
 
         let s = identity.session();
+        let req = session.req_header();
+        let claims = [
+            Claim {
+                name: "sub",
+                values: ClaimValues::One(&s.sub),
+            },
+            Claim {
+                name: "email",
+                values: ClaimValues::One(&s.email),
+            },
+            Claim {
+                name: "email_verified",
+                values: ClaimValues::One(if s.email_verified { "true" } else { "false" }),
+            },
+            Claim {
+                name: "name",
+                values: ClaimValues::One(s.name.as_deref().unwrap_or_default()),
+            },
+            Claim {
+                name: "iss",
+                values: ClaimValues::One(&s.iss),
+            },
+            Claim {
+                name: "groups",
+                values: ClaimValues::Many(&s.groups),
+            },
+        ];
+        let claims: &[Claim<'_>] = if s.name.is_some() {
+            &claims
+        } else {
+            // No `name` claim: leave it out rather than match it as empty.
+            &[claims[0], claims[1], claims[2], claims[4], claims[5]]
+        };
         let decision = route.policy.evaluate(&Facts {
+            user: &s.sub,
             email: &s.email,
             email_verified: s.email_verified,
+            groups: &s.groups,
+            claims,
+            method: req.method.as_str(),
+            path: req.uri.path(),
+            // The policy crate never reads the clock; the proxy passes the current UTC time.
+            time: std::time::SystemTime::now(),
         });
         ctx.reason = Some(decision.reason().code());
         match decision {

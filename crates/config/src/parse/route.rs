@@ -1,13 +1,12 @@
-//! `routes:` and the `policy:` subset supported in this release.
+//! `routes:`; their `policy:` is parsed in `policy.rs`.
 
 use marked_yaml::Node;
 use marked_yaml::types::MarkedMappingNode;
 
 use super::node::{Ctx, Entry, Fields, Setting, Text, split_commas};
+use super::policy::policy;
 use super::values;
-use crate::{
-    Action, Criterion, CriterionKind, LogicalOp, PolicyBlock, PolicySpec, Route, RouteFrom,
-};
+use crate::{Route, RouteFrom};
 
 const ROUTE_KEYS: &[&str] = &[
     "from",
@@ -20,15 +19,16 @@ const ROUTE_KEYS: &[&str] = &[
     "allow_any_authenticated_user",
     "allowed_domains",
     "allowed_users",
+    "allowed_groups",
     "policy",
 ];
 
 /// Pomerium route keys that change nothing about who gets in: ignored with a warning.
 const ROUTE_IGNORED: &[&str] = &["allow_websockets", "timeout", "idle_timeout"];
 
-/// Pomerium keys that restrict access. Ignoring one would let in people the operator meant
-/// to keep out, so they are errors until they are supported.
-pub(super) const ACCESS_UNSUPPORTED: &[&str] = &["allowed_groups", "allowed_idp_claims"];
+/// Pomerium route keys that restrict access. Ignoring one would let in people the operator
+/// meant to keep out, so they are errors until they are supported.
+pub(super) const ACCESS_UNSUPPORTED: &[&str] = &["allowed_idp_claims"];
 
 /// What a route's access rules amount to, for the "lets nobody in" warning.
 pub(super) struct RouteAccess {
@@ -127,6 +127,7 @@ fn route(
 
     let allowed_domains = list(ctx, &mut fields, "allowed_domains", values::domain);
     let allowed_users = list(ctx, &mut fields, "allowed_users", values::email);
+    let allowed_groups = list(ctx, &mut fields, "allowed_groups", values::group);
     let policy = fields.take("policy").and_then(|e| policy(ctx, &e));
 
     for entry in fields.rest() {
@@ -156,6 +157,9 @@ fn route(
         if !allowed_users.is_empty() {
             also.push("`allowed_users`");
         }
+        if !allowed_groups.is_empty() {
+            also.push("`allowed_groups`");
+        }
         if any_user {
             also.push("`allow_any_authenticated_user`");
         }
@@ -175,6 +179,7 @@ fn route(
         || any_user
         || !allowed_domains.is_empty()
         || !allowed_users.is_empty()
+        || !allowed_groups.is_empty()
         || policy
             .as_ref()
             .is_some_and(|p| p.blocks.iter().any(|b| b.action == crate::Action::Allow));
@@ -195,6 +200,7 @@ fn route(
             allow_any_authenticated_user: any_user,
             allowed_domains,
             allowed_users,
+            allowed_groups,
             policy,
             origin,
         },
@@ -203,9 +209,14 @@ fn route(
 }
 
 pub(super) fn access_unsupported(path: &str) -> String {
+    let fix = if path.ends_with("allowed_groups") {
+        "put `allowed_groups` on each route, or use a `policy` with `groups`"
+    } else {
+        "use a `policy` with `claim/<name>`"
+    };
     format!(
         "{path} is not supported yet; Gatehouse refuses to start rather than ignore it and let in \
-         people it should keep out (use `policy` with `domain`/`email`, or `allowed_users`)"
+         people it should keep out ({fix})"
     )
 }
 
@@ -308,302 +319,4 @@ fn list(
         .iter()
         .filter_map(|t| ctx.check(&t.origin, &setting.path, check(&t.value)))
         .collect()
-}
-
-// === policy ===
-
-/// Words of Pomerium's policy language (PPL) that this release does not support yet.
-const PPL_UNSUPPORTED: &[&str] = &[
-    "not",
-    "nor",
-    "accept",
-    "reject",
-    "authenticated_user",
-    "claim",
-    "client_certificate",
-    "cors_preflight",
-    "date",
-    "day_of_week",
-    "device",
-    "groups",
-    "http_method",
-    "http_path",
-    "invalid_client_certificate",
-    "mcp_tool",
-    "pomerium_routes",
-    "record",
-    "source_ip",
-    "time_of_day",
-    "user",
-    "starts_with",
-    "ends_with",
-    "contains",
-    "has",
-    "exclude",
-    "after",
-    "before",
-];
-
-fn is_ppl_unsupported(key: &str) -> bool {
-    PPL_UNSUPPORTED.contains(&key) || key.starts_with("claim/")
-}
-
-fn ppl_unsupported(ctx: &mut Ctx<'_>, entry: &Entry<'_>) {
-    ctx.error(
-        entry.key_origin.clone(),
-        format!(
-            "`{}` in policy is not supported yet (supported here: allow/deny with and/or of \
-             domain/email `is`); it comes in the next release",
-            entry.key
-        ),
-    );
-}
-
-/// `policy:` a list of blocks, or a single block.
-fn policy(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<PolicySpec> {
-    let errors_before = ctx.errors.len();
-    let mut blocks = Vec::new();
-    match entry.node {
-        Node::Sequence(items) => {
-            if items.is_empty() {
-                ctx.error(
-                    entry.origin.clone(),
-                    format!("{}: the list of policy blocks is empty", entry.path),
-                );
-            }
-            for (i, item) in items.iter().enumerate() {
-                blocks.extend(block(ctx, &format!("{}[{i}]", entry.path), item));
-            }
-        }
-        Node::Mapping(_) => blocks.extend(block(ctx, &entry.path, entry.node)),
-        Node::Scalar(_) => ctx.error(
-            entry.origin.clone(),
-            format!("{}: expected a list of `allow:`/`deny:` blocks", entry.path),
-        ),
-    }
-    (ctx.errors.len() == errors_before).then_some(PolicySpec { blocks })
-}
-
-/// `- allow: { or: [ … ] }`. A map with both `allow` and `deny` (valid Pomerium) becomes
-/// two blocks; deny wins either way.
-fn block(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Vec<PolicyBlock> {
-    let origin = ctx.node_origin(node);
-    let Some(map) = node.as_mapping() else {
-        ctx.error(
-            origin,
-            format!(
-                "{path}: expected a block like `allow: {{or: [{{domain: {{is: example.com}}}}]}}`"
-            ),
-        );
-        return Vec::new();
-    };
-    if map.is_empty() {
-        ctx.error(
-            origin,
-            format!("{path}: empty policy block; write `allow:` or `deny:`"),
-        );
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    let mut fields = Fields::new(ctx, path, map);
-    for (key, action) in [("allow", Action::Allow), ("deny", Action::Deny)] {
-        if let Some(entry) = fields.take(key)
-            && let Some((op, criteria)) = rule(ctx, &entry)
-        {
-            out.push(PolicyBlock {
-                action,
-                op,
-                criteria,
-                origin: entry.key_origin.clone(),
-            });
-        }
-    }
-    for entry in fields.rest() {
-        if matches!(entry.key, "and" | "or") {
-            ctx.error(
-                entry.key_origin.clone(),
-                format!(
-                    "{}: `{}` must be inside `allow:` or `deny:`",
-                    entry.path, entry.key
-                ),
-            );
-        } else if is_ppl_unsupported(entry.key) {
-            ppl_unsupported(ctx, &entry);
-        } else {
-            ctx.unknown_key(&entry, path, &["allow", "deny"]);
-        }
-    }
-    out
-}
-
-/// The value of `allow:`/`deny:`: one of `and:`/`or:` with a non-empty list of criteria.
-fn rule(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<(LogicalOp, Vec<Criterion>)> {
-    let Some(map) = entry.node.as_mapping() else {
-        ctx.error(
-            entry.origin.clone(),
-            format!(
-                "{}: expected `and:` or `or:` with a list of criteria",
-                entry.path
-            ),
-        );
-        return None;
-    };
-    let mut fields = Fields::new(ctx, &entry.path, map);
-    let mut ops = Vec::new();
-    for (key, op) in [("and", LogicalOp::And), ("or", LogicalOp::Or)] {
-        if let Some(e) = fields.take(key) {
-            ops.push((op, e));
-        }
-    }
-    let mut ok = true;
-    for rest in fields.rest() {
-        ok = false;
-        if is_ppl_unsupported(rest.key) {
-            ppl_unsupported(ctx, &rest);
-        } else if matches!(rest.key, "domain" | "email") {
-            ctx.error(
-                rest.key_origin.clone(),
-                format!(
-                    "{}: criteria go in a list under `and:` or `or:` (like `or: [{{{}: {{is: …}}}}]`)",
-                    entry.path, rest.key
-                ),
-            );
-        } else {
-            ctx.unknown_key(&rest, &entry.path, &["and", "or"]);
-        }
-    }
-    let (op, list) = match ops.as_slice() {
-        [] if ok => {
-            ctx.error(
-                entry.origin.clone(),
-                format!(
-                    "{}: expected `and:` or `or:` with a list of criteria",
-                    entry.path
-                ),
-            );
-            return None;
-        }
-        [] => return None,
-        [(op, list)] => (*op, list),
-        [_, (_, second), ..] => {
-            ctx.error(
-                second.key_origin.clone(),
-                format!(
-                    "{}: has both `and` and `or`; this release supports one of them per block",
-                    entry.path
-                ),
-            );
-            return None;
-        }
-    };
-    let Node::Sequence(items) = list.node else {
-        ctx.error(
-            list.origin.clone(),
-            format!("{}: expected a list of criteria (`- domain: …`)", list.path),
-        );
-        return None;
-    };
-    if items.is_empty() {
-        // `and: []` would be true for everyone.
-        ctx.error(
-            list.origin.clone(),
-            format!("{}: the list of criteria is empty", list.path),
-        );
-        return None;
-    }
-    let mut criteria = Vec::new();
-    for (i, item) in items.iter().enumerate() {
-        match criterion(ctx, &format!("{}[{i}]", list.path), item) {
-            Some(c) => criteria.push(c),
-            None => ok = false,
-        }
-    }
-    ok.then_some((op, criteria))
-}
-
-/// `- domain: {is: example.com}`, `- email: alice@example.com` (short for `is`).
-fn criterion(ctx: &mut Ctx<'_>, path: &str, node: &Node) -> Option<Criterion> {
-    let origin = ctx.node_origin(node);
-    let Some(map) = node.as_mapping() else {
-        ctx.error(
-            origin,
-            format!("{path}: expected a criterion like `domain: {{is: example.com}}`"),
-        );
-        return None;
-    };
-    let mut fields = Fields::new(ctx, path, map);
-    let mut found = Vec::new();
-    for (key, kind) in [
-        ("domain", CriterionKind::Domain),
-        ("email", CriterionKind::Email),
-    ] {
-        if let Some(e) = fields.take(key) {
-            found.push((kind, e));
-        }
-    }
-    let mut ok = true;
-    for rest in fields.rest() {
-        ok = false;
-        if is_ppl_unsupported(rest.key) || matches!(rest.key, "and" | "or") {
-            ppl_unsupported(ctx, &rest);
-        } else {
-            ctx.unknown_key(&rest, path, &["domain", "email"]);
-        }
-    }
-    let (kind, entry) = match found.len() {
-        0 if ok => {
-            ctx.error(
-                origin,
-                format!("{path}: empty criterion; write `domain: {{is: …}}` or `email: {{is: …}}`"),
-            );
-            return None;
-        }
-        1 if ok => found.pop()?,
-        1 | 0 => return None,
-        _ => {
-            ctx.error(
-                origin,
-                format!("{path}: one criterion per list item; put `domain` and `email` in separate items"),
-            );
-            return None;
-        }
-    };
-    let text = match entry.node {
-        Node::Mapping(m) => {
-            let mut inner = Fields::new(ctx, &entry.path, m);
-            let is = inner.take("is");
-            let mut ok = true;
-            for rest in inner.rest() {
-                ok = false;
-                if is_ppl_unsupported(rest.key) {
-                    ppl_unsupported(ctx, &rest);
-                } else {
-                    ctx.unknown_key(&rest, &entry.path, &["is"]);
-                }
-            }
-            match is {
-                Some(is) if ok => ctx.non_empty(&Setting::file(is))?,
-                Some(_) => return None,
-                None if ok => {
-                    ctx.error(
-                        entry.origin.clone(),
-                        format!("{}: expected `is: …`", entry.path),
-                    );
-                    return None;
-                }
-                None => return None,
-            }
-        }
-        _ => ctx.non_empty(&Setting::file(entry.clone()))?,
-    };
-    let value = match kind {
-        CriterionKind::Domain => values::domain(&text.value),
-        CriterionKind::Email => values::email(&text.value),
-    };
-    let is = ctx.check(&text.origin, &entry.path, value)?;
-    Some(Criterion {
-        kind,
-        is,
-        origin: entry.key_origin,
-    })
 }

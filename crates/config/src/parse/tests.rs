@@ -264,3 +264,37 @@ fn second_document_is_found_after_content_only() {
     );
     assert_eq!(second_document("a: 1\n----\n"), None);
 }
+
+#[test]
+fn times_of_day_in_pomerium_formats() {
+    use super::policy::parse_time;
+    let hms = |h: u32, m: u32, s: u32| Ok(h * 3600 + m * 60 + s);
+    assert_eq!(parse_time("3:04 PM"), hms(15, 4, 0));
+    assert_eq!(parse_time("3:04PM"), hms(15, 4, 0));
+    assert_eq!(parse_time("3 PM"), hms(15, 0, 0));
+    assert_eq!(parse_time("3pm"), hms(15, 0, 0));
+    assert_eq!(parse_time("12 AM"), hms(0, 0, 0));
+    assert_eq!(parse_time("12:30 PM"), hms(12, 30, 0));
+    assert_eq!(parse_time("15:04:05.999999999"), hms(15, 4, 5));
+    assert_eq!(parse_time("15:04:05"), hms(15, 4, 5));
+    assert_eq!(parse_time("9:00"), hms(9, 0, 0));
+    assert_eq!(parse_time("00:00"), hms(0, 0, 0));
+    for bad in [
+        "",
+        "9",
+        "24:00",
+        "9:60",
+        "13 PM",
+        "0 AM",
+        "9:00:00 PM",
+        "9:00:61",
+        "9:0:0:0",
+        "a:b",
+        "9:00.5",
+        "15:04:05.",
+        "-1:00",
+        "+9:00",
+    ] {
+        assert!(parse_time(bad).is_err(), "{bad:?} should be refused");
+    }
+}

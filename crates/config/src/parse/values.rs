@@ -231,3 +231,13 @@ pub(super) fn email(s: &str) -> Result<String, String> {
         )),
     }
 }
+
+/// A group name or id in `allowed_groups`: as written (group ids are case-sensitive), no
+/// white space around it.
+pub(super) fn group(s: &str) -> Result<String, String> {
+    let g = s.trim();
+    if g.is_empty() {
+        return Err("a group must not be empty".to_string());
+    }
+    Ok(g.to_string())
+}
