@@ -156,6 +156,22 @@ impl Oidc {
         self.issuer.as_str()
     }
 
+    /// The cached document while it is fresh, or the recent failure; `None`: fetch now.
+    fn without_fetching(&self) -> Option<Result<Arc<Provider>, OidcError>> {
+        if let Some(p) = self
+            .cached()
+            .filter(|p| p.fetched_at.elapsed() < DISCOVERY_TTL)
+        {
+            return Some(Ok(p));
+        }
+        self.recent_failure().map(|reason| {
+            Err(OidcError::Discovery {
+                issuer: self.issuer.to_string(),
+                reason,
+            })
+        })
+    }
+
     /// The reason of a discovery failure in the last [`DISCOVERY_RETRY_AFTER`], if any.
     fn recent_failure(&self) -> Option<String> {
         let f = self.last_failure.lock().ok()?;
@@ -176,30 +192,13 @@ impl Oidc {
 
     /// The discovery document (fetched on first use, then cached for an hour).
     async fn provider(&self) -> Result<Arc<Provider>, OidcError> {
-        if let Some(p) = self
-            .cached()
-            .filter(|p| p.fetched_at.elapsed() < DISCOVERY_TTL)
-        {
-            return Ok(p);
-        }
-        if let Some(reason) = self.recent_failure() {
-            return Err(OidcError::Discovery {
-                issuer: self.issuer.to_string(),
-                reason,
-            });
+        if let Some(ready) = self.without_fetching() {
+            return ready;
         }
         let _guard = self.fetch_lock.lock().await;
-        if let Some(p) = self
-            .cached()
-            .filter(|p| p.fetched_at.elapsed() < DISCOVERY_TTL)
-        {
-            return Ok(p);
-        }
-        if let Some(reason) = self.recent_failure() {
-            return Err(OidcError::Discovery {
-                issuer: self.issuer.to_string(),
-                reason,
-            });
+        // Another request may have fetched (or failed) while this one waited for the lock.
+        if let Some(ready) = self.without_fetching() {
+            return ready;
         }
         let metadata =
             match CoreProviderMetadata::discover_async(self.issuer.clone(), &self.http).await {

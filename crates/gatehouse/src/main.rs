@@ -83,7 +83,7 @@ fn main() -> ExitCode {
 fn load(
     path: &std::path::Path,
 ) -> Result<(gatehouse_config::Config, gatehouse_proxy::Prepared), ExitCode> {
-    let config = gatehouse_config::load(path, &gatehouse_config::ProcessEnv).map_err(|e| {
+    let report = |e: gatehouse_config::ConfigErrors| {
         eprintln!("{e}");
         eprintln!(
             "{}: {} problem(s); nothing was started",
@@ -91,16 +91,9 @@ fn load(
             e.errors.len()
         );
         ExitCode::from(1)
-    })?;
-    let prepared = gatehouse_proxy::prepare(&config).map_err(|e| {
-        eprintln!("{e}");
-        eprintln!(
-            "{}: {} problem(s); nothing was started",
-            path.display(),
-            e.errors.len()
-        );
-        ExitCode::from(1)
-    })?;
+    };
+    let config = gatehouse_config::load(path, &gatehouse_config::ProcessEnv).map_err(report)?;
+    let prepared = gatehouse_proxy::prepare(&config).map_err(report)?;
     Ok((config, prepared))
 }
 

@@ -224,6 +224,33 @@ impl State {
         (self.routes[idx].from.scheme == u.scheme()).then_some(u)
     }
 
+    /// The answer on a route host once a session is made: set its cookies, clear the
+    /// one-time cookie that carried the sign-in (`spent`), and go back to `return_url` if it
+    /// is a route URL on this host (else `/`).
+    fn signed_in(
+        &self,
+        session: &gatehouse_auth::Session,
+        return_url: &str,
+        host: &str,
+        jar: &[(String, String)],
+        now: u64,
+        spent: &str,
+    ) -> Page {
+        let target = self
+            .checked_return_url(return_url)
+            .filter(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "/".to_string());
+        let mut page = Page::redirect(302, &target);
+        for c in self.session_cookies(session, jar, now) {
+            page = page.with_header("set-cookie", c);
+        }
+        page.with_header(
+            "set-cookie",
+            self.set_cookie(spent, "", 0, SameSite::Lax, false),
+        )
+    }
+
     /// The identity from the session cookie, if it verifies and has not expired.
     fn identity(&self, jar: &[(String, String)]) -> Option<VerifiedIdentity> {
         match self.auth.session.decode(cookie_lookup(jar), now()) {
@@ -551,19 +578,14 @@ impl Gatehouse {
             let binding = cookie_lookup(jar)(st.auth.handoff_cookie_name());
             return Ok(match st.auth.open_handoff(token, host, binding, t) {
                 Ok((id, return_url)) => {
-                    let target = st
-                        .checked_return_url(&return_url)
-                        .filter(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
-                        .map(|u| u.to_string())
-                        .unwrap_or_else(|| "/".to_string());
-                    let mut page = Page::redirect(302, &target);
-                    for c in st.session_cookies(id.session(), jar, t) {
-                        page = page.with_header("set-cookie", c);
-                    }
                     tracing::info!(user = %id.email(), "signed in (handoff)");
-                    page.with_header(
-                        "set-cookie",
-                        st.set_cookie(st.auth.handoff_cookie_name(), "", 0, SameSite::Lax, false),
+                    st.signed_in(
+                        id.session(),
+                        &return_url,
+                        host,
+                        jar,
+                        t,
+                        st.auth.handoff_cookie_name(),
                     )
                 }
                 Err(e) => {
@@ -580,22 +602,15 @@ impl Gatehouse {
         }
         Ok(match st.finish_login(jar, &query, "/").await {
             Ok(done) => {
-                let s = done.session;
-                let target = st
-                    .checked_return_url(&done.return_url)
-                    .filter(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
-                    .map(|u| u.to_string())
-                    .unwrap_or_else(|| "/".to_string());
-                let mut page = Page::redirect(302, &target);
-                for c in st.session_cookies(&s, jar, t) {
-                    page = page.with_header("set-cookie", c);
-                }
-                page = page.with_header(
-                    "set-cookie",
-                    st.set_cookie(st.auth.login_cookie_name(), "", 0, SameSite::Lax, false),
-                );
-                tracing::info!(user = %s.email, "signed in");
-                page
+                tracing::info!(user = %done.session.email, "signed in");
+                st.signed_in(
+                    &done.session,
+                    &done.return_url,
+                    host,
+                    jar,
+                    t,
+                    st.auth.login_cookie_name(),
+                )
             }
             Err(page) => page,
         })
