@@ -394,6 +394,151 @@ impl Policy {
     }
 }
 
+// === explanation ===
+
+/// One line of a [`Trace`]: a rule, block or criterion, whether it matched, in words.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceLine {
+    /// Nesting depth: 0 for route shortcuts and blocks, 1 for their criteria, and so on.
+    pub depth: usize,
+    pub matched: bool,
+    pub text: String,
+}
+
+/// How a decision was reached: every route shortcut and policy block, and every criterion
+/// inside them (nested operators too), each matched or not. Built by [`Policy::explain`],
+/// for operators; the request path never builds one.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Trace {
+    pub lines: Vec<TraceLine>,
+}
+
+impl Trace {
+    fn push(&mut self, depth: usize, matched: bool, text: impl Into<String>) {
+        self.lines.push(TraceLine {
+            depth,
+            matched,
+            text: text.into(),
+        });
+    }
+}
+
+impl std::fmt::Display for Trace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for l in &self.lines {
+            let mark = if l.matched {
+                "matched    "
+            } else {
+                "not matched"
+            };
+            writeln!(f, "{}{mark}  {}", "  ".repeat(l.depth), l.text)?;
+        }
+        Ok(())
+    }
+}
+
+impl Policy {
+    /// Decides like [`Policy::evaluate`] (the decision is `evaluate`'s own) and also
+    /// returns the trace: deny blocks first, then the route shortcuts, then allow blocks,
+    /// in the order `evaluate` considers them. Every criterion is traced, including those
+    /// `evaluate` skips once the outcome is known. Allocates freely: not for the hot path.
+    pub fn explain(&self, facts: &Facts<'_>) -> (Decision, Trace) {
+        let decision = self.evaluate(facts);
+        let mut t = Trace::default();
+        for (i, b) in self.blocks.iter().enumerate() {
+            if b.action == Action::Deny {
+                let hit = b.rule.eval(facts, Action::Deny, true).0;
+                t.push(0, hit, format!("rule {} (deny)", i + 1));
+                b.rule.trace(facts, Action::Deny, true, 1, &mut t);
+            }
+        }
+        if self.any_authenticated {
+            t.push(0, true, "allow_any_authenticated_user: you are signed in");
+        }
+        let verified = if facts.email_verified {
+            ""
+        } else {
+            " (your address is not verified, so it cannot match)"
+        };
+        if !self.domains.is_empty() {
+            let hit = facts.email_verified
+                && domain_of(facts.email)
+                    .is_some_and(|d| self.domains.iter().any(|x| x.eq_ignore_ascii_case(d)));
+            t.push(
+                0,
+                hit,
+                format!(
+                    "allowed_domains: your email domain is one of {}{verified}",
+                    self.domains.join(", ")
+                ),
+            );
+        }
+        if !self.users.is_empty() {
+            let hit = facts.email_verified
+                && self
+                    .users
+                    .iter()
+                    .any(|u| u.eq_ignore_ascii_case(facts.email));
+            t.push(
+                0,
+                hit,
+                format!(
+                    "allowed_users: your email address is one of the {} listed{verified}",
+                    self.users.len()
+                ),
+            );
+        }
+        if !self.groups.is_empty() {
+            let hit = self.groups.iter().any(|g| facts.groups.contains(g));
+            t.push(
+                0,
+                hit,
+                format!(
+                    "allowed_groups: your groups include one of {}",
+                    self.groups.join(", ")
+                ),
+            );
+        }
+        for (i, b) in self.blocks.iter().enumerate() {
+            if b.action == Action::Allow {
+                let hit = b.rule.eval(facts, Action::Allow, true).0;
+                t.push(0, hit, format!("rule {} (allow)", i + 1));
+                b.rule.trace(facts, Action::Allow, true, 1, &mut t);
+            }
+        }
+        if t.lines.is_empty() {
+            t.push(0, false, "this route has no rule");
+        }
+        (decision, t)
+    }
+}
+
+impl Node {
+    /// Adds this node and all its children to the trace, each with whether it holds.
+    fn trace(&self, f: &Facts<'_>, action: Action, positive: bool, depth: usize, t: &mut Trace) {
+        match self {
+            Node::Leaf(leaf) => t.push(depth, leaf.check.matches(f, action, positive), &*leaf.says),
+            Node::Op { op, children } => {
+                let hit = self.eval(f, action, positive).0;
+                let words = match op {
+                    LogicalOp::And => "and: all of these hold",
+                    LogicalOp::Or => "or: at least one of these holds",
+                    LogicalOp::Not => "not: none of these holds",
+                    LogicalOp::Nor => "nor: not all of these hold",
+                };
+                t.push(depth, hit, words);
+                let child_positive = match op {
+                    LogicalOp::And | LogicalOp::Or => positive,
+                    LogicalOp::Not | LogicalOp::Nor => !positive,
+                };
+                for c in children.iter() {
+                    c.trace(f, action, child_positive, depth + 1, t);
+                }
+            }
+        }
+    }
+}
+
 // === evaluation ===
 
 impl Node {

@@ -220,3 +220,90 @@ fn deny_rules_apply_to_unverified_addresses_too() {
     );
     assert!(p.evaluate(&verified("alice@example.com")).is_allow());
 }
+
+// === explain ===
+
+fn two_block_policy() -> Policy {
+    let mut r = route();
+    r.allowed_groups = vec!["ops".into()];
+    r.policy = Some(PolicySpec {
+        blocks: vec![
+            block(
+                Action::Allow,
+                LogicalOp::Or,
+                &[(Kind::Domain, "example.com"), (Kind::Email, "x@y.test")],
+            ),
+            block(
+                Action::Deny,
+                LogicalOp::Not,
+                &[(Kind::Email, "bob@example.com")],
+            ),
+        ],
+    });
+    Policy::for_route(&r, &[])
+}
+
+fn lines(t: &Trace) -> Vec<(usize, bool, &str)> {
+    t.lines
+        .iter()
+        .map(|l| (l.depth, l.matched, l.text.as_str()))
+        .collect()
+}
+
+#[test]
+fn explain_traces_every_block_and_criterion_in_evaluation_order() {
+    let p = two_block_policy();
+    let facts = verified("bob@example.com");
+    let (decision, trace) = p.explain(&facts);
+    assert_eq!(decision, p.evaluate(&facts));
+    assert!(decision.is_allow());
+    assert_eq!(
+        lines(&trace),
+        vec![
+            (0, false, "rule 2 (deny)"),
+            (1, false, "not: none of these holds"),
+            (2, true, "your email address is bob@example.com"),
+            (0, false, "allowed_groups: your groups include one of ops"),
+            (0, true, "rule 1 (allow)"),
+            (1, true, "or: at least one of these holds"),
+            (2, true, "your email domain is example.com"),
+            // Traced although `or` stopped at the first match.
+            (2, false, "your email address is x@y.test"),
+        ]
+    );
+}
+
+#[test]
+fn explain_shows_the_deny_that_decided() {
+    let p = two_block_policy();
+    let facts = verified("eve@example.com");
+    let (decision, trace) = p.explain(&facts);
+    assert_eq!(decision.reason().code(), "deny-block-matched");
+    assert_eq!(lines(&trace)[0], (0, true, "rule 2 (deny)"));
+    assert_eq!(lines(&trace)[1], (1, true, "not: none of these holds"));
+    let text = trace.to_string();
+    assert!(text.starts_with("matched      rule 2 (deny)\n"), "{text}");
+    assert!(
+        text.contains("\n    not matched  your email address is bob@example.com\n"),
+        "{text}"
+    );
+}
+
+#[test]
+fn explain_marks_unverified_addresses_in_shortcuts() {
+    let p = Policy::allowed_domains(&["example.com".to_string()]);
+    let facts = Facts::signed_in("alice@example.com", false);
+    let (decision, trace) = p.explain(&facts);
+    assert_eq!(decision.reason().code(), "email-not-verified");
+    assert_eq!(trace.lines.len(), 1);
+    assert!(!trace.lines[0].matched);
+    assert!(trace.lines[0].text.contains("not verified"), "{trace}");
+}
+
+#[test]
+fn explain_of_a_route_without_rules_says_so() {
+    let p = Policy::for_route(&route(), &[]);
+    let (decision, trace) = p.explain(&verified("a@b.test"));
+    assert_eq!(decision, Decision::Deny(Reason::NoPolicy));
+    assert_eq!(lines(&trace), vec![(0, false, "this route has no rule")]);
+}
