@@ -166,6 +166,12 @@ fn help_texts_match_golden_files() {
         (vec!["serve", "--help"], "help-serve.txt"),
         (vec!["check", "--help"], "help-check.txt"),
         (vec!["keygen", "--help"], "help-keygen.txt"),
+        (vec!["policy", "--help"], "help-policy.txt"),
+        (
+            vec!["policy", "explain", "--help"],
+            "help-policy-explain.txt",
+        ),
+        (vec!["policy", "test", "--help"], "help-policy-test.txt"),
     ] {
         let out = gatehouse().args(&args).output().unwrap();
         assert!(out.status.success());
@@ -181,4 +187,191 @@ fn help_texts_match_golden_files() {
             panic!("{file} differs (UPDATE_GOLDEN=1 to accept)\n--- want\n{want}\n--- got\n{got}");
         }
     }
+}
+
+// === policy tools (issue 4, "Tools for operators") ===
+
+/// `gatehouse` with what `policies/example-config.yaml` reads from the environment.
+fn with_example_env() -> Command {
+    let mut c = gatehouse();
+    c.env("COOKIE_SECRET", SECRET)
+        .env("IDP_CLIENT_ID", "id")
+        .env("IDP_CLIENT_SECRET", "not-a-real-secret");
+    c
+}
+
+fn example_config() -> PathBuf {
+    root().join("policies/example-config.yaml")
+}
+
+fn show(out: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout:\n{}\nstderr:\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn example_policy_config_passes_check() {
+    let out = with_example_env()
+        .args(["check", "--config"])
+        .arg(example_config())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("OK (4 route(s)"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn shipped_policy_tests_pass() {
+    let out = with_example_env()
+        .args(["policy", "test"])
+        .arg(root().join("policies"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", show(&out));
+    assert!(
+        stdout.contains("ok   contractors are refused even as wiki guests"),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("13 passed, 0 failed\n"), "{stdout}");
+}
+
+#[test]
+fn failing_policy_test_exits_1_with_the_fail_line() {
+    let out = with_example_env()
+        .args(["policy", "test"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/failing.test.yaml"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(stdout.contains("ok   staff read the wiki\n"), "{stdout}");
+    assert!(
+        stdout.contains(
+            "FAIL contractors read the wiki: expected allow, got deny (reason deny-block-matched: "
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.ends_with("1 passed, 1 failed\n"), "{stdout}");
+}
+
+#[test]
+fn bad_policy_test_file_exits_2_at_file_line_col() {
+    let out = with_example_env()
+        .args(["policy", "test"])
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/bad.test.yaml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("bad.test.yaml:6:13: expect: \"alow\" (expected allow or deny)"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn policy_explain_allowed_exits_0_with_the_trace() {
+    let out = with_example_env()
+        .args(["policy", "explain", "--config"])
+        .arg(example_config())
+        .args([
+            "--email",
+            "ann@example.com",
+            "--groups",
+            "staff,admins",
+            "--at",
+            "2026-11-27T10:00:00Z",
+            "https://deploy.example.com/admin/users",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("routes[3] (https://deploy.example.com prefix /admin, "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ALLOW: allowed by rule 1 of this route's policy [allow-block-matched]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "matched      rule 1 (allow)\n  matched      and: all of these hold\n    \
+             matched      your groups include admins\n"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("    matched      the time is between 08:00 and 19:00 (Europe/Paris)"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn policy_explain_denied_exits_1_with_the_reason() {
+    let out = with_example_env()
+        .args(["policy", "explain", "--config"])
+        .arg(example_config())
+        .args([
+            "--email",
+            "bob@contractors.example.com",
+            "--groups",
+            "wiki-guests",
+            "https://wiki.example.com/page",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(
+            "DENY: refused by rule 2 of this route's policy (a deny rule): your email domain is \
+             contractors.example.com [deny-block-matched]"
+        ),
+        "{stdout}"
+    );
+    assert!(stdout.contains("matched      rule 2 (deny)"), "{stdout}");
+}
+
+#[test]
+fn policy_explain_exits_2_on_a_url_no_route_serves() {
+    let out = with_example_env()
+        .args(["policy", "explain", "--config"])
+        .arg(example_config())
+        .args(["--email", "a@example.com", "https://other.example.com/"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no route matches"),
+        "{}",
+        show(&out)
+    );
+}
+
+#[test]
+fn policy_explain_exits_2_on_a_bad_config() {
+    let out = gatehouse()
+        .args(["policy", "explain", "--config"])
+        .arg(example_config())
+        .arg("https://wiki.example.com/")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("COOKIE_SECRET"),
+        "{}",
+        show(&out)
+    );
 }
