@@ -222,7 +222,11 @@ pub struct TestFile {
 use marked_yaml::Node;
 
 fn pos(file: &Path, n: &Node) -> String {
-    match n.span().start() {
+    at_span(file, n.span())
+}
+
+fn at_span(file: &Path, span: &marked_yaml::Span) -> String {
+    match span.start() {
         Some(m) => format!("{}:{}:{}", file.display(), m.line(), m.column()),
         None => file.display().to_string(),
     }
@@ -271,21 +275,41 @@ const CASE_KEYS: &[&str] = &[
 /// (a list), or just the list of cases. Errors are `file:line:col: message`.
 pub fn read_test_file(file: &Path) -> Result<TestFile, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let options = marked_yaml::LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .prevent_coercion(true);
-    // marked-yaml may panic on odd input; a test file must never crash the command.
-    let parsed =
+    let parse = |sequence: bool| {
+        let options = marked_yaml::LoaderOptions::default()
+            .error_on_duplicate_keys(true)
+            .prevent_coercion(true);
+        let options = if sequence {
+            options.toplevel_sequence()
+        } else {
+            options
+        };
+        // marked-yaml may panic on odd input; a test file must never crash the command.
         std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, &text, options))
-            .map_err(|_| format!("{}: YAML syntax error", file.display()))?;
-    let root = parsed.map_err(|e| format!("{}: YAML: {e}", file.display()))?;
+            .map_err(|_| format!("{}: YAML syntax error", file.display()))
+    };
+    // A file is either a map (`config:`, `cases:`) or just the list of cases.
+    let parsed = match parse(false)? {
+        Err(marked_yaml::LoadError::TopLevelMustBeMapping(_)) => parse(true)?,
+        other => other,
+    };
+    let root = parsed.map_err(|e| match &e {
+        marked_yaml::LoadError::ScanError(m, s) => format!(
+            "{}:{}:{}: YAML syntax error: {}",
+            file.display(),
+            m.line(),
+            m.column(),
+            s.info()
+        ),
+        _ => format!("{}: {e}", file.display()),
+    })?;
     let (config, list) = match &root {
         Node::Mapping(m) => {
-            for (k, v) in m.iter() {
+            for (k, _) in m.iter() {
                 if !["config", "cases"].contains(&k.as_str()) {
                     return Err(format!(
                         "{}: unknown key `{}` (a test file has `config:` and `cases:`)",
-                        pos(file, v),
+                        at_span(file, k.span()),
                         k.as_str()
                     ));
                 }
@@ -318,11 +342,17 @@ pub fn read_test_file(file: &Path) -> Result<TestFile, String> {
         let Node::Mapping(m) = item else {
             return Err(format!("{}: a test case must be a map", pos(file, item)));
         };
-        for (k, v) in m.iter() {
+        // marked-yaml starts a map's span after its first key; the case starts at that key.
+        let here = m
+            .keys()
+            .next()
+            .map(|k| at_span(file, k.span()))
+            .unwrap_or_else(|| pos(file, item));
+        for (k, _) in m.iter() {
             if !CASE_KEYS.contains(&k.as_str()) {
                 return Err(format!(
                     "{}: unknown key `{}` in a test case (expected one of: {})",
-                    pos(file, v),
+                    at_span(file, k.span()),
                     k.as_str(),
                     CASE_KEYS.join(", ")
                 ));
@@ -332,7 +362,7 @@ pub fn read_test_file(file: &Path) -> Result<TestFile, String> {
             m.get_node(key).map(|n| scalar(file, n, key)).transpose()
         };
         let need = |key: &str| -> Result<&str, String> {
-            get(key)?.ok_or_else(|| format!("{}: the case has no `{key}:`", pos(file, item)))
+            get(key)?.ok_or_else(|| format!("{here}: the case has no `{key}:`"))
         };
         let name = get("name")?
             .map(str::to_string)
@@ -399,7 +429,7 @@ pub fn read_test_file(file: &Path) -> Result<TestFile, String> {
             },
             allow,
             reason: get("reason")?.map(str::to_string),
-            at: pos(file, item),
+            at: here.clone(),
         });
     }
     Ok(TestFile { config, cases })
@@ -465,4 +495,91 @@ pub fn test_files(path: &Path) -> Result<Vec<PathBuf>, String> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(name: &str, text: &str) -> Result<TestFile, String> {
+        let dir = std::env::temp_dir().join(format!("gatehouse-policy-cmd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        read_test_file(&path).map_err(|e| e.replace(&dir.display().to_string(), "DIR"))
+    }
+
+    #[test]
+    fn test_file_with_config_and_defaults() {
+        let t = read(
+            "a.test.yaml",
+            "config: c.yaml\ncases:\n  - url: https://a.test/\n    expect: deny\n    \
+             groups: a, b\n    claims: {dept: [x, y], level: '3'}\n",
+        )
+        .unwrap();
+        assert!(t.config.unwrap().ends_with("c.yaml"));
+        let c = &t.cases[0];
+        assert_eq!(c.name, "case 1");
+        assert!(!c.allow);
+        assert!(c.req.email_verified);
+        assert_eq!(c.req.method, "GET");
+        assert_eq!(c.req.groups, ["a", "b"]);
+        assert_eq!(
+            c.req.claims,
+            [
+                ("dept".to_string(), vec!["x".to_string(), "y".to_string()]),
+                ("level".to_string(), vec!["3".to_string()])
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_case_key_is_reported_at_the_key() {
+        let e = read(
+            "b.test.yaml",
+            "- url: https://a.test/\n  expect: allow\n  emial: a@b.test\n",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.starts_with("DIR/b.test.yaml:3:3: unknown key `emial` in a test case"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn missing_expect_and_bad_time_are_positioned() {
+        let e = read("c.test.yaml", "- url: https://a.test/\n")
+            .err()
+            .unwrap();
+        assert_eq!(e, "DIR/c.test.yaml:1:3: the case has no `expect:`");
+        let e = read(
+            "d.test.yaml",
+            "- url: https://a.test/\n  expect: allow\n  at: tomorrow\n",
+        )
+        .err()
+        .unwrap();
+        assert!(
+            e.starts_with("DIR/d.test.yaml:3:7: at: \"tomorrow\" is not a time"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn claims_group_by_name() {
+        let pairs = vec![
+            parse_claim("dept=a").unwrap(),
+            parse_claim("level=3").unwrap(),
+            parse_claim("dept=b").unwrap(),
+        ];
+        assert_eq!(
+            group_claims(pairs),
+            [
+                ("dept".to_string(), vec!["a".to_string(), "b".to_string()]),
+                ("level".to_string(), vec!["3".to_string()])
+            ]
+        );
+        assert!(parse_claim("=x").is_err());
+        assert!(parse_claim("novalue").is_err());
+    }
 }
