@@ -84,8 +84,8 @@ enum PolicyCommand {
             default_value = "gatehouse.yaml"
         )]
         config: PathBuf,
-        /// Use this route (0-based index, or its `from` URL) instead of the one the URL
-        /// matches.
+        /// Use this route instead of the one the URL matches: its 0-based index, or its
+        /// `from` URL (the first route with that `from`).
         #[arg(long, value_name = "FROM_URL_OR_INDEX")]
         route: Option<String>,
         /// The person's email address.

@@ -197,6 +197,7 @@ pub fn explain(routes: &Routes, req: &Request, choice: Option<&str>) -> ExitCode
         println!("{word}: {reason} [{}]", reason.code());
     }
     println!();
+    println!("How it was decided (deny rules first, then the route's lists, then allow rules):");
     print!("{}", out.trace);
     code
 }

@@ -375,3 +375,42 @@ fn policy_explain_exits_2_on_a_bad_config() {
         show(&out)
     );
 }
+
+#[test]
+fn policy_explain_route_option_picks_the_route_by_index() {
+    // /pipelines matches the deploy route (2); --route 3 asks the admin route's policy.
+    let out = with_example_env()
+        .args(["policy", "explain", "--config"])
+        .arg(example_config())
+        .args([
+            "--route",
+            "3",
+            "--email",
+            "carol@example.com",
+            "--groups",
+            "engineering",
+            "https://deploy.example.com/pipelines",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.starts_with("routes[3] "), "{stdout}");
+    assert!(
+        stdout.contains("    not matched  your groups include admins"),
+        "{stdout}"
+    );
+
+    let out = with_example_env()
+        .args(["policy", "explain", "--config"])
+        .arg(example_config())
+        .args(["--route", "9", "https://deploy.example.com/"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--route 9: there are only 4 route(s)"),
+        "{}",
+        show(&out)
+    );
+}
