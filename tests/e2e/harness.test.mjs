@@ -2,7 +2,7 @@
 // wrong password, tamper hook), the echo upstream, and the throwaway certificates.
 
 import assert from 'node:assert/strict';
-import { createHash, randomBytes, X509Certificate } from 'node:crypto';
+import { createHash, createPrivateKey, randomBytes, X509Certificate } from 'node:crypto';
 import { after, before, test } from 'node:test';
 import * as jose from 'jose';
 
@@ -139,5 +139,10 @@ test('certs: leaf covers every test host and 127.0.0.1 and chains to the throwaw
     assert.ok(leaf.checkHost(h), h);
   }
   assert.ok(leaf.checkIP('127.0.0.1'));
-  assert.match(readFileSync(certs.key, 'utf8'), /^-----BEGIN PRIVATE KEY-----/);
+  // The key is EC P-256 in PKCS#8 PEM: re-exporting it as such gives the file back.
+  const keyPem = readFileSync(certs.key, 'utf8');
+  const key = createPrivateKey(keyPem);
+  assert.equal(key.asymmetricKeyType, 'ec');
+  assert.equal(key.asymmetricKeyDetails.namedCurve, 'prime256v1');
+  assert.equal(key.export({ type: 'pkcs8', format: 'pem' }), keyPem);
 });

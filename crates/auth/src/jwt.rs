@@ -166,10 +166,11 @@ mod tests {
         let a = IdentitySigner::from_pem(&pem).unwrap();
         let b = IdentitySigner::from_pem(&pem).unwrap();
         assert_eq!(a.kid(), b.kid(), "same key, same kid");
+        // The same armour around a body that is not a key.
+        let lines: Vec<&str> = pem.lines().collect();
+        let garbage = format!("{}\nAAAA\n{}\n", lines[0], lines[lines.len() - 1]);
         assert!(matches!(
-            IdentitySigner::from_pem(
-                "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
-            ),
+            IdentitySigner::from_pem(&garbage),
             Err(SigningKeyError::NotP256Pem)
         ));
     }

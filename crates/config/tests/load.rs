@@ -375,7 +375,7 @@ fn defaults_apply_when_keys_are_absent() {
 
 #[test]
 fn every_supported_key_is_read() {
-    let pem = "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEE\n-----END EC PRIVATE KEY-----\n";
+    let pem = util::generated_pem();
     let signing_key = base64_encode(pem.as_bytes());
     let text = format!(
         "address: 127.0.0.1:8443\n\
@@ -426,7 +426,7 @@ fn every_supported_key_is_read() {
     assert_eq!(config.cookie.same_site, SameSite::Strict);
     assert_eq!(
         config.signing_key.as_ref().map(|k| k.expose().as_str()),
-        Some(pem)
+        Some(pem.as_str())
     );
     assert_eq!(config.log_level, "debug");
 

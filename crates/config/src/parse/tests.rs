@@ -119,10 +119,18 @@ fn cookie_secret_must_decode_to_exactly_32_bytes() {
 
 #[test]
 fn signing_key_is_base64_of_a_pem_or_the_pem_itself() {
-    let pem = "-----BEGIN EC PRIVATE KEY-----\nAAAA\n-----END EC PRIVATE KEY-----";
-    // base64 of `pem`
-    let encoded =
-        "LS0tLS1CRUdJTiBFQyBQUklWQVRFIEtFWS0tLS0tCkFBQUEKLS0tLS1FTkQgRUMgUFJJVkFURSBLRVktLS0tLQ==";
+    // A fresh key, made now: no key is ever committed.
+    let secret = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let pem = secret
+        .to_sec1_pem(p256::pkcs8::LineEnding::LF)
+        .expect("a fresh key encodes");
+    // As written in YAML: no trailing newline (the loader trims the value).
+    let pem: &str = pem.trim_end();
+    let encoded = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(pem)
+    };
+    let encoded: &str = &encoded;
     assert_eq!(values::signing_key(encoded).as_deref(), Ok(pem));
     assert_eq!(values::signing_key(pem).as_deref(), Ok(pem));
     assert!(

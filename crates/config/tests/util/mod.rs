@@ -9,6 +9,15 @@ use std::path::{Path, PathBuf};
 /// A valid `cookie_secret`: base64 of the bytes 0..32.
 pub const COOKIE_SECRET: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
+/// A fresh EC P-256 private key in SEC1 PEM, made now (no key is ever committed).
+pub fn generated_pem() -> String {
+    use p256::pkcs8::LineEnding;
+    let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    key.to_sec1_pem(LineEnding::LF)
+        .expect("a fresh key encodes")
+        .to_string()
+}
+
 /// The environment a test passes in, instead of the process environment.
 pub fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
     pairs
