@@ -107,10 +107,8 @@ fi
 for c in wrk nginx curl node cargo; do
   command -v "$c" >/dev/null 2>&1 || die "$c not found"
 done
-if [[ ! -d tests/e2e/node_modules/oidc-provider ]]; then
-  log "npm ci (tests/e2e, for the test IdP)"
-  (cd tests/e2e && timeout 600 npm ci --no-audit --no-fund)
-fi
+log "npm packages (tests/e2e, for the test IdP)"
+GATEHOUSE_NEED_CHROMIUM=0 tests/harness/install-deps.sh
 NGINX="$(command -v nginx)"
 CLK_TCK="$(getconf CLK_TCK)"
 

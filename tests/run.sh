@@ -11,15 +11,8 @@ cd "$ROOT"
 
 section() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
-section "system dependencies"
+section "dependencies (apt, npm)"
 tests/harness/install-deps.sh
-
-section "npm ci (tests/e2e)"
-if [[ -d tests/e2e/node_modules && tests/e2e/node_modules/.package-lock.json -nt tests/e2e/package-lock.json ]]; then
-  echo "node_modules up to date"
-else
-  (cd tests/e2e && npm ci --no-audit --no-fund)
-fi
 
 if [[ "${SKIP_RUST:-0}" != 1 ]]; then
   section "cargo fmt --all --check"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install the system packages the tests and the demo need, only when missing (Debian 12, root).
+# Install what the tests, the demo and the benchmark need, only when missing (Debian 12, root):
+# system packages, then the npm packages of tests/e2e (oidc-provider, playwright-core, jose).
 # Also checks the toolchains that are not apt packages here: cargo, node >= 20.19, npm.
 set -euo pipefail
 
@@ -39,3 +40,11 @@ node -e '
     console.error(`error: node ${process.versions.node} is too old; oidc-provider needs >= 20.19`);
     process.exit(1);
   }'
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+if [[ -d "$ROOT/tests/e2e/node_modules" && "$ROOT/tests/e2e/node_modules/.package-lock.json" -nt "$ROOT/tests/e2e/package-lock.json" ]]; then
+  echo "npm packages (tests/e2e) up to date"
+else
+  echo "npm ci (tests/e2e)"
+  (cd "$ROOT/tests/e2e" && timeout 600 npm ci --no-audit --no-fund)
+fi
