@@ -80,8 +80,6 @@ pub struct Ctx {
     authority: String,
     identity: Option<VerifiedIdentity>,
     reason: Option<&'static str>,
-    /// The request's cookies, parsed once in `request_filter`.
-    cookies: Vec<(String, String)>,
 }
 
 /// What a step of `request_filter` decided.
@@ -471,7 +469,6 @@ impl Gatehouse {
 
         if route.public && gh.is_none() {
             ctx.reason = Some("public-route");
-            ctx.cookies = jar;
             return Ok(Step::Continue);
         }
 
@@ -548,7 +545,6 @@ impl Gatehouse {
         match decision {
             Decision::Allow(_) => {
                 ctx.identity = Some(identity);
-                ctx.cookies = jar;
                 Ok(Step::Continue)
             }
             Decision::Deny(reason) => {
@@ -948,7 +944,6 @@ impl ProxyHttp for Gatehouse {
             authority: String::new(),
             identity: None,
             reason: None,
-            cookies: Vec::new(),
         }
     }
 
