@@ -29,18 +29,26 @@ struct Cli {
     command: Command,
 }
 
+/// `--config`, shared by the commands that load a config file.
+#[derive(clap::Args, Debug)]
+struct ConfigFile {
+    /// The YAML config file (Pomerium-compatible keys).
+    #[arg(
+        short = 'c',
+        long = "config",
+        value_name = "CONFIG",
+        env = "GATEHOUSE_CONFIG",
+        default_value = "gatehouse.yaml"
+    )]
+    path: PathBuf,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the proxy.
     Serve {
-        /// The YAML config file (Pomerium-compatible keys).
-        #[arg(
-            short,
-            long,
-            env = "GATEHOUSE_CONFIG",
-            default_value = "gatehouse.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// Worker threads (default: the number of CPUs).
         #[arg(long)]
         threads: Option<usize>,
@@ -51,14 +59,8 @@ enum Command {
     /// Check a config file (syntax, keys, secrets, certificates, URLs) and exit:
     /// 0 and a summary when it is valid, 1 and `file:line:col: message` lines when not.
     Check {
-        /// The YAML config file.
-        #[arg(
-            short,
-            long,
-            env = "GATEHOUSE_CONFIG",
-            default_value = "gatehouse.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
     },
     /// Try policies offline: explain one request's decision, or run policy test files.
     #[command(subcommand)]
@@ -76,14 +78,8 @@ enum PolicyCommand {
     #[command(after_help = "Exit codes: 0 the request is allowed; 1 it is denied; \
                             2 the config or the arguments are invalid.")]
     Explain {
-        /// The YAML config file.
-        #[arg(
-            short,
-            long,
-            env = "GATEHOUSE_CONFIG",
-            default_value = "gatehouse.yaml"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigFile,
         /// Use this route instead of the one the URL matches: its 0-based index, or its
         /// `from` URL (the first route with that `from`).
         #[arg(long, value_name = "FROM_URL_OR_INDEX")]
@@ -140,8 +136,8 @@ fn main() -> ExitCode {
             config,
             threads,
             log_format,
-        } => serve(config, threads, log_format),
-        Command::Check { config } => check(config),
+        } => serve(config.path, threads, log_format),
+        Command::Check { config } => check(config.path),
         Command::Keygen => keygen(),
         Command::Policy(PolicyCommand::Explain {
             config,
@@ -155,7 +151,7 @@ fn main() -> ExitCode {
             at,
             url,
         }) => {
-            let routes = match load(&config, 2) {
+            let routes = match load(&config.path, 2) {
                 Ok((config, _)) => policy_cmd::Routes::new(config),
                 Err(code) => return code,
             };
