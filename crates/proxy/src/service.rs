@@ -455,6 +455,12 @@ impl Gatehouse {
                     .with_cache("public, max-age=300"),
             ));
         }
+        // A public route needs no cookie at all: answer before parsing them.
+        if route.public && gh.is_none() {
+            ctx.reason = Some("public-route");
+            return Ok(Step::Continue);
+        }
+
         let jar = request_cookies(session.req_header());
         match gh.as_deref() {
             Some("callback") => {
@@ -465,11 +471,6 @@ impl Gatehouse {
             }
             Some("signed_out") => return Ok(Step::Respond(pages::signed_out())),
             _ => {}
-        }
-
-        if route.public && gh.is_none() {
-            ctx.reason = Some("public-route");
-            return Ok(Step::Continue);
         }
 
         let Some(identity) = st.identity(&jar) else {
