@@ -101,17 +101,32 @@ fn gatehouse_path(path: &str) -> Option<&str> {
 
 /// All cookies of the request (every `Cookie` header; HTTP/2 may send several).
 fn request_cookies(req: &RequestHeader) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    for v in req.headers.get_all(http::header::COOKIE) {
-        // Not `to_str()`: one non-ASCII cookie from another app must not hide ours.
-        let s = String::from_utf8_lossy(v.as_bytes());
-        for part in s.split(';') {
-            if let Some((k, v)) = part.trim().split_once('=') {
-                out.push((k.trim().to_string(), v.trim().trim_matches('"').to_string()));
-            }
-        }
-    }
-    out
+    cookie_parts(req)
+        .filter_map(|part| {
+            // Bytes, not `to_str()`: one non-ASCII cookie from another app must not hide ours.
+            let part = String::from_utf8_lossy(part);
+            let (k, v) = part.split_once('=')?;
+            Some((k.trim().to_string(), v.trim().trim_matches('"').to_string()))
+        })
+        .collect()
+}
+
+/// Every `name=value` part of every `Cookie` header, trimmed, as sent.
+fn cookie_parts(req: &RequestHeader) -> impl Iterator<Item = &[u8]> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .map(<[u8]>::trim_ascii)
+        .filter(|part| !part.is_empty())
+}
+
+/// The name of a cookie in a `Cookie` part or a `Set-Cookie` value (before the first `=`).
+fn cookie_name(part: &[u8]) -> &[u8] {
+    part.split(|b| *b == b'=')
+        .next()
+        .unwrap_or_default()
+        .trim_ascii()
 }
 
 fn cookie_lookup<'a>(jar: &'a [(String, String)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
@@ -882,22 +897,11 @@ fn is_own_cookie(cookie: &[u8], name: &str) -> bool {
 /// (non-UTF-8 cookies of other apps pass unchanged). `None` if nothing is left.
 fn cookies_without_own(req: &RequestHeader, name: &str) -> Option<Vec<u8>> {
     let mut out: Vec<u8> = Vec::new();
-    for v in req.headers.get_all(http::header::COOKIE) {
-        for part in v.as_bytes().split(|b| *b == b';') {
-            let part = part.trim_ascii();
-            let cookie_name = part
-                .split(|b| *b == b'=')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
-            if part.is_empty() || is_own_cookie(cookie_name, name) {
-                continue;
-            }
-            if !out.is_empty() {
-                out.extend_from_slice(b"; ");
-            }
-            out.extend_from_slice(part);
+    for part in cookie_parts(req).filter(|p| !is_own_cookie(cookie_name(p), name)) {
+        if !out.is_empty() {
+            out.extend_from_slice(b"; ");
         }
+        out.extend_from_slice(part);
     }
     (!out.is_empty()).then_some(out)
 }
@@ -1036,28 +1040,14 @@ impl ProxyHttp for Gatehouse {
         let name = self.state.auth.session.name();
         let mut planted = false;
         for v in resp.headers.get_all(http::header::SET_COOKIE) {
-            let n = v
-                .as_bytes()
-                .split(|b| *b == b'=')
-                .next()
-                .unwrap_or_default()
-                .trim_ascii();
-            planted |= is_own_cookie(n, name);
+            planted |= is_own_cookie(cookie_name(v.as_bytes()), name);
         }
         if planted {
             let kept: Vec<http::HeaderValue> = resp
                 .headers
                 .get_all(http::header::SET_COOKIE)
                 .iter()
-                .filter(|v| {
-                    let n = v
-                        .as_bytes()
-                        .split(|b| *b == b'=')
-                        .next()
-                        .unwrap_or_default()
-                        .trim_ascii();
-                    !is_own_cookie(n, name)
-                })
+                .filter(|v| !is_own_cookie(cookie_name(v.as_bytes()), name))
                 .cloned()
                 .collect();
             resp.remove_header(&http::header::SET_COOKIE);
