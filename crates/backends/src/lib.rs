@@ -1,0 +1,908 @@
+//! Gatehouse's supervisor of per-person OpenCode servers (issue 5, DESIGN.md "backends").
+//!
+//! Each signed-in person gets their own backend process, started on their first request and
+//! stopped when idle. The proxy asks [`Supervisor::ensure`] for the person's backend and gets
+//! a [`Lease`]: the loopback port and the password to send upstream. Holding the lease marks
+//! the backend in use (a streaming response holds it for as long as the stream is open), so
+//! an idle stop never cuts a stream.
+//!
+//! This crate must not know HTTP routing or Pingora: it only hands out addresses. It speaks
+//! HTTP to a backend for two questions only (health and "is an agent busy"), in [`probe`].
+//!
+//! What it promises:
+//! - one process per person at a time; concurrent first requests start exactly one;
+//! - at most `max_starting` starts run at once (the rest queue), at most `max_backends` run;
+//!   when full, an idle backend (no lease, no busy session) is stopped to make room;
+//! - a fresh random password per spawn, passed only in the child's environment;
+//! - when Gatehouse runs as root, each person's backend runs as their own uid (stable per
+//!   person: the owner of their data directory), in a 0700 directory owned by that uid;
+//! - a backend that exits is started again on the next request after a backoff; after
+//!   `max_failures` failures in a row it is refused ([`BackendError::Crashing`]) until the
+//!   person restarts it from the user page ([`Supervisor::restart`]);
+//! - pid files under the data root let the next Gatehouse stop leftovers
+//!   ([`Supervisor::stop_leftovers`]); [`Supervisor::run`] stops everything on shutdown.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), gatehouse_backends::BackendError> {
+//! use gatehouse_backends::{PersonId, PoolSettings, Supervisor};
+//! let supervisor = Supervisor::new(PoolSettings::new("assistant", "/var/lib/gatehouse/backends".into()));
+//! let lease = supervisor.ensure(&PersonId::new("https://accounts.google.com", "1234")).await?;
+//! println!("forward to 127.0.0.1:{}", lease.port());
+//! # Ok(()) }
+//! ```
+
+mod person;
+mod probe;
+mod process;
+
+use std::collections::{BTreeSet, HashMap};
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::{Semaphore, watch};
+
+pub use person::{Password, PersonDir, PersonId};
+use process::{Process, SpawnFailure};
+
+/// Everything about one pool of per-person backends (config `backends.<name>`).
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// The pool's name, for logs and pages.
+    pub name: String,
+    /// Program and arguments; `{port}` in an argument is replaced by the port.
+    pub command: Vec<String>,
+    /// Loopback ports handed out to backends.
+    pub ports: RangeInclusive<u16>,
+    /// One directory per person below this.
+    pub data_root: PathBuf,
+    /// No request, no open stream and no busy session for this long → stop.
+    pub idle_timeout: Duration,
+    /// Spawn to ready, at most.
+    pub start_timeout: Duration,
+    /// Starts running at the same time; more queue.
+    pub max_starting: usize,
+    /// Backends running (or starting) at the same time.
+    pub max_backends: usize,
+    /// Extra environment for the backend (not secrets: the person can read it).
+    pub env: Vec<(String, String)>,
+    /// Unix uids (gid = uid) for backends when Gatehouse runs as root.
+    pub uids: Option<RangeInclusive<u32>>,
+    /// SIGTERM → SIGKILL.
+    pub stop_grace: Duration,
+    /// How often idle and exit checks run.
+    pub check_interval: Duration,
+    pub restart: RestartPolicy,
+}
+
+/// How a crashing backend is restarted (a value, not code in the loop: DESIGN/STYLE §8).
+#[derive(Debug, Clone)]
+pub struct RestartPolicy {
+    /// Wait before the n-th restart in a row: `base * 2^(n-1)`, at most `max_delay`.
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// Failures in a row after which the backend is no longer started on its own.
+    pub max_failures: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(30),
+            max_failures: 5,
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// The wait before the next start after `failures` failures in a row, or `None` when
+    /// the backend must not be started again automatically.
+    pub fn delay(&self, failures: u32) -> Option<Duration> {
+        if failures == 0 {
+            return Some(Duration::ZERO);
+        }
+        if failures >= self.max_failures {
+            return None;
+        }
+        let factor = 1u32.checked_shl(failures - 1).unwrap_or(u32::MAX);
+        Some(self.base_delay.saturating_mul(factor).min(self.max_delay))
+    }
+}
+
+/// The real OpenCode server, found on `PATH`.
+pub const DEFAULT_COMMAND: &[&str] = &[
+    "opencode",
+    "serve",
+    "--hostname",
+    "127.0.0.1",
+    "--port",
+    "{port}",
+];
+
+impl PoolSettings {
+    /// The defaults of issue 5: OpenCode, ports 4101–4199, idle 30 min, start 60 s.
+    pub fn new(name: &str, data_root: PathBuf) -> Self {
+        PoolSettings {
+            name: name.to_string(),
+            command: DEFAULT_COMMAND.iter().map(|s| s.to_string()).collect(),
+            ports: 4101..=4199,
+            data_root,
+            idle_timeout: Duration::from_secs(30 * 60),
+            start_timeout: Duration::from_secs(60),
+            max_starting: 2,
+            max_backends: 99,
+            env: Vec::new(),
+            uids: None,
+            stop_grace: Duration::from_secs(5),
+            check_interval: Duration::from_secs(10),
+            restart: RestartPolicy::default(),
+        }
+    }
+}
+
+/// Why a person cannot have their backend now. `Display` is for the operator's log; the
+/// proxy picks the page from the variant.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    #[error("pool {pool} is full: {running} backends running, none idle to stop (max_backends)")]
+    PoolFull { pool: String, running: usize },
+    #[error("pool {pool} has no free port in {first}-{last}")]
+    NoFreePort { pool: String, first: u16, last: u16 },
+    #[error("pool {pool} has no free uid in its uid range")]
+    NoFreeUid { pool: String },
+    #[error("backend failed to start: {0}")]
+    StartFailed(String),
+    #[error(
+        "backend failed {failures} times in a row, last: {last}; not restarting on its own (restart it from the user page)"
+    )]
+    Crashing { failures: u32, last: String },
+    #[error("the data directory {dir} cannot be prepared: {error}")]
+    DataDir { dir: String, error: String },
+    #[error("Gatehouse is shutting down")]
+    ShuttingDown,
+}
+
+/// Proof that a person's backend is running, and a mark that it is in use while held.
+pub struct Lease {
+    port: u16,
+    password: Password,
+    slot: Arc<Slot>,
+}
+
+impl Lease {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+    /// `Basic base64(opencode:<password>)` for the upstream `Authorization` header.
+    pub fn authorization(&self) -> String {
+        self.password.basic_authorization()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.slot.active.fetch_sub(1, Ordering::AcqRel);
+        self.slot.touch();
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease")
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the user page shows about a person's backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Stopped,
+    Starting,
+    Running {
+        since: SystemTime,
+        last_activity: SystemTime,
+        open_requests: usize,
+    },
+    /// Refused after repeated failures; `restart` clears it.
+    Crashing {
+        failures: u32,
+        last: String,
+    },
+}
+
+/// Counters for logs and metrics.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub starts: AtomicU64,
+    pub start_failures: AtomicU64,
+    pub crashes: AtomicU64,
+    pub idle_stops: AtomicU64,
+    /// Sum of spawn-to-ready times of successful starts, in ms (÷ starts = mean).
+    pub start_ms_total: AtomicU64,
+    pub last_start_ms: AtomicU64,
+}
+
+/// A plain copy of the counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CountersSnapshot {
+    pub running: usize,
+    pub starts: u64,
+    pub start_failures: u64,
+    pub crashes: u64,
+    pub idle_stops: u64,
+    pub last_start_ms: u64,
+    pub mean_start_ms: u64,
+}
+
+// === impl Supervisor ===
+
+/// Starts, tracks and stops the backends of one pool. Cheap to clone.
+#[derive(Clone)]
+pub struct Supervisor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    settings: PoolSettings,
+    starts: Semaphore,
+    pool: Mutex<Pool>,
+    counters: Counters,
+    /// Whether backends run as their own uid (Gatehouse is root and `uids` is set).
+    isolate: bool,
+    shutting_down: std::sync::atomic::AtomicBool,
+    epoch: Instant,
+}
+
+struct Pool {
+    slots: HashMap<PersonId, Arc<Slot>>,
+    free_ports: BTreeSet<u16>,
+}
+
+struct Slot {
+    id: PersonId,
+    state: Mutex<SlotState>,
+    /// Leases held (requests and streams in flight).
+    active: AtomicUsize,
+    /// ms since the supervisor's epoch of the last lease taken or returned.
+    last_activity_ms: AtomicU64,
+    epoch: Instant,
+}
+
+struct SlotState {
+    phase: Phase,
+    /// Failures (crashes, failed starts) in a row; reset by a start that stays up.
+    failures: u32,
+    last_failure: Option<(Instant, String)>,
+}
+
+enum Phase {
+    Stopped,
+    Starting(watch::Receiver<Option<Result<(), BackendError>>>),
+    Running(Arc<Running>),
+}
+
+struct Running {
+    process: Process,
+    since: SystemTime,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding one of these locks leaves plain data behind (no invariant spans
+    // an await), so the data is still good to use.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl SlotState {
+    fn last_error(&self) -> String {
+        self.last_failure
+            .as_ref()
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default()
+    }
+}
+
+impl Slot {
+    fn touch(&self) {
+        self.last_activity_ms
+            .store(self.epoch.elapsed().as_millis() as u64, Ordering::Release);
+    }
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_activity_ms.load(Ordering::Acquire));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+impl Supervisor {
+    /// A supervisor for one pool. Warns when backends will not be isolated from each other.
+    pub fn new(settings: PoolSettings) -> Self {
+        let root = nix::unistd::Uid::effective().is_root();
+        let isolate = root && settings.uids.is_some();
+        if !isolate {
+            tracing::warn!(
+                pool = %settings.name,
+                reason = if root { "no uid range is configured (uids:)" } else { "Gatehouse is not running as root" },
+                "backends are NOT isolated from each other: every person's OpenCode runs as the same Unix user and can read the others' files"
+            );
+        }
+        let free_ports = settings.ports.clone().collect();
+        Supervisor {
+            inner: Arc::new(Inner {
+                starts: Semaphore::new(settings.max_starting.max(1)),
+                settings,
+                pool: Mutex::new(Pool {
+                    slots: HashMap::new(),
+                    free_ports,
+                }),
+                counters: Counters::default(),
+                isolate,
+                shutting_down: false.into(),
+                epoch: Instant::now(),
+            }),
+        }
+    }
+
+    pub fn settings(&self) -> &PoolSettings {
+        &self.inner.settings
+    }
+
+    /// Whether backends run as one uid per person.
+    pub fn isolated(&self) -> bool {
+        self.inner.isolate
+    }
+
+    /// Stops backends left by an earlier Gatehouse (from the pid files). Call once at start.
+    pub async fn stop_leftovers(&self) -> usize {
+        process::stop_leftovers(
+            &self.inner.settings.data_root,
+            self.inner.settings.stop_grace,
+        )
+        .await
+    }
+
+    fn slot(&self, id: &PersonId) -> Arc<Slot> {
+        let mut pool = lock(&self.inner.pool);
+        pool.slots
+            .entry(id.clone())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    id: id.clone(),
+                    state: Mutex::new(SlotState {
+                        phase: Phase::Stopped,
+                        failures: 0,
+                        last_failure: None,
+                    }),
+                    active: AtomicUsize::new(0),
+                    last_activity_ms: AtomicU64::new(0),
+                    epoch: self.inner.epoch,
+                })
+            })
+            .clone()
+    }
+
+    /// The person's backend, started if needed. Waits for a start in progress (however
+    /// long: callers bound the wait, and the start goes on without them).
+    pub async fn ensure(&self, id: &PersonId) -> Result<Lease, BackendError> {
+        let slot = self.slot(id);
+        loop {
+            if self.inner.shutting_down.load(Ordering::Acquire) {
+                return Err(BackendError::ShuttingDown);
+            }
+            let wait = {
+                let mut st = lock(&slot.state);
+                if let Phase::Running(r) = &st.phase {
+                    match r.process.has_exited() {
+                        None => {
+                            slot.active.fetch_add(1, Ordering::AcqRel);
+                            slot.touch();
+                            return Ok(Lease {
+                                port: r.process.port,
+                                password: r.process.password.clone(),
+                                slot: slot.clone(),
+                            });
+                        }
+                        Some(status) => {
+                            let r = r.clone();
+                            self.record_crash(&slot, &mut st, &r, &status);
+                        }
+                    }
+                }
+                match &st.phase {
+                    Phase::Running(_) => continue,
+                    Phase::Starting(rx) => rx.clone(),
+                    Phase::Stopped => {
+                        let delay = match self.inner.settings.restart.delay(st.failures) {
+                            Some(d) => d,
+                            None => {
+                                return Err(BackendError::Crashing {
+                                    failures: st.failures,
+                                    last: st.last_error(),
+                                });
+                            }
+                        };
+                        let not_before = st
+                            .last_failure
+                            .as_ref()
+                            .map(|(at, _)| *at + delay)
+                            .unwrap_or_else(Instant::now);
+                        let (tx, rx) = watch::channel(None);
+                        st.phase = Phase::Starting(rx.clone());
+                        let this = self.clone();
+                        let slot = slot.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep_until(not_before.into()).await;
+                            let result = this.start(&slot).await;
+                            let _ = tx.send(Some(result));
+                        });
+                        rx
+                    }
+                }
+            };
+            let mut wait = wait;
+            let outcome = wait
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|v| v.clone());
+            match outcome {
+                Some(Ok(())) => continue,
+                Some(Err(e)) => return Err(e),
+                None => return Err(BackendError::StartFailed("the start was abandoned".into())),
+            }
+        }
+    }
+
+    /// Starts the person's backend in the background, if it is not running or starting
+    /// (for the "starting your assistant" page). Errors are kept for the next `ensure`.
+    pub fn start_in_background(&self, id: &PersonId) {
+        let this = self.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let _ = this.ensure(&id).await;
+        });
+    }
+
+    /// Runs one start: queue for a start permit, make room, spawn, wait for readiness.
+    /// Leaves the slot Running or Stopped.
+    async fn start(&self, slot: &Arc<Slot>) -> Result<(), BackendError> {
+        let settings = &self.inner.settings;
+        let result = async {
+            let _permit = self
+                .inner
+                .starts
+                .acquire()
+                .await
+                .map_err(|_| BackendError::ShuttingDown)?;
+            let port = self.take_port(&slot.id).await?;
+            let dir = PersonDir::new(&settings.data_root, &slot.id);
+            let prepared = self.uid_for(&dir).and_then(|uid| match dir.prepare(uid) {
+                Ok(()) => Ok(uid),
+                Err(e) => Err(BackendError::DataDir {
+                    dir: dir.home.display().to_string(),
+                    error: e.to_string(),
+                }),
+            });
+            let uid = match prepared {
+                Ok(uid) => uid,
+                Err(e) => {
+                    self.give_back_port(port);
+                    return Err(e);
+                }
+            };
+            let started = Instant::now();
+            match process::spawn(settings, &slot.id, &dir, port, uid).await {
+                Ok(p) => Ok((p, started.elapsed())),
+                Err(failure) => {
+                    self.give_back_port(port);
+                    Err(failure)
+                }
+            }
+            .map_err(|f: SpawnFailure| BackendError::StartFailed(f.to_string()))
+        }
+        .await;
+
+        let result = match result {
+            Ok((process, _)) if self.inner.shutting_down.load(Ordering::Acquire) => {
+                // stop_all ran while this one started: it must not outlive Gatehouse.
+                process.stop(settings.stop_grace).await;
+                self.give_back_port(process.port);
+                Err(BackendError::ShuttingDown)
+            }
+            other => other,
+        };
+        let mut st = lock(&slot.state);
+        match result {
+            Ok((process, took)) => {
+                let ms = took.as_millis() as u64;
+                let c = &self.inner.counters;
+                c.starts.fetch_add(1, Ordering::Relaxed);
+                c.start_ms_total.fetch_add(ms, Ordering::Relaxed);
+                c.last_start_ms.store(ms, Ordering::Relaxed);
+                tracing::info!(pool = %settings.name, person = %slot.id, port = process.port, pid = process.pid, uid = process.uid, start_ms = ms, "backend started");
+                slot.touch();
+                st.phase = Phase::Running(Arc::new(Running {
+                    process,
+                    since: SystemTime::now(),
+                }));
+                Ok(())
+            }
+            Err(e) => {
+                st.phase = Phase::Stopped;
+                if matches!(
+                    e,
+                    BackendError::StartFailed(_) | BackendError::DataDir { .. }
+                ) {
+                    self.inner
+                        .counters
+                        .start_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    st.failures += 1;
+                    st.last_failure = Some((Instant::now(), e.to_string()));
+                    tracing::error!(pool = %settings.name, person = %slot.id, failures = st.failures, error = %e, "backend failed to start");
+                } else {
+                    tracing::warn!(pool = %settings.name, person = %slot.id, error = %e, "backend not started");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The uid for the person's backend: the owner of their existing directory if it is in
+    /// the range (a person keeps their uid, so their old files stay theirs), else the lowest
+    /// uid in the range that owns no other person's directory.
+    fn uid_for(&self, dir: &PersonDir) -> Result<Option<u32>, BackendError> {
+        if !self.inner.isolate {
+            return Ok(None);
+        }
+        let Some(range) = &self.inner.settings.uids else {
+            return Ok(None);
+        };
+        // Under the pool lock, so two new people never pick the same uid.
+        let _pool = lock(&self.inner.pool);
+        if let Some(owner) = dir.owner()
+            && range.contains(&owner)
+        {
+            return Ok(Some(owner));
+        }
+        let mut taken = BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(&self.inner.settings.data_root) {
+            for e in entries.flatten() {
+                use std::os::unix::fs::MetadataExt;
+                if let Ok(m) = e.metadata()
+                    && m.is_dir()
+                {
+                    taken.insert(m.uid());
+                }
+            }
+        }
+        let uid =
+            range
+                .clone()
+                .find(|u| !taken.contains(u))
+                .ok_or_else(|| BackendError::NoFreeUid {
+                    pool: self.inner.settings.name.clone(),
+                })?;
+        // Claim it now: create the directory owned by that uid before the lock is dropped.
+        std::fs::create_dir_all(&dir.home)
+            .and_then(|()| std::os::unix::fs::lchown(&dir.home, Some(uid), Some(uid)))
+            .map_err(|e| BackendError::DataDir {
+                dir: dir.home.display().to_string(),
+                error: e.to_string(),
+            })?;
+        Ok(Some(uid))
+    }
+
+    /// A free port, stopping an idle backend to make room if the pool is full.
+    async fn take_port(&self, for_id: &PersonId) -> Result<u16, BackendError> {
+        let settings = &self.inner.settings;
+        for _ in 0..3 {
+            let (running, candidates) = {
+                let pool = lock(&self.inner.pool);
+                let running = self.running_count(&pool, for_id);
+                if running < settings.max_backends {
+                    let port = pool.free_ports.iter().copied().find(|p| port_is_free(*p));
+                    drop(pool);
+                    match port {
+                        Some(p) => {
+                            lock(&self.inner.pool).free_ports.remove(&p);
+                            return Ok(p);
+                        }
+                        None => {
+                            return Err(BackendError::NoFreePort {
+                                pool: settings.name.clone(),
+                                first: *settings.ports.start(),
+                                last: *settings.ports.end(),
+                            });
+                        }
+                    }
+                }
+                // Full: idle candidates, longest idle first.
+                let mut c: Vec<_> = pool
+                    .slots
+                    .values()
+                    .filter(|s| s.id != *for_id && s.active.load(Ordering::Acquire) == 0)
+                    .filter_map(|s| match &lock(&s.state).phase {
+                        Phase::Running(r) => Some((s.clone(), r.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                c.sort_by_key(|(s, _)| std::cmp::Reverse(s.idle_for()));
+                (running, c)
+            };
+            let mut made_room = false;
+            for (slot, running) in candidates {
+                if self.busy(&running).await {
+                    continue;
+                }
+                if self.stop_if_unused(&slot, &running, "make room").await {
+                    made_room = true;
+                    break;
+                }
+            }
+            if !made_room {
+                return Err(BackendError::PoolFull {
+                    pool: settings.name.clone(),
+                    running,
+                });
+            }
+        }
+        Err(BackendError::PoolFull {
+            pool: settings.name.clone(),
+            running: settings.max_backends,
+        })
+    }
+
+    fn running_count(&self, pool: &Pool, except: &PersonId) -> usize {
+        pool.slots
+            .values()
+            .filter(|s| s.id != *except)
+            .filter(|s| !matches!(lock(&s.state).phase, Phase::Stopped))
+            .count()
+    }
+
+    fn give_back_port(&self, port: u16) {
+        lock(&self.inner.pool).free_ports.insert(port);
+    }
+
+    /// Whether OpenCode reports a session at work. Unanswered counts as busy.
+    async fn busy(&self, running: &Running) -> bool {
+        let auth = running.process.password.basic_authorization();
+        match probe::get(
+            running.process.port,
+            "/session/status",
+            &auth,
+            Duration::from_secs(2),
+        )
+        .await
+        {
+            Ok(a) if a.status == 200 => probe::says_busy(&a.body),
+            _ => true,
+        }
+    }
+
+    /// Stops `running` if it is still the slot's backend and no lease is held. Returns
+    /// whether it stopped it.
+    async fn stop_if_unused(&self, slot: &Arc<Slot>, running: &Arc<Running>, why: &str) -> bool {
+        {
+            let mut st = lock(&slot.state);
+            let current = matches!(&st.phase, Phase::Running(r) if Arc::ptr_eq(r, running));
+            if !current || slot.active.load(Ordering::Acquire) > 0 {
+                return false;
+            }
+            st.phase = Phase::Stopped;
+        }
+        running.process.stop(self.inner.settings.stop_grace).await;
+        self.give_back_port(running.process.port);
+        tracing::info!(pool = %self.inner.settings.name, person = %slot.id, reason = why, "backend stopped");
+        true
+    }
+
+    fn record_crash(&self, slot: &Slot, st: &mut SlotState, running: &Arc<Running>, status: &str) {
+        st.phase = Phase::Stopped;
+        st.failures += 1;
+        let what = format!("exited ({status})");
+        st.last_failure = Some((Instant::now(), what.clone()));
+        self.inner.counters.crashes.fetch_add(1, Ordering::Relaxed);
+        self.give_back_port(running.process.port);
+        let process = &running.process;
+        tracing::error!(pool = %self.inner.settings.name, person = %slot.id, pid = process.pid, failures = st.failures, status = %status, "backend exited; it will be started again on the next request");
+        // Group members and the pid file: stop() only signals and removes the file here.
+        let running = running.clone();
+        tokio::spawn(async move { running.process.stop(Duration::ZERO).await });
+    }
+
+    /// Stops the person's backend now (restart button, sign-out option), waiting for it.
+    /// Open streams end with it.
+    pub async fn stop(&self, id: &PersonId) {
+        let slot = self.slot(id);
+        let running = {
+            let mut st = lock(&slot.state);
+            match std::mem::replace(&mut st.phase, Phase::Stopped) {
+                Phase::Running(r) => Some(r),
+                other => {
+                    st.phase = other;
+                    None
+                }
+            }
+        };
+        if let Some(r) = running {
+            r.process.stop(self.inner.settings.stop_grace).await;
+            self.give_back_port(r.process.port);
+            tracing::info!(pool = %self.inner.settings.name, person = %id, reason = "requested", "backend stopped");
+        }
+    }
+
+    /// Stops the backend (if any), forgets its failures and starts it again in the background.
+    pub async fn restart(&self, id: &PersonId) {
+        self.stop(id).await;
+        {
+            let slot = self.slot(id);
+            let mut st = lock(&slot.state);
+            st.failures = 0;
+            st.last_failure = None;
+        }
+        self.start_in_background(id);
+    }
+
+    /// The person's backend as the user page shows it.
+    pub fn status(&self, id: &PersonId) -> Status {
+        let Some(slot) = lock(&self.inner.pool).slots.get(id).cloned() else {
+            return Status::Stopped;
+        };
+        let st = lock(&slot.state);
+        match &st.phase {
+            Phase::Running(r) if r.process.has_exited().is_none() => Status::Running {
+                since: r.since,
+                last_activity: SystemTime::now() - slot.idle_for(),
+                open_requests: slot.active.load(Ordering::Acquire),
+            },
+            Phase::Starting(_) => Status::Starting,
+            _ if self.inner.settings.restart.delay(st.failures).is_none() => Status::Crashing {
+                failures: st.failures,
+                last: st.last_error(),
+            },
+            _ => Status::Stopped,
+        }
+    }
+
+    /// Whether the person's backend answers now (no start needed).
+    pub fn is_running(&self, id: &PersonId) -> bool {
+        matches!(self.status(id), Status::Running { .. })
+    }
+
+    /// The pid of the person's running backend (tests, user page).
+    pub fn pid(&self, id: &PersonId) -> Option<u32> {
+        let slot = lock(&self.inner.pool).slots.get(id).cloned()?;
+        let st = lock(&slot.state);
+        match &st.phase {
+            Phase::Running(r) => Some(r.process.pid),
+            _ => None,
+        }
+    }
+
+    pub fn counters(&self) -> CountersSnapshot {
+        let c = &self.inner.counters;
+        let starts = c.starts.load(Ordering::Relaxed);
+        let running = {
+            let pool = lock(&self.inner.pool);
+            pool.slots
+                .values()
+                .filter(|s| matches!(lock(&s.state).phase, Phase::Running(_)))
+                .count()
+        };
+        CountersSnapshot {
+            running,
+            starts,
+            start_failures: c.start_failures.load(Ordering::Relaxed),
+            crashes: c.crashes.load(Ordering::Relaxed),
+            idle_stops: c.idle_stops.load(Ordering::Relaxed),
+            last_start_ms: c.last_start_ms.load(Ordering::Relaxed),
+            mean_start_ms: c
+                .start_ms_total
+                .load(Ordering::Relaxed)
+                .checked_div(starts)
+                .unwrap_or(0),
+        }
+    }
+
+    /// One round of checks: notice exits, stop idle backends, clear failure counts of
+    /// backends that stayed up.
+    pub async fn check(&self) {
+        let slots: Vec<Arc<Slot>> = lock(&self.inner.pool).slots.values().cloned().collect();
+        for slot in slots {
+            let running = {
+                let mut st = lock(&slot.state);
+                let Phase::Running(r) = &st.phase else {
+                    continue;
+                };
+                let r = r.clone();
+                if let Some(status) = r.process.has_exited() {
+                    self.record_crash(&slot, &mut st, &r, &status);
+                    continue;
+                }
+                // Up for a while: the failures before no longer count.
+                if st.failures > 0
+                    && r.since.elapsed().unwrap_or_default() > self.inner.settings.restart.max_delay
+                {
+                    st.failures = 0;
+                }
+                r
+            };
+            if slot.active.load(Ordering::Acquire) > 0
+                || slot.idle_for() < self.inner.settings.idle_timeout
+            {
+                continue;
+            }
+            if self.busy(&running).await {
+                tracing::debug!(person = %slot.id, "idle backend kept: a session is busy");
+                continue;
+            }
+            if self.stop_if_unused(&slot, &running, "idle").await {
+                self.inner
+                    .counters
+                    .idle_stops
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Runs the checks every `check_interval` until `shutdown` turns true, then stops every
+    /// backend. The proxy runs this as a background service.
+    pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.inner.settings.check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.check().await,
+                _ = shutdown.changed() => break,
+            }
+            if *shutdown.borrow() {
+                break;
+            }
+        }
+        self.stop_all().await;
+    }
+
+    /// Stops every backend and refuses new starts.
+    pub async fn stop_all(&self) {
+        self.inner.shutting_down.store(true, Ordering::Release);
+        self.inner.starts.close();
+        let ids: Vec<PersonId> = lock(&self.inner.pool).slots.keys().cloned().collect();
+        let mut stops = Vec::new();
+        for id in ids {
+            let this = self.clone();
+            stops.push(tokio::spawn(async move { this.stop(&id).await }));
+        }
+        for s in stops {
+            let _ = s.await;
+        }
+        tracing::info!(pool = %self.inner.settings.name, "all backends stopped");
+    }
+}
+
+/// Whether nothing listens on `127.0.0.1:port` (another program may hold a pool port).
+fn port_is_free(port: u16) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_delay_doubles_then_stops() {
+        let p = RestartPolicy {
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(5),
+            max_failures: 4,
+        };
+        assert_eq!(p.delay(0), Some(Duration::ZERO));
+        assert_eq!(p.delay(1), Some(Duration::from_secs(1)));
+        assert_eq!(p.delay(2), Some(Duration::from_secs(2)));
+        assert_eq!(p.delay(3), Some(Duration::from_secs(4)));
+        assert_eq!(p.delay(4), None);
+    }
+}

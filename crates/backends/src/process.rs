@@ -1,0 +1,302 @@
+//! One backend process: spawn in its own process group (as the person's uid when root),
+//! wait for readiness, watch for exit, stop (SIGTERM to the group, SIGKILL after a grace),
+//! and the pid files that let a restarted Gatehouse stop what a crashed one left behind.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::watch;
+
+use crate::person::{Password, PersonDir, PersonId};
+use crate::{PoolSettings, probe};
+
+/// The stdout line OpenCode prints once it answers requests.
+pub(crate) const READY_LINE: &str = "server listening";
+
+/// A started, ready backend process.
+pub(crate) struct Process {
+    pub pid: u32,
+    pub port: u16,
+    pub uid: Option<u32>,
+    pub password: Password,
+    /// `Some(description)` once the process has exited.
+    pub exited: watch::Receiver<Option<String>>,
+    pid_file: PathBuf,
+}
+
+/// Why a start failed. Shown to the person (without details) and logged (with them).
+#[derive(Debug, Clone)]
+pub(crate) enum SpawnFailure {
+    /// The command could not be run at all (missing file, permissions).
+    Spawn(String),
+    /// The process ended before it was ready.
+    Exited { status: String, stderr: String },
+    /// Not ready within `start_timeout`.
+    Timeout,
+}
+
+impl std::fmt::Display for SpawnFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SpawnFailure::Spawn(e) => write!(f, "could not run the backend command: {e}"),
+            SpawnFailure::Exited { status, stderr } if stderr.is_empty() => {
+                write!(f, "the backend exited before it was ready ({status})")
+            }
+            SpawnFailure::Exited { status, stderr } => write!(
+                f,
+                "the backend exited before it was ready ({status}); its last output: {stderr}"
+            ),
+            SpawnFailure::Timeout => f.write_str("the backend was not ready within start_timeout"),
+        }
+    }
+}
+
+/// Lines of stderr kept for the error message of a failed start.
+const STDERR_TAIL: usize = 5;
+
+/// Starts the backend and returns once it answers `GET /global/health` with the password.
+pub(crate) async fn spawn(
+    settings: &PoolSettings,
+    id: &PersonId,
+    dir: &PersonDir,
+    port: u16,
+    uid: Option<u32>,
+) -> Result<Process, SpawnFailure> {
+    let password = Password::random();
+    let port_text = port.to_string();
+    let Some((program, args)) = settings.command.split_first() else {
+        return Err(SpawnFailure::Spawn("the command is empty".into()));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args.iter().map(|a| a.replace("{port}", &port_text)))
+        .current_dir(&dir.home)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("LANG", "C.UTF-8")
+        .env("HOME", &dir.home)
+        .envs(dir.xdg())
+        // Offline by default (notes/opencode.md §2): no models.dev fetch, no plugin install.
+        .env("OPENCODE_DISABLE_MODELS_FETCH", "1")
+        .env("OPENCODE_DISABLE_AUTOUPDATE", "1")
+        .env("npm_config_registry", "http://127.0.0.1:9/")
+        .envs(settings.env.iter().map(|(k, v)| (k, v)))
+        .env("OPENCODE_SERVER_PASSWORD", password.expose())
+        .env("GATEHOUSE_BACKEND_PORT", &port_text)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a stop reaches every child it started (the PTY shell,
+        // tools), and a Ctrl-C on Gatehouse's terminal does not hit it directly.
+        .process_group(0);
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| SpawnFailure::Spawn(format!("{program}: {e}")))?;
+    let Some(pid) = child.id() else {
+        return Err(SpawnFailure::Spawn("the process ended at once".into()));
+    };
+    let pid_file = pid_file(&settings.data_root, id);
+    if let Err(e) = write_pid_file(&pid_file, pid) {
+        tracing::warn!(file = %pid_file.display(), error = %e, "cannot write the backend's pid file; a crashed Gatehouse would leave this backend running");
+    }
+
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+    if let Some(err) = child.stderr.take() {
+        let tail = stderr_tail.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(err).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Ok(mut t) = tail.lock() {
+                    if t.len() == STDERR_TAIL {
+                        t.pop_front();
+                    }
+                    t.push_back(line.chars().take(300).collect::<String>());
+                }
+            }
+        });
+    }
+    let (line_tx, mut line_rx) = watch::channel(false);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(async move {
+            // Keep reading to the end so a chatty backend never blocks on a full pipe.
+            let mut lines = BufReader::new(out).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains(READY_LINE) {
+                    let _ = line_tx.send(true);
+                }
+            }
+        });
+    }
+
+    let (exit_tx, exit_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let status = match child.wait().await {
+            Ok(s) => s.to_string(),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        // Whatever the leader left in its group goes with it.
+        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        let _ = exit_tx.send(Some(status));
+    });
+
+    let process = Process {
+        pid,
+        port,
+        uid,
+        password,
+        exited: exit_rx,
+        pid_file,
+    };
+    let deadline = started + settings.start_timeout;
+    let ready = async {
+        // 1. The stdout line (connections before it hang forever).
+        let mut exited = process.exited.clone();
+        tokio::select! {
+            r = line_rx.wait_for(|seen| *seen) => { if r.is_err() { return Err(()); } }
+            _ = exited.wait_for(Option::is_some) => return Err(()),
+        }
+        // 2. A health answer, each try short.
+        let auth = process.password.basic_authorization();
+        loop {
+            if process.exited.borrow().is_some() {
+                return Err(());
+            }
+            if let Ok(a) =
+                probe::get(port, "/global/health", &auth, Duration::from_millis(300)).await
+                && a.status == 200
+            {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let outcome = tokio::time::timeout_at(deadline.into(), ready).await;
+    match outcome {
+        Ok(Ok(())) => Ok(process),
+        Ok(Err(())) => {
+            let mut exited = process.exited.clone();
+            let status = exited
+                .wait_for(Option::is_some)
+                .await
+                .ok()
+                .and_then(|s| s.clone())
+                .unwrap_or_else(|| "unknown status".into());
+            // Give the stderr reader a moment to take the last lines.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let stderr = stderr_tail
+                .lock()
+                .map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | "))
+                .unwrap_or_default();
+            process.stop(Duration::from_millis(0)).await;
+            Err(SpawnFailure::Exited { status, stderr })
+        }
+        Err(_) => {
+            process.stop(settings.stop_grace).await;
+            Err(SpawnFailure::Timeout)
+        }
+    }
+}
+
+impl Process {
+    /// SIGTERM to the process group, SIGKILL to it after `grace`; returns once the leader
+    /// has exited. Removes the pid file.
+    pub(crate) async fn stop(&self, grace: Duration) {
+        let group = Pid::from_raw(self.pid as i32);
+        let mut exited = self.exited.clone();
+        if exited.borrow().is_none() {
+            let _ = killpg(group, Signal::SIGTERM);
+            if tokio::time::timeout(grace, exited.wait_for(Option::is_some))
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    pid = self.pid,
+                    grace_ms = grace.as_millis() as u64,
+                    "backend did not stop on SIGTERM; sending SIGKILL"
+                );
+                let _ = killpg(group, Signal::SIGKILL);
+                let _ = exited.wait_for(Option::is_some).await;
+            }
+        }
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = std::fs::remove_file(&self.pid_file);
+    }
+
+    pub(crate) fn has_exited(&self) -> Option<String> {
+        self.exited.borrow().clone()
+    }
+}
+
+// === pid files ===
+
+fn pid_dir(root: &Path) -> PathBuf {
+    root.join(".gatehouse-pids")
+}
+
+fn pid_file(root: &Path, id: &PersonId) -> PathBuf {
+    pid_dir(root).join(format!("{id}.pid"))
+}
+
+/// `<pid> <start time in clock ticks since boot>`: the start time tells a leftover backend
+/// from an unrelated process that got the same pid later.
+fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let start = start_time(pid).unwrap_or_default();
+    std::fs::write(path, format!("{pid} {start}\n"))
+}
+
+/// Field 22 of `/proc/<pid>/stat` (the process's start time), if the process exists.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may contain spaces.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Stops the backends a previous Gatehouse left running (it crashed or was SIGKILLed) and
+/// removes their pid files. Returns how many were stopped.
+pub(crate) async fn stop_leftovers(root: &Path, grace: Duration) -> usize {
+    let Ok(entries) = std::fs::read_dir(pid_dir(root)) else {
+        return 0;
+    };
+    let mut stopped = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(id) = name.strip_suffix(".pid").and_then(PersonId::parse) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let mut parts = text.split_whitespace();
+        let pid = parts.next().and_then(|p| p.parse::<u32>().ok());
+        let recorded = parts.next().and_then(|s| s.parse::<u64>().ok());
+        if let (Some(pid), Some(recorded)) = (pid, recorded)
+            && pid > 1
+            && start_time(pid) == Some(recorded)
+        {
+            let group = Pid::from_raw(pid as i32);
+            let _ = killpg(group, Signal::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while start_time(pid) == Some(recorded) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let _ = killpg(group, Signal::SIGKILL);
+            tracing::warn!(person = %id, pid, "stopped a backend left running by an earlier Gatehouse");
+            stopped += 1;
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    stopped
+}
