@@ -28,6 +28,7 @@ fn config(secret: [u8; 32]) -> Config {
         signing_key: None,
         allowed_domains: vec![],
         routes: vec![],
+        backends: vec![],
         log_level: "info".into(),
         warnings: vec![],
     }

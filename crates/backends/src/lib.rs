@@ -36,7 +36,6 @@ mod probe;
 mod process;
 
 use std::collections::{BTreeSet, HashMap};
-use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -44,32 +43,15 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Semaphore, watch};
 
+pub use gatehouse_config::BackendPool;
 pub use person::{Password, PersonDir, PersonId};
 use process::{Process, SpawnFailure};
 
-/// Everything about one pool of per-person backends (config `backends.<name>`).
+/// One pool as the supervisor runs it: the operator's settings (config `backends.<name>`)
+/// plus the knobs that only tests and tuning change.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
-    /// The pool's name, for logs and pages.
-    pub name: String,
-    /// Program and arguments; `{port}` in an argument is replaced by the port.
-    pub command: Vec<String>,
-    /// Loopback ports handed out to backends.
-    pub ports: RangeInclusive<u16>,
-    /// One directory per person below this.
-    pub data_root: PathBuf,
-    /// No request, no open stream and no busy session for this long → stop.
-    pub idle_timeout: Duration,
-    /// Spawn to ready, at most.
-    pub start_timeout: Duration,
-    /// Starts running at the same time; more queue.
-    pub max_starting: usize,
-    /// Backends running (or starting) at the same time.
-    pub max_backends: usize,
-    /// Extra environment for the backend (not secrets: the person can read it).
-    pub env: Vec<(String, String)>,
-    /// Unix uids (gid = uid) for backends when Gatehouse runs as root.
-    pub uids: Option<RangeInclusive<u32>>,
+    pub pool: BackendPool,
     /// SIGTERM → SIGKILL.
     pub stop_grace: Duration,
     /// How often idle and exit checks run.
@@ -112,30 +94,19 @@ impl RestartPolicy {
     }
 }
 
-/// The real OpenCode server, found on `PATH`.
-pub const DEFAULT_COMMAND: &[&str] = &[
-    "opencode",
-    "serve",
-    "--hostname",
-    "127.0.0.1",
-    "--port",
-    "{port}",
-];
-
 impl PoolSettings {
-    /// The defaults of issue 5: OpenCode, ports 4101–4199, idle 30 min, start 60 s.
+    /// The config defaults (issue 5: OpenCode, ports 4101–4199, idle 30 min) with
+    /// `data_root`.
     pub fn new(name: &str, data_root: PathBuf) -> Self {
+        let mut pool = BackendPool::with_defaults(name);
+        pool.data_root = data_root;
+        Self::from_pool(pool)
+    }
+
+    /// The operator's pool with the built-in stop grace, check interval and restart policy.
+    pub fn from_pool(pool: BackendPool) -> Self {
         PoolSettings {
-            name: name.to_string(),
-            command: DEFAULT_COMMAND.iter().map(|s| s.to_string()).collect(),
-            ports: 4101..=4199,
-            data_root,
-            idle_timeout: Duration::from_secs(30 * 60),
-            start_timeout: Duration::from_secs(60),
-            max_starting: 2,
-            max_backends: 99,
-            env: Vec::new(),
-            uids: None,
+            pool,
             stop_grace: Duration::from_secs(5),
             check_interval: Duration::from_secs(10),
             restart: RestartPolicy::default(),
@@ -320,18 +291,18 @@ impl Supervisor {
     /// A supervisor for one pool. Warns when backends will not be isolated from each other.
     pub fn new(settings: PoolSettings) -> Self {
         let root = nix::unistd::Uid::effective().is_root();
-        let isolate = root && settings.uids.is_some();
+        let isolate = root && settings.pool.uids.is_some();
         if !isolate {
             tracing::warn!(
-                pool = %settings.name,
+                pool = %settings.pool.name,
                 reason = if root { "no uid range is configured (uids:)" } else { "Gatehouse is not running as root" },
                 "backends are NOT isolated from each other: every person's OpenCode runs as the same Unix user and can read the others' files"
             );
         }
-        let free_ports = settings.ports.clone().collect();
+        let free_ports = (settings.pool.ports.0..=settings.pool.ports.1).collect();
         Supervisor {
             inner: Arc::new(Inner {
-                starts: Semaphore::new(settings.max_starting.max(1)),
+                starts: Semaphore::new(settings.pool.max_starting.max(1)),
                 settings,
                 pool: Mutex::new(Pool {
                     slots: HashMap::new(),
@@ -357,7 +328,7 @@ impl Supervisor {
     /// Stops backends left by an earlier Gatehouse (from the pid files). Call once at start.
     pub async fn stop_leftovers(&self) -> usize {
         process::stop_leftovers(
-            &self.inner.settings.data_root,
+            &self.inner.settings.pool.data_root,
             self.inner.settings.stop_grace,
         )
         .await
@@ -477,7 +448,7 @@ impl Supervisor {
                 .await
                 .map_err(|_| BackendError::ShuttingDown)?;
             let port = self.take_port(&slot.id).await?;
-            let dir = PersonDir::new(&settings.data_root, &slot.id);
+            let dir = PersonDir::new(&settings.pool.data_root, &slot.id);
             let prepared = self.uid_for(&dir).and_then(|uid| match dir.prepare(uid) {
                 Ok(()) => Ok(uid),
                 Err(e) => Err(BackendError::DataDir {
@@ -521,7 +492,7 @@ impl Supervisor {
                 c.starts.fetch_add(1, Ordering::Relaxed);
                 c.start_ms_total.fetch_add(ms, Ordering::Relaxed);
                 c.last_start_ms.store(ms, Ordering::Relaxed);
-                tracing::info!(pool = %settings.name, person = %slot.id, port = process.port, pid = process.pid, uid = process.uid, start_ms = ms, "backend started");
+                tracing::info!(pool = %settings.pool.name, person = %slot.id, port = process.port, pid = process.pid, uid = process.uid, start_ms = ms, "backend started");
                 slot.touch();
                 st.phase = Phase::Running(Arc::new(Running {
                     process,
@@ -541,9 +512,9 @@ impl Supervisor {
                         .fetch_add(1, Ordering::Relaxed);
                     st.failures += 1;
                     st.last_failure = Some((Instant::now(), e.to_string()));
-                    tracing::error!(pool = %settings.name, person = %slot.id, failures = st.failures, error = %e, "backend failed to start");
+                    tracing::error!(pool = %settings.pool.name, person = %slot.id, failures = st.failures, error = %e, "backend failed to start");
                 } else {
-                    tracing::warn!(pool = %settings.name, person = %slot.id, error = %e, "backend not started");
+                    tracing::warn!(pool = %settings.pool.name, person = %slot.id, error = %e, "backend not started");
                 }
                 Err(e)
             }
@@ -557,18 +528,18 @@ impl Supervisor {
         if !self.inner.isolate {
             return Ok(None);
         }
-        let Some(range) = &self.inner.settings.uids else {
+        let Some(range) = &self.inner.settings.pool.uids else {
             return Ok(None);
         };
         // Under the pool lock, so two new people never pick the same uid.
         let _pool = lock(&self.inner.pool);
         if let Some(owner) = dir.owner()
-            && range.contains(&owner)
+            && (range.0..=range.1).contains(&owner)
         {
             return Ok(Some(owner));
         }
         let mut taken = BTreeSet::new();
-        if let Ok(entries) = std::fs::read_dir(&self.inner.settings.data_root) {
+        if let Ok(entries) = std::fs::read_dir(&self.inner.settings.pool.data_root) {
             for e in entries.flatten() {
                 use std::os::unix::fs::MetadataExt;
                 if let Ok(m) = e.metadata()
@@ -578,13 +549,11 @@ impl Supervisor {
                 }
             }
         }
-        let uid =
-            range
-                .clone()
-                .find(|u| !taken.contains(u))
-                .ok_or_else(|| BackendError::NoFreeUid {
-                    pool: self.inner.settings.name.clone(),
-                })?;
+        let uid = (range.0..=range.1)
+            .find(|u| !taken.contains(u))
+            .ok_or_else(|| BackendError::NoFreeUid {
+                pool: self.inner.settings.pool.name.clone(),
+            })?;
         // Claim it now: create the directory owned by that uid before the lock is dropped.
         std::fs::create_dir_all(&dir.home)
             .and_then(|()| std::os::unix::fs::lchown(&dir.home, Some(uid), Some(uid)))
@@ -602,7 +571,7 @@ impl Supervisor {
             let (running, candidates) = {
                 let pool = lock(&self.inner.pool);
                 let running = self.running_count(&pool, for_id);
-                if running < settings.max_backends {
+                if running < settings.pool.max_backends {
                     let port = pool.free_ports.iter().copied().find(|p| port_is_free(*p));
                     drop(pool);
                     match port {
@@ -612,9 +581,9 @@ impl Supervisor {
                         }
                         None => {
                             return Err(BackendError::NoFreePort {
-                                pool: settings.name.clone(),
-                                first: *settings.ports.start(),
-                                last: *settings.ports.end(),
+                                pool: settings.pool.name.clone(),
+                                first: settings.pool.ports.0,
+                                last: settings.pool.ports.1,
                             });
                         }
                     }
@@ -644,14 +613,14 @@ impl Supervisor {
             }
             if !made_room {
                 return Err(BackendError::PoolFull {
-                    pool: settings.name.clone(),
+                    pool: settings.pool.name.clone(),
                     running,
                 });
             }
         }
         Err(BackendError::PoolFull {
-            pool: settings.name.clone(),
-            running: settings.max_backends,
+            pool: settings.pool.name.clone(),
+            running: settings.pool.max_backends,
         })
     }
 
@@ -696,7 +665,7 @@ impl Supervisor {
         }
         running.process.stop(self.inner.settings.stop_grace).await;
         self.give_back_port(running.process.port);
-        tracing::info!(pool = %self.inner.settings.name, person = %slot.id, reason = why, "backend stopped");
+        tracing::info!(pool = %self.inner.settings.pool.name, person = %slot.id, reason = why, "backend stopped");
         true
     }
 
@@ -708,7 +677,7 @@ impl Supervisor {
         self.inner.counters.crashes.fetch_add(1, Ordering::Relaxed);
         self.give_back_port(running.process.port);
         let process = &running.process;
-        tracing::error!(pool = %self.inner.settings.name, person = %slot.id, pid = process.pid, failures = st.failures, status = %status, "backend exited; it will be started again on the next request");
+        tracing::error!(pool = %self.inner.settings.pool.name, person = %slot.id, pid = process.pid, failures = st.failures, status = %status, "backend exited; it will be started again on the next request");
         // Group members and the pid file: stop() only signals and removes the file here.
         let running = running.clone();
         tokio::spawn(async move { running.process.stop(Duration::ZERO).await });
@@ -731,7 +700,7 @@ impl Supervisor {
         if let Some(r) = running {
             r.process.stop(self.inner.settings.stop_grace).await;
             self.give_back_port(r.process.port);
-            tracing::info!(pool = %self.inner.settings.name, person = %id, reason = "requested", "backend stopped");
+            tracing::info!(pool = %self.inner.settings.pool.name, person = %id, reason = "requested", "backend stopped");
         }
     }
 
@@ -832,7 +801,7 @@ impl Supervisor {
                 r
             };
             if slot.active.load(Ordering::Acquire) > 0
-                || slot.idle_for() < self.inner.settings.idle_timeout
+                || slot.idle_for() < self.inner.settings.pool.idle_timeout
             {
                 continue;
             }
@@ -879,7 +848,7 @@ impl Supervisor {
         for s in stops {
             let _ = s.await;
         }
-        tracing::info!(pool = %self.inner.settings.name, "all backends stopped");
+        tracing::info!(pool = %self.inner.settings.pool.name, "all backends stopped");
     }
 }
 

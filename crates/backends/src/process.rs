@@ -71,7 +71,7 @@ pub(crate) async fn spawn(
 ) -> Result<Process, SpawnFailure> {
     let password = Password::random();
     let port_text = port.to_string();
-    let Some((program, args)) = settings.command.split_first() else {
+    let Some((program, args)) = settings.pool.command.split_first() else {
         return Err(SpawnFailure::Spawn("the command is empty".into()));
     };
     let mut cmd = Command::new(program);
@@ -86,7 +86,7 @@ pub(crate) async fn spawn(
         .env("OPENCODE_DISABLE_MODELS_FETCH", "1")
         .env("OPENCODE_DISABLE_AUTOUPDATE", "1")
         .env("npm_config_registry", "http://127.0.0.1:9/")
-        .envs(settings.env.iter().map(|(k, v)| (k, v)))
+        .envs(settings.pool.env.iter().map(|(k, v)| (k, v)))
         .env("OPENCODE_SERVER_PASSWORD", password.expose())
         .env("GATEHOUSE_BACKEND_PORT", &port_text)
         .stdin(Stdio::null())
@@ -105,7 +105,7 @@ pub(crate) async fn spawn(
     let Some(pid) = child.id() else {
         return Err(SpawnFailure::Spawn("the process ended at once".into()));
     };
-    let pid_file = pid_file(&settings.data_root, id);
+    let pid_file = pid_file(&settings.pool.data_root, id);
     if let Err(e) = write_pid_file(&pid_file, pid) {
         tracing::warn!(file = %pid_file.display(), error = %e, "cannot write the backend's pid file; a crashed Gatehouse would leave this backend running");
     }
@@ -157,7 +157,7 @@ pub(crate) async fn spawn(
         exited: exit_rx,
         pid_file,
     };
-    let deadline = started + settings.start_timeout;
+    let deadline = started + settings.pool.start_timeout;
     let ready = async {
         // 1. The stdout line (connections before it hang forever).
         let mut exited = process.exited.clone();

@@ -58,18 +58,18 @@ impl Drop for Root {
 
 fn fake_settings(root: &Root, first_port: u16, env: &[(&str, &str)]) -> PoolSettings {
     let mut s = PoolSettings::new("test", root.0.clone());
-    s.command = vec![
+    s.pool.command = vec![
         "node".into(),
         fake_script(),
         "serve".into(),
         "--port".into(),
         "{port}".into(),
     ];
-    s.ports = first_port..=first_port + 9;
-    s.start_timeout = Duration::from_secs(10);
+    s.pool.ports = (first_port, first_port + 9);
+    s.pool.start_timeout = Duration::from_secs(10);
     s.stop_grace = Duration::from_millis(500);
     s.check_interval = Duration::from_millis(100);
-    s.env = env
+    s.pool.env = env
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
@@ -258,7 +258,7 @@ async fn backend_answers_only_with_its_password() {
 async fn idle_backend_is_stopped_but_a_busy_or_leased_one_is_kept() {
     let root = Root::new("idle");
     let mut settings = fake_settings(&root, 24130, &[]);
-    settings.idle_timeout = Duration::from_millis(300);
+    settings.pool.idle_timeout = Duration::from_millis(300);
     let sup = Supervisor::new(settings);
     let lease = sup.ensure(&alice()).await.unwrap();
     let pid = sup.pid(&alice()).unwrap();
@@ -383,7 +383,7 @@ async fn backend_never_ready_is_killed_at_start_timeout() {
             ("FAKE_LOG", log.to_str().unwrap()),
         ],
     );
-    settings.start_timeout = Duration::from_millis(1500);
+    settings.pool.start_timeout = Duration::from_millis(1500);
     let sup = Supervisor::new(settings);
     let started = Instant::now();
     match sup.ensure(&alice()).await {
@@ -406,7 +406,7 @@ async fn backend_never_ready_is_killed_at_start_timeout() {
 async fn full_pool_stops_an_idle_backend_but_never_a_busy_one() {
     let root = Root::new("full");
     let mut settings = fake_settings(&root, 24170, &[]);
-    settings.max_backends = 1;
+    settings.pool.max_backends = 1;
     let sup = Supervisor::new(settings);
     drop(sup.ensure(&alice()).await.unwrap());
     let alice_pid = sup.pid(&alice()).unwrap();
@@ -513,7 +513,7 @@ async fn each_person_gets_a_private_home_and_when_root_their_own_uid() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let root = Root::new("homes");
     let mut settings = fake_settings(&root, 24220, &[]);
-    settings.uids = Some(61000..=61009);
+    settings.pool.uids = Some((61000, 61009));
     let sup = Supervisor::new(settings);
     let a = sup.ensure(&alice()).await.unwrap();
     let b = sup.ensure(&bob()).await.unwrap();
@@ -571,7 +571,7 @@ async fn real_opencode_isolates_people_and_refuses_requests_without_password() {
     };
     let root = Root::new("real");
     let mut settings = PoolSettings::new("real", root.0.clone());
-    settings.command = vec![
+    settings.pool.command = vec![
         bin.display().to_string(),
         "serve".into(),
         "--hostname".into(),
@@ -579,9 +579,9 @@ async fn real_opencode_isolates_people_and_refuses_requests_without_password() {
         "--port".into(),
         "{port}".into(),
     ];
-    settings.ports = 24230..=24239;
-    settings.uids = Some(61010..=61019);
-    settings.start_timeout = Duration::from_secs(60);
+    settings.pool.ports = (24230, 24239);
+    settings.pool.uids = Some((61010, 61019));
+    settings.pool.start_timeout = Duration::from_secs(60);
     let sup = Supervisor::new(settings);
     let (alice, bob) = (alice(), bob());
     let (a, b) = tokio::join!(sup.ensure(&alice), sup.ensure(&bob));

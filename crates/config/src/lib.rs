@@ -157,6 +157,8 @@ pub struct Config {
     /// Top-level `allowed_domains` (TeamOS seed): applies to routes without a policy of their own.
     pub allowed_domains: Vec<String>,
     pub routes: Vec<Route>,
+    /// `backends:`: pools of per-person backends that routes name with `to_backend:`.
+    pub backends: Vec<BackendPool>,
     /// `log_level` (default `info`).
     pub log_level: String,
     /// Non-fatal notes (deprecated or ignored keys), shown by `check` and logged at start.
@@ -248,8 +250,8 @@ pub struct Route {
     pub prefix: Option<String>,
     /// `path:`: path must equal this.
     pub path: Option<String>,
-    /// `to:`: the static upstream (http or https URL).
-    pub to: Url,
+    /// `to:` (a static URL) or `to_backend:` (the person's own backend from a pool).
+    pub to: Upstream,
     pub pass_identity_headers: bool,
     /// `preserve_host_header`: send the client's Host upstream instead of `to`'s host.
     pub preserve_host_header: bool,
@@ -264,6 +266,97 @@ pub struct Route {
     /// `policy:` in Pomerium's policy language.
     pub policy: Option<PolicySpec>,
     pub origin: Origin,
+}
+
+/// Where a route forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// `to: http://host:port`: one upstream for everyone.
+    Url(Url),
+    /// `to_backend: <pool>`: each signed-in person's own backend from the pool of that name
+    /// in `backends:`.
+    Backend(String),
+}
+
+impl Upstream {
+    /// The static URL, if this is one.
+    pub fn url(&self) -> Option<&Url> {
+        match self {
+            Upstream::Url(u) => Some(u),
+            Upstream::Backend(_) => None,
+        }
+    }
+}
+
+/// One pool of per-person backends (`backends.<name>`): every signed-in person who reaches
+/// a route with `to_backend: <name>` gets their own process, started on demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendPool {
+    /// The key under `backends:`.
+    pub name: String,
+    /// `command`: program and arguments; `{port}` is replaced by the backend's port.
+    /// Default: `opencode serve --hostname 127.0.0.1 --port {port}`.
+    pub command: Vec<String>,
+    /// `ports`: loopback ports handed to backends, `4101-4199` by default.
+    pub ports: (u16, u16),
+    /// `data_root`: one directory per person below it (named by a hash of the person's
+    /// issuer and subject), used as the backend's HOME. Default `/var/lib/gatehouse/backends`.
+    pub data_root: PathBuf,
+    /// `idle_timeout` (default 30m): no request, no open stream and no busy session for
+    /// this long stops a backend.
+    pub idle_timeout: Duration,
+    /// `start_timeout` (default 60s): spawn to ready, at most; API calls wait this long.
+    pub start_timeout: Duration,
+    /// `max_starting` (default 2): starts at the same time; more wait their turn.
+    pub max_starting: usize,
+    /// `max_backends` (default: as many as there are ports): running at the same time.
+    pub max_backends: usize,
+    /// `env`: extra environment for every backend. Not for secrets: the person can read it
+    /// through the backend's terminal.
+    pub env: Vec<(String, String)>,
+    /// `uids` (like `200000-200999`): when Gatehouse runs as root, each person's backend
+    /// runs as their own uid (and gid) from this range.
+    pub uids: Option<(u32, u32)>,
+    /// `stop_on_sign_out` (default false): signing out also stops the person's backend.
+    pub stop_on_sign_out: bool,
+    pub origin: Origin,
+}
+
+impl BackendPool {
+    /// The real OpenCode server, found on `PATH`.
+    pub const DEFAULT_COMMAND: &[&str] = &[
+        "opencode",
+        "serve",
+        "--hostname",
+        "127.0.0.1",
+        "--port",
+        "{port}",
+    ];
+    pub const DEFAULT_PORTS: (u16, u16) = (4101, 4199);
+    pub const DEFAULT_DATA_ROOT: &str = "/var/lib/gatehouse/backends";
+
+    /// A pool named `name` with every default (issue 5): OpenCode, ports 4101–4199, one
+    /// backend per port, idle 30m, start 60s, 2 starts at once, no uid range.
+    pub fn with_defaults(name: &str) -> Self {
+        let (first, last) = Self::DEFAULT_PORTS;
+        BackendPool {
+            name: name.to_string(),
+            command: Self::DEFAULT_COMMAND
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ports: Self::DEFAULT_PORTS,
+            data_root: PathBuf::from(Self::DEFAULT_DATA_ROOT),
+            idle_timeout: Duration::from_secs(30 * 60),
+            start_timeout: Duration::from_secs(60),
+            max_starting: 2,
+            max_backends: usize::from(last - first) + 1,
+            env: Vec::new(),
+            uids: None,
+            stop_on_sign_out: false,
+            origin: Origin::Default,
+        }
+    }
 }
 
 /// The `policy:` of a route, in Pomerium's policy language (PPL), checked and normalised.

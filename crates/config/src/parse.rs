@@ -1,6 +1,7 @@
 //! YAML → [`Config`]: walks marked-yaml nodes (for line:col on every value), resolves
 //! `${VAR}`, applies environment overrides, and collects every problem before returning.
 
+mod backend;
 mod node;
 mod policy;
 mod route;
@@ -49,7 +50,7 @@ const TOP_KEYS: &[&[&str]] = &[
 ];
 
 /// Top-level keys read from the file only.
-const FILE_ONLY_KEYS: &[&str] = &["certificates", "routes"];
+const FILE_ONLY_KEYS: &[&str] = &["certificates", "routes", "backends"];
 
 /// Pomerium keys a migrated config may hold that change nothing about who gets in:
 /// ignored with a warning until Gatehouse supports them.
@@ -298,8 +299,12 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         })
         .unwrap_or_else(|| "info".to_string());
 
+    let (backends, pool_names) = match fields.take("backends") {
+        Some(entry) => backend::pools(ctx, &entry),
+        None => (Vec::new(), Vec::new()),
+    };
     let routes = match fields.take("routes") {
-        Some(entry) => route::routes(ctx, &entry),
+        Some(entry) => route::routes(ctx, &entry, &pool_names),
         None => Vec::new(),
     };
     if routes.is_empty() && ctx.errors.is_empty() {
@@ -358,6 +363,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         signing_key,
         allowed_domains,
         routes: route_list,
+        backends,
         log_level,
         warnings,
     })

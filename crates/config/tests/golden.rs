@@ -57,6 +57,11 @@ fn bad_urls_in_route_from_and_to_are_reported() {
 }
 
 #[test]
+fn bad_backend_pools_and_to_backend_routes_are_reported() {
+    check("bad-backends", &[]);
+}
+
+#[test]
 fn http_issuer_on_non_loopback_host_is_refused() {
     check("http-issuer", &[]);
 }

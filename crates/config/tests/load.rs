@@ -82,7 +82,10 @@ fn teamos_seed_loads_with_secrets_from_the_environment() {
     assert_eq!(api.prefix.as_deref(), Some("/api"));
     assert_eq!(api.index, 1);
     for route in [main, api] {
-        assert_eq!(route.to.as_str(), "http://localhost:4096/");
+        assert_eq!(
+            route.to.url().expect("static upstream").as_str(),
+            "http://localhost:4096/"
+        );
         assert!(route.pass_identity_headers);
         let policy = route.policy.as_ref().expect("policy");
         assert_eq!(policy.blocks.len(), 1);
@@ -282,7 +285,10 @@ fn variables_are_interpolated_anywhere_and_double_dollar_escapes() {
     assert_eq!(config.idp.client_secret.expose(), "pa$$w0rd-${LITERAL}-s3");
     assert_eq!(config.allowed_domains, ["example.com"]);
     assert_eq!(config.routes[0].from.host, "app.example.com");
-    assert_eq!(config.routes[0].to.as_str(), "http://localhost:9000/base");
+    assert_eq!(
+        config.routes[0].to.url().expect("static upstream").as_str(),
+        "http://localhost:9000/base"
+    );
 }
 
 // === aliases ===
@@ -439,7 +445,10 @@ fn every_supported_key_is_read() {
         ),
         ("http", "app.example.com", Some(8080))
     );
-    assert_eq!(r[0].to.as_str(), "http://10.0.0.1/");
+    assert_eq!(
+        r[0].to.url().expect("static upstream").as_str(),
+        "http://10.0.0.1/"
+    );
     assert_eq!(r[0].path.as_deref(), Some("/exact"));
     assert!(r[0].preserve_host_header && r[0].allow_any_authenticated_user);
     assert!(r[1].allow_public_unauthenticated_access);
@@ -851,4 +860,99 @@ fn duplicate_keys_are_an_error() {
 fn byte_order_mark_at_the_start_is_ignored() {
     let config = ok(&format!("\u{feff}{}", with_secret(MINIMAL)), &[]);
     assert_eq!(config.routes.len(), 1);
+}
+
+// === backends: and to_backend: ===
+
+/// A config whose one route is `to_backend: assistant`, with `pool` as the pool's settings.
+fn with_pool(pool: &str) -> String {
+    with_secret(&format!(
+        "\
+idp_client_id: gatehouse-test
+idp_client_secret: file-client-secret
+allowed_domains: [example.com]
+backends:
+  assistant:
+{pool}routes:
+  - from: https://assistant.example.com
+    to_backend: assistant
+"
+    ))
+}
+
+#[test]
+fn a_pool_with_nothing_set_gets_the_documented_defaults() {
+    let text = with_pool("");
+    let config = ok(&text, &[]);
+    let pool = &config.backends[0];
+    assert_eq!(pool.name, "assistant");
+    assert_eq!(
+        pool.command,
+        [
+            "opencode",
+            "serve",
+            "--hostname",
+            "127.0.0.1",
+            "--port",
+            "{port}"
+        ]
+    );
+    assert_eq!(pool.ports, (4101, 4199));
+    assert_eq!(pool.max_backends, 99);
+    assert_eq!(pool.max_starting, 2);
+    assert_eq!(pool.idle_timeout, Duration::from_secs(30 * 60));
+    assert_eq!(pool.start_timeout, Duration::from_secs(60));
+    assert_eq!(pool.data_root, Path::new("/var/lib/gatehouse/backends"));
+    assert_eq!(pool.uids, None);
+    assert!(!pool.stop_on_sign_out);
+    assert_eq!(
+        config.routes[0].to,
+        gatehouse_config::Upstream::Backend("assistant".into())
+    );
+}
+
+#[test]
+fn a_pool_reads_every_setting_and_relative_data_root_is_next_to_the_config() {
+    let text = with_pool(
+        "    command: /opt/opencode/bin/opencode serve --hostname 127.0.0.1 --port {port}
+    ports: 5000-5009
+    data_root: data/backends
+    idle_timeout: 10m
+    start_timeout: 20s
+    max_starting: 1
+    max_backends: 4
+    env:
+      OPENCODE_DISABLE_SHARE: \"1\"
+      LLM_URL: ${LLM_URL}
+    uids: 200000-200999
+    stop_on_sign_out: true
+",
+    );
+    let config = load_str(
+        Path::new("/etc/gatehouse/config.yaml"),
+        &text,
+        &env(&[("LLM_URL", "http://127.0.0.1:9000/v1")]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let pool = &config.backends[0];
+    assert_eq!(pool.command[0], "/opt/opencode/bin/opencode");
+    assert_eq!(pool.command[5], "{port}");
+    assert_eq!(pool.ports, (5000, 5009));
+    assert_eq!(pool.data_root, Path::new("/etc/gatehouse/data/backends"));
+    assert_eq!(pool.idle_timeout, Duration::from_secs(600));
+    assert_eq!(pool.start_timeout, Duration::from_secs(20));
+    assert_eq!(pool.max_starting, 1);
+    assert_eq!(pool.max_backends, 4);
+    assert_eq!(
+        pool.env,
+        [
+            ("OPENCODE_DISABLE_SHARE".to_string(), "1".to_string()),
+            (
+                "LLM_URL".to_string(),
+                "http://127.0.0.1:9000/v1".to_string()
+            )
+        ]
+    );
+    assert_eq!(pool.uids, Some((200000, 200999)));
+    assert!(pool.stop_on_sign_out);
 }

@@ -21,7 +21,7 @@ fn route() -> Route {
         },
         prefix: None,
         path: None,
-        to: Url::parse("http://127.0.0.1:1").unwrap(),
+        to: gatehouse_config::Upstream::Url(Url::parse("http://127.0.0.1:1").unwrap()),
         pass_identity_headers: false,
         preserve_host_header: false,
         allow_public_unauthenticated_access: false,

@@ -79,16 +79,26 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
     let mut routes = Vec::new();
     let mut matchers = Vec::new();
     for r in &config.routes {
-        let host =
-            r.to.host_str()
-                .unwrap_or("")
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_string();
-        let Some(port) = r.to.port_or_known_default() else {
+        let Some(to) = r.to.url() else {
             errors.push(ConfigError::new(
                 r.origin.clone(),
-                format!("routes[{}].to: {} has no port", r.index, r.to),
+                format!(
+                    "routes[{}].to_backend: per-person backends are not served by this build yet",
+                    r.index
+                ),
+            ));
+            continue;
+        };
+        let host = to
+            .host_str()
+            .unwrap_or("")
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let Some(port) = to.port_or_known_default() else {
+            errors.push(ConfigError::new(
+                r.origin.clone(),
+                format!("routes[{}].to: {} has no port", r.index, to),
             ));
             continue;
         };
@@ -105,10 +115,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
                 continue;
             }
         };
-        let default_port = if r.to.scheme() == "https" { 443 } else { 80 };
-        let upstream_host = match r.to.port() {
-            Some(p) if p != default_port => format!("{}:{p}", r.to.host_str().unwrap_or("")),
-            _ => r.to.host_str().unwrap_or("").to_string(),
+        let default_port = if to.scheme() == "https" { 443 } else { 80 };
+        let upstream_host = match to.port() {
+            Some(p) if p != default_port => format!("{}:{p}", to.host_str().unwrap_or("")),
+            _ => to.host_str().unwrap_or("").to_string(),
         };
         let mut label = format!("{}://{}", r.from.scheme, r.from.host);
         if let Some(p) = r.from.port {
@@ -122,7 +132,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
             from: r.from.clone(),
             label,
             upstream,
-            tls: r.to.scheme() == "https",
+            tls: to.scheme() == "https",
             sni: host,
             upstream_host,
             pass_identity_headers: r.pass_identity_headers,

@@ -6,11 +6,12 @@ use marked_yaml::types::MarkedMappingNode;
 use super::node::{Ctx, Entry, Fields, Setting, Text, split_commas};
 use super::policy::policy;
 use super::values;
-use crate::{Route, RouteFrom};
+use crate::{Route, RouteFrom, Upstream};
 
 const ROUTE_KEYS: &[&str] = &[
     "from",
     "to",
+    "to_backend",
     "prefix",
     "path",
     "pass_identity_headers",
@@ -36,7 +37,11 @@ pub(super) struct RouteAccess {
 }
 
 /// `routes:` → the routes that parsed (problems are on `ctx`).
-pub(super) fn routes(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Vec<(Route, RouteAccess)> {
+pub(super) fn routes(
+    ctx: &mut Ctx<'_>,
+    entry: &Entry<'_>,
+    pools: &[String],
+) -> Vec<(Route, RouteAccess)> {
     let items = match entry.node {
         Node::Sequence(items) => items,
         Node::Scalar(s) if s.as_str().is_empty() || s.as_str() == "~" => return Vec::new(),
@@ -54,7 +59,7 @@ pub(super) fn routes(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Vec<(Route, RouteA
         let origin = ctx.node_origin(item);
         match item.as_mapping() {
             Some(map) => {
-                if let Some(route) = route(ctx, index, &path, map, origin) {
+                if let Some(route) = route(ctx, index, &path, map, origin, pools) {
                     out.push(route);
                 }
             }
@@ -73,6 +78,7 @@ fn route(
     path: &str,
     map: &MarkedMappingNode,
     origin: crate::Origin,
+    pools: &[String],
 ) -> Option<(Route, RouteAccess)> {
     let errors_before = ctx.errors.len();
     let mut fields = Fields::new(ctx, path, map);
@@ -89,12 +95,26 @@ fn route(
             None
         }
     };
-    let to = match fields.take("to") {
-        Some(entry) => to(ctx, &entry),
-        None => {
+    let to = match (fields.take("to"), fields.take("to_backend")) {
+        (Some(entry), None) => to(ctx, &entry).map(Upstream::Url),
+        (None, Some(entry)) => to_backend(ctx, &entry, pools).map(Upstream::Backend),
+        (Some(_), Some(entry)) => {
+            ctx.error(
+                entry.key_origin.clone(),
+                format!(
+                    "{path}: give `to` (one upstream for everyone) or `to_backend` (each \
+                     person's own backend), not both"
+                ),
+            );
+            None
+        }
+        (None, None) => {
             ctx.error(
                 origin.clone(),
-                format!("{path}: `to` is required (like `to: http://localhost:8080`)"),
+                format!(
+                    "{path}: `to` is required (like `to: http://localhost:8080`, or \
+                     `to_backend: assistant` for each person's own backend)"
+                ),
             );
             None
         }
@@ -143,6 +163,28 @@ fn route(
             ctx.error(entry.key_origin.clone(), access_unsupported(&entry.path));
         } else {
             ctx.unknown_key(&entry, path, ROUTE_KEYS);
+        }
+    }
+
+    if let Some(Upstream::Backend(_)) = &to {
+        if public {
+            ctx.error(
+                public_at.clone().unwrap_or_else(|| origin.clone()),
+                format!(
+                    "{path}: a `to_backend` route gives each signed-in person their own backend, \
+                     so it cannot allow_public_unauthenticated_access; remove one or the other"
+                ),
+            );
+        }
+        if let Some(p) = prefix.as_ref().or(exact.as_ref()) {
+            ctx.error(
+                p.origin.clone(),
+                format!(
+                    "{path}: a `to_backend` route serves a whole host (OpenCode's web UI works only \
+                     at the root of a host); remove `{}` and give the route its own host",
+                    if prefix.is_some() { "prefix" } else { "path" }
+                ),
+            );
         }
     }
 
@@ -285,6 +327,30 @@ fn to(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<url::Url> {
         ),
     };
     ctx.check(&text.origin, &path, values::http_url(&text.value))
+}
+
+/// `to_backend:` the name of a pool in `backends:`.
+fn to_backend(ctx: &mut Ctx<'_>, entry: &Entry<'_>, pools: &[String]) -> Option<String> {
+    let text = ctx.non_empty(&Setting::file(entry.clone()))?;
+    let name = text.value.trim();
+    if pools.iter().any(|p| p == name) {
+        return Some(name.to_string());
+    }
+    let names: Vec<&str> = pools.iter().map(String::as_str).collect();
+    let hint = match super::node::closest(name, &names) {
+        Some(best) => format!("; did you mean `{best}`?"),
+        None if names.is_empty() => {
+            format!(
+                "; define it under `backends:` (like `backends: {{ {name}: {{ ports: 4101-4199 }} }}`)"
+            )
+        }
+        None => format!("; the pools are: {}", names.join(", ")),
+    };
+    ctx.error(
+        text.origin,
+        format!("{}: no pool `{name}` in `backends:`{hint}", entry.path),
+    );
+    None
 }
 
 /// `prefix:` / `path:` must start with `/`.

@@ -1,0 +1,323 @@
+//! `backends:`: pools of per-person backends (issue 5). Routes name a pool with
+//! `to_backend: <name>`; the pools are read first so routes can check the name.
+//!
+//! ```yaml
+//! backends:
+//!   assistant:
+//!     ports: 4101-4199
+//!     data_root: /var/lib/gatehouse/backends
+//!     idle_timeout: 30m
+//!     uids: 200000-200999
+//! routes:
+//!   - from: https://assistant.example.com
+//!     to_backend: assistant
+//!     allowed_domains: [example.com]
+//! ```
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use marked_yaml::Node;
+
+use super::node::{Ctx, Entry, Fields, Setting, Text, split_words};
+use super::values;
+use crate::{BackendPool, Origin};
+
+const POOL_KEYS: &[&str] = &[
+    "command",
+    "ports",
+    "data_root",
+    "idle_timeout",
+    "start_timeout",
+    "max_starting",
+    "max_backends",
+    "env",
+    "uids",
+    "stop_on_sign_out",
+];
+
+/// Environment variables Gatehouse sets itself for every backend.
+const RESERVED_ENV: &[&str] = &[
+    "OPENCODE_SERVER_PASSWORD",
+    "OPENCODE_SERVER_USERNAME",
+    "HOME",
+    "XDG_CONFIG_HOME",
+    "XDG_DATA_HOME",
+    "XDG_STATE_HOME",
+    "XDG_CACHE_HOME",
+    "GATEHOUSE_BACKEND_PORT",
+];
+
+/// `backends:` → the pools that parsed (problems are on `ctx`) and the names of all pools
+/// written, broken or not (so a route naming a broken pool gets no second, misleading error).
+pub(super) fn pools(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> (Vec<BackendPool>, Vec<String>) {
+    let map = match entry.node {
+        Node::Mapping(map) => map,
+        Node::Scalar(s) if s.as_str().is_empty() || s.as_str() == "~" => {
+            return (Vec::new(), Vec::new());
+        }
+        _ => {
+            ctx.error(
+                entry.origin.clone(),
+                "backends: expected a map of pool names to settings (like `backends: { assistant: { ports: 4101-4199 } }`)",
+            );
+            return (Vec::new(), Vec::new());
+        }
+    };
+    let mut out = Vec::new();
+    let mut names = Vec::new();
+    for pool_entry in Fields::new(ctx, "backends", map).rest() {
+        names.push(pool_entry.key.to_string());
+        if let Some(p) = pool(ctx, &pool_entry) {
+            out.push(p);
+        }
+    }
+    (out, names)
+}
+
+fn pool(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<BackendPool> {
+    let name = entry.key.to_string();
+    let path = entry.path.clone();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        ctx.error(
+            entry.key_origin.clone(),
+            format!("{path}: pool names use letters, digits, `-` and `_` only (like `assistant`)"),
+        );
+        return None;
+    }
+    let errors_before = ctx.errors.len();
+    let map = match entry.node {
+        Node::Mapping(map) => Some(map),
+        // `assistant:` with nothing below: all defaults.
+        Node::Scalar(s) if s.as_str().is_empty() || s.as_str() == "~" => None,
+        _ => {
+            ctx.error(
+                entry.origin.clone(),
+                format!(
+                    "{path}: expected the pool's settings as a map (or nothing, for all defaults)"
+                ),
+            );
+            return None;
+        }
+    };
+    let empty = marked_yaml::types::MarkedMappingNode::new_empty(marked_yaml::Span::new_blank());
+    let mut fields = Fields::new(ctx, &path, map.unwrap_or(&empty));
+    let defaults = BackendPool::with_defaults(&name);
+
+    let command = match fields.take("command").map(Setting::file) {
+        Some(s) => command(ctx, &s),
+        None => Some(defaults.command.clone()),
+    };
+    let ports = match fields.take("ports").map(Setting::file) {
+        Some(s) => range(ctx, &s, "ports", "4101-4199", |a: u16, b| {
+            if a == 0 {
+                Err("port 0 is not a port")
+            } else if a > b {
+                Err("the first port is above the last")
+            } else {
+                Ok(())
+            }
+        }),
+        None => Some(defaults.ports),
+    };
+    let data_root = match fields.take("data_root").map(Setting::file) {
+        Some(s) => ctx.non_empty(&s).map(|t| {
+            let p = PathBuf::from(t.value);
+            if p.is_relative() { ctx.dir.join(p) } else { p }
+        }),
+        None => Some(defaults.data_root.clone()),
+    };
+    let idle_timeout = duration(ctx, &mut fields, "idle_timeout", defaults.idle_timeout);
+    let start_timeout = duration(ctx, &mut fields, "start_timeout", defaults.start_timeout);
+    let max_starting = count(ctx, &mut fields, "max_starting");
+    let max_backends = count(ctx, &mut fields, "max_backends");
+    let env = fields
+        .take("env")
+        .map(|e| env(ctx, &e))
+        .unwrap_or(Some(Vec::new()));
+    let uids = fields.take("uids").map(Setting::file).map(|s| {
+        range(ctx, &s, "uids", "200000-200999", |a: u32, b| {
+            if a == 0 {
+                Err("uid 0 is root: backends must never run as root")
+            } else if a > b {
+                Err("the first uid is above the last")
+            } else {
+                Ok(())
+            }
+        })
+    });
+    let stop_on_sign_out = fields
+        .take("stop_on_sign_out")
+        .map(Setting::file)
+        .and_then(|s| ctx.flag(&s))
+        .unwrap_or(false);
+    for rest in fields.rest() {
+        ctx.unknown_key(&rest, &path, POOL_KEYS);
+    }
+
+    let ports = ports?;
+    let port_count = usize::from(ports.1 - ports.0) + 1;
+    let max_backends = match max_backends {
+        Some(Some((n, origin))) if n > port_count => {
+            ctx.error(
+                origin,
+                format!(
+                    "{path}.max_backends: {n} backends need {n} ports, but `ports` has {port_count}; \
+                     widen `ports` or lower `max_backends`"
+                ),
+            );
+            None
+        }
+        Some(Some((n, _))) => Some(n),
+        Some(None) => None,
+        None => Some(port_count),
+    };
+    if ctx.errors.len() > errors_before {
+        return None;
+    }
+    Some(BackendPool {
+        name,
+        command: command?,
+        ports,
+        data_root: data_root?,
+        idle_timeout: idle_timeout?,
+        start_timeout: start_timeout?,
+        max_starting: match max_starting {
+            Some(v) => v?.0,
+            None => defaults.max_starting,
+        },
+        max_backends: max_backends?,
+        env: env?,
+        uids: uids.flatten(),
+        stop_on_sign_out,
+        origin: entry.key_origin.clone(),
+    })
+}
+
+/// `command:` a list (`[opencode, serve, --port, "{port}"]`) or one string split on spaces.
+fn command(ctx: &mut Ctx<'_>, setting: &Setting<'_>) -> Option<Vec<String>> {
+    let items: Vec<Text> = ctx.list(setting, split_words)?;
+    if items.is_empty() {
+        ctx.error(
+            setting.origin.clone(),
+            format!("{}: must not be empty", setting.path),
+        );
+        return None;
+    }
+    if !items.iter().any(|t| t.value.contains("{port}")) {
+        ctx.error(
+            setting.origin.clone(),
+            format!(
+                "{}: no argument contains `{{port}}`, so the backend cannot know which port to \
+                 listen on (like `[opencode, serve, --hostname, 127.0.0.1, --port, \"{{port}}\"]`)",
+                setting.path
+            ),
+        );
+        return None;
+    }
+    Some(items.into_iter().map(|t| t.value).collect())
+}
+
+/// `first-last` (or one number) of `T`.
+fn range<T: std::str::FromStr + Copy + std::fmt::Display>(
+    ctx: &mut Ctx<'_>,
+    setting: &Setting<'_>,
+    key: &str,
+    example: &str,
+    check: impl Fn(T, T) -> Result<(), &'static str>,
+) -> Option<(T, T)> {
+    let text = ctx.non_empty(setting)?;
+    let v = text.value.trim();
+    let (a, b) = v.split_once('-').unwrap_or((v, v));
+    let parsed = match (a.trim().parse::<T>(), b.trim().parse::<T>()) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        _ => Err(format!(
+            "`{v}` is not a range (write it like `{key}: {example}`)"
+        )),
+    }
+    .and_then(|(a, b)| {
+        check(a, b)
+            .map(|()| (a, b))
+            .map_err(|e| format!("`{v}`: {e}"))
+    });
+    ctx.check(&text.origin, &setting.path, parsed)
+}
+
+fn duration(
+    ctx: &mut Ctx<'_>,
+    fields: &mut Fields<'_>,
+    key: &str,
+    default: Duration,
+) -> Option<Duration> {
+    match fields.take(key).map(Setting::file) {
+        Some(s) => ctx
+            .non_empty(&s)
+            .and_then(|t| ctx.check(&t.origin, &s.path, values::duration(&t.value))),
+        None => Some(default),
+    }
+}
+
+/// A whole number ≥ 1. Outer `None`: not given; inner `None`: given but wrong.
+fn count(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>, key: &str) -> Option<Option<(usize, Origin)>> {
+    let s = fields.take(key).map(Setting::file)?;
+    let Some(t) = ctx.non_empty(&s) else {
+        return Some(None);
+    };
+    let parsed = match t.value.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("`{}` must be a whole number, 1 or more", t.value)),
+    };
+    Some(ctx.check(&t.origin, &s.path, parsed).map(|n| (n, t.origin)))
+}
+
+/// `env:` a map of names to values.
+fn env(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<Vec<(String, String)>> {
+    let Node::Mapping(map) = entry.node else {
+        ctx.error(
+            entry.origin.clone(),
+            format!("{}: expected a map of names to values (like `env: {{ OPENCODE_DISABLE_SHARE: \"1\" }}`)", entry.path),
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for var in Fields::new(ctx, &entry.path, map).rest() {
+        let valid_name = !var.key.is_empty()
+            && !var.key.starts_with(|c: char| c.is_ascii_digit())
+            && var
+                .key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            ctx.error(
+                var.key_origin.clone(),
+                format!(
+                    "{}: not a variable name (letters, digits and `_`)",
+                    var.path
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        if RESERVED_ENV.contains(&var.key) {
+            ctx.error(
+                var.key_origin.clone(),
+                format!(
+                    "{}: Gatehouse sets `{}` itself for every backend; remove it",
+                    var.path, var.key
+                ),
+            );
+            ok = false;
+            continue;
+        }
+        match ctx.scalar(&var.path, var.node, &var.origin) {
+            Some(t) => out.push((var.key.to_string(), t.value)),
+            None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
