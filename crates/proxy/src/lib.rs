@@ -41,7 +41,8 @@ use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
 use gatehouse_auth::Auth;
-use gatehouse_config::{Config, ConfigError, ConfigErrors};
+use gatehouse_backends::{PoolSettings, Supervisor};
+use gatehouse_config::{Config, ConfigError, ConfigErrors, Upstream};
 use gatehouse_policy::Policy;
 
 pub use service::{AuthHost, CookieSettings, Gatehouse, HttpsRedirect, RouteState, State};
@@ -76,18 +77,44 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
         }
     };
 
+    // One supervisor per pool, shared by every route that names it.
+    let backends: Vec<Supervisor> = config
+        .backends
+        .iter()
+        .map(|pool| Supervisor::new(PoolSettings::from_pool(pool.clone())))
+        .collect();
     let mut routes = Vec::new();
     let mut matchers = Vec::new();
     for r in &config.routes {
-        let Some(to) = r.to.url() else {
-            errors.push(ConfigError::new(
-                r.origin.clone(),
-                format!(
-                    "routes[{}].to_backend: per-person backends are not served by this build yet",
-                    r.index
-                ),
-            ));
-            continue;
+        let to = match &r.to {
+            Upstream::Url(to) => to,
+            Upstream::Backend(name) => {
+                let Some(sup) = backends.iter().find(|b| b.settings().pool.name == *name) else {
+                    // The config crate checks the name; a pool that failed to parse stops the load.
+                    errors.push(ConfigError::new(
+                        r.origin.clone(),
+                        format!("routes[{}].to_backend: no pool `{name}`", r.index),
+                    ));
+                    continue;
+                };
+                matchers.push(routes::RouteMatcher::from_route(r));
+                routes.push(RouteState {
+                    from: r.from.clone(),
+                    label: route_label(r),
+                    // Not used: the address comes from the person's backend lease.
+                    upstream: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    tls: false,
+                    sni: String::new(),
+                    upstream_host: String::new(),
+                    pass_identity_headers: r.pass_identity_headers,
+                    // OpenCode's terminal checks Origin against Host (notes/opencode.md §6).
+                    preserve_host_header: true,
+                    public: false,
+                    policy: Policy::for_route(r, &config.allowed_domains),
+                    backend: Some(sup.clone()),
+                });
+                continue;
+            }
         };
         let host = to
             .host_str()
@@ -120,17 +147,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
             Some(p) if p != default_port => format!("{}:{p}", to.host_str().unwrap_or("")),
             _ => to.host_str().unwrap_or("").to_string(),
         };
-        let mut label = format!("{}://{}", r.from.scheme, r.from.host);
-        if let Some(p) = r.from.port {
-            label.push_str(&format!(":{p}"));
-        }
-        if let Some(p) = r.path.as_ref().or(r.prefix.as_ref()) {
-            label.push_str(p);
-        }
         matchers.push(routes::RouteMatcher::from_route(r));
         routes.push(RouteState {
             from: r.from.clone(),
-            label,
+            label: route_label(r),
             upstream,
             tls: to.scheme() == "https",
             sni: host,
@@ -139,6 +159,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
             preserve_host_header: r.preserve_host_header,
             public: r.allow_public_unauthenticated_access,
             policy: Policy::for_route(r, &config.allowed_domains),
+            backend: None,
         });
     }
 
@@ -217,6 +238,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
             same_site: config.cookie.same_site,
         },
         tls: !config.insecure_server,
+        backends,
     };
     Ok(Prepared {
         state: Arc::new(state),
@@ -225,6 +247,33 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
         redirect_addr: config.http_redirect_addr,
         notes,
     })
+}
+
+/// `https://host[:port][/prefix]`, for logs and pages.
+fn route_label(r: &gatehouse_config::Route) -> String {
+    let mut label = format!("{}://{}", r.from.scheme, r.from.host);
+    if let Some(p) = r.from.port {
+        label.push_str(&format!(":{p}"));
+    }
+    if let Some(p) = r.path.as_ref().or(r.prefix.as_ref()) {
+        label.push_str(p);
+    }
+    label
+}
+
+/// Runs one pool's supervisor beside the proxy: stops what a crashed Gatehouse left,
+/// checks idle and exited backends, and stops every backend when Gatehouse shuts down.
+struct BackendService(Supervisor);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for BackendService {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        let left = self.0.stop_leftovers().await;
+        if left > 0 {
+            tracing::warn!(pool = %self.0.settings().pool.name, stopped = left, "stopped backends left running by an earlier Gatehouse");
+        }
+        self.0.run(shutdown).await;
+    }
 }
 
 /// Options for running (from the command line, not the config file).
@@ -271,6 +320,11 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     server.add_service(main);
+    for sup in &prepared.state.backends {
+        let name = format!("backends-{}", sup.settings().pool.name);
+        server.add_service(background_service(&name, BackendService(sup.clone())));
+        tracing::info!(pool = %sup.settings().pool.name, ports = ?sup.settings().pool.ports, isolated = sup.isolated(), "per-person backends");
+    }
 
     if let Some(r) = prepared.redirect_addr {
         let mut redirect = pingora::proxy::http_proxy_service_with_name(

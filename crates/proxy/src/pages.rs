@@ -147,6 +147,63 @@ pub struct UserView<'a> {
     pub groups: &'a [String],
     pub expires: String,
     pub csrf: &'a str,
+    /// The person's backend on each pool, when the config has pools.
+    pub backends: Vec<BackendView>,
+}
+
+/// One line of the user page's "Your assistant" section.
+pub struct BackendView {
+    /// The pool's name (config `backends.<name>`).
+    pub pool: String,
+    /// "running since …, last activity …", "stopped", "starting", "failing: …".
+    pub state: String,
+}
+
+fn backends_section(v: &UserView<'_>) -> String {
+    if v.backends.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("<h2>Your assistant</h2><dl>");
+    for b in &v.backends {
+        out.push_str(&format!(
+            "<dt>{}</dt><dd>{}<form method=\"post\" action=\"/.gatehouse/backend/restart\"><input type=\"hidden\" name=\"csrf_token\" value=\"{}\"><input type=\"hidden\" name=\"pool\" value=\"{}\"><button type=\"submit\">Restart</button></form></dd>",
+            text(&b.pool),
+            text(&b.state),
+            attr(v.csrf),
+            attr(&b.pool),
+        ));
+    }
+    out.push_str("</dl>");
+    out
+}
+
+/// Shown to a browser navigating to a per-person route while their backend starts: it
+/// reloads itself every 2 s (a meta refresh, so no script is needed under the CSP).
+pub fn backend_starting() -> Page {
+    Page::html(
+        503,
+        "Starting your assistant",
+        "<meta http-equiv=\"refresh\" content=\"2\"><p>Your own assistant is starting. This takes a few seconds; this page continues by itself.</p>",
+    )
+    .with_header("retry-after", "2".into())
+}
+
+/// A per-person backend cannot be had now: `status` 503 (pool full, failing) or 504 (start
+/// took too long). `what` says which, in words for the person.
+pub fn backend_unavailable(status: u16, what: &str, request_id: &str) -> Page {
+    let title = match status {
+        504 => "Your assistant is taking too long to start",
+        _ => "Your assistant is not available",
+    };
+    Page::html(
+        status,
+        title,
+        &format!(
+            "<p>{}</p><p><a class=\"button\" href=\"/.gatehouse/\">Your session and assistant</a></p><p>Request id: <span class=\"mono\">{}</span></p>",
+            text(what),
+            text(request_id)
+        ),
+    )
 }
 
 pub fn user_page(v: &UserView<'_>) -> Page {
@@ -159,12 +216,13 @@ pub fn user_page(v: &UserView<'_>) -> Page {
         200,
         "Your session",
         &format!(
-            "<dl><dt>Email</dt><dd>{}</dd><dt>Name</dt><dd>{}</dd><dt>User</dt><dd class=\"mono\">{}</dd><dt>Groups</dt><dd>{}</dd><dt>Session ends</dt><dd>{}</dd></dl>{}",
+            "<dl><dt>Email</dt><dd>{}</dd><dt>Name</dt><dd>{}</dd><dt>User</dt><dd class=\"mono\">{}</dd><dt>Groups</dt><dd>{}</dd><dt>Session ends</dt><dd>{}</dd></dl>{}{}",
             text(v.email),
             text(v.name.unwrap_or("")),
             text(v.user),
             text(&groups),
             text(&v.expires),
+            backends_section(v),
             sign_out_form(v.csrf, "Sign out")
         ),
     )

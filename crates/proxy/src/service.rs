@@ -16,6 +16,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use gatehouse_auth::seal::MAX_CHUNKS;
 use gatehouse_auth::{Auth, CallbackError, VerifiedIdentity, now};
+use gatehouse_backends::{BackendError, Lease, PersonId, Status, Supervisor};
 use gatehouse_config::{RouteFrom, SameSite};
 use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Policy};
 
@@ -37,6 +38,9 @@ pub struct RouteState {
     pub preserve_host_header: bool,
     pub public: bool,
     pub policy: Policy,
+    /// `to_backend:`: each person's own backend from this pool (then `upstream`, `tls`,
+    /// `sni` and `upstream_host` are unused).
+    pub backend: Option<Supervisor>,
 }
 
 /// The authenticate host (`authenticate_service_url`).
@@ -65,6 +69,8 @@ pub struct State {
     pub cookie: CookieSettings,
     /// Whether the main listener is TLS (for the default port of a Host without one).
     pub tls: bool,
+    /// One supervisor per `backends:` pool.
+    pub backends: Vec<Supervisor>,
 }
 
 /// Gatehouse's proxy service.
@@ -80,6 +86,9 @@ pub struct Ctx {
     authority: String,
     identity: Option<VerifiedIdentity>,
     reason: Option<&'static str>,
+    /// The person's backend on a `to_backend` route, held for the whole request (a stream
+    /// included) so the backend counts as in use.
+    lease: Option<Lease>,
 }
 
 /// What a step of `request_filter` decided.
@@ -414,6 +423,145 @@ async fn write_page(session: &mut Session, page: Page) -> Result<u16> {
     Ok(page.status)
 }
 
+/// The person a backend belongs to: their issuer and subject, never the raw email.
+fn person_id(id: &VerifiedIdentity) -> PersonId {
+    let s = id.session();
+    PersonId::new(&s.iss, &s.sub)
+}
+
+/// Whether a request changes state on behalf of a page from another site. OpenCode does
+/// not check (a cross-site `text/plain` POST executes, notes/opencode.md §6), and the
+/// session cookie would ride along, so Gatehouse refuses: any method but GET, HEAD and
+/// OPTIONS whose `Origin` is not the route's own (`null` included), or that the browser
+/// marks `Sec-Fetch-Site: cross-site`. Scripts that send no `Origin` are not browsers and
+/// carry no ambient cookie risk.
+fn cross_origin_write(req: &RequestHeader, route_origin: &str) -> bool {
+    if matches!(req.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+        return false;
+    }
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(origin) = header("origin")
+        && !origin.eq_ignore_ascii_case(route_origin)
+    {
+        return true;
+    }
+    header("sec-fetch-site") == Some("cross-site")
+}
+
+/// Whether a browser is navigating to a page (rather than a script calling the API).
+fn is_navigation(req: &RequestHeader) -> bool {
+    if req.method != Method::GET || is_api_request(req) {
+        return false;
+    }
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    header("sec-fetch-mode") == Some("navigate")
+        || header("accept").is_some_and(|a| a.contains("text/html"))
+}
+
+/// A `to_backend` route, after the policy allowed the person: refuse cross-site writes,
+/// then get the person's own backend (starting it if needed). A browser navigation during
+/// a start sees a page that continues by itself; API calls wait up to `start_timeout`.
+async fn backend_step(
+    sup: &Supervisor,
+    req: &RequestHeader,
+    identity: &VerifiedIdentity,
+    route_origin: &str,
+    ctx: &mut Ctx,
+) -> Step {
+    if cross_origin_write(req, route_origin) {
+        tracing::info!(user = %identity.email(), method = %req.method, "cross-origin request to a backend refused");
+        ctx.reason = Some("cross-origin");
+        return Step::Respond(Page::html(
+            403,
+            "Request refused",
+            "<p>This request came from another site, so Gatehouse did not pass it to your assistant.</p>",
+        ));
+    }
+    let id = person_id(identity);
+    let start_timeout = sup.settings().pool.start_timeout;
+    if !sup.is_running(&id) && is_navigation(req) {
+        match sup.status(&id) {
+            Status::Crashing { .. } => {}
+            _ => {
+                sup.start_in_background(&id);
+                ctx.reason = Some("backend-starting");
+                return Step::Respond(pages::backend_starting());
+            }
+        }
+    }
+    let rid = request_id();
+    let (status, what) = match tokio::time::timeout(start_timeout, sup.ensure(&id)).await {
+        Ok(Ok(lease)) => {
+            ctx.lease = Some(lease);
+            return Step::Continue;
+        }
+        Ok(Err(e)) => {
+            let what = match &e {
+                BackendError::PoolFull { .. } | BackendError::NoFreePort { .. } => {
+                    "Every assistant this server can run is in use right now. Try again in a few minutes."
+                }
+                BackendError::Crashing { .. } => {
+                    "Your assistant failed to start several times in a row, so Gatehouse stopped trying. Restart it from your session page, or tell the operator."
+                }
+                BackendError::ShuttingDown => "Gatehouse is restarting. Try again in a moment.",
+                _ => "Your assistant could not be started. Try again, or tell the operator.",
+            };
+            tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %rid, error = %e, "no backend for request");
+            (503, what)
+        }
+        Err(_) => {
+            tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %rid, "backend not ready within start_timeout");
+            (
+                504,
+                "Your assistant is still starting. Try again in a few seconds.",
+            )
+        }
+    };
+    ctx.reason = Some("backend-unavailable");
+    Step::Respond(pages::backend_unavailable(status, what, &rid))
+}
+
+/// The user page's lines about the person's backends.
+fn backend_views(st: &State, id: &VerifiedIdentity) -> Vec<pages::BackendView> {
+    let person = person_id(id);
+    st.backends
+        .iter()
+        .map(|sup| pages::BackendView {
+            pool: sup.settings().pool.name.clone(),
+            state: match sup.status(&person) {
+                Status::Stopped => "stopped (starts on your next visit)".into(),
+                Status::Starting => "starting".into(),
+                Status::Running {
+                    since,
+                    last_activity,
+                    open_requests,
+                } => format!(
+                    "running since {}, last activity {}, {open_requests} open connection(s)",
+                    humantime::format_rfc3339_seconds(since),
+                    humantime::format_rfc3339_seconds(last_activity)
+                ),
+                Status::Crashing { failures, .. } => {
+                    format!("not starting: it failed {failures} times in a row")
+                }
+            },
+        })
+        .collect()
+}
+
+/// The same-origin check for Gatehouse's own forms (sign-out, restart). The CSRF token is
+/// the protection; this is defence in depth. `null` is what privacy settings make browsers
+/// send, so it is not a mismatch.
+fn form_origin_ok(req: &RequestHeader, scheme: &str, authority: &str) -> bool {
+    match req
+        .headers
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+    {
+        Some("null") | None => true,
+        Some(o) => o == format!("{scheme}://{authority}"),
+    }
+}
+
 impl Gatehouse {
     /// DESIGN.md's request flow, in order. Each step either continues or answers.
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Step> {
@@ -560,8 +708,15 @@ impl Gatehouse {
         ctx.reason = Some(decision.reason().code());
         match decision {
             Decision::Allow(_) => {
+                let step = match &route.backend {
+                    Some(sup) => {
+                        let origin = format!("{scheme}://{authority}");
+                        backend_step(sup, session.req_header(), &identity, &origin, ctx).await
+                    }
+                    None => Step::Continue,
+                };
                 ctx.identity = Some(identity);
-                Ok(Step::Continue)
+                Ok(step)
             }
             Decision::Deny(reason) => {
                 tracing::info!(user = %s.email, route = %route.label, reason = reason.code(), "denied by policy");
@@ -756,6 +911,7 @@ impl Gatehouse {
                 groups: &s.groups,
                 expires: expires_text(s.exp),
                 csrf: &st.auth.csrf_token(id),
+                backends: backend_views(st, id),
             }),
             "user" => Page::json(
                 200,
@@ -764,18 +920,35 @@ impl Gatehouse {
                     "groups": s.groups, "expires_at": expires_text(s.exp),
                 }),
             ),
+            "backend/restart" if session.req_header().method == Method::POST => {
+                let origin_ok = form_origin_ok(session.req_header(), scheme, authority);
+                let form = read_form(session).await?;
+                let token_ok = form
+                    .get("csrf_token")
+                    .is_some_and(|t| st.auth.check_csrf(id, t));
+                let pool = form.get("pool").map(String::as_str).unwrap_or("");
+                let sup = st.backends.iter().find(|b| b.settings().pool.name == pool);
+                match (origin_ok && token_ok, sup) {
+                    (true, Some(sup)) => {
+                        let person = person_id(id);
+                        tracing::info!(user = %s.email, pool, person = %person, "backend restart requested");
+                        sup.end_streams(&person);
+                        sup.restart(&person).await;
+                        Page::redirect(303, "/.gatehouse/")
+                    }
+                    (true, None) => pages::bad_request("There is no such assistant pool."),
+                    (false, _) => {
+                        tracing::info!(user = %s.email, origin_ok, token_ok, "backend restart refused: missing or wrong CSRF token");
+                        Page::html(
+                            403,
+                            "Restart not confirmed",
+                            "<p>This restart request did not come from Gatehouse's own button, so nothing was changed.</p><p><a class=\"button\" href=\"/.gatehouse/\">Go to your session page</a></p>",
+                        )
+                    }
+                }
+            }
             "sign_out" if session.req_header().method == Method::POST => {
-                // The CSRF token is the protection; the Origin check is defence in depth.
-                // `null` is what privacy settings make browsers send, so it is not a mismatch.
-                let origin_ok = match session
-                    .req_header()
-                    .headers
-                    .get(http::header::ORIGIN)
-                    .and_then(|v| v.to_str().ok())
-                {
-                    Some("null") | None => true,
-                    Some(o) => o == format!("{scheme}://{authority}"),
-                };
+                let origin_ok = form_origin_ok(session.req_header(), scheme, authority);
                 let form = read_form(session).await?;
                 let token_ok = form
                     .get("csrf_token")
@@ -789,6 +962,16 @@ impl Gatehouse {
                     ));
                 }
                 tracing::info!(user = %s.email, "signed out");
+                // Sign-out ends the person's open streams on every pool (and, where the
+                // pool says so, stops their backend).
+                let person = person_id(id);
+                for sup in &st.backends {
+                    sup.end_streams(&person);
+                    if sup.settings().pool.stop_on_sign_out {
+                        let (sup, person) = (sup.clone(), person.clone());
+                        tokio::spawn(async move { sup.stop(&person).await });
+                    }
+                }
                 let signed_out = format!("{scheme}://{authority}/.gatehouse/signed_out");
                 let location = match &st.auth_host {
                     Some(a) => {
@@ -810,6 +993,7 @@ impl Gatehouse {
                 groups: &s.groups,
                 expires: expires_text(s.exp),
                 csrf: &st.auth.csrf_token(id),
+                backends: backend_views(st, id),
             }),
             other => Page::html(
                 404,
@@ -949,6 +1133,7 @@ impl ProxyHttp for Gatehouse {
             authority: String::new(),
             identity: None,
             reason: None,
+            lease: None,
         }
     }
 
@@ -963,9 +1148,23 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        if let Some(lease) = &ctx.lease {
+            // The person's own backend, on loopback. No read timeout: an SSE stream or a
+            // terminal WebSocket may stay quiet for long and must not be cut.
+            let mut peer = HttpPeer::new(
+                SocketAddr::from(([127, 0, 0, 1], lease.port())),
+                false,
+                String::new(),
+            );
+            peer.options.connection_timeout = Some(Duration::from_secs(5));
+            return Ok(Box::new(peer));
+        }
         let Some(route) = ctx.route.and_then(|i| self.state.routes.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
+        if route.backend.is_some() {
+            return Error::e_explain(ErrorType::InternalError, "backend route without a lease");
+        }
         let mut peer = HttpPeer::new(route.upstream, route.tls, route.sni.clone());
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         peer.options.total_connection_timeout = Some(Duration::from_secs(10));
@@ -1020,7 +1219,13 @@ impl ProxyHttp for Gatehouse {
         if !route.preserve_host_header {
             req.insert_header(http::header::HOST, route.upstream_host.as_str())?;
         }
-        // 4. Identity.
+        // 4. A per-person backend: the client's own Authorization never reaches it; the
+        //    backend's password (known only to Gatehouse) does, WebSocket upgrades included.
+        if let Some(lease) = &ctx.lease {
+            req.remove_header(&http::header::AUTHORIZATION);
+            req.insert_header(http::header::AUTHORIZATION, lease.authorization())?;
+        }
+        // 5. Identity.
         if route.pass_identity_headers
             && let Some(id) = &ctx.identity
         {
@@ -1031,10 +1236,20 @@ impl ProxyHttp for Gatehouse {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        // OpenCode serves its 2.7 MB of scripts uncompressed (notes/opencode.md §6):
+        // compress them for browsers that accept gzip/br. Never an event stream.
+        if ctx.lease.is_some()
+            && compressible(resp)
+            && let Some(c) = session
+                .downstream_modules_ctx
+                .get_mut::<pingora::modules::http::compression::ResponseCompression>()
+        {
+            c.adjust_level(COMPRESSION_LEVEL);
+        }
         // An upstream must not plant Gatehouse's own cookies (a public app could otherwise
         // set someone's session for the whole host).
         let name = self.state.auth.session.name();
@@ -1055,11 +1270,29 @@ impl ProxyHttp for Gatehouse {
                 resp.append_header(http::header::SET_COOKIE, v)?;
             }
             tracing::warn!(
-                route = ctx_label(&self.state, _ctx),
+                route = ctx_label(&self.state, ctx),
                 "upstream tried to set Gatehouse's own cookie; removed"
             );
         }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        // Sign-out (or a restart) revoked this person's lease: end the stream now. An SSE
+        // stream sends a heartbeat every 10 s, so it ends within that.
+        if ctx.lease.as_ref().is_some_and(Lease::revoked) {
+            // As a downstream close: no error page (the response has begun) and no error log.
+            let mut e = Error::new_down(ErrorType::ConnectionClosed);
+            e.set_context("signed out: stream ended");
+            return Err(e);
+        }
+        Ok(None)
     }
 
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
@@ -1157,6 +1390,30 @@ impl ProxyHttp for Gatehouse {
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
         );
     }
+}
+
+/// gzip/brotli level for backend assets: fast, most of the gain.
+const COMPRESSION_LEVEL: u32 = 5;
+
+/// Whether a backend response is a static text asset worth compressing: a complete 200 of
+/// script, style, HTML, JSON or SVG, not already encoded, and never `text/event-stream`
+/// (compressing a stream would hold events back).
+fn compressible(resp: &ResponseHeader) -> bool {
+    if resp.status != 200 || resp.headers.contains_key(http::header::CONTENT_ENCODING) {
+        return false;
+    }
+    let ct = resp
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    !ct.starts_with("text/event-stream")
+        && (ct.starts_with("text/")
+            || ct.contains("javascript")
+            || ct.contains("json")
+            || ct.contains("svg")
+            || ct.contains("wasm"))
 }
 
 /// The plain-HTTP listener (`http_redirect_addr`): a permanent redirect to https, and
@@ -1275,6 +1532,90 @@ mod tests {
         assert!(!is_api_request(&r));
         r.insert_header("authorization", "Bearer x").unwrap();
         assert!(is_api_request(&r));
+    }
+
+    #[test]
+    fn cross_origin_writes_to_a_backend_are_recognised() {
+        let own = "https://assistant.example.com";
+        let req = |method: &str, headers: &[(&'static str, &str)]| {
+            let mut r = RequestHeader::build(method, b"/session", None).unwrap();
+            for (k, v) in headers {
+                r.insert_header(*k, *v).unwrap();
+            }
+            r
+        };
+        // Reads are never refused, whatever their origin.
+        assert!(!cross_origin_write(
+            &req("GET", &[("origin", "https://evil.test")]),
+            own
+        ));
+        assert!(!cross_origin_write(
+            &req("OPTIONS", &[("origin", "https://evil.test")]),
+            own
+        ));
+        // Writes from the route's own origin, or from a script without Origin, pass.
+        assert!(!cross_origin_write(&req("POST", &[("origin", own)]), own));
+        assert!(!cross_origin_write(&req("POST", &[]), own));
+        // Another origin, `null`, another port or scheme, or a cross-site fetch: refused.
+        for o in [
+            "https://evil.test",
+            "null",
+            "https://assistant.example.com:8443",
+            "http://assistant.example.com",
+        ] {
+            assert!(
+                cross_origin_write(&req("POST", &[("origin", o)]), own),
+                "{o}"
+            );
+        }
+        assert!(cross_origin_write(
+            &req("DELETE", &[("origin", "https://evil.test")]),
+            own
+        ));
+        assert!(cross_origin_write(
+            &req("PUT", &[("sec-fetch-site", "cross-site")]),
+            own
+        ));
+    }
+
+    #[test]
+    fn navigations_are_told_from_api_calls() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("sec-fetch-mode", "navigate").unwrap();
+        assert!(is_navigation(&r));
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("accept", "text/html,*/*").unwrap();
+        assert!(is_navigation(&r));
+        let mut r = RequestHeader::build("GET", b"/session", None).unwrap();
+        r.insert_header("accept", "application/json").unwrap();
+        assert!(!is_navigation(&r));
+        let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+        r.insert_header("sec-fetch-mode", "navigate").unwrap();
+        assert!(!is_navigation(&r));
+    }
+
+    #[test]
+    fn only_complete_text_assets_are_compressed_never_event_streams() {
+        let resp = |status: u16, ct: &str, enc: Option<&str>| {
+            let mut r = ResponseHeader::build(status, None).unwrap();
+            r.insert_header("content-type", ct).unwrap();
+            if let Some(e) = enc {
+                r.insert_header("content-encoding", e).unwrap();
+            }
+            r
+        };
+        assert!(compressible(&resp(200, "text/javascript", None)));
+        assert!(compressible(&resp(
+            200,
+            "application/javascript; charset=utf-8",
+            None
+        )));
+        assert!(compressible(&resp(200, "text/css", None)));
+        assert!(compressible(&resp(200, "text/html; charset=utf-8", None)));
+        assert!(!compressible(&resp(200, "text/event-stream", None)));
+        assert!(!compressible(&resp(200, "text/javascript", Some("gzip"))));
+        assert!(!compressible(&resp(200, "image/png", None)));
+        assert!(!compressible(&resp(206, "text/javascript", None)));
     }
 
     #[test]
