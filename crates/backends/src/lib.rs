@@ -105,10 +105,14 @@ impl PoolSettings {
 
     /// The operator's pool with the built-in stop grace, check interval and restart policy.
     pub fn from_pool(pool: BackendPool) -> Self {
+        // Check often enough that a backend stops within a quarter of idle_timeout of
+        // turning idle, but no more than every 250 ms nor less than every 10 s.
+        let check_interval =
+            (pool.idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
         PoolSettings {
             pool,
             stop_grace: Duration::from_secs(5),
-            check_interval: Duration::from_secs(10),
+            check_interval,
             restart: RestartPolicy::default(),
         }
     }

@@ -1,0 +1,436 @@
+// One OpenCode server per person (issue 5), end to end: the real OpenCode from npm
+// (opencode-ai, installed by tests/harness/install-deps.sh), the real IdP, real TLS, a local
+// stand-in LLM that streams, and real Chromium for the web UI. Run as root (CI does) so each
+// person's backend runs as their own uid.
+
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { chromium } from 'playwright-core';
+
+import { loopbackLookup } from '../harness/client.mjs';
+import { REPO_ROOT } from '../harness/gatehouse.mjs';
+import { opencodeConfig, REPLY, startLlm } from '../harness/llm.mjs';
+import { startStack } from '../harness/stack.mjs';
+
+const A = 'assistant.localhost';
+const OPENCODE = process.env.GATEHOUSE_OPENCODE_BIN || path.join(REPO_ROOT, 'tests/e2e/node_modules/opencode-linux-x64/bin/opencode');
+const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
+const IS_ROOT = process.getuid?.() === 0;
+const JSON_API = { accept: 'application/json' };
+
+if (!existsSync(OPENCODE)) {
+  throw new Error(`OpenCode binary missing at ${OPENCODE}: run tests/harness/install-deps.sh (installs npm opencode-ai)`);
+}
+
+let portBase = 31000 + Math.floor(Math.random() * 400) * 10;
+
+/** A stack whose assistant.localhost route gives each person their own OpenCode. */
+async function backendStack(llm, pool = {}) {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-backends-e2e-'));
+  chmodSync(root, 0o755); // backends run as other uids and must reach their own directory
+  const dataRoot = path.join(root, 'data');
+  const first = portBase;
+  portBase += 10;
+  const s = await startStack({
+    gatehouses: {
+      main: {
+        extra: {
+          backends: {
+            assistant: {
+              command: [OPENCODE, 'serve', '--hostname', '127.0.0.1', '--port', '{port}'],
+              ports: `${first}-${first + 9}`,
+              data_root: dataRoot,
+              uids: '62000-62099',
+              start_timeout: '60s',
+              env: { OPENCODE_CONFIG_CONTENT: opencodeConfig(llm) },
+              ...pool,
+            },
+          },
+          routes: [{ from: `https://${A}`, to_backend: 'assistant' }],
+        },
+      },
+    },
+  });
+  s.dataRoot = dataRoot;
+  s.origin = s.gh.main.url(A, '/').replace(/\/$/, '');
+  return s;
+}
+
+/** Live backend processes of a data root, from /proc: [{ pid, uid, home, port }]. */
+function backendProcesses(dataRoot) {
+  const out = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let env;
+    let status;
+    try {
+      env = readFileSync(`/proc/${name}/environ`, 'latin1').split('\0');
+      status = readFileSync(`/proc/${name}/status`, 'latin1');
+    } catch {
+      continue;
+    }
+    if (/^State:\s+Z/m.test(status)) continue;
+    const get = (k) => env.find((e) => e.startsWith(`${k}=`))?.slice(k.length + 1);
+    const home = get('HOME');
+    const port = get('GATEHOUSE_BACKEND_PORT');
+    if (!port || !home?.startsWith(dataRoot)) continue;
+    // Only the server itself (children inherit the environment).
+    const ppidHome = (() => {
+      const ppid = /^PPid:\s+(\d+)/m.exec(status)?.[1];
+      try {
+        return readFileSync(`/proc/${ppid}/environ`, 'latin1').includes(`HOME=${home}\0`);
+      } catch {
+        return false;
+      }
+    })();
+    if (ppidHome) continue;
+    out.push({ pid: Number(name), uid: Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]), home, port: Number(port) });
+  }
+  return out;
+}
+
+/** A person's data directory: named by SHA-256(issuer "\n" subject), as the supervisor does. */
+function homeOf(s, sub) {
+  const id = createHash('sha256').update(`${s.idp.issuer}\n${sub}`).digest('hex').slice(0, 32);
+  return path.join(s.dataRoot, id);
+}
+
+async function eventually(what, check, { timeoutMs = 20_000, everyMs = 200 } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`not true within ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}
+
+async function signedIn(s, user) {
+  const c = s.client();
+  const { response } = await c.login(user, `${user}-pass`, s.gh.main.url(A, '/.gatehouse/'));
+  assert.equal(response.status, 200, `${user} signed in: ${response.status} ${response.body.slice(0, 300)}`);
+  return c;
+}
+
+const api = (s, c, method, p, body, headers = {}) =>
+  c.request(s.gh.main.url(A, p), {
+    method,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    headers: { ...JSON_API, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+    timeoutMs: 90_000,
+  });
+
+/** An SSE stream through Gatehouse: { events: [{ at, data }], closed: Promise, close() }. */
+function openSse(s, c, p) {
+  const u = new URL(s.gh.main.url(A, p));
+  const stream = { events: [], ended: false };
+  stream.closed = new Promise((resolve, reject) => {
+    const req = https.request(
+      {
+        host: u.hostname,
+        port: u.port,
+        path: u.pathname,
+        method: 'GET',
+        ca: s.certs.caPem,
+        servername: u.hostname,
+        lookup: loopbackLookup,
+        agent: false,
+        headers: { accept: 'text/event-stream', cookie: c.jar.header(u.hostname) },
+      },
+      (res) => {
+        stream.status = res.statusCode;
+        let buf = '';
+        res.setEncoding('utf8');
+        res.on('data', (d) => {
+          buf += d;
+          let i;
+          while ((i = buf.indexOf('\n\n')) >= 0) {
+            const block = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
+            if (data) {
+              try {
+                stream.events.push({ at: Date.now(), data: JSON.parse(data) });
+              } catch {
+                stream.events.push({ at: Date.now(), data });
+              }
+            }
+          }
+        });
+        res.on('end', () => {
+          stream.ended = true;
+          resolve('end');
+        });
+        res.on('error', () => {
+          stream.ended = true;
+          resolve('error');
+        });
+      },
+    );
+    req.on('error', (e) => {
+      stream.ended = true;
+      resolve(`error: ${e.message}`);
+    });
+    stream.close = () => req.destroy();
+    req.end();
+  });
+  return stream;
+}
+
+/** Plain HTTP to a backend port directly (no Gatehouse). */
+function direct(port, p, headers = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port, path: p, headers, agent: false, timeout: 10_000 }, (res) => {
+      res.resume();
+      res.on('end', () => resolve(res.statusCode));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
+describe('backends: two people, each their own OpenCode', () => {
+  let llm;
+  let s;
+  let alice;
+  let bob;
+
+  before(async () => {
+    llm = await startLlm();
+    s = await backendStack(llm);
+    [alice, bob] = await Promise.all([signedIn(s, 'alice'), signedIn(s, 'bob')]);
+  });
+  after(async () => {
+    await s?.stop();
+    await llm?.close();
+  });
+
+  test('each person gets their own process, uid and private data directory', async () => {
+    const [ra, rb] = await Promise.all([api(s, alice, 'GET', '/global/health'), api(s, bob, 'GET', '/global/health')]);
+    assert.equal(ra.status, 200, ra.body.slice(0, 300));
+    assert.equal(rb.status, 200, rb.body.slice(0, 300));
+    assert.equal(ra.json().healthy, true);
+    const procs = backendProcesses(s.dataRoot);
+    assert.equal(procs.length, 2, JSON.stringify(procs));
+    const [pa, pb] = procs;
+    assert.notEqual(pa.home, pb.home);
+    assert.ok(!pa.home.includes('alice') && !pb.home.includes('bob'), 'directories are not named after the email');
+    if (IS_ROOT) {
+      assert.notEqual(pa.uid, pb.uid, 'alice and bob run as different uids');
+      for (const p of procs) {
+        assert.ok(p.uid >= 62000 && p.uid <= 62099, `uid ${p.uid} in the range`);
+      }
+    }
+  });
+
+  test("alice's session is not visible to bob", async () => {
+    const created = await api(s, alice, 'POST', '/session', { title: 'alice-private-session' });
+    assert.equal(created.status, 200, created.body.slice(0, 300));
+    const id = created.json().id;
+    const mine = (await api(s, alice, 'GET', '/session')).json();
+    assert.ok(mine.some((x) => x.id === id), 'alice sees her session');
+    const theirs = await api(s, bob, 'GET', '/session');
+    assert.equal(theirs.status, 200);
+    assert.ok(!theirs.json().some((x) => x.id === id || x.title === 'alice-private-session'), 'bob does not see it');
+  });
+
+  test("alice's backend cannot read bob's files through OpenCode's file API", { skip: !IS_ROOT && 'needs root (one uid per person)' }, async () => {
+    await api(s, bob, 'GET', '/global/health');
+    const bobHome = homeOf(s, 'bob');
+    const bobUid = statSync(bobHome).uid;
+    assert.equal(statSync(bobHome).mode & 0o777, 0o700, "bob's directory is private");
+    const secret = path.join(bobHome, 'bob-secret.txt');
+    writeFileSync(secret, 'the secret of bob', { mode: 0o600 });
+    chownSync(secret, bobUid, bobUid);
+    const q = `/file/content?path=bob-secret.txt&directory=${encodeURIComponent(bobHome)}`;
+    const own = await api(s, bob, 'GET', q);
+    assert.match(own.body, /the secret of bob/, 'bob reads his own file (the probe works)');
+    const other = await api(s, alice, 'GET', q);
+    assert.doesNotMatch(other.body, /the secret of bob/, `alice's backend read bob's file: ${other.status} ${other.body.slice(0, 200)}`);
+  });
+
+  test('a backend port without the password is refused; through Gatehouse the client never needs it', async () => {
+    const procs = backendProcesses(s.dataRoot);
+    assert.ok(procs.length >= 1);
+    for (const p of procs) {
+      assert.equal(await direct(p.port, '/global/health'), 401);
+      assert.equal(await direct(p.port, '/session'), 401);
+      assert.equal(await direct(p.port, '/session', { authorization: `Basic ${Buffer.from('opencode:guess').toString('base64')}` }), 401);
+    }
+    // A client's own Authorization is replaced, not forwarded.
+    const r = await api(s, alice, 'GET', '/global/health', undefined, { authorization: `Basic ${Buffer.from('opencode:guess').toString('base64')}` });
+    assert.equal(r.status, 200);
+  });
+
+  test('a cross-origin POST through Gatehouse is refused and changes nothing', async () => {
+    const r = await alice.request(s.gh.main.url(A, '/session'), {
+      method: 'POST',
+      body: JSON.stringify({ title: 'csrf-made-this' }),
+      headers: { 'content-type': 'text/plain', origin: 'https://evil.test', accept: '*/*' },
+    });
+    assert.equal(r.status, 403);
+    assert.match(r.body, /another site/);
+    const same = await api(s, alice, 'POST', '/session', { title: 'same-origin-ok' }, { origin: s.origin });
+    assert.equal(same.status, 200, 'a same-origin POST passes');
+    const list = (await api(s, alice, 'GET', '/session')).json();
+    assert.ok(!list.some((x) => x.title === 'csrf-made-this'));
+  });
+
+  test("a prompt's reply events arrive while the LLM produces them", async () => {
+    llm.wordDelayMs = 150;
+    const events = openSse(s, alice, '/global/event');
+    await eventually('event stream open', () => events.events.length > 0);
+    assert.equal(events.status, 200);
+    const session = (await api(s, alice, 'POST', '/session', { title: 'streaming' })).json();
+    const sent = await api(s, alice, 'POST', `/session/${session.id}/prompt_async`, { parts: [{ type: 'text', text: 'Say hello' }] });
+    assert.ok(sent.status === 204 || sent.status === 200, `prompt_async: ${sent.status} ${sent.body.slice(0, 200)}`);
+    const deltas = () => events.events.filter((e) => e.data?.payload?.type === 'message.part.delta' && e.data.payload.properties?.sessionID === session.id);
+    await eventually('reply fully streamed', () => deltas().map((e) => e.data.payload.properties.delta).join('').includes('buffered'), { timeoutMs: 60_000 });
+    events.close();
+    const d = deltas();
+    const words = REPLY.split(' ').length;
+    assert.ok(d.length >= words / 2, `${d.length} delta events for ${words} words`);
+    const spread = d.at(-1).at - d[0].at;
+    assert.ok(spread >= (words - 2) * llm.wordDelayMs * 0.5, `deltas spread over ${spread} ms, not delivered at once`);
+  });
+
+  test('the user page shows the backend running, with a restart button', async () => {
+    const r = await alice.get(s.gh.main.url(A, '/.gatehouse/'));
+    assert.equal(r.status, 200);
+    assert.match(r.body, /Your assistant/);
+    assert.match(r.body, /running since/);
+    assert.match(r.body, /action="\/\.gatehouse\/backend\/restart"/);
+  });
+
+  test('real Chromium loads OpenCode\'s web UI through Gatehouse', async () => {
+    const browser = await chromium.launch({
+      executablePath: CHROMIUM,
+      args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    });
+    try {
+      const context = await browser.newContext({ ignoreHTTPSErrors: true });
+      const page = await context.newPage();
+      const failed = [];
+      page.on('response', (r) => { if (r.status() >= 400 && r.url().includes(A)) failed.push(`${r.status()} ${r.url()}`); });
+      const url = s.gh.main.url(A, '/');
+      await page.goto(url);
+      await page.waitForURL((u) => u.href.startsWith(`${s.idp.issuer}/interaction/`), { timeout: 15_000 });
+      await page.fill('input[name="login"]', 'carol');
+      await page.fill('input[name="password"]', 'carol-pass');
+      await page.click('button[type="submit"]');
+      // Carol is new: the "starting" page continues by itself to OpenCode's UI.
+      await page.waitForFunction(() => document.querySelectorAll('script[src*="/assets/"]').length > 0 && document.body.innerText.length > 0, null, { timeout: 60_000 });
+      const html = await page.content();
+      assert.match(html, /assets\//, 'OpenCode index.html loaded');
+      const api = await page.evaluate(async () => (await fetch('/global/health')).json());
+      assert.equal(api.healthy, true, "the UI's own API calls go through Gatehouse to carol's backend");
+      // Carol's first visit saw the "starting" page (503 with a refresh); nothing else failed.
+      const root = `503 ${url}`;
+      assert.ok(failed.includes(root), `the starting page was shown first: ${failed.join(' ')}`);
+      assert.deepEqual(failed.filter((f) => f !== root && !/favicon/.test(f)), [], 'no other failed requests');
+      await context.close();
+    } finally {
+      await browser.close();
+    }
+  });
+});
+
+describe('backends: lifecycle with short timeouts and one backend at most', () => {
+  let llm;
+  let s;
+
+  before(async () => {
+    llm = await startLlm();
+    s = await backendStack(llm, { idle_timeout: '3s', start_timeout: '20s', max_backends: 1 });
+  });
+  after(async () => {
+    await s?.stop();
+    await llm?.close();
+  });
+
+  test('concurrent first requests of one person start exactly one process', async () => {
+    const alice = await signedIn(s, 'alice');
+    const rs = await Promise.all(Array.from({ length: 5 }, () => api(s, alice, 'GET', '/global/health')));
+    assert.deepEqual(rs.map((r) => r.status), [200, 200, 200, 200, 200]);
+    assert.equal(backendProcesses(s.dataRoot).length, 1);
+  });
+
+  test('a browser navigation during a start sees the starting page, which continues by itself', async () => {
+    const bob = await signedIn(s, 'bob');
+    // Alice's backend is idle (3 s): stopping it makes room for bob's (max_backends 1).
+    await eventually('alice stopped when idle', () => backendProcesses(s.dataRoot).length === 0, { timeoutMs: 15_000 });
+    const r = await bob.get(s.gh.main.url(A, '/'));
+    assert.equal(r.status, 503);
+    assert.match(r.body, /Starting your assistant/);
+    assert.match(r.body, /http-equiv="refresh"/);
+    await eventually('bob started', async () => (await bob.get(s.gh.main.url(A, '/'))).status === 200, { timeoutMs: 30_000 });
+  });
+
+  test('pool full: another person gets a 503 page that says so, while the running one is in use', async () => {
+    const bob = await signedIn(s, 'bob');
+    const stream = openSse(s, bob, '/global/event');
+    await eventually('bob streaming', () => stream.events.length > 0, { timeoutMs: 30_000 });
+    const alice = await signedIn(s, 'alice');
+    const r = await alice.get(s.gh.main.url(A, '/session'), { headers: JSON_API, timeoutMs: 30_000 });
+    assert.equal(r.status, 503);
+    assert.match(r.body, /in use/);
+    stream.close();
+  });
+
+  test('an SSE stream held longer than every configured timeout stays open, and its backend is not stopped', async () => {
+    const bob = await signedIn(s, 'bob');
+    const stream = openSse(s, bob, '/global/event');
+    await eventually('stream open', () => stream.events.length > 0, { timeoutMs: 30_000 });
+    const pid = backendProcesses(s.dataRoot)[0]?.pid;
+    // idle_timeout 3 s, start_timeout 20 s, OpenCode heartbeat 10 s: hold 22 s.
+    await new Promise((r) => setTimeout(r, 22_000));
+    assert.equal(stream.ended, false, 'the stream was cut');
+    assert.ok(stream.events.some((e) => e.data?.payload?.type === 'server.heartbeat'), 'heartbeats arrived');
+    assert.equal(backendProcesses(s.dataRoot)[0]?.pid, pid, 'the backend was stopped under an open stream');
+    stream.close();
+  });
+
+  test('a short idle_timeout stops an idle backend but not one whose agent is busy', async () => {
+    const bob = await signedIn(s, 'bob');
+    const session = (await api(s, bob, 'POST', '/session', { title: 'busy' })).json();
+    llm.wordDelayMs = 600; // ~9 s of streaming: busy much longer than idle_timeout
+    const sent = await api(s, bob, 'POST', `/session/${session.id}/prompt_async`, { parts: [{ type: 'text', text: 'work' }] });
+    assert.ok(sent.status === 204 || sent.status === 200);
+    const pid = backendProcesses(s.dataRoot)[0]?.pid;
+    await eventually('the LLM is asked', () => llm.requests.length > 0, { timeoutMs: 30_000 });
+    // No request for > idle_timeout, but the agent is working: kept.
+    await new Promise((r) => setTimeout(r, 5_000));
+    assert.equal(backendProcesses(s.dataRoot)[0]?.pid, pid, 'a busy backend was stopped');
+    // Once the reply is done it is idle: stopped.
+    await eventually('idle backend stopped', () => backendProcesses(s.dataRoot).length === 0, { timeoutMs: 40_000 });
+    llm.wordDelayMs = 150;
+  });
+
+  test('a killed backend is started again on the next request', async () => {
+    const bob = await signedIn(s, 'bob');
+    assert.equal((await api(s, bob, 'GET', '/global/health')).status, 200);
+    const [p] = backendProcesses(s.dataRoot);
+    process.kill(p.pid, 'SIGKILL');
+    await eventually('killed', () => backendProcesses(s.dataRoot).length === 0);
+    await new Promise((r) => setTimeout(r, 500));
+    const r = await api(s, bob, 'GET', '/global/health');
+    assert.equal(r.status, 200, r.body.slice(0, 300));
+    const [again] = backendProcesses(s.dataRoot);
+    assert.ok(again && again.pid !== p.pid);
+  });
+
+  test('SIGTERM to Gatehouse leaves no backend process', async () => {
+    const bob = await signedIn(s, 'bob');
+    assert.equal((await api(s, bob, 'GET', '/global/health')).status, 200);
+    assert.equal(backendProcesses(s.dataRoot).length, 1);
+    await s.gh.main.stop();
+    await eventually('no backend left', () => backendProcesses(s.dataRoot).length === 0, { timeoutMs: 10_000 });
+  });
+});
