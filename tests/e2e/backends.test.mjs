@@ -4,101 +4,23 @@
 // person's backend runs as their own uid.
 
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
-import { chmodSync, chownSync, existsSync, mkdtempSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
+import { A, backendProcesses, backendStack, homeOf, OPENCODE } from '../harness/backends.mjs';
 import { loopbackLookup } from '../harness/client.mjs';
-import { REPO_ROOT } from '../harness/gatehouse.mjs';
-import { opencodeConfig, REPLY, startLlm } from '../harness/llm.mjs';
-import { startStack } from '../harness/stack.mjs';
+import { REPLY, startLlm } from '../harness/llm.mjs';
 
-const A = 'assistant.localhost';
-const OPENCODE = process.env.GATEHOUSE_OPENCODE_BIN || path.join(REPO_ROOT, 'tests/e2e/node_modules/opencode-linux-x64/bin/opencode');
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
 const IS_ROOT = process.getuid?.() === 0;
 const JSON_API = { accept: 'application/json' };
 
 if (!existsSync(OPENCODE)) {
   throw new Error(`OpenCode binary missing at ${OPENCODE}: run tests/harness/install-deps.sh (installs npm opencode-ai)`);
-}
-
-let portBase = 31000 + Math.floor(Math.random() * 400) * 10;
-
-/** A stack whose assistant.localhost route gives each person their own OpenCode. */
-async function backendStack(llm, pool = {}) {
-  const root = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-backends-e2e-'));
-  chmodSync(root, 0o755); // backends run as other uids and must reach their own directory
-  const dataRoot = path.join(root, 'data');
-  const first = portBase;
-  portBase += 10;
-  const s = await startStack({
-    gatehouses: {
-      main: {
-        extra: {
-          backends: {
-            assistant: {
-              command: [OPENCODE, 'serve', '--hostname', '127.0.0.1', '--port', '{port}'],
-              ports: `${first}-${first + 9}`,
-              data_root: dataRoot,
-              uids: '62000-62099',
-              start_timeout: '60s',
-              env: { OPENCODE_CONFIG_CONTENT: opencodeConfig(llm) },
-              ...pool,
-            },
-          },
-          routes: [{ from: `https://${A}`, to_backend: 'assistant' }],
-        },
-      },
-    },
-  });
-  s.dataRoot = dataRoot;
-  s.origin = s.gh.main.url(A, '/').replace(/\/$/, '');
-  return s;
-}
-
-/** Live backend processes of a data root, from /proc: [{ pid, uid, home, port }]. */
-function backendProcesses(dataRoot) {
-  const out = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    let env;
-    let status;
-    try {
-      env = readFileSync(`/proc/${name}/environ`, 'latin1').split('\0');
-      status = readFileSync(`/proc/${name}/status`, 'latin1');
-    } catch {
-      continue;
-    }
-    if (/^State:\s+Z/m.test(status)) continue;
-    const get = (k) => env.find((e) => e.startsWith(`${k}=`))?.slice(k.length + 1);
-    const home = get('HOME');
-    const port = get('GATEHOUSE_BACKEND_PORT');
-    if (!port || !home?.startsWith(dataRoot)) continue;
-    // Only the server itself (children inherit the environment).
-    const ppidHome = (() => {
-      const ppid = /^PPid:\s+(\d+)/m.exec(status)?.[1];
-      try {
-        return readFileSync(`/proc/${ppid}/environ`, 'latin1').includes(`HOME=${home}\0`);
-      } catch {
-        return false;
-      }
-    })();
-    if (ppidHome) continue;
-    out.push({ pid: Number(name), uid: Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]), home, port: Number(port) });
-  }
-  return out;
-}
-
-/** A person's data directory: named by SHA-256(issuer "\n" subject), as the supervisor does. */
-function homeOf(s, sub) {
-  const id = createHash('sha256').update(`${s.idp.issuer}\n${sub}`).digest('hex').slice(0, 32);
-  return path.join(s.dataRoot, id);
 }
 
 async function eventually(what, check, { timeoutMs = 20_000, everyMs = 200 } = {}) {

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what the tests, the demo and the benchmark need, only when missing (Debian 12, root):
-# system packages, then the npm packages of tests/e2e (oidc-provider, playwright-core, jose).
+# system packages, then the npm packages of tests/e2e (oidc-provider, playwright-core, jose, and
+# the OpenCode server binary: opencode-linux-x64, the platform package of npm opencode-ai).
 # Also checks the toolchains that are not apt packages here: cargo, node >= 20.19, npm.
 set -euo pipefail
 

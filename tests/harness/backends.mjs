@@ -1,0 +1,97 @@
+// Per-person backends in tests and the bench: a stack whose assistant.localhost route
+// gives each person their own real OpenCode (npm opencode-ai), and a look into /proc at the
+// backend processes it started.
+//
+//   const s = await backendStack(llm, { idle_timeout: '3s' });   // s.dataRoot, s.origin
+//   backendProcesses(s.dataRoot)   // [{ pid, uid, home, port }]
+
+import { createHash } from 'node:crypto';
+import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { REPO_ROOT } from './gatehouse.mjs';
+import { opencodeConfig } from './llm.mjs';
+import { startStack } from './stack.mjs';
+
+export const A = 'assistant.localhost';
+export const OPENCODE = process.env.GATEHOUSE_OPENCODE_BIN || path.join(REPO_ROOT, 'tests/e2e/node_modules/opencode-linux-x64/bin/opencode');
+
+let portBase = 31000 + Math.floor(Math.random() * 400) * 10;
+
+/** A stack whose assistant.localhost route gives each person their own OpenCode. */
+export async function backendStack(llm, pool = {}, route = {}) {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-backends-e2e-'));
+  chmodSync(root, 0o755); // backends run as other uids and must reach their own directory
+  const dataRoot = path.join(root, 'data');
+  const first = portBase;
+  portBase += 10;
+  const s = await startStack({
+    gatehouses: {
+      main: {
+        extra: {
+          backends: {
+            assistant: {
+              command: [OPENCODE, 'serve', '--hostname', '127.0.0.1', '--port', '{port}'],
+              ports: `${first}-${first + 9}`,
+              data_root: dataRoot,
+              uids: '62000-62099',
+              start_timeout: '60s',
+              env: { OPENCODE_CONFIG_CONTENT: opencodeConfig(llm) },
+              ...pool,
+            },
+          },
+          routes: [{ from: `https://${A}`, to_backend: 'assistant', ...route }],
+        },
+      },
+    },
+  });
+  s.dataRoot = dataRoot;
+  const stop = s.stop;
+  s.stop = async () => {
+    await stop();
+    rmSync(root, { recursive: true, force: true });
+  };
+  s.origin = s.gh.main.url(A, '/').replace(/\/$/, '');
+  return s;
+}
+
+/** Live backend processes of a data root, from /proc: [{ pid, uid, home, port }]. */
+export function backendProcesses(dataRoot) {
+  const out = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    let env;
+    let status;
+    try {
+      env = readFileSync(`/proc/${name}/environ`, 'latin1').split('\0');
+      status = readFileSync(`/proc/${name}/status`, 'latin1');
+    } catch {
+      continue;
+    }
+    if (/^State:\s+Z/m.test(status)) continue;
+    const get = (k) => env.find((e) => e.startsWith(`${k}=`))?.slice(k.length + 1);
+    const home = get('HOME');
+    const port = get('GATEHOUSE_BACKEND_PORT');
+    if (!port || !home?.startsWith(dataRoot)) continue;
+    // Only the server itself (children inherit the environment).
+    const ppidHome = (() => {
+      const ppid = /^PPid:\s+(\d+)/m.exec(status)?.[1];
+      try {
+        return readFileSync(`/proc/${ppid}/environ`, 'latin1').includes(`HOME=${home}\0`);
+      } catch {
+        return false;
+      }
+    })();
+    if (ppidHome) continue;
+    out.push({ pid: Number(name), uid: Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]), home, port: Number(port) });
+  }
+  return out;
+}
+
+/** A person's data directory: named by SHA-256(issuer "\n" subject), as the supervisor does. */
+export function homeOf(s, sub) {
+  const id = createHash('sha256').update(`${s.idp.issuer}\n${sub}`).digest('hex').slice(0, 32);
+  return path.join(s.dataRoot, id);
+}
+
