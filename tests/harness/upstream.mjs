@@ -1,6 +1,7 @@
 // Echo upstream on 127.0.0.1: answers every request with 200 JSON {method, url, headers}
 // (header names lower-cased), or, for `Accept: text/html`, a page greeting the signed-in
-// person and listing the headers it received. `/sse` sends 5 events 200 ms apart.
+// person and listing the headers it received. `/sse` sends 5 events 200 ms apart
+// (`/sse?n=50&every=100`: 50 events, 100 ms apart).
 // `/set-cookie` answers like any other path but also sets the cookies `_pomerium=evil`,
 // `_pomerium_login=evil` and `app=1` (to check Gatehouse strips its own names).
 //
@@ -46,15 +47,18 @@ export async function startUpstream({ port = 0, host = '127.0.0.1' } = {}) {
 
       if (req.url === '/sse' || req.url.startsWith('/sse?')) {
         res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+        const q = new URL(req.url, 'http://upstream').searchParams;
+        const count = Math.min(Number(q.get('n')) || 5, 10_000);
+        const every = Math.min(Math.max(Number(q.get('every')) || 200, 10), 60_000);
         let n = 0;
         const timer = setInterval(() => {
           n += 1;
           res.write(`id: ${n}\nevent: tick\ndata: ${JSON.stringify({ n, t: Date.now() })}\n\n`);
-          if (n >= 5) {
+          if (n >= count) {
             clearInterval(timer);
             res.end();
           }
-        }, 200);
+        }, every);
         res.on('close', () => clearInterval(timer));
         return;
       }

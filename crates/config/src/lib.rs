@@ -156,6 +156,16 @@ pub struct Config {
     pub signing_key: Option<Secret<String>>,
     /// Top-level `allowed_domains` (TeamOS seed): applies to routes without a policy of their own.
     pub allowed_domains: Vec<String>,
+    /// Top-level `allowed_groups`: like `allowed_domains`, for routes without a policy of
+    /// their own (either list lets a person in).
+    pub allowed_groups: Vec<String>,
+    /// `policies_dir`: the directory of named policies (relative paths are relative to the
+    /// config file), watched for changes.
+    pub policies_dir: Option<PathBuf>,
+    /// The named policies found in `policies_dir`, by name (sorted).
+    pub policies: Vec<NamedPolicy>,
+    /// `metrics_address`: a plain-HTTP listener serving Prometheus metrics at `/metrics`.
+    pub metrics_address: Option<SocketAddr>,
     pub routes: Vec<Route>,
     /// `log_level` (default `info`).
     pub log_level: String,
@@ -261,9 +271,20 @@ pub struct Route {
     pub allowed_users: Vec<String>,
     /// Route-level `allowed_groups` (group names or ids, as the IdP or directory gives them).
     pub allowed_groups: Vec<String>,
-    /// `policy:` in Pomerium's policy language.
+    /// `policy:` in Pomerium's policy language, or the named policy it refers to.
     pub policy: Option<PolicySpec>,
+    /// `policy: <name>`: the named policy (from `policies_dir`) the route uses.
+    pub policy_name: Option<String>,
     pub origin: Origin,
+}
+
+/// A policy file in `policies_dir`: `<name>.yaml` holds the same list of `allow:`/`deny:`
+/// blocks a route's `policy:` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPolicy {
+    pub name: String,
+    pub file: PathBuf,
+    pub spec: PolicySpec,
 }
 
 /// The `policy:` of a route, in Pomerium's policy language (PPL), checked and normalised.

@@ -131,7 +131,8 @@ impl Routes {
                 public: true,
             });
         }
-        let policy = Policy::for_route(r, &self.config.allowed_domains);
+        let policy =
+            Policy::for_route(r, &self.config.allowed_domains, &self.config.allowed_groups);
         let claims: Vec<Claim<'_>> = req
             .claims
             .iter()
@@ -185,6 +186,16 @@ pub fn explain(routes: &Routes, req: &Request, choice: Option<&str>) -> ExitCode
         _ => String::new(),
     };
     println!("routes[{}] ({from}{place}, {})", out.route, r.origin);
+    if let Some(name) = &r.policy_name {
+        let file = routes
+            .config
+            .policies
+            .iter()
+            .find(|p| &p.name == name)
+            .map(|p| p.file.display().to_string())
+            .unwrap_or_default();
+        println!("policy: {name} ({file})");
+    }
     let (word, code) = if out.decision.is_allow() {
         ("ALLOW", ExitCode::SUCCESS)
     } else {

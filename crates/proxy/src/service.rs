@@ -19,8 +19,10 @@ use gatehouse_auth::{Auth, CallbackError, VerifiedIdentity, now};
 use gatehouse_config::{RouteFrom, SameSite};
 use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Policy};
 
+use crate::Live;
 use crate::pages::{self, Page};
 use crate::routes::{RouteTable, is_canonical_path, split_host};
+use crate::streams::{OpenStream, UpstreamSocket};
 
 /// A route, ready to serve.
 #[derive(Debug)]
@@ -37,6 +39,60 @@ pub struct RouteState {
     pub preserve_host_header: bool,
     pub public: bool,
     pub policy: Policy,
+}
+
+/// Decides a signed-in person's request on `route` (its policy, with the current time).
+/// The same function decides a new request and re-decides an open stream after a reload.
+pub(crate) fn decide_policy(
+    route: &RouteState,
+    identity: &VerifiedIdentity,
+    method: &str,
+    path: &str,
+) -> Decision {
+    let s = identity.session();
+    let claims = [
+        Claim {
+            name: "sub",
+            values: ClaimValues::One(&s.sub),
+        },
+        Claim {
+            name: "email",
+            values: ClaimValues::One(&s.email),
+        },
+        Claim {
+            name: "email_verified",
+            values: ClaimValues::One(if s.email_verified { "true" } else { "false" }),
+        },
+        Claim {
+            name: "name",
+            values: ClaimValues::One(s.name.as_deref().unwrap_or_default()),
+        },
+        Claim {
+            name: "iss",
+            values: ClaimValues::One(&s.iss),
+        },
+        Claim {
+            name: "groups",
+            values: ClaimValues::Many(&s.groups),
+        },
+    ];
+    let claims: &[Claim<'_>] = if s.name.is_some() {
+        &claims
+    } else {
+        // No `name` claim: leave it out rather than match it as empty.
+        &[claims[0], claims[1], claims[2], claims[4], claims[5]]
+    };
+    route.policy.evaluate(&Facts {
+        user: &s.sub,
+        email: &s.email,
+        email_verified: s.email_verified,
+        groups: &s.groups,
+        claims,
+        method,
+        path,
+        // The policy crate never reads the clock; the proxy passes the current UTC time.
+        time: std::time::SystemTime::now(),
+    })
 }
 
 /// The authenticate host (`authenticate_service_url`).
@@ -60,7 +116,8 @@ pub struct CookieSettings {
 pub struct State {
     pub routes: Vec<RouteState>,
     pub table: RouteTable,
-    pub auth: Auth,
+    /// Kept across reloads (sign-in state, keys, one-time tokens).
+    pub auth: Arc<Auth>,
     pub auth_host: Option<AuthHost>,
     pub cookie: CookieSettings,
     /// Whether the main listener is TLS (for the default port of a Host without one).
@@ -69,17 +126,25 @@ pub struct State {
 
 /// Gatehouse's proxy service.
 pub struct Gatehouse {
-    pub state: Arc<State>,
+    pub live: Arc<Live>,
 }
 
 /// The facts of one request, filled in as `request_filter` goes.
 pub struct Ctx {
+    /// The state serving when the request came in; a reload during the request does not
+    /// change it (so `route` stays an index into the same routes).
+    state: Arc<State>,
     start: Instant,
     route: Option<usize>,
     host: String,
+    port: u16,
     authority: String,
     identity: Option<VerifiedIdentity>,
     reason: Option<&'static str>,
+    /// The upstream socket, once connected.
+    upstream: Option<UpstreamSocket>,
+    /// The id of this request in the open-streams registry, while it streams.
+    stream: Option<u64>,
 }
 
 /// What a step of `request_filter` decided.
@@ -415,9 +480,53 @@ async fn write_page(session: &mut Session, page: Page) -> Result<u16> {
 }
 
 impl Gatehouse {
+    /// Registers a signed-in person's long-lived response (SSE, WebSocket) so a reload or a
+    /// sign-out can end it.
+    fn track_stream(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) {
+        let is_stream = resp.status == http::StatusCode::SWITCHING_PROTOCOLS
+            || resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        let (Some(identity), Some(upstream), None) = (&ctx.identity, ctx.upstream, ctx.stream)
+        else {
+            return;
+        };
+        if !is_stream {
+            return;
+        }
+        let req = session.req_header();
+        let id = self.live.streams.register(OpenStream {
+            identity: identity.clone(),
+            host: ctx.host.clone(),
+            port: ctx.port,
+            path: req.uri.path().to_string(),
+            method: req.method.to_string(),
+            route: ctx_label(&ctx.state, ctx).to_string(),
+            upstream,
+        });
+        ctx.stream = Some(id);
+        self.live
+            .metrics
+            .streams_open
+            .set(self.live.streams.len() as i64);
+    }
+
+    fn untrack_stream(&self, ctx: &mut Ctx) {
+        if let Some(id) = ctx.stream.take() {
+            self.live.streams.remove(id);
+            self.live
+                .metrics
+                .streams_open
+                .set(self.live.streams.len() as i64);
+        }
+    }
+
     /// DESIGN.md's request flow, in order. Each step either continues or answers.
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Step> {
-        let st = &*self.state;
+        let state = Arc::clone(&ctx.state);
+        let st = &*state;
         let req = session.req_header();
         let authority = req
             .headers
@@ -439,6 +548,7 @@ impl Gatehouse {
             )));
         }
         ctx.host.clone_from(&host);
+        ctx.port = port;
         ctx.authority.clone_from(&authority);
         let gh = gatehouse_path(&path).map(str::to_string);
 
@@ -450,7 +560,7 @@ impl Gatehouse {
         // The authenticate host (two-host flow).
         if st.is_auth_host(&host, port) {
             return self
-                .authenticate_host(session, &path, gh.as_deref())
+                .authenticate_host(st, session, &path, gh.as_deref())
                 .await
                 .map(Step::Respond);
         }
@@ -480,7 +590,7 @@ impl Gatehouse {
         match gh.as_deref() {
             Some("callback") => {
                 return self
-                    .route_callback(session, &jar, &host)
+                    .route_callback(st, session, &jar, &host)
                     .await
                     .map(Step::Respond);
             }
@@ -507,56 +617,14 @@ impl Gatehouse {
         if let Some(g) = gh.as_deref() {
             ctx.identity = Some(identity.clone());
             return self
-                .gatehouse_page(session, g, &identity, scheme, &authority)
+                .gatehouse_page(st, session, g, &identity, scheme, &authority)
                 .await
                 .map(Step::Respond);
         }
 
         let s = identity.session();
         let req = session.req_header();
-        let claims = [
-            Claim {
-                name: "sub",
-                values: ClaimValues::One(&s.sub),
-            },
-            Claim {
-                name: "email",
-                values: ClaimValues::One(&s.email),
-            },
-            Claim {
-                name: "email_verified",
-                values: ClaimValues::One(if s.email_verified { "true" } else { "false" }),
-            },
-            Claim {
-                name: "name",
-                values: ClaimValues::One(s.name.as_deref().unwrap_or_default()),
-            },
-            Claim {
-                name: "iss",
-                values: ClaimValues::One(&s.iss),
-            },
-            Claim {
-                name: "groups",
-                values: ClaimValues::Many(&s.groups),
-            },
-        ];
-        let claims: &[Claim<'_>] = if s.name.is_some() {
-            &claims
-        } else {
-            // No `name` claim: leave it out rather than match it as empty.
-            &[claims[0], claims[1], claims[2], claims[4], claims[5]]
-        };
-        let decision = route.policy.evaluate(&Facts {
-            user: &s.sub,
-            email: &s.email,
-            email_verified: s.email_verified,
-            groups: &s.groups,
-            claims,
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            // The policy crate never reads the clock; the proxy passes the current UTC time.
-            time: std::time::SystemTime::now(),
-        });
+        let decision = decide_policy(route, &identity, req.method.as_str(), req.uri.path());
         ctx.reason = Some(decision.reason().code());
         match decision {
             Decision::Allow(_) => {
@@ -579,11 +647,11 @@ impl Gatehouse {
     /// or (without `authenticate_service_url`) the IdP's redirect with `code` and `state`.
     async fn route_callback(
         &self,
+        st: &State,
         session: &mut Session,
         jar: &[(String, String)],
         host: &str,
     ) -> Result<Page> {
-        let st = &*self.state;
         let query = query_map(session.req_header().uri.query());
         let t = now();
         if let Some(token) = query.get("handoff") {
@@ -631,11 +699,11 @@ impl Gatehouse {
     /// Requests to the authenticate host: sign-in start, the IdP callback, sign-out.
     async fn authenticate_host(
         &self,
+        st: &State,
         session: &mut Session,
         path: &str,
         gh: Option<&str>,
     ) -> Result<Page> {
-        let st = &*self.state;
         let Some(auth_host) = st.auth_host.clone() else {
             return Ok(pages::not_found(""));
         };
@@ -740,13 +808,13 @@ impl Gatehouse {
     /// Gatehouse's own pages on a route host, for a signed-in person.
     async fn gatehouse_page(
         &self,
+        st: &State,
         session: &mut Session,
         page: &str,
         id: &VerifiedIdentity,
         scheme: &str,
         authority: &str,
     ) -> Result<Page> {
-        let st = &*self.state;
         let s = id.session();
         Ok(match page {
             "" => pages::user_page(&pages::UserView {
@@ -788,7 +856,8 @@ impl Gatehouse {
                         "<p>This sign-out request did not come from Gatehouse's own sign-out button, so nothing was changed.</p><p><a class=\"button\" href=\"/.gatehouse/\">Go to your session page</a></p>",
                     ));
                 }
-                tracing::info!(user = %s.email, "signed out");
+                let ended = self.live.end_session_streams(&s.sid);
+                tracing::info!(user = %s.email, streams_ended = ended, "signed out");
                 let signed_out = format!("{scheme}://{authority}/.gatehouse/signed_out");
                 let location = match &st.auth_host {
                     Some(a) => {
@@ -943,13 +1012,45 @@ impl ProxyHttp for Gatehouse {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            state: self.live.state.load_full(),
             start: Instant::now(),
             route: None,
             host: String::new(),
+            port: 0,
             authority: String::new(),
             identity: None,
             reason: None,
+            upstream: None,
+            stream: None,
         }
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream = UpstreamSocket::current(fd);
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        // The upstream finished: its connection may go back to the pool and serve
+        // another request, so this one must no longer be ended through it.
+        if end_of_stream {
+            self.untrack_stream(ctx);
+        }
+        Ok(None)
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -963,7 +1064,7 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(route) = ctx.route.and_then(|i| self.state.routes.get(i)) else {
+        let Some(route) = ctx.route.and_then(|i| ctx.state.routes.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
         let mut peer = HttpPeer::new(route.upstream, route.tls, route.sni.clone());
@@ -979,7 +1080,7 @@ impl ProxyHttp for Gatehouse {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let st = &*self.state;
+        let st = Arc::clone(&ctx.state);
         let Some(route) = ctx.route.and_then(|i| st.routes.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
@@ -1031,13 +1132,14 @@ impl ProxyHttp for Gatehouse {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut Ctx,
+        ctx: &mut Ctx,
     ) -> Result<()> {
+        self.track_stream(session, resp, ctx);
         // An upstream must not plant Gatehouse's own cookies (a public app could otherwise
         // set someone's session for the whole host).
-        let name = self.state.auth.session.name();
+        let name = ctx.state.auth.session.name();
         let mut planted = false;
         for v in resp.headers.get_all(http::header::SET_COOKIE) {
             planted |= is_own_cookie(cookie_name(v.as_bytes()), name);
@@ -1055,7 +1157,7 @@ impl ProxyHttp for Gatehouse {
                 resp.append_header(http::header::SET_COOKIE, v)?;
             }
             tracing::warn!(
-                route = ctx_label(&self.state, _ctx),
+                route = ctx_label(&ctx.state, ctx),
                 "upstream tried to set Gatehouse's own cookie; removed"
             );
         }
@@ -1080,7 +1182,7 @@ impl ProxyHttp for Gatehouse {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let label = ctx
             .route
-            .and_then(|i| self.state.routes.get(i))
+            .and_then(|i| ctx.state.routes.get(i))
             .map(|r| r.label.as_str())
             .unwrap_or("");
         let rid = request_id();
@@ -1132,6 +1234,7 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        self.untrack_stream(ctx);
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -1139,7 +1242,7 @@ impl ProxyHttp for Gatehouse {
         let req = session.req_header();
         let route = ctx
             .route
-            .and_then(|i| self.state.routes.get(i))
+            .and_then(|i| ctx.state.routes.get(i))
             .map(|r| r.label.as_str())
             .unwrap_or("-");
         let user = ctx.identity.as_ref().map(|i| i.email()).unwrap_or("-");
@@ -1208,6 +1311,37 @@ impl ProxyHttp for HttpsRedirect {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &(), _error: &Error) -> bool {
         true
+    }
+}
+
+/// The metrics listener (`metrics_address`): `GET /metrics` in the Prometheus text format,
+/// 404 for anything else. Nothing is proxied.
+pub struct MetricsEndpoint {
+    pub live: Arc<Live>,
+}
+
+#[async_trait]
+impl ProxyHttp for MetricsEndpoint {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        let page = if session.req_header().uri.path() == "/metrics" {
+            // Prometheus' text format is plain text (version 0.0.4).
+            Page::text(200, "").with_body(&self.live.metrics.render())
+        } else {
+            Page::text(404, "not found: metrics are at /metrics\n")
+        };
+        write_page(session, page).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Error::e_explain(
+            ErrorType::InternalError,
+            "the metrics listener proxies nothing",
+        )
     }
 }
 
