@@ -129,6 +129,24 @@ pub fn load(path: &Path, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
     parse::load(path, env)
 }
 
+/// Parses YAML text as Gatehouse reads its files: duplicate keys refused, no type coercion,
+/// the top level a list (`sequence`) or a map. `None` if the YAML parser panicked (it
+/// guards some states with assertions); callers report that as a syntax error.
+pub fn parse_yaml_node(
+    text: &str,
+    sequence: bool,
+) -> Option<Result<marked_yaml::Node, marked_yaml::LoadError>> {
+    let options = marked_yaml::LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
+    let options = if sequence {
+        options.toplevel_sequence()
+    } else {
+        options
+    };
+    std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options)).ok()
+}
+
 /// Loads config from text, as if read from the file `name` (for tests and `init`).
 pub fn load_str(name: &Path, text: &str, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
     parse::load_str(name, text, env)

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use marked_yaml::types::MarkedMappingNode;
-use marked_yaml::{LoadError, LoaderOptions, Node};
+use marked_yaml::{LoadError, Node};
 
 use self::node::{Ctx, Fields, Setting, Text, split_commas, split_words};
 use crate::{
@@ -150,28 +150,18 @@ fn parse_yaml_top(ctx: &mut Ctx<'_>, text: &str, shapes: &[bool]) -> Option<Node
     }
     let mut last = None;
     for &sequence in shapes {
-        let options = LoaderOptions::default()
-            .error_on_duplicate_keys(true)
-            .prevent_coercion(true);
-        let options = if sequence {
-            options.toplevel_sequence()
-        } else {
-            options
-        };
         // marked-yaml 0.8 guards its event handler with `unreachable!`/`assert!`; a config
         // file must never crash the process, so a panic in there becomes a syntax error.
-        let parsed =
-            std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options));
-        match parsed {
-            Ok(Ok(node)) => return Some(node),
-            Ok(Err(LoadError::TopLevelMustBeSequence(m))) if shapes.len() > 1 => {
+        match crate::parse_yaml_node(text, sequence) {
+            Some(Ok(node)) => return Some(node),
+            Some(Err(LoadError::TopLevelMustBeSequence(m))) if shapes.len() > 1 => {
                 last = Some(LoadError::TopLevelMustBeSequence(m));
             }
-            Ok(Err(error)) => {
+            Some(Err(error)) => {
                 last = Some(error);
                 break;
             }
-            Err(_) => {
+            None => {
                 let origin = ctx.whole_file();
                 ctx.error(
                     origin,
