@@ -89,8 +89,15 @@ impl RestartOnly {
     }
 }
 
-/// Reloads the config at `path` into `live`. Returns whether the new config is serving.
-pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -> bool {
+/// What a successful reload loaded that the watcher needs to know.
+pub struct Reloaded {
+    /// The `policies_dir` of the new config (it may have moved).
+    pub policies_dir: Option<PathBuf>,
+}
+
+/// Reloads the config at `path` into `live`. `None` when it failed and the old config is
+/// still serving.
+pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -> Option<Reloaded> {
     let fail = |errors: Vec<gatehouse_config::ConfigError>| {
         for e in &errors {
             tracing::error!(target: "gatehouse::reload", "{e}");
@@ -102,7 +109,7 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
             "config reload failed; still serving the previous config (fix the errors above and save again)"
         );
         live.metrics.reloaded(false);
-        false
+        None
     };
     let config = match gatehouse_config::load(path, &ProcessEnv) {
         Ok(c) => c,
@@ -144,7 +151,9 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
     if ended > 0 {
         tracing::info!(target: "gatehouse::reload", ended, "ended streams the new config no longer allows");
     }
-    true
+    Some(Reloaded {
+        policies_dir: config.policies_dir.as_deref().map(absolute),
+    })
 }
 
 /// The files a reload reads: the config file and the named-policy directory.
@@ -228,7 +237,8 @@ impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         use tokio::signal::unix::{SignalKind, signal};
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let _watcher = self.watched.watch(tx);
+        let mut watched = self.watched.clone();
+        let mut watcher = watched.watch(tx.clone());
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -248,10 +258,59 @@ impl BackgroundService for Reloader {
                 }
             };
             let live = Arc::clone(&self.live);
-            let path = self.watched.config_path.clone();
+            let path = watched.config_path.clone();
             let started = self.started_with.clone();
             // Loading reads files; keep it off the async workers.
-            let _ = tokio::task::spawn_blocking(move || reload(&live, &path, &started, why)).await;
+            let done =
+                tokio::task::spawn_blocking(move || reload(&live, &path, &started, why)).await;
+            if let Ok(Some(r)) = done
+                && r.policies_dir != watched.policies_dir
+            {
+                // The policy directory moved: watch the new one instead.
+                watched.policies_dir = r.policies_dir;
+                drop(watcher.take());
+                watcher = watched.watch(tx.clone());
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_config_file_and_policy_files_trigger_a_reload() {
+        let w = Watched {
+            config_path: PathBuf::from("/etc/gatehouse/config.yaml"),
+            policies_dir: Some(PathBuf::from("/etc/gatehouse/policies")),
+        };
+        for yes in [
+            "/etc/gatehouse/config.yaml",
+            "/etc/gatehouse/policies/staff.yaml",
+            "/etc/gatehouse/policies/staff.yml",
+            // A test file changing is harmless to reload on (it is skipped when loading).
+            "/etc/gatehouse/policies/staff.test.yaml",
+        ] {
+            assert!(w.relevant(Path::new(yes)), "{yes}");
+        }
+        for no in [
+            "/etc/gatehouse/other.yaml",
+            "/etc/gatehouse/config.yaml.swp",
+            "/etc/gatehouse/policies/.staff.yaml.swp",
+            "/etc/gatehouse/policies/4913",
+            "/etc/gatehouse/policies/sub/x.yaml",
+            "/elsewhere/config.yaml",
+        ] {
+            assert!(!w.relevant(Path::new(no)), "{no}");
+        }
+    }
+
+    #[test]
+    fn restart_only_changes_are_named_by_key() {
+        let a = RestartOnly(vec![("address", 1), ("cookie_secret", 2), ("log_level", 3)]);
+        let b = RestartOnly(vec![("address", 1), ("cookie_secret", 9), ("log_level", 4)]);
+        assert_eq!(a.changed(&b), ["cookie_secret", "log_level"]);
+        assert!(a.changed(&a.clone()).is_empty());
     }
 }
