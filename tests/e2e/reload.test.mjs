@@ -112,6 +112,47 @@ function openStream(user, p) {
   return { events, done };
 }
 
+/** Opens a WebSocket through Gatehouse as `user`: `send(text)` resolves the echo. */
+function openWebSocket(user) {
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host: 'assistant.localhost',
+      port: gh.port,
+      path: '/ws',
+      lookup: loopbackLookup,
+      ca: s.certs.caPem,
+      agent: false,
+      headers: {
+        cookie: sessionCookieHeader(clients[user].jar, 'assistant.localhost'),
+        connection: 'Upgrade',
+        upgrade: 'websocket',
+        'sec-websocket-version': '13',
+        'sec-websocket-key': Buffer.from('0123456789abcdef').toString('base64'),
+      },
+    });
+    req.on('upgrade', (res, socket) => {
+      let closed = false;
+      const closedP = new Promise((r) => socket.on('close', () => { closed = true; r(Date.now()); }));
+      socket.on('error', () => {});
+      const send = (text) => new Promise((res2, rej2) => {
+        if (closed) return rej2(new Error('closed'));
+        let got = '';
+        const onData = (d) => {
+          got += d.toString('utf8');
+          if (got.length >= text.length) { socket.off('data', onData); res2(got); }
+        };
+        socket.on('data', onData);
+        socket.write(text);
+        setTimeout(() => { socket.off('data', onData); rej2(new Error(`no echo of ${text}`)); }, 2_000);
+      });
+      resolve({ status: res.statusCode, send, closed: () => closed, closedP, end: () => socket.destroy() });
+    });
+    req.on('response', (res) => reject(new Error(`no upgrade: ${res.statusCode}`)));
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 const reloadsIn = (text) => Number(/gatehouse_config_reloads_total\{result="success"\} (\d+)/.exec(text)?.[1] ?? 0);
 
 test('named policy: both people are let in by policies/team.yaml; the .test.yaml beside it is not a policy', async () => {
@@ -132,6 +173,17 @@ test('an SSE stream through Gatehouse survives an unrelated reload', async () =>
   assert.deepEqual(events.map((e) => e.n), Array.from({ length: 30 }, (_, i) => i + 1));
 });
 
+test('a WebSocket through Gatehouse survives an unrelated reload', async () => {
+  const ws = await openWebSocket('bob');
+  assert.equal(ws.status, 101);
+  assert.equal(await ws.send('hello-1'), 'hello-1');
+  const before = reloadsIn(await metrics());
+  gh.write('policies/unused.yaml', '- allow: { or: [ { email: { is: dave@example.com } } ] }\n');
+  await within(2_000, 'the reload', async () => reloadsIn(await metrics()) > before);
+  assert.equal(await ws.send('hello-2'), 'hello-2', 'still open after the reload');
+  ws.end();
+});
+
 test('a broken policy file keeps the old policy serving; the error is logged at file:line:col and the metric drops', async () => {
   gh.write('policies/team.yaml', TEAM_BROKEN);
   await within(2_000, 'the failed reload in the log', () => /config reload failed/.test(gh.logs()));
@@ -146,8 +198,11 @@ test('a broken policy file keeps the old policy serving; the error is logged at 
   await within(2_000, 'the metric back at 1', async () => /gatehouse_config_last_reload_successful 1/.test(await metrics()));
 });
 
-test('a policy change denies a signed-in person on their next request, within 2 s, with the new reason; her open stream is ended', async () => {
+test('a policy change denies a signed-in person on their next request, within 2 s, with the new reason; her open streams are ended', async () => {
   const stream = openStream('alice', '/sse?n=600&every=100');
+  const ws = await openWebSocket('alice');
+  assert.equal(await ws.send('before'), 'before');
+  const bobWs = await openWebSocket('bob');
   await within(2_000, 'first events', () => stream.events.length >= 2);
   const changedAt = Date.now();
   gh.write('policies/team.yaml', TEAM_BOB_ONLY);
@@ -160,6 +215,10 @@ test('a policy change denies a signed-in person on their next request, within 2 
   assert.ok(events.length < 600, `the stream was ended early (${events.length} events)`);
   assert.ok(at - changedAt < 3_000, `ended ${at - changedAt} ms after the change`);
   assert.match(gh.logs(), /ended an open stream/);
+  await Promise.race([ws.closedP, new Promise((r) => setTimeout(r, 3_000))]);
+  assert.ok(ws.closed(), "alice's WebSocket was ended too");
+  assert.equal(await bobWs.send('bob-still-here'), 'bob-still-here', "bob's WebSocket is untouched");
+  bobWs.end();
   // Put it back for the tests after this one.
   gh.write('policies/team.yaml', TEAM_BOTH);
   await within(2_000, 'alice allowed again', async () => (await get('alice')).status === 200);

@@ -2,12 +2,15 @@
 // (header names lower-cased), or, for `Accept: text/html`, a page greeting the signed-in
 // person and listing the headers it received. `/sse` sends 5 events 200 ms apart
 // (`/sse?n=50&every=100`: 50 events, 100 ms apart).
+// A WebSocket upgrade (any path) is accepted with a real handshake, and then every byte
+// received is echoed back (no framing needed: a proxy only relays the bytes).
 // `/set-cookie` answers like any other path but also sets the cookies `_pomerium=evil`,
 // `_pomerium_login=evil` and `app=1` (to check Gatehouse strips its own names).
 //
 //   const up = await startUpstream();   // { url, port, hits(), last(), requests, reset(), close() }
 //   node tests/harness/upstream.mjs --port 4096
 
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { pathToFileURL } from 'node:url';
 
@@ -81,6 +84,19 @@ export async function startUpstream({ port = 0, host = '127.0.0.1' } = {}) {
     });
   });
 
+  const upgraded = new Set();
+  server.on('upgrade', (req, socket, head) => {
+    state.hits += 1;
+    const key = req.headers['sec-websocket-key'] ?? '';
+    const accept = createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    if (head?.length) socket.write(head);
+    upgraded.add(socket);
+    socket.on('data', (d) => socket.write(d));
+    socket.on('error', () => {});
+    socket.on('close', () => upgraded.delete(socket));
+  });
+
   await new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, resolve);
@@ -103,6 +119,7 @@ export async function startUpstream({ port = 0, host = '127.0.0.1' } = {}) {
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections?.();
+        for (const sock of upgraded) sock.destroy();
         server.close(() => resolve());
       }),
   };
