@@ -3,12 +3,13 @@
 //   const gh = await startGatehouse(configObjectOrYamlText, { env });
 //   gh.url('assistant.localhost')  // → https://assistant.localhost:<port>
 //   gh.logs()                      // everything it wrote to stdout+stderr so far
+//   gh.write('policies/team.yaml', text)  // (re)write a file next to the config
 //   await gh.stop()                // SIGTERM, SIGKILL after 5 s
 //
 //   const { code, stdout, stderr } = runCheck(configPathOrYamlText, env);
 
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
 import os from 'node:os';
@@ -127,9 +128,10 @@ function healthOnce(port, timeoutMs) {
 /**
  * Write the config to a fresh temp dir and run `gatehouse serve --config <file>` from the
  * repo root. `config` is an object (ports are filled in when `address` / `http_redirect_addr`
- * are missing) or YAML text. Resolves when /.gatehouse/health answers 200.
+ * are missing) or YAML text. `files` ({ 'policies/x.yaml': text }) are written next to the
+ * config first. Resolves when /.gatehouse/health answers 200.
  */
-export async function startGatehouse(config, { env = {}, readyTimeoutMs = 30_000, bin = gatehouseBin(), args = [] } = {}) {
+export async function startGatehouse(config, { env = {}, readyTimeoutMs = 30_000, bin = gatehouseBin(), args = [], files = {} } = {}) {
   installExitHook();
   if (!existsSync(bin)) {
     throw new Error(`gatehouse binary not found at ${bin}: run \`cargo build -p gatehouse\` or set GATEHOUSE_BIN`);
@@ -152,6 +154,12 @@ export async function startGatehouse(config, { env = {}, readyTimeoutMs = 30_000
     yaml = toYaml(cfg);
   }
   if (!port) throw new Error('startGatehouse: config has no address with a port');
+  const write = (rel, text) => {
+    const target = path.join(dir, rel);
+    mkdirSync(path.dirname(target), { recursive: true });
+    writeFileSync(target, text);
+  };
+  for (const [rel, text] of Object.entries(files)) write(rel, text);
   writeFileSync(file, yaml);
 
   let output = '';
@@ -220,6 +228,7 @@ export async function startGatehouse(config, { env = {}, readyTimeoutMs = 30_000
     yaml,
     url: (host = 'localhost', p = '/') => `https://${host}:${port}${p}`,
     logs: () => output,
+    write,
     exited: () => exited,
     stop,
   };

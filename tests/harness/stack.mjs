@@ -55,7 +55,7 @@ export function gatehouseConfig({ port, redirectPort, certs, idp, upstream, clie
 }
 
 /**
- * gatehouses: { name: { twoHost?, cookieSecret?, cookieExpire?, extra?, env?, lazy? } }.
+ * gatehouses: { name: { twoHost?, cookieSecret?, cookieExpire?, extra?, env?, files?, lazy? } }.
  * `lazy: true` reserves ports and IdP redirect URIs but does not start it: call s.start(name).
  */
 export async function startStack({ gatehouses = { main: {} }, testHooks = true } = {}) {
@@ -88,7 +88,7 @@ export async function startStack({ gatehouses = { main: {} }, testHooks = true }
       return gatehouseConfig({ ...g, certs: s.certs, idp: s.idp, upstream: s.upstream, clientSecret: s.clientSecret });
     };
     s.start = async (name) => {
-      s.gh[name] = await startGatehouse(s.config(name), { env: s.specs[name].env ?? {} });
+      s.gh[name] = await startGatehouse(s.config(name), { env: s.specs[name].env ?? {}, files: s.specs[name].files ?? {} });
       return s.gh[name];
     };
     for (const [name, g] of Object.entries(s.specs)) {

@@ -1,12 +1,16 @@
 // Echo upstream on 127.0.0.1: answers every request with 200 JSON {method, url, headers}
 // (header names lower-cased), or, for `Accept: text/html`, a page greeting the signed-in
-// person and listing the headers it received. `/sse` sends 5 events 200 ms apart.
+// person and listing the headers it received. `/sse` sends 5 events 200 ms apart
+// (`/sse?n=50&every=100`: 50 events, 100 ms apart).
+// A WebSocket upgrade (any path) is accepted with a real handshake, and then every byte
+// received is echoed back (no framing needed: a proxy only relays the bytes).
 // `/set-cookie` answers like any other path but also sets the cookies `_pomerium=evil`,
 // `_pomerium_login=evil` and `app=1` (to check Gatehouse strips its own names).
 //
 //   const up = await startUpstream();   // { url, port, hits(), last(), requests, reset(), close() }
 //   node tests/harness/upstream.mjs --port 4096
 
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import { pathToFileURL } from 'node:url';
 
@@ -46,15 +50,18 @@ export async function startUpstream({ port = 0, host = '127.0.0.1' } = {}) {
 
       if (req.url === '/sse' || req.url.startsWith('/sse?')) {
         res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+        const q = new URL(req.url, 'http://upstream').searchParams;
+        const count = Math.min(Number(q.get('n')) || 5, 10_000);
+        const every = Math.min(Math.max(Number(q.get('every')) || 200, 10), 60_000);
         let n = 0;
         const timer = setInterval(() => {
           n += 1;
           res.write(`id: ${n}\nevent: tick\ndata: ${JSON.stringify({ n, t: Date.now() })}\n\n`);
-          if (n >= 5) {
+          if (n >= count) {
             clearInterval(timer);
             res.end();
           }
-        }, 200);
+        }, every);
         res.on('close', () => clearInterval(timer));
         return;
       }
@@ -75,6 +82,19 @@ export async function startUpstream({ port = 0, host = '127.0.0.1' } = {}) {
       res.writeHead(200, { ...extra, 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
       res.end(body);
     });
+  });
+
+  const upgraded = new Set();
+  server.on('upgrade', (req, socket, head) => {
+    state.hits += 1;
+    const key = req.headers['sec-websocket-key'] ?? '';
+    const accept = createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+    socket.write(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`);
+    if (head?.length) socket.write(head);
+    upgraded.add(socket);
+    socket.on('data', (d) => socket.write(d));
+    socket.on('error', () => {});
+    socket.on('close', () => upgraded.delete(socket));
   });
 
   await new Promise((resolve, reject) => {
@@ -99,6 +119,7 @@ export async function startUpstream({ port = 0, host = '127.0.0.1' } = {}) {
     close: () =>
       new Promise((resolve) => {
         server.closeAllConnections?.();
+        for (const sock of upgraded) sock.destroy();
         server.close(() => resolve());
       }),
   };

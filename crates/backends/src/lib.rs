@@ -145,8 +145,6 @@ pub struct Lease {
     port: u16,
     password: Password,
     slot: Arc<Slot>,
-    /// The slot's stream generation when the lease was taken (see [`Lease::revoked`]).
-    generation: u64,
 }
 
 impl Lease {
@@ -156,12 +154,6 @@ impl Lease {
     /// `Basic base64(opencode:<password>)` for the upstream `Authorization` header.
     pub fn authorization(&self) -> String {
         self.password.basic_authorization()
-    }
-
-    /// Whether the person signed out (or their backend was restarted) since this lease was
-    /// taken: the proxy ends a stream holding a revoked lease.
-    pub fn revoked(&self) -> bool {
-        self.slot.generation.load(Ordering::Acquire) != self.generation
     }
 }
 
@@ -261,8 +253,6 @@ struct Slot {
     active: AtomicUsize,
     /// ms since the supervisor's epoch of the last lease taken or returned.
     last_activity_ms: AtomicU64,
-    /// Bumped by [`Supervisor::end_streams`]; leases of an older generation are revoked.
-    generation: AtomicU64,
     epoch: Instant,
 }
 
@@ -371,7 +361,6 @@ impl Supervisor {
                     }),
                     active: AtomicUsize::new(0),
                     last_activity_ms: AtomicU64::new(0),
-                    generation: AtomicU64::new(0),
                     epoch: self.inner.epoch,
                 })
             })
@@ -397,7 +386,6 @@ impl Supervisor {
                                 port: r.process.port,
                                 password: r.process.password.clone(),
                                 slot: slot.clone(),
-                                generation: slot.generation.load(Ordering::Acquire),
                             });
                         }
                         Some(status) => {
@@ -726,14 +714,6 @@ impl Supervisor {
             r.process.stop(self.inner.settings.stop_grace).await;
             self.give_back_port(r.process.port);
             tracing::info!(pool = %self.inner.settings.pool.name, person = %id, reason = "requested", "backend stopped");
-        }
-    }
-
-    /// Revokes every lease the person holds now (sign-out): the proxy ends their open
-    /// streams at the next chunk. New requests get fresh leases.
-    pub fn end_streams(&self, id: &PersonId) {
-        if let Some(slot) = lock(&self.inner.pool).slots.get(id) {
-            slot.generation.fetch_add(1, Ordering::AcqRel);
         }
     }
 

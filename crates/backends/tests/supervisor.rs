@@ -296,29 +296,6 @@ async fn idle_backend_is_stopped_but_a_busy_or_leased_one_is_kept() {
 }
 
 #[tokio::test]
-async fn end_streams_revokes_the_leases_held_now_but_not_later_ones() {
-    let root = Root::new("revoke");
-    let sup = Supervisor::new(fake_settings(&root, 24240, &[]));
-    let stream = sup.ensure(&alice()).await.unwrap();
-    let bobs = sup.ensure(&bob()).await.unwrap();
-    assert!(!stream.revoked());
-    sup.end_streams(&alice());
-    assert!(
-        stream.revoked(),
-        "alice's open stream survives her sign-out"
-    );
-    assert!(!bobs.revoked(), "bob's stream ended by alice's sign-out");
-    let next = sup.ensure(&alice()).await.unwrap();
-    assert!(!next.revoked());
-    assert!(
-        sup.is_running(&alice()),
-        "end_streams does not stop the backend"
-    );
-    drop((stream, bobs, next));
-    sup.stop_all().await;
-}
-
-#[tokio::test]
 async fn killed_backend_is_started_again_on_the_next_request() {
     let root = Root::new("crash");
     let sup = Supervisor::new(fake_settings(&root, 24140, &[]));

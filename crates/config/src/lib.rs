@@ -129,6 +129,24 @@ pub fn load(path: &Path, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
     parse::load(path, env)
 }
 
+/// Parses YAML text as Gatehouse reads its files: duplicate keys refused, no type coercion,
+/// the top level a list (`sequence`) or a map. `None` if the YAML parser panicked (it
+/// guards some states with assertions); callers report that as a syntax error.
+pub fn parse_yaml_node(
+    text: &str,
+    sequence: bool,
+) -> Option<Result<marked_yaml::Node, marked_yaml::LoadError>> {
+    let options = marked_yaml::LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
+    let options = if sequence {
+        options.toplevel_sequence()
+    } else {
+        options
+    };
+    std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options)).ok()
+}
+
 /// Loads config from text, as if read from the file `name` (for tests and `init`).
 pub fn load_str(name: &Path, text: &str, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
     parse::load_str(name, text, env)
@@ -156,6 +174,16 @@ pub struct Config {
     pub signing_key: Option<Secret<String>>,
     /// Top-level `allowed_domains` (TeamOS seed): applies to routes without a policy of their own.
     pub allowed_domains: Vec<String>,
+    /// Top-level `allowed_groups`: like `allowed_domains`, for routes without a policy of
+    /// their own (either list lets a person in).
+    pub allowed_groups: Vec<String>,
+    /// `policies_dir`: the directory of named policies (relative paths are relative to the
+    /// config file), watched for changes.
+    pub policies_dir: Option<PathBuf>,
+    /// The named policies found in `policies_dir`, by name (sorted).
+    pub policies: Vec<NamedPolicy>,
+    /// `metrics_address`: a plain-HTTP listener serving Prometheus metrics at `/metrics`.
+    pub metrics_address: Option<SocketAddr>,
     pub routes: Vec<Route>,
     /// `backends:`: pools of per-person backends that routes name with `to_backend:`.
     pub backends: Vec<BackendPool>,
@@ -263,8 +291,10 @@ pub struct Route {
     pub allowed_users: Vec<String>,
     /// Route-level `allowed_groups` (group names or ids, as the IdP or directory gives them).
     pub allowed_groups: Vec<String>,
-    /// `policy:` in Pomerium's policy language.
+    /// `policy:` in Pomerium's policy language, or the named policy it refers to.
     pub policy: Option<PolicySpec>,
+    /// `policy: <name>`: the named policy (from `policies_dir`) the route uses.
+    pub policy_name: Option<String>,
     pub origin: Origin,
 }
 
@@ -357,6 +387,15 @@ impl BackendPool {
             origin: Origin::Default,
         }
     }
+}
+
+/// A policy file in `policies_dir`: `<name>.yaml` holds the same list of `allow:`/`deny:`
+/// blocks a route's `policy:` holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedPolicy {
+    pub name: String,
+    pub file: PathBuf,
+    pub spec: PolicySpec,
 }
 
 /// The `policy:` of a route, in Pomerium's policy language (PPL), checked and normalised.

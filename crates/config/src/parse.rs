@@ -2,6 +2,8 @@
 //! `${VAR}`, applies environment overrides, and collects every problem before returning.
 
 mod backend;
+mod lint;
+mod named;
 mod node;
 mod policy;
 mod route;
@@ -15,7 +17,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use marked_yaml::types::MarkedMappingNode;
-use marked_yaml::{LoadError, LoaderOptions, Node};
+use marked_yaml::{LoadError, Node};
 
 use self::node::{Ctx, Fields, Setting, Text, split_commas, split_words};
 use crate::{
@@ -46,6 +48,9 @@ const TOP_KEYS: &[&[&str]] = &[
     &["cookie_secure"],
     &["signing_key"],
     &["allowed_domains"],
+    &["allowed_groups"],
+    &["policies_dir"],
+    &["metrics_address"],
     &["log_level"],
 ];
 
@@ -66,7 +71,6 @@ const TOP_IGNORED: &[&str] = &[
     "forward_auth_url",
     "databroker_service_url",
     "grpc_address",
-    "metrics_address",
     "services",
 ];
 
@@ -124,8 +128,19 @@ pub(crate) fn load_str(name: &Path, text: &str, env: &dyn Lookup) -> Result<Conf
     }
 }
 
-/// YAML text → node tree, or a positioned syntax error.
+/// YAML text → node tree (a top-level map), or a positioned syntax error.
 fn parse_yaml(ctx: &mut Ctx<'_>, text: &str) -> Option<Node> {
+    parse_yaml_top(ctx, text, &[false])
+}
+
+/// YAML text → node tree whose top level is a list or a map (a policy file).
+fn parse_yaml_any(ctx: &mut Ctx<'_>, text: &str) -> Option<Node> {
+    parse_yaml_top(ctx, text, &[true, false])
+}
+
+/// Parses with each top-level shape in turn (`true` = a list); a shape mismatch moves on
+/// to the next, any other problem is reported.
+fn parse_yaml_top(ctx: &mut Ctx<'_>, text: &str, shapes: &[bool]) -> Option<Node> {
     if let Some(line) = second_document(text) {
         ctx.error(
             ctx.at(Some(&marked_yaml::Marker::new(0, 0, line, 1))),
@@ -134,25 +149,30 @@ fn parse_yaml(ctx: &mut Ctx<'_>, text: &str) -> Option<Node> {
         );
         return None;
     }
-    let options = LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .prevent_coercion(true);
-    // marked-yaml 0.8 guards its event handler with `unreachable!`/`assert!`; a config file
-    // must never crash the process, so a panic in there becomes a syntax error instead.
-    let parsed =
-        std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options));
-    let error = match parsed {
-        Ok(Ok(node)) => return Some(node),
-        Ok(Err(error)) => error,
-        Err(_) => {
-            let origin = ctx.whole_file();
-            ctx.error(
-                origin,
-                "YAML syntax error: the YAML parser failed on this file",
-            );
-            return None;
+    let mut last = None;
+    for &sequence in shapes {
+        // marked-yaml 0.8 guards its event handler with `unreachable!`/`assert!`; a config
+        // file must never crash the process, so a panic in there becomes a syntax error.
+        match crate::parse_yaml_node(text, sequence) {
+            Some(Ok(node)) => return Some(node),
+            Some(Err(LoadError::TopLevelMustBeSequence(m))) if shapes.len() > 1 => {
+                last = Some(LoadError::TopLevelMustBeSequence(m));
+            }
+            Some(Err(error)) => {
+                last = Some(error);
+                break;
+            }
+            None => {
+                let origin = ctx.whole_file();
+                ctx.error(
+                    origin,
+                    "YAML syntax error: the YAML parser failed on this file",
+                );
+                return None;
+            }
         }
-    };
+    }
+    let error = last?;
     let (marker, message) = match &error {
         LoadError::ScanError(m, e) => {
             // The scanner notices a mis-indented line only where the structure breaks.
@@ -163,9 +183,14 @@ fn parse_yaml(ctx: &mut Ctx<'_>, text: &str) -> Option<Node> {
             };
             (*m, format!("YAML syntax error: {}{hint}", e.info()))
         }
-        LoadError::TopLevelMustBeMapping(m) | LoadError::TopLevelMustBeSequence(m) => (
+        LoadError::TopLevelMustBeMapping(m) => (
             *m,
             "the file must be a YAML map of keys (like `address: \":443\"`)".to_string(),
+        ),
+        LoadError::TopLevelMustBeSequence(m) => (
+            *m,
+            "a policy file holds a list of `- allow:`/`- deny:` blocks (or one such block)"
+                .to_string(),
         ),
         LoadError::UnexpectedAnchor(m) => (
             *m,
@@ -292,6 +317,23 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         None => Vec::new(),
     };
 
+    let allowed_groups: Vec<String> = match take("allowed_groups") {
+        Some(s) => ctx
+            .list(&s, split_commas)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| ctx.check(&t.origin, &s.path, values::group(&t.value)))
+            .collect(),
+        None => Vec::new(),
+    };
+
+    let metrics_address = take("metrics_address").and_then(|s| addr(ctx, &s));
+
+    let policies_dir = take("policies_dir").and_then(|s| named::directory(ctx, &s));
+    if let Some(dir) = &policies_dir {
+        named::load_all(ctx, dir);
+    }
+
     let log_level = take("log_level")
         .and_then(|s| {
             ctx.non_empty(&s)
@@ -315,8 +357,16 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         );
     }
     let mut route_list = Vec::with_capacity(routes.len());
+    // A criterion shared by several routes (a named policy) is warned about once.
+    let mut linted: Vec<Origin> = Vec::new();
     for (route, access) in routes {
-        if !access.grants_someone && allowed_domains.is_empty() {
+        for (origin, message) in lint::route(&route) {
+            if !linted.contains(&origin) {
+                linted.push(origin.clone());
+                ctx.warn(origin, message);
+            }
+        }
+        if !access.grants_someone && allowed_domains.is_empty() && allowed_groups.is_empty() {
             ctx.warn(
                 route.origin.clone(),
                 format!(
@@ -335,7 +385,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
                 entry.key_origin.clone(),
                 format!("ignored: `{}` is not supported by Gatehouse yet", entry.key),
             );
-        } else if route::ACCESS_UNSUPPORTED.contains(&entry.key) || entry.key == "allowed_groups" {
+        } else if route::ACCESS_UNSUPPORTED.contains(&entry.key) {
             ctx.error(
                 entry.key_origin.clone(),
                 route::access_unsupported(&entry.path),
@@ -362,6 +412,10 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         cookie: cookie?,
         signing_key,
         allowed_domains,
+        allowed_groups,
+        policies_dir,
+        policies: std::mem::take(&mut ctx.named_policies),
+        metrics_address,
         routes: route_list,
         backends,
         log_level,

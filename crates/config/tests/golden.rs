@@ -83,3 +83,14 @@ fn teamos_seed_without_its_environment_reports_each_missing_variable() {
         load_str(Path::new("config.yaml"), &text, &env(&[])).expect_err("secrets are missing");
     assert_golden("teamos-seed-without-env", &format!("{errors}\n"));
 }
+
+#[test]
+fn criteria_that_can_never_match_are_warnings_with_a_fix() {
+    let name = "never-matches";
+    let file = fixture(&format!("warn/{name}.yaml"));
+    let text = std::fs::read_to_string(&file).expect("read fixture");
+    let config = load_str(Path::new(&format!("{name}.yaml")), &text, &env(&[]))
+        .unwrap_or_else(|e| panic!("{name}.yaml should load (with warnings): {e}"));
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert_golden(name, &format!("{}\n", warnings.join("\n")));
+}

@@ -707,14 +707,149 @@ fn prefix_and_path_together_are_an_error() {
 }
 
 #[test]
-fn top_level_allowed_groups_is_refused_rather_than_ignored() {
+fn top_level_allowed_groups_is_read_like_allowed_domains() {
     let text = with_secret(&format!(
-        "allowed_groups: [admins@example.com]\n{MINIMAL}    allowed_groups: [x]\n"
+        "allowed_groups: [admins@example.com, 00gv40ki4gmtCyl5d4x6]\n{MINIMAL}"
     ));
-    let errors = messages(&fails(&text, &[]));
+    let config = ok(&text, &[]);
+    assert_eq!(
+        config.allowed_groups,
+        ["admins@example.com", "00gv40ki4gmtCyl5d4x6"]
+    );
+    // A route with no rules of its own and only top-level groups is not "nobody".
+    let only_groups = text.replace("allowed_domains: [example.com]\n", "");
+    assert!(ok(&only_groups, &[]).warnings.is_empty());
+}
+
+/// A config file in a fresh directory, with `files` (relative path → text) beside it.
+fn config_dir(config: &str, files: &[(&str, &str)]) -> PathBuf {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "gatehouse-config-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policies")).expect("make a temp dir");
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).expect("write a test file");
+    }
+    let path = dir.join("gatehouse.yaml");
+    std::fs::write(&path, with_secret(config)).expect("write the config");
+    path
+}
+
+const NAMED: &str = "\
+idp_client_id: gatehouse-test
+idp_client_secret: file-client-secret
+policies_dir: policies
+routes:
+  - from: https://app.example.com
+    to: http://localhost:8080
+    policy: staff
+  - from: https://wiki.example.com
+    to: http://localhost:8081
+    policy: staff
+";
+
+#[test]
+fn routes_share_a_named_policy_from_policies_dir() {
+    let path = config_dir(
+        NAMED,
+        &[
+            (
+                "policies/staff.yaml",
+                "- allow:\n    or:\n      - domain: { is: example.com }\n",
+            ),
+            ("policies/staff.test.yaml", "cases: []\n"),
+            ("policies/.staff.yaml.swp", "binary junk"),
+        ],
+    );
+    let config = load(&path, &env(&[])).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.policies.len(), 1, "only staff.yaml is a policy");
+    assert_eq!(config.policies[0].name, "staff");
+    for r in &config.routes {
+        assert_eq!(r.policy_name.as_deref(), Some("staff"));
+        assert_eq!(r.policy.as_ref(), Some(&config.policies[0].spec));
+    }
+    // One block (a map, not a list) is a policy too.
+    let path = config_dir(
+        NAMED,
+        &[(
+            "policies/staff.yaml",
+            "allow: { or: [ { domain: { is: example.com } } ] }\n",
+        )],
+    );
+    assert!(load(&path, &env(&[])).is_ok());
+}
+
+#[test]
+fn a_mistake_in_a_policy_file_is_reported_at_its_line_in_that_file() {
+    let path = config_dir(
+        NAMED,
+        &[(
+            "policies/staff.yaml",
+            "- allow:\n    or:\n      - emial: { is: a@example.com }\n",
+        )],
+    );
+    let errors = messages(&load(&path, &env(&[])).unwrap_err());
+    let file = path.parent().unwrap().join("policies/staff.yaml");
+    let in_file: Vec<_> = errors
+        .iter()
+        .filter(|e| e.starts_with(&format!("{}:3:9: ", file.display())))
+        .collect();
+    assert_eq!(in_file.len(), 1, "{errors:?}");
+    assert!(
+        in_file[0]
+            .contains("unknown criterion `emial` in staff[0].allow.or[0]; did you mean `email`?"),
+        "{errors:?}"
+    );
+    // The routes using it say so, without a misleading "no such policy".
+    assert!(
+        errors
+            .iter()
+            .filter(|e| e.contains("the policy `staff` has errors"))
+            .count()
+            == 2,
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn an_unknown_policy_name_is_an_error_with_the_known_names() {
+    let path = config_dir(
+        &NAMED.replace(
+            "policy: staff\n  - from: https://wiki",
+            "policy: stafff\n  - from: https://wiki",
+        ),
+        &[(
+            "policies/staff.yaml",
+            "- allow: { or: [ { domain: { is: example.com } } ] }\n",
+        )],
+    );
+    let errors = messages(&load(&path, &env(&[])).unwrap_err());
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(
-        errors[0].starts_with("config.yaml:2:1: allowed_groups is not supported yet"),
+        errors[0].contains(":8:13: routes[0].policy: no policy named `stafff`")
+            && errors[0].contains("did you mean `staff`?"),
+        "{errors:?}"
+    );
+    // Without policies_dir, the message says how to add one.
+    let text = with_secret(&format!("{MINIMAL}    policy: staff\n"));
+    let errors = messages(&fails(&text, &[]));
+    assert!(
+        errors[0].contains("set `policies_dir: policies`"),
+        "{errors:?}"
+    );
+}
+
+#[test]
+fn a_missing_policies_dir_is_an_error() {
+    let text = with_secret(&format!("policies_dir: nowhere\n{MINIMAL}"));
+    let errors = messages(&fails(&text, &[]));
+    assert!(
+        errors[0].starts_with("config.yaml:2:15: policies_dir: cannot open the directory"),
         "{errors:?}"
     );
 }

@@ -131,7 +131,8 @@ impl Routes {
                 public: true,
             });
         }
-        let policy = Policy::for_route(r, &self.config.allowed_domains);
+        let policy =
+            Policy::for_route(r, &self.config.allowed_domains, &self.config.allowed_groups);
         let claims: Vec<Claim<'_>> = req
             .claims
             .iter()
@@ -185,6 +186,16 @@ pub fn explain(routes: &Routes, req: &Request, choice: Option<&str>) -> ExitCode
         _ => String::new(),
     };
     println!("routes[{}] ({from}{place}, {})", out.route, r.origin);
+    if let Some(name) = &r.policy_name {
+        let file = routes
+            .config
+            .policies
+            .iter()
+            .find(|p| &p.name == name)
+            .map(|p| p.file.display().to_string())
+            .unwrap_or_default();
+        println!("policy: {name} ({file})");
+    }
     let (word, code) = if out.decision.is_allow() {
         ("ALLOW", ExitCode::SUCCESS)
     } else {
@@ -276,18 +287,10 @@ const CASE_KEYS: &[&str] = &[
 /// (a list), or just the list of cases. Errors are `file:line:col: message`.
 pub fn read_test_file(file: &Path) -> Result<TestFile, String> {
     let text = std::fs::read_to_string(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    // marked-yaml may panic on odd input; a test file must never crash the command.
     let parse = |sequence: bool| {
-        let options = marked_yaml::LoaderOptions::default()
-            .error_on_duplicate_keys(true)
-            .prevent_coercion(true);
-        let options = if sequence {
-            options.toplevel_sequence()
-        } else {
-            options
-        };
-        // marked-yaml may panic on odd input; a test file must never crash the command.
-        std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, &text, options))
-            .map_err(|_| format!("{}: YAML syntax error", file.display()))
+        gatehouse_config::parse_yaml_node(&text, sequence)
+            .ok_or_else(|| format!("{}: YAML syntax error", file.display()))
     };
     // A file is either a map (`config:`, `cases:`) or just the list of cases.
     let parsed = match parse(false)? {

@@ -191,7 +191,7 @@ fn help_texts_match_golden_files() {
 
 // === policy tools (issue 4, "Tools for operators") ===
 
-/// `gatehouse` with what `policies/example-config.yaml` reads from the environment.
+/// `gatehouse` with what `deploy/policies-example.yaml` reads from the environment.
 fn with_example_env() -> Command {
     let mut c = gatehouse();
     c.env("COOKIE_SECRET", SECRET)
@@ -201,7 +201,7 @@ fn with_example_env() -> Command {
 }
 
 fn example_config() -> PathBuf {
-    root().join("policies/example-config.yaml")
+    root().join("deploy/policies-example.yaml")
 }
 
 fn show(out: &std::process::Output) -> String {
@@ -222,7 +222,7 @@ fn example_policy_config_passes_check() {
         .unwrap();
     assert!(out.status.success(), "{}", show(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("OK (4 route(s)"),
+        String::from_utf8_lossy(&out.stdout).contains("OK (5 route(s)"),
         "{}",
         show(&out)
     );
@@ -241,7 +241,7 @@ fn shipped_policy_tests_pass() {
         stdout.contains("ok   contractors are refused even as wiki guests"),
         "{stdout}"
     );
-    assert!(stdout.ends_with("13 passed, 0 failed\n"), "{stdout}");
+    assert!(stdout.ends_with("15 passed, 0 failed\n"), "{stdout}");
 }
 
 #[test]
@@ -298,8 +298,13 @@ fn policy_explain_allowed_exits_0_with_the_trace() {
     assert_eq!(out.status.code(), Some(0), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.starts_with("routes[3] (https://deploy.example.com prefix /admin, "),
+        stdout.starts_with("routes[4] (https://deploy.example.com prefix /admin, "),
         "{stdout}"
+    );
+    assert!(
+        stdout.contains("\npolicy: admins-office-hours (")
+            && stdout.contains("policies/admins-office-hours.yaml)\n"),
+        "the named policy and its file are shown: {stdout}"
     );
     assert!(
         stdout.contains("ALLOW: allowed by rule 1 of this route's policy [allow-block-matched]"),
@@ -384,7 +389,7 @@ fn policy_explain_route_option_picks_the_route_by_index() {
         .arg(example_config())
         .args([
             "--route",
-            "3",
+            "4",
             "--email",
             "carol@example.com",
             "--groups",
@@ -395,7 +400,7 @@ fn policy_explain_route_option_picks_the_route_by_index() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", show(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.starts_with("routes[3] "), "{stdout}");
+    assert!(stdout.starts_with("routes[4] "), "{stdout}");
     assert!(
         stdout.contains("    not matched  your groups include admins"),
         "{stdout}"
@@ -409,7 +414,7 @@ fn policy_explain_route_option_picks_the_route_by_index() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("--route 9: there are only 4 route(s)"),
+        String::from_utf8_lossy(&out.stderr).contains("--route 9: there are only 5 route(s)"),
         "{}",
         show(&out)
     );

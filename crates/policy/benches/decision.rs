@@ -70,7 +70,7 @@ fn policy() -> Policy {
         &HashMap::<String, String>::new(),
     )
     .expect("the bench policy loads");
-    Policy::for_route(&config.routes[0], &[])
+    Policy::for_route(&config.routes[0], &[], &[])
 }
 
 fn bench(c: &mut Criterion) {

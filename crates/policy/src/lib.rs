@@ -299,19 +299,23 @@ impl Policy {
         }
     }
 
-    /// Compiles a route's rules; `global_domains` is the top-level `allowed_domains`, used
-    /// only when the route has no rule of its own.
-    pub fn for_route(route: &Route, global_domains: &[String]) -> Self {
+    /// Compiles a route's rules. `global_domains` and `global_groups` are the top-level
+    /// `allowed_domains` and `allowed_groups`, used only when the route has no rule of its
+    /// own (either lets a person in).
+    pub fn for_route(route: &Route, global_domains: &[String], global_groups: &[String]) -> Self {
         let blocks = compile_blocks(route.policy.as_ref());
         let own_rules = route.allow_any_authenticated_user
             || !route.allowed_domains.is_empty()
             || !route.allowed_users.is_empty()
             || !route.allowed_groups.is_empty()
             || !blocks.is_empty();
-        let domains = if own_rules {
-            &route.allowed_domains
+        let (domains, groups) = if own_rules {
+            (
+                route.allowed_domains.as_slice(),
+                route.allowed_groups.as_slice(),
+            )
         } else {
-            global_domains
+            (global_domains, global_groups)
         };
         Policy {
             any_authenticated: route.allow_any_authenticated_user,
@@ -321,7 +325,7 @@ impl Policy {
                 .iter()
                 .map(|u| u.to_ascii_lowercase())
                 .collect(),
-            groups: route.allowed_groups.clone(),
+            groups: groups.to_vec(),
             blocks,
         }
     }

@@ -30,6 +30,7 @@ fn route() -> Route {
         allowed_users: vec![],
         allowed_groups: vec![],
         policy: None,
+        policy_name: None,
         origin: Origin::Default,
     }
 }
@@ -66,7 +67,7 @@ fn verified(email: &str) -> Facts<'_> {
 
 #[test]
 fn top_level_domains_apply_to_route_without_rules() {
-    let p = Policy::for_route(&route(), &["Example.com".into()]);
+    let p = Policy::for_route(&route(), &["Example.com".into()], &[]);
     assert_eq!(
         p.evaluate(&verified("alice@EXAMPLE.com")),
         Decision::Allow(Reason::DomainAllowed {
@@ -112,7 +113,7 @@ fn route_policy_replaces_top_level_domains() {
             &[(Kind::Email, "bob@example.com")],
         )],
     });
-    let p = Policy::for_route(&r, &["example.com".into()]);
+    let p = Policy::for_route(&r, &["example.com".into()], &[]);
     assert!(p.evaluate(&verified("bob@example.com")).is_allow());
     assert!(!p.evaluate(&verified("alice@example.com")).is_allow());
 }
@@ -134,7 +135,7 @@ fn deny_wins_over_allow() {
             ),
         ],
     });
-    let p = Policy::for_route(&r, &[]);
+    let p = Policy::for_route(&r, &[], &[]);
     assert_eq!(
         p.evaluate(&verified("bob@example.com")),
         Decision::Deny(Reason::DenyBlockMatched {
@@ -164,14 +165,14 @@ fn and_block_needs_every_criterion() {
             ],
         )],
     });
-    let p = Policy::for_route(&r, &[]);
+    let p = Policy::for_route(&r, &[], &[]);
     assert!(p.evaluate(&verified("alice@example.com")).is_allow());
     assert!(!p.evaluate(&verified("bob@example.com")).is_allow());
 }
 
 #[test]
 fn route_without_any_rule_lets_nobody_in() {
-    let p = Policy::for_route(&route(), &[]);
+    let p = Policy::for_route(&route(), &[], &[]);
     assert_eq!(
         p.evaluate(&verified("alice@example.com")),
         Decision::Deny(Reason::NoPolicy)
@@ -182,7 +183,7 @@ fn route_without_any_rule_lets_nobody_in() {
 fn any_authenticated_user_admits_unverified_too() {
     let mut r = route();
     r.allow_any_authenticated_user = true;
-    let p = Policy::for_route(&r, &["example.com".into()]);
+    let p = Policy::for_route(&r, &["example.com".into()], &[]);
     assert!(p.evaluate(&Facts::signed_in("x@y.z", false)).is_allow());
 }
 
@@ -190,7 +191,7 @@ fn any_authenticated_user_admits_unverified_too() {
 fn allowed_users_on_route() {
     let mut r = route();
     r.allowed_users = vec!["Bob@Example.com".into()];
-    let p = Policy::for_route(&r, &["example.com".into()]);
+    let p = Policy::for_route(&r, &["example.com".into()], &[]);
     assert!(p.evaluate(&verified("bob@example.com")).is_allow());
     assert!(
         !p.evaluate(&verified("alice@example.com")).is_allow(),
@@ -209,7 +210,7 @@ fn deny_rules_apply_to_unverified_addresses_too() {
             &[(Kind::Domain, "contractors.example.com")],
         )],
     });
-    let p = Policy::for_route(&r, &[]);
+    let p = Policy::for_route(&r, &[], &[]);
     let unverified = Facts::signed_in("x@contractors.example.com", false);
     assert_eq!(
         p.evaluate(&unverified),
@@ -240,7 +241,7 @@ fn two_block_policy() -> Policy {
             ),
         ],
     });
-    Policy::for_route(&r, &[])
+    Policy::for_route(&r, &[], &[])
 }
 
 fn lines(t: &Trace) -> Vec<(usize, bool, &str)> {
@@ -302,7 +303,7 @@ fn explain_marks_unverified_addresses_in_shortcuts() {
 
 #[test]
 fn explain_of_a_route_without_rules_says_so() {
-    let p = Policy::for_route(&route(), &[]);
+    let p = Policy::for_route(&route(), &[], &[]);
     let (decision, trace) = p.explain(&verified("a@b.test"));
     assert_eq!(decision, Decision::Deny(Reason::NoPolicy));
     assert_eq!(lines(&trace), vec![(0, false, "this route has no rule")]);

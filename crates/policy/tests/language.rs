@@ -22,7 +22,11 @@ fn route_policy(route: &str) -> Policy {
         &HashMap::<String, String>::new(),
     )
     .unwrap_or_else(|e| panic!("policy does not load:\n{e}\n---\n{text}"));
-    Policy::for_route(&config.routes[0], &config.allowed_domains)
+    Policy::for_route(
+        &config.routes[0],
+        &config.allowed_domains,
+        &config.allowed_groups,
+    )
 }
 
 /// Compiles `policy:` given as a flow-style YAML value.

@@ -115,7 +115,7 @@ proptest! {
         match load(&text) {
             Ok(config) => {
                 // What loads must compile and evaluate without panicking too.
-                let policy = Policy::for_route(&config.routes[0], &[]);
+                let policy = Policy::for_route(&config.routes[0], &[], &[]);
                 let _ = policy.evaluate(&Facts::signed_in("a@b.c", true));
             }
             Err(errors) => {

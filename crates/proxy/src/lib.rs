@@ -28,9 +28,12 @@
 //!    └─ logging: one access line (path without query), target `gatehouse::access`
 //! ```
 
+pub mod metrics;
 pub mod pages;
+pub mod reload;
 pub mod routes;
 mod service;
+pub mod streams;
 pub mod tls;
 
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -40,49 +43,98 @@ use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
 use pingora::server::configuration::ServerConf;
 
+use arc_swap::ArcSwap;
 use gatehouse_auth::Auth;
 use gatehouse_backends::{PoolSettings, Supervisor};
 use gatehouse_config::{Config, ConfigError, ConfigErrors, Upstream};
-use gatehouse_policy::Policy;
+use gatehouse_policy::{Decision, Policy};
 
-pub use service::{AuthHost, CookieSettings, Gatehouse, HttpsRedirect, RouteState, State};
+pub use service::{
+    AuthHost, CookieSettings, Gatehouse, HttpsRedirect, MetricsEndpoint, RouteState, State,
+};
 
 /// Everything checked and built, ready to bind. `gatehouse check` stops here.
 pub struct Prepared {
-    state: Arc<State>,
+    live: Arc<Live>,
     tls: Option<tls::SniResolver>,
     address: SocketAddr,
     redirect_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
+    watched: reload::Watched,
+    started_with: reload::RestartOnly,
     /// Notes for the operator (e.g. "using a self-signed certificate").
     pub notes: Vec<String>,
 }
 
 impl Prepared {
     pub fn routes(&self) -> usize {
-        self.state.routes.len()
+        self.live.state.load().routes.len()
     }
 }
 
-/// Checks what the config crate cannot (certificates, keys, upstream addresses) and builds
-/// the request-time state. All problems are reported together, each at its config position.
-pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
-    let mut errors: Vec<ConfigError> = Vec::new();
-    let mut notes = Vec::new();
+/// What the proxy service and the reloader share: the state serving now (swapped whole by
+/// a reload), the open streams and the metrics.
+#[derive(Debug)]
+pub struct Live {
+    pub state: ArcSwap<State>,
+    pub streams: streams::Streams,
+    pub metrics: metrics::Metrics,
+    /// One supervisor per `backends:` pool, made once at start: a reload swaps the routes
+    /// that name them, never the running backends (pool settings are restart-only).
+    pub backends: Vec<Supervisor>,
+}
 
-    let auth = match Auth::new(config) {
-        Ok(a) => Some(a),
-        Err(e) => {
-            errors.push(ConfigError::new(config.idp.origin.clone(), e.to_string()));
-            None
+impl Live {
+    pub fn new(state: State, backends: Vec<Supervisor>) -> Self {
+        let metrics = metrics::Metrics::default();
+        metrics.loaded(true);
+        Live {
+            state: ArcSwap::from_pointee(state),
+            streams: streams::Streams::default(),
+            metrics,
+            backends,
         }
-    };
+    }
 
-    // One supervisor per pool, shared by every route that names it.
-    let backends: Vec<Supervisor> = config
-        .backends
-        .iter()
-        .map(|pool| Supervisor::new(PoolSettings::from_pool(pool.clone())))
-        .collect();
+    /// Decides every open stream again under `state` and ends those it no longer allows:
+    /// their route is gone, became someone else's, or its policy now denies the person.
+    pub fn end_disallowed_streams(&self, state: &State) -> usize {
+        let ended = self.streams.end_where(|s| {
+            let Some(idx) = state.table.find(&s.host, s.port, &s.path) else {
+                return Some("no route serves it any more".to_string());
+            };
+            let route = &state.routes[idx];
+            if route.public {
+                return None;
+            }
+            match service::decide_policy(route, &s.identity, &s.method, &s.path) {
+                Decision::Allow(_) => None,
+                Decision::Deny(reason) => Some(reason.code().to_string()),
+            }
+        });
+        self.metrics.streams_ended.inc_by(ended as u64);
+        self.metrics.streams_open.set(self.streams.len() as i64);
+        ended
+    }
+
+    /// Ends every open stream of the session `sid` (at sign-out).
+    pub fn end_session_streams(&self, sid: &str) -> usize {
+        let ended = self
+            .streams
+            .end_where(|s| (s.identity.session().sid == sid).then(|| "signed out".to_string()));
+        self.metrics.streams_ended.inc_by(ended as u64);
+        self.metrics.streams_open.set(self.streams.len() as i64);
+        ended
+    }
+}
+
+/// The routes of `config`, ready to serve: upstream addresses resolved, policies compiled.
+/// Used at start and by every reload.
+pub fn build_routes(
+    config: &Config,
+    backends: &[Supervisor],
+) -> Result<(Vec<RouteState>, routes::RouteTable), Vec<ConfigError>> {
+    let mut errors: Vec<ConfigError> = Vec::new();
     let mut routes = Vec::new();
     let mut matchers = Vec::new();
     for r in &config.routes {
@@ -90,10 +142,13 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
             Upstream::Url(to) => to,
             Upstream::Backend(name) => {
                 let Some(sup) = backends.iter().find(|b| b.settings().pool.name == *name) else {
-                    // The config crate checks the name; a pool that failed to parse stops the load.
+                    // The config crate checks the name, so on a reload this is a new pool.
                     errors.push(ConfigError::new(
                         r.origin.clone(),
-                        format!("routes[{}].to_backend: no pool `{name}`", r.index),
+                        format!(
+                            "routes[{}].to_backend: pool `{name}` is not running; new pools take effect after a restart",
+                            r.index
+                        ),
                     ));
                     continue;
                 };
@@ -110,7 +165,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
                     // OpenCode's terminal checks Origin against Host (notes/opencode.md §6).
                     preserve_host_header: true,
                     public: false,
-                    policy: Policy::for_route(r, &config.allowed_domains),
+                    policy: Policy::for_route(r, &config.allowed_domains, &config.allowed_groups),
                     backend: Some(sup.clone()),
                 });
                 continue;
@@ -158,10 +213,56 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
             pass_identity_headers: r.pass_identity_headers,
             preserve_host_header: r.preserve_host_header,
             public: r.allow_public_unauthenticated_access,
-            policy: Policy::for_route(r, &config.allowed_domains),
+            policy: Policy::for_route(r, &config.allowed_domains, &config.allowed_groups),
             backend: None,
         });
     }
+    if let Some(a) = config.authenticate_service_url.as_ref() {
+        let host = a.host_str().unwrap_or("").to_ascii_lowercase();
+        for r in &config.routes {
+            if r.from.host == host
+                && (r.from.port.is_none() || a.port().is_none() || r.from.port == a.port())
+            {
+                errors.push(ConfigError::new(
+                    r.origin.clone(),
+                    format!(
+                        "routes[{}].from: host {} is also the host of authenticate_service_url, which only serves sign-in; give the authenticate service its own host name (e.g. auth.{})",
+                        r.index, r.from.host, r.from.host
+                    ),
+                ));
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok((routes, routes::RouteTable::new(matchers)))
+    } else {
+        Err(errors)
+    }
+}
+
+/// Checks what the config crate cannot (certificates, keys, upstream addresses) and builds
+/// the request-time state. All problems are reported together, each at its config position.
+pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
+    let mut errors: Vec<ConfigError> = Vec::new();
+    let mut notes = Vec::new();
+
+    let auth = match Auth::new(config) {
+        Ok(a) => Some(a),
+        Err(e) => {
+            errors.push(ConfigError::new(config.idp.origin.clone(), e.to_string()));
+            None
+        }
+    };
+
+    // One supervisor per pool, shared by every route that names it.
+    let backends: Vec<Supervisor> = config
+        .backends
+        .iter()
+        .map(|pool| Supervisor::new(PoolSettings::from_pool(pool.clone())))
+        .collect();
+    let built = build_routes(config, &backends)
+        .map_err(|mut e| errors.append(&mut e))
+        .ok();
 
     let tls = if config.insecure_server {
         None
@@ -206,45 +307,35 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
         origin: u.origin().ascii_serialization(),
     });
 
-    if let Some(a) = &auth_host {
-        for r in &config.routes {
-            if r.from.host == a.host
-                && (r.from.port.is_none() || a.port.is_none() || r.from.port == a.port)
-            {
-                errors.push(ConfigError::new(
-                    r.origin.clone(),
-                    format!(
-                        "routes[{}].from: host {} is also the host of authenticate_service_url, which only serves sign-in; give the authenticate service its own host name (e.g. auth.{})",
-                        r.index, r.from.host, r.from.host
-                    ),
-                ));
-            }
-        }
-    }
-
     let Some(auth) = auth else {
         return Err(ConfigErrors { errors });
     };
-    if !errors.is_empty() {
+    let Some((routes, table)) = built.filter(|_| errors.is_empty()) else {
         return Err(ConfigErrors { errors });
-    }
+    };
     let state = State {
         routes,
-        table: routes::RouteTable::new(matchers),
-        auth,
+        table,
+        auth: Arc::new(auth),
         auth_host,
         cookie: CookieSettings {
             domain: config.cookie.domain.clone(),
             same_site: config.cookie.same_site,
         },
         tls: !config.insecure_server,
-        backends,
+    };
+    let watched = reload::Watched {
+        config_path: reload::absolute(&config.source),
+        policies_dir: config.policies_dir.as_deref().map(reload::absolute),
     };
     Ok(Prepared {
-        state: Arc::new(state),
+        live: Arc::new(Live::new(state, backends)),
         tls,
         address: config.address,
         redirect_addr: config.http_redirect_addr,
+        metrics_addr: config.metrics_address,
+        watched,
+        started_with: reload::RestartOnly::of(config),
         notes,
     })
 }
@@ -301,7 +392,7 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
     let mut main = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         Gatehouse {
-            state: prepared.state.clone(),
+            live: Arc::clone(&prepared.live),
         },
         "gatehouse",
     );
@@ -320,7 +411,7 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     server.add_service(main);
-    for sup in &prepared.state.backends {
+    for sup in &prepared.live.backends {
         let name = format!("backends-{}", sup.settings().pool.name);
         server.add_service(background_service(&name, BackendService(sup.clone())));
         tracing::info!(pool = %sup.settings().pool.name, ports = ?sup.settings().pool.ports, isolated = sup.isolated(), "per-person backends");
@@ -338,5 +429,25 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
         server.add_service(redirect);
         tracing::info!(address = %r, "listening (http, redirects to https)");
     }
+    if let Some(m) = prepared.metrics_addr {
+        let mut metrics = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            MetricsEndpoint {
+                live: Arc::clone(&prepared.live),
+            },
+            "gatehouse-metrics",
+        );
+        metrics.add_tcp(&m.to_string());
+        server.add_service(metrics);
+        tracing::info!(address = %m, "metrics at http://{m}/metrics");
+    }
+    server.add_service(pingora::services::background::background_service(
+        "gatehouse-reload",
+        reload::Reloader {
+            live: Arc::clone(&prepared.live),
+            watched: prepared.watched.clone(),
+            started_with: prepared.started_with.clone(),
+        },
+    ));
     server.run_forever()
 }

@@ -20,8 +20,10 @@ use gatehouse_backends::{BackendError, Lease, PersonId, Status, Supervisor};
 use gatehouse_config::{RouteFrom, SameSite};
 use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Policy};
 
+use crate::Live;
 use crate::pages::{self, Page};
 use crate::routes::{RouteTable, is_canonical_path, split_host};
+use crate::streams::{OpenStream, UpstreamSocket};
 
 /// A route, ready to serve.
 #[derive(Debug)]
@@ -41,6 +43,60 @@ pub struct RouteState {
     /// `to_backend:`: each person's own backend from this pool (then `upstream`, `tls`,
     /// `sni` and `upstream_host` are unused).
     pub backend: Option<Supervisor>,
+}
+
+/// Decides a signed-in person's request on `route` (its policy, with the current time).
+/// The same function decides a new request and re-decides an open stream after a reload.
+pub(crate) fn decide_policy(
+    route: &RouteState,
+    identity: &VerifiedIdentity,
+    method: &str,
+    path: &str,
+) -> Decision {
+    let s = identity.session();
+    let claims = [
+        Claim {
+            name: "sub",
+            values: ClaimValues::One(&s.sub),
+        },
+        Claim {
+            name: "email",
+            values: ClaimValues::One(&s.email),
+        },
+        Claim {
+            name: "email_verified",
+            values: ClaimValues::One(if s.email_verified { "true" } else { "false" }),
+        },
+        Claim {
+            name: "name",
+            values: ClaimValues::One(s.name.as_deref().unwrap_or_default()),
+        },
+        Claim {
+            name: "iss",
+            values: ClaimValues::One(&s.iss),
+        },
+        Claim {
+            name: "groups",
+            values: ClaimValues::Many(&s.groups),
+        },
+    ];
+    let claims: &[Claim<'_>] = if s.name.is_some() {
+        &claims
+    } else {
+        // No `name` claim: leave it out rather than match it as empty.
+        &[claims[0], claims[1], claims[2], claims[4], claims[5]]
+    };
+    route.policy.evaluate(&Facts {
+        user: &s.sub,
+        email: &s.email,
+        email_verified: s.email_verified,
+        groups: &s.groups,
+        claims,
+        method,
+        path,
+        // The policy crate never reads the clock; the proxy passes the current UTC time.
+        time: std::time::SystemTime::now(),
+    })
 }
 
 /// The authenticate host (`authenticate_service_url`).
@@ -64,28 +120,35 @@ pub struct CookieSettings {
 pub struct State {
     pub routes: Vec<RouteState>,
     pub table: RouteTable,
-    pub auth: Auth,
+    /// Kept across reloads (sign-in state, keys, one-time tokens).
+    pub auth: Arc<Auth>,
     pub auth_host: Option<AuthHost>,
     pub cookie: CookieSettings,
     /// Whether the main listener is TLS (for the default port of a Host without one).
     pub tls: bool,
-    /// One supervisor per `backends:` pool.
-    pub backends: Vec<Supervisor>,
 }
 
 /// Gatehouse's proxy service.
 pub struct Gatehouse {
-    pub state: Arc<State>,
+    pub live: Arc<Live>,
 }
 
 /// The facts of one request, filled in as `request_filter` goes.
 pub struct Ctx {
+    /// The state serving when the request came in; a reload during the request does not
+    /// change it (so `route` stays an index into the same routes).
+    state: Arc<State>,
     start: Instant,
     route: Option<usize>,
     host: String,
+    port: u16,
     authority: String,
     identity: Option<VerifiedIdentity>,
     reason: Option<&'static str>,
+    /// The upstream socket, once connected.
+    upstream: Option<UpstreamSocket>,
+    /// The id of this request in the open-streams registry, while it streams.
+    stream: Option<u64>,
     /// The person's backend on a `to_backend` route, held for the whole request (a stream
     /// included) so the backend counts as in use.
     lease: Option<Lease>,
@@ -522,9 +585,9 @@ async fn backend_step(
 }
 
 /// The user page's lines about the person's backends.
-fn backend_views(st: &State, id: &VerifiedIdentity) -> Vec<pages::BackendView> {
+fn backend_views(backends: &[Supervisor], id: &VerifiedIdentity) -> Vec<pages::BackendView> {
     let person = person_id(id);
-    st.backends
+    backends
         .iter()
         .map(|sup| pages::BackendView {
             pool: sup.settings().pool.name.clone(),
@@ -563,9 +626,53 @@ fn form_origin_ok(req: &RequestHeader, scheme: &str, authority: &str) -> bool {
 }
 
 impl Gatehouse {
+    /// Registers a signed-in person's long-lived response (SSE, WebSocket) so a reload or a
+    /// sign-out can end it.
+    fn track_stream(&self, session: &Session, resp: &ResponseHeader, ctx: &mut Ctx) {
+        let is_stream = resp.status == http::StatusCode::SWITCHING_PROTOCOLS
+            || resp
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
+        let (Some(identity), Some(upstream), None) = (&ctx.identity, ctx.upstream, ctx.stream)
+        else {
+            return;
+        };
+        if !is_stream {
+            return;
+        }
+        let req = session.req_header();
+        let id = self.live.streams.register(OpenStream {
+            identity: identity.clone(),
+            host: ctx.host.clone(),
+            port: ctx.port,
+            path: req.uri.path().to_string(),
+            method: req.method.to_string(),
+            route: ctx_label(&ctx.state, ctx).to_string(),
+            upstream,
+        });
+        ctx.stream = Some(id);
+        self.live
+            .metrics
+            .streams_open
+            .set(self.live.streams.len() as i64);
+    }
+
+    fn untrack_stream(&self, ctx: &mut Ctx) {
+        if let Some(id) = ctx.stream.take() {
+            self.live.streams.remove(id);
+            self.live
+                .metrics
+                .streams_open
+                .set(self.live.streams.len() as i64);
+        }
+    }
+
     /// DESIGN.md's request flow, in order. Each step either continues or answers.
     async fn decide(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Step> {
-        let st = &*self.state;
+        let state = Arc::clone(&ctx.state);
+        let st = &*state;
         let req = session.req_header();
         let authority = req
             .headers
@@ -587,6 +694,7 @@ impl Gatehouse {
             )));
         }
         ctx.host.clone_from(&host);
+        ctx.port = port;
         ctx.authority.clone_from(&authority);
         let gh = gatehouse_path(&path).map(str::to_string);
 
@@ -598,7 +706,7 @@ impl Gatehouse {
         // The authenticate host (two-host flow).
         if st.is_auth_host(&host, port) {
             return self
-                .authenticate_host(session, &path, gh.as_deref())
+                .authenticate_host(st, session, &path, gh.as_deref())
                 .await
                 .map(Step::Respond);
         }
@@ -628,7 +736,7 @@ impl Gatehouse {
         match gh.as_deref() {
             Some("callback") => {
                 return self
-                    .route_callback(session, &jar, &host)
+                    .route_callback(st, session, &jar, &host)
                     .await
                     .map(Step::Respond);
             }
@@ -655,56 +763,14 @@ impl Gatehouse {
         if let Some(g) = gh.as_deref() {
             ctx.identity = Some(identity.clone());
             return self
-                .gatehouse_page(session, g, &identity, scheme, &authority)
+                .gatehouse_page(st, session, g, &identity, scheme, &authority)
                 .await
                 .map(Step::Respond);
         }
 
         let s = identity.session();
         let req = session.req_header();
-        let claims = [
-            Claim {
-                name: "sub",
-                values: ClaimValues::One(&s.sub),
-            },
-            Claim {
-                name: "email",
-                values: ClaimValues::One(&s.email),
-            },
-            Claim {
-                name: "email_verified",
-                values: ClaimValues::One(if s.email_verified { "true" } else { "false" }),
-            },
-            Claim {
-                name: "name",
-                values: ClaimValues::One(s.name.as_deref().unwrap_or_default()),
-            },
-            Claim {
-                name: "iss",
-                values: ClaimValues::One(&s.iss),
-            },
-            Claim {
-                name: "groups",
-                values: ClaimValues::Many(&s.groups),
-            },
-        ];
-        let claims: &[Claim<'_>] = if s.name.is_some() {
-            &claims
-        } else {
-            // No `name` claim: leave it out rather than match it as empty.
-            &[claims[0], claims[1], claims[2], claims[4], claims[5]]
-        };
-        let decision = route.policy.evaluate(&Facts {
-            user: &s.sub,
-            email: &s.email,
-            email_verified: s.email_verified,
-            groups: &s.groups,
-            claims,
-            method: req.method.as_str(),
-            path: req.uri.path(),
-            // The policy crate never reads the clock; the proxy passes the current UTC time.
-            time: std::time::SystemTime::now(),
-        });
+        let decision = decide_policy(route, &identity, req.method.as_str(), req.uri.path());
         ctx.reason = Some(decision.reason().code());
         match decision {
             Decision::Allow(_) => {
@@ -734,11 +800,11 @@ impl Gatehouse {
     /// or (without `authenticate_service_url`) the IdP's redirect with `code` and `state`.
     async fn route_callback(
         &self,
+        st: &State,
         session: &mut Session,
         jar: &[(String, String)],
         host: &str,
     ) -> Result<Page> {
-        let st = &*self.state;
         let query = query_map(session.req_header().uri.query());
         let t = now();
         if let Some(token) = query.get("handoff") {
@@ -786,11 +852,11 @@ impl Gatehouse {
     /// Requests to the authenticate host: sign-in start, the IdP callback, sign-out.
     async fn authenticate_host(
         &self,
+        st: &State,
         session: &mut Session,
         path: &str,
         gh: Option<&str>,
     ) -> Result<Page> {
-        let st = &*self.state;
         let Some(auth_host) = st.auth_host.clone() else {
             return Ok(pages::not_found(""));
         };
@@ -895,13 +961,13 @@ impl Gatehouse {
     /// Gatehouse's own pages on a route host, for a signed-in person.
     async fn gatehouse_page(
         &self,
+        st: &State,
         session: &mut Session,
         page: &str,
         id: &VerifiedIdentity,
         scheme: &str,
         authority: &str,
     ) -> Result<Page> {
-        let st = &*self.state;
         let s = id.session();
         Ok(match page {
             "" => pages::user_page(&pages::UserView {
@@ -911,7 +977,7 @@ impl Gatehouse {
                 groups: &s.groups,
                 expires: expires_text(s.exp),
                 csrf: &st.auth.csrf_token(id),
-                backends: backend_views(st, id),
+                backends: backend_views(&self.live.backends, id),
             }),
             "user" => Page::json(
                 200,
@@ -927,12 +993,16 @@ impl Gatehouse {
                     .get("csrf_token")
                     .is_some_and(|t| st.auth.check_csrf(id, t));
                 let pool = form.get("pool").map(String::as_str).unwrap_or("");
-                let sup = st.backends.iter().find(|b| b.settings().pool.name == pool);
+                let sup = self
+                    .live
+                    .backends
+                    .iter()
+                    .find(|b| b.settings().pool.name == pool);
                 match (origin_ok && token_ok, sup) {
                     (true, Some(sup)) => {
                         let person = person_id(id);
                         tracing::info!(user = %s.email, pool, person = %person, "backend restart requested");
-                        sup.end_streams(&person);
+                        // Stopping it ends its open streams too.
                         sup.restart(&person).await;
                         Page::redirect(303, "/.gatehouse/")
                     }
@@ -961,16 +1031,18 @@ impl Gatehouse {
                         "<p>This sign-out request did not come from Gatehouse's own sign-out button, so nothing was changed.</p><p><a class=\"button\" href=\"/.gatehouse/\">Go to your session page</a></p>",
                     ));
                 }
-                tracing::info!(user = %s.email, "signed out");
-                // Sign-out ends the person's open streams on every pool (and, where the
-                // pool says so, stops their backend).
+                let ended = self.live.end_session_streams(&s.sid);
+                tracing::info!(user = %s.email, streams_ended = ended, "signed out");
+                // Pools that say so also stop the person's backend.
                 let person = person_id(id);
-                for sup in &st.backends {
-                    sup.end_streams(&person);
-                    if sup.settings().pool.stop_on_sign_out {
-                        let (sup, person) = (sup.clone(), person.clone());
-                        tokio::spawn(async move { sup.stop(&person).await });
-                    }
+                for sup in self
+                    .live
+                    .backends
+                    .iter()
+                    .filter(|b| b.settings().pool.stop_on_sign_out)
+                {
+                    let (sup, person) = (sup.clone(), person.clone());
+                    tokio::spawn(async move { sup.stop(&person).await });
                 }
                 let signed_out = format!("{scheme}://{authority}/.gatehouse/signed_out");
                 let location = match &st.auth_host {
@@ -993,7 +1065,7 @@ impl Gatehouse {
                 groups: &s.groups,
                 expires: expires_text(s.exp),
                 csrf: &st.auth.csrf_token(id),
-                backends: backend_views(st, id),
+                backends: backend_views(&self.live.backends, id),
             }),
             other => Page::html(
                 404,
@@ -1127,14 +1199,46 @@ impl ProxyHttp for Gatehouse {
 
     fn new_ctx(&self) -> Ctx {
         Ctx {
+            state: self.live.state.load_full(),
             start: Instant::now(),
             route: None,
             host: String::new(),
+            port: 0,
             authority: String::new(),
             identity: None,
             reason: None,
+            upstream: None,
+            stream: None,
             lease: None,
         }
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        ctx.upstream = UpstreamSocket::current(fd);
+        Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<Duration>> {
+        // The upstream finished: its connection may go back to the pool and serve
+        // another request, so this one must no longer be ended through it.
+        if end_of_stream {
+            self.untrack_stream(ctx);
+        }
+        Ok(None)
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -1159,7 +1263,7 @@ impl ProxyHttp for Gatehouse {
             peer.options.connection_timeout = Some(Duration::from_secs(5));
             return Ok(Box::new(peer));
         }
-        let Some(route) = ctx.route.and_then(|i| self.state.routes.get(i)) else {
+        let Some(route) = ctx.route.and_then(|i| ctx.state.routes.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
         if route.backend.is_some() {
@@ -1178,7 +1282,7 @@ impl ProxyHttp for Gatehouse {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let st = &*self.state;
+        let st = Arc::clone(&ctx.state);
         let Some(route) = ctx.route.and_then(|i| st.routes.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
@@ -1240,6 +1344,7 @@ impl ProxyHttp for Gatehouse {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        self.track_stream(session, resp, ctx);
         // OpenCode serves its 2.7 MB of scripts uncompressed (notes/opencode.md §6):
         // compress them for browsers that accept gzip/br. Never an event stream.
         if ctx.lease.is_some()
@@ -1252,7 +1357,7 @@ impl ProxyHttp for Gatehouse {
         }
         // An upstream must not plant Gatehouse's own cookies (a public app could otherwise
         // set someone's session for the whole host).
-        let name = self.state.auth.session.name();
+        let name = ctx.state.auth.session.name();
         let mut planted = false;
         for v in resp.headers.get_all(http::header::SET_COOKIE) {
             planted |= is_own_cookie(cookie_name(v.as_bytes()), name);
@@ -1270,29 +1375,11 @@ impl ProxyHttp for Gatehouse {
                 resp.append_header(http::header::SET_COOKIE, v)?;
             }
             tracing::warn!(
-                route = ctx_label(&self.state, ctx),
+                route = ctx_label(&ctx.state, ctx),
                 "upstream tried to set Gatehouse's own cookie; removed"
             );
         }
         Ok(())
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        _body: &mut Option<Bytes>,
-        _end_of_stream: bool,
-        ctx: &mut Ctx,
-    ) -> Result<Option<Duration>> {
-        // Sign-out (or a restart) revoked this person's lease: end the stream now. An SSE
-        // stream sends a heartbeat every 10 s, so it ends within that.
-        if ctx.lease.as_ref().is_some_and(Lease::revoked) {
-            // As a downstream close: no error page (the response has begun) and no error log.
-            let mut e = Error::new_down(ErrorType::ConnectionClosed);
-            e.set_context("signed out: stream ended");
-            return Err(e);
-        }
-        Ok(None)
     }
 
     fn request_summary(&self, session: &Session, ctx: &Ctx) -> String {
@@ -1313,7 +1400,7 @@ impl ProxyHttp for Gatehouse {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let label = ctx
             .route
-            .and_then(|i| self.state.routes.get(i))
+            .and_then(|i| ctx.state.routes.get(i))
             .map(|r| r.label.as_str())
             .unwrap_or("");
         let rid = request_id();
@@ -1365,6 +1452,7 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        self.untrack_stream(ctx);
         let status = session
             .response_written()
             .map(|r| r.status.as_u16())
@@ -1372,7 +1460,7 @@ impl ProxyHttp for Gatehouse {
         let req = session.req_header();
         let route = ctx
             .route
-            .and_then(|i| self.state.routes.get(i))
+            .and_then(|i| ctx.state.routes.get(i))
             .map(|r| r.label.as_str())
             .unwrap_or("-");
         let user = ctx.identity.as_ref().map(|i| i.email()).unwrap_or("-");
@@ -1465,6 +1553,37 @@ impl ProxyHttp for HttpsRedirect {
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &(), _error: &Error) -> bool {
         true
+    }
+}
+
+/// The metrics listener (`metrics_address`): `GET /metrics` in the Prometheus text format,
+/// 404 for anything else. Nothing is proxied.
+pub struct MetricsEndpoint {
+    pub live: Arc<Live>,
+}
+
+#[async_trait]
+impl ProxyHttp for MetricsEndpoint {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
+        let page = if session.req_header().uri.path() == "/metrics" {
+            // Prometheus' text format is plain text (version 0.0.4).
+            Page::text(200, "").with_body(&self.live.metrics.render())
+        } else {
+            Page::text(404, "not found: metrics are at /metrics\n")
+        };
+        write_page(session, page).await?;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        Error::e_explain(
+            ErrorType::InternalError,
+            "the metrics listener proxies nothing",
+        )
     }
 }
 

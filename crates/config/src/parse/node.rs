@@ -21,6 +21,10 @@ pub(super) struct Ctx<'e> {
     pub env: &'e dyn Lookup,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
+    /// Named policies loaded from `policies_dir`, for routes' `policy: <name>`.
+    pub named_policies: Vec<crate::NamedPolicy>,
+    /// Policy files that had errors (already reported), by name.
+    pub broken_policies: Vec<String>,
 }
 
 impl<'e> Ctx<'e> {
@@ -32,6 +36,8 @@ impl<'e> Ctx<'e> {
             env,
             errors: Vec::new(),
             warnings: Vec::new(),
+            named_policies: Vec::new(),
+            broken_policies: Vec::new(),
         }
     }
 

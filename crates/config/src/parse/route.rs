@@ -148,7 +148,14 @@ fn route(
     let allowed_domains = list(ctx, &mut fields, "allowed_domains", values::domain);
     let allowed_users = list(ctx, &mut fields, "allowed_users", values::email);
     let allowed_groups = list(ctx, &mut fields, "allowed_groups", values::group);
-    let policy = fields.take("policy").and_then(|e| policy(ctx, &e));
+    let (policy, policy_name) = match fields.take("policy") {
+        Some(e) if matches!(e.node, Node::Scalar(_)) => match named(ctx, &e) {
+            Some((name, spec)) => (Some(spec), Some(name)),
+            None => (None, None),
+        },
+        Some(e) => (policy(ctx, &e), None),
+        None => (None, None),
+    };
 
     for entry in fields.rest() {
         if ROUTE_IGNORED.contains(&entry.key) {
@@ -244,10 +251,48 @@ fn route(
             allowed_users,
             allowed_groups,
             policy,
+            policy_name,
             origin,
         },
         RouteAccess { grants_someone },
     ))
+}
+
+/// `policy: <name>`: the named policy from `policies_dir`.
+fn named(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<(String, crate::PolicySpec)> {
+    let text = ctx.non_empty(&Setting::file(entry.clone()))?;
+    let name = text.value.trim();
+    if let Some(p) = ctx.named_policies.iter().find(|p| p.name == name) {
+        return Some((p.name.clone(), p.spec.clone()));
+    }
+    let names: Vec<&str> = ctx.named_policies.iter().map(|p| p.name.as_str()).collect();
+    let message = if ctx.broken_policies.iter().any(|b| b == name) {
+        format!(
+            "{}: the policy `{name}` has errors (listed with its file); fix them and this route \
+             uses it",
+            entry.path
+        )
+    } else if names.is_empty() {
+        format!(
+            "{}: `{name}` names a policy, but no named policies are loaded; set \
+             `policies_dir: policies` and put the blocks in policies/{name}.yaml (or write the \
+             blocks here as a list)",
+            entry.path
+        )
+    } else {
+        let hint = match super::node::closest(name, &names) {
+            Some(best) => format!("did you mean `{best}`? "),
+            None => String::new(),
+        };
+        format!(
+            "{}: no policy named `{name}` in policies_dir; {hint}(known: {}; a policy `x` is \
+             the file x.yaml)",
+            entry.path,
+            names.join(", ")
+        )
+    };
+    ctx.error(text.origin, message);
+    None
 }
 
 pub(super) fn access_unsupported(path: &str) -> String {
