@@ -117,6 +117,15 @@ impl Live {
         ended
     }
 
+    /// The metrics text, with each pool's backend counters brought up to date.
+    pub fn render_metrics(&self) -> String {
+        for sup in &self.backends {
+            self.metrics
+                .sync_backends(&sup.settings().pool.name, &sup.counters());
+        }
+        self.metrics.render()
+    }
+
     /// Ends every open stream of the session `sid` (at sign-out).
     pub fn end_session_streams(&self, sid: &str) -> usize {
         let ended = self

@@ -14,6 +14,11 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabel {
+    pub pool: String,
+}
+
 /// Gatehouse's metrics. Cheap to update from any thread.
 #[derive(Debug)]
 pub struct Metrics {
@@ -28,6 +33,18 @@ pub struct Metrics {
     pub streams_open: Gauge,
     /// Streams ended by Gatehouse (policy change after a reload, sign-out).
     pub streams_ended: Counter,
+    /// Per-person backends running now, by pool.
+    pub backends_running: Family<PoolLabel, Gauge>,
+    /// Backend starts that became ready, by pool.
+    pub backend_starts: Family<PoolLabel, Counter>,
+    /// Backend starts that failed (exited early, not ready in time), by pool.
+    pub backend_start_failures: Family<PoolLabel, Counter>,
+    /// Running backends that exited on their own, by pool.
+    pub backend_crashes: Family<PoolLabel, Counter>,
+    /// Backends stopped for being idle, by pool.
+    pub backend_idle_stops: Family<PoolLabel, Counter>,
+    /// Spawn-to-ready time of the last start, by pool.
+    pub backend_last_start_seconds: Family<PoolLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -39,6 +56,12 @@ impl Default for Metrics {
             config_reloads: Family::default(),
             streams_open: Gauge::default(),
             streams_ended: Counter::default(),
+            backends_running: Family::default(),
+            backend_starts: Family::default(),
+            backend_start_failures: Family::default(),
+            backend_crashes: Family::default(),
+            backend_idle_stops: Family::default(),
+            backend_last_start_seconds: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -66,6 +89,36 @@ impl Default for Metrics {
             "Streams Gatehouse ended because their person was no longer allowed or signed out",
             m.streams_ended.clone(),
         );
+        registry.register(
+            "backends_running",
+            "Per-person backends running now",
+            m.backends_running.clone(),
+        );
+        registry.register(
+            "backend_starts",
+            "Backend starts that became ready",
+            m.backend_starts.clone(),
+        );
+        registry.register(
+            "backend_start_failures",
+            "Backend starts that failed (exited before ready, or not ready within start_timeout)",
+            m.backend_start_failures.clone(),
+        );
+        registry.register(
+            "backend_crashes",
+            "Running backends that exited on their own",
+            m.backend_crashes.clone(),
+        );
+        registry.register(
+            "backend_idle_stops",
+            "Backends stopped for being idle",
+            m.backend_idle_stops.clone(),
+        );
+        registry.register(
+            "backend_last_start_seconds",
+            "Spawn-to-ready time of the last backend start",
+            m.backend_last_start_seconds.clone(),
+        );
         Metrics { registry, ..m }
     }
 }
@@ -91,6 +144,31 @@ impl Metrics {
         self.loaded(ok);
     }
 
+    /// Copies a pool's supervisor counters into the metrics (at each scrape: the supervisor
+    /// keeps its own counters and knows nothing of Prometheus).
+    pub fn sync_backends(&self, pool: &str, c: &gatehouse_backends::CountersSnapshot) {
+        let label = PoolLabel {
+            pool: pool.to_string(),
+        };
+        let catch_up = |family: &Family<PoolLabel, Counter>, total: u64| {
+            let counter = family.get_or_create(&label);
+            let seen = counter.get();
+            if total > seen {
+                counter.inc_by(total - seen);
+            }
+        };
+        self.backends_running
+            .get_or_create(&label)
+            .set(i64::try_from(c.running).unwrap_or(i64::MAX));
+        catch_up(&self.backend_starts, c.starts);
+        catch_up(&self.backend_start_failures, c.start_failures);
+        catch_up(&self.backend_crashes, c.crashes);
+        catch_up(&self.backend_idle_stops, c.idle_stops);
+        self.backend_last_start_seconds
+            .get_or_create(&label)
+            .set(c.last_start_ms as f64 / 1000.0);
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -104,6 +182,51 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_counters_are_copied_and_only_ever_grow() {
+        let m = Metrics::default();
+        let mut c = gatehouse_backends::CountersSnapshot {
+            running: 2,
+            starts: 3,
+            start_failures: 1,
+            crashes: 0,
+            idle_stops: 1,
+            last_start_ms: 2500,
+            mean_start_ms: 2400,
+        };
+        m.sync_backends("assistant", &c);
+        m.sync_backends("assistant", &c);
+        let text = m.render();
+        assert!(
+            text.contains("gatehouse_backends_running{pool=\"assistant\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gatehouse_backend_starts_total{pool=\"assistant\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gatehouse_backend_idle_stops_total{pool=\"assistant\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gatehouse_backend_last_start_seconds{pool=\"assistant\"} 2.5"),
+            "{text}"
+        );
+        c.starts = 5;
+        c.running = 0;
+        m.sync_backends("assistant", &c);
+        let text = m.render();
+        assert!(
+            text.contains("gatehouse_backend_starts_total{pool=\"assistant\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("gatehouse_backends_running{pool=\"assistant\"} 0"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn a_failed_reload_shows_in_the_text() {

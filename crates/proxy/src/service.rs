@@ -1571,7 +1571,7 @@ impl ProxyHttp for MetricsEndpoint {
     async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
         let page = if session.req_header().uri.path() == "/metrics" {
             // Prometheus' text format is plain text (version 0.0.4).
-            Page::text(200, "").with_body(&self.live.metrics.render())
+            Page::text(200, "").with_body(&self.live.render_metrics())
         } else {
             Page::text(404, "not found: metrics are at /metrics\n")
         };
