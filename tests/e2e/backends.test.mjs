@@ -4,7 +4,7 @@
 // person's backend runs as their own uid.
 
 import assert from 'node:assert/strict';
-import { chownSync, existsSync, statSync, writeFileSync } from 'node:fs';
+import { chownSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import path from 'node:path';
@@ -49,7 +49,7 @@ const api = (s, c, method, p, body, headers = {}) =>
   });
 
 /** An SSE stream through Gatehouse: { events: [{ at, data }], closed: Promise, close() }. */
-function openSse(s, c, p) {
+function openSse(s, c, p, headers = {}) {
   const u = new URL(s.gh.main.url(A, p));
   const stream = { events: [], ended: false };
   stream.closed = new Promise((resolve, reject) => {
@@ -63,10 +63,11 @@ function openSse(s, c, p) {
         servername: u.hostname,
         lookup: loopbackLookup,
         agent: false,
-        headers: { accept: 'text/event-stream', cookie: c.jar.header(u.hostname) },
+        headers: { accept: 'text/event-stream', cookie: c.jar.header(u.hostname), ...headers },
       },
       (res) => {
         stream.status = res.statusCode;
+        stream.headers = res.headers;
         let buf = '';
         res.setEncoding('utf8');
         res.on('data', (d) => {
@@ -229,6 +230,59 @@ describe('backends: two people, each their own OpenCode', () => {
     assert.match(r.body, /Your assistant/);
     assert.match(r.body, /running since/);
     assert.match(r.body, /action="\/\.gatehouse\/backend\/restart"/);
+  });
+
+  test("static assets are compressed for browsers that accept it; event streams never are", async () => {
+    await api(s, alice, 'GET', '/global/health'); // started (a navigation would get the starting page)
+    const index = await alice.get(s.gh.main.url(A, '/'));
+    assert.equal(index.status, 200);
+    const asset = /(?:src|href)="(\/assets\/[^"]+\.js)"/.exec(index.body)?.[1];
+    assert.ok(asset, `an /assets/ script in ${index.body.slice(0, 300)}`);
+    const gz = await alice.get(s.gh.main.url(A, asset), { headers: { 'accept-encoding': 'gzip' } });
+    assert.equal(gz.status, 200);
+    assert.equal(gz.headers['content-encoding'], 'gzip');
+    const br = await alice.get(s.gh.main.url(A, asset), { headers: { 'accept-encoding': 'br' } });
+    assert.equal(br.headers['content-encoding'], 'br');
+    const plain = await alice.get(s.gh.main.url(A, asset));
+    assert.equal(plain.headers['content-encoding'], undefined, 'no compression unless asked');
+    const events = openSse(s, alice, '/global/event', { 'accept-encoding': 'gzip, br' });
+    await eventually('event stream open', () => events.events.length > 0);
+    events.close();
+    assert.equal(events.status, 200);
+    assert.equal(events.headers['content-encoding'], undefined, 'an event stream must not be compressed (it would hold events back)');
+  });
+
+  test("the backend's password never appears in Gatehouse's logs", async () => {
+    const procs = backendProcesses(s.dataRoot);
+    assert.ok(procs.length >= 2);
+    for (const p of procs) {
+      const env = readFileSync(`/proc/${p.pid}/environ`, 'latin1').split('\0');
+      const password = env.find((e) => e.startsWith('OPENCODE_SERVER_PASSWORD='))?.slice('OPENCODE_SERVER_PASSWORD='.length);
+      assert.ok(password && password.length >= 32, 'a long random password');
+      assert.ok(!s.gh.main.logs().includes(password), 'password in the logs');
+      assert.ok(!s.gh.main.logs().includes(Buffer.from(`opencode:${password}`).toString('base64')), 'Basic credentials in the logs');
+    }
+  });
+
+  test('the restart button restarts only with the page\'s CSRF token', async () => {
+    await api(s, alice, 'GET', '/global/health');
+    const home = homeOf(s, 'alice');
+    const before = backendProcesses(s.dataRoot).find((p) => p.home === home);
+    assert.ok(before, "alice's backend runs");
+    const forged = await alice.post(s.gh.main.url(A, '/.gatehouse/backend/restart'), { csrf_token: 'forged', pool: 'assistant' });
+    assert.equal(forged.status, 403);
+    assert.equal(backendProcesses(s.dataRoot).find((p) => p.home === home)?.pid, before.pid, 'a forged restart changed nothing');
+    const page = await alice.get(s.gh.main.url(A, '/.gatehouse/'));
+    const token = /action="\/\.gatehouse\/backend\/restart"><input type="hidden" name="csrf_token" value="([^"]+)"/.exec(page.body)?.[1];
+    assert.ok(token, 'the restart form carries a CSRF token');
+    const ok = await alice.post(s.gh.main.url(A, '/.gatehouse/backend/restart'), { csrf_token: token, pool: 'assistant' }, { headers: { origin: s.origin } });
+    assert.equal(ok.status, 303);
+    const after = await eventually('a new backend for alice', () => {
+      const p = backendProcesses(s.dataRoot).find((x) => x.home === home);
+      return p && p.pid !== before.pid ? p : null;
+    }, { timeoutMs: 60_000 });
+    assert.equal(after.uid, before.uid, 'alice keeps her uid across restarts');
+    assert.equal((await api(s, alice, 'GET', '/global/health')).status, 200);
   });
 
   test('real Chromium loads OpenCode\'s web UI through Gatehouse', async () => {

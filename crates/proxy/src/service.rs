@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::Method;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::compression::{ResponseCompression, ResponseCompressionBuilder};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
@@ -1241,7 +1242,20 @@ impl ProxyHttp for Gatehouse {
         Ok(None)
     }
 
+    fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
+        // Enabled so the module reads the request's Accept-Encoding (it ignores it when
+        // disabled); `request_filter` turns it off for every response and `response_filter`
+        // back on for backend assets only.
+        modules.add_module(ResponseCompressionBuilder::enable(COMPRESSION_LEVEL));
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(c) = session
+            .downstream_modules_ctx
+            .get_mut::<ResponseCompression>()
+        {
+            c.adjust_level(0);
+        }
         match self.decide(session, ctx).await? {
             Step::Continue => Ok(false),
             Step::Respond(page) => {
@@ -1351,7 +1365,7 @@ impl ProxyHttp for Gatehouse {
             && compressible(resp)
             && let Some(c) = session
                 .downstream_modules_ctx
-                .get_mut::<pingora::modules::http::compression::ResponseCompression>()
+                .get_mut::<ResponseCompression>()
         {
             c.adjust_level(COMPRESSION_LEVEL);
         }
