@@ -18,6 +18,7 @@ fn config(secret: [u8; 32]) -> Config {
             scopes: vec!["openid".into(), "email".into()],
             origin: Origin::Default,
         },
+        directory: None,
         cookie: CookieConfig {
             name: "_pomerium".into(),
             secret: Secret::new(secret),
