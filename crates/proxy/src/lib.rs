@@ -76,6 +76,8 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
         }
     };
 
+    let directory = directory(config, &mut errors, &mut notes);
+
     let mut routes = Vec::new();
     let mut matchers = Vec::new();
     for r in &config.routes {
@@ -201,6 +203,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
         routes,
         table: routes::RouteTable::new(matchers),
         auth,
+        directory,
         auth_host,
         cookie: CookieSettings {
             domain: config.cookie.domain.clone(),
@@ -215,6 +218,40 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
         redirect_addr: config.http_redirect_addr,
         notes,
     })
+}
+
+/// The Google directory client (`idp_service_account`), whose key must sign; with Google
+/// and no service account, a note when a route's rules use groups (they never match).
+fn directory(
+    config: &Config,
+    errors: &mut Vec<ConfigError>,
+    notes: &mut Vec<String>,
+) -> Option<Arc<gatehouse_auth::directory::Directory>> {
+    let Some(d) = &config.directory else {
+        if config.idp.provider == gatehouse_config::IdpProvider::Google {
+            let grouped: Vec<String> = config
+                .routes
+                .iter()
+                .filter(|r| Policy::for_route(r, &config.allowed_domains).uses_groups())
+                .map(|r| format!("routes[{}]", r.index))
+                .collect();
+            if !grouped.is_empty() {
+                notes.push(format!(
+                    "{} use groups, but Google sign-in gives none without idp_service_account \
+                     (Google's ID tokens carry no groups), so those group rules never match",
+                    grouped.join(", ")
+                ));
+            }
+        }
+        return None;
+    };
+    match gatehouse_auth::directory::Directory::new(d) {
+        Ok(directory) => Some(Arc::new(directory)),
+        Err(e) => {
+            errors.push(ConfigError::new(d.origin.clone(), e.to_string()));
+            None
+        }
+    }
 }
 
 /// Options for running (from the command line, not the config file).

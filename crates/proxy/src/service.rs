@@ -14,6 +14,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use gatehouse_auth::directory::Directory;
 use gatehouse_auth::seal::MAX_CHUNKS;
 use gatehouse_auth::{Auth, CallbackError, VerifiedIdentity, now};
 use gatehouse_config::{RouteFrom, SameSite};
@@ -61,6 +62,9 @@ pub struct State {
     pub routes: Vec<RouteState>,
     pub table: RouteTable,
     pub auth: Auth,
+    /// Google Workspace groups (`idp_service_account`). Its cache outlives a config reload:
+    /// carry it into the new state with `Directory::carry_over`.
+    pub directory: Option<Arc<Directory>>,
     pub auth_host: Option<AuthHost>,
     pub cookie: CookieSettings,
     /// Whether the main listener is TLS (for the default port of a Host without one).
@@ -262,6 +266,14 @@ impl State {
             "set-cookie",
             self.set_cookie(spent, "", 0, SameSite::Lax, false),
         )
+    }
+
+    /// A new sign-in looks up the person's directory groups now (at most the directory
+    /// timeout), so the first request after it sees current ones.
+    async fn groups_at_sign_in(&self, session: &gatehouse_auth::Session) {
+        if let Some(directory) = &self.directory {
+            directory.refresh_now(&session.email).await;
+        }
     }
 
     /// The identity from the session cookie, if it verifies and has not expired.
@@ -504,6 +516,13 @@ impl Gatehouse {
             ));
         };
 
+        // Google Workspace groups: from the directory's cache, or looked up now (waiting at
+        // most idp_refresh_directory_timeout). `unavailable`: none usable, fail closed below.
+        let (identity, unavailable) = match &st.directory {
+            Some(directory) => directory.resolve(identity).await,
+            None => (identity, None),
+        };
+
         if let Some(g) = gh.as_deref() {
             ctx.identity = Some(identity.clone());
             return self
@@ -537,7 +556,7 @@ impl Gatehouse {
             },
             Claim {
                 name: "groups",
-                values: ClaimValues::Many(&s.groups),
+                values: ClaimValues::Many(identity.groups()),
             },
         ];
         let claims: &[Claim<'_>] = if s.name.is_some() {
@@ -546,17 +565,21 @@ impl Gatehouse {
             // No `name` claim: leave it out rather than match it as empty.
             &[claims[0], claims[1], claims[2], claims[4], claims[5]]
         };
-        let decision = route.policy.evaluate(&Facts {
+        let facts = Facts {
             user: &s.sub,
             email: &s.email,
             email_verified: s.email_verified,
-            groups: &s.groups,
+            groups: identity.groups(),
             claims,
             method: req.method.as_str(),
             path: req.uri.path(),
             // The policy crate never reads the clock; the proxy passes the current UTC time.
             time: std::time::SystemTime::now(),
-        });
+        };
+        let decision = match unavailable {
+            Some(u) => route.policy.evaluate_groups_unavailable(&facts, u.since),
+            None => route.policy.evaluate(&facts),
+        };
         ctx.reason = Some(decision.reason().code());
         match decision {
             Decision::Allow(_) => {
@@ -615,6 +638,7 @@ impl Gatehouse {
         Ok(match st.finish_login(jar, &query, "/").await {
             Ok(done) => {
                 tracing::info!(user = %done.session.email, "signed in");
+                st.groups_at_sign_in(&done.session).await;
                 st.signed_in(
                     &done.session,
                     &done.return_url,
@@ -662,6 +686,7 @@ impl Gatehouse {
                             ));
                         };
                         tracing::info!(user = %s.email, "signed in");
+                        st.groups_at_sign_in(&s).await;
                         let mut page = handoff_redirect(st, &s, &target, &binding, t);
                         for c in st.session_cookies(&s, &jar, t) {
                             page = page.with_header("set-cookie", c);
@@ -753,7 +778,7 @@ impl Gatehouse {
                 email: &s.email,
                 name: s.name.as_deref(),
                 user: &s.sub,
-                groups: &s.groups,
+                groups: id.groups(),
                 expires: expires_text(s.exp),
                 csrf: &st.auth.csrf_token(id),
             }),
@@ -761,7 +786,7 @@ impl Gatehouse {
                 200,
                 &serde_json::json!({
                     "email": s.email, "email_verified": s.email_verified, "name": s.name, "user": s.sub,
-                    "groups": s.groups, "expires_at": expires_text(s.exp),
+                    "groups": id.groups(), "expires_at": expires_text(s.exp),
                 }),
             ),
             "sign_out" if session.req_header().method == Method::POST => {
@@ -807,7 +832,7 @@ impl Gatehouse {
                 email: &s.email,
                 name: s.name.as_deref(),
                 user: &s.sub,
-                groups: &s.groups,
+                groups: id.groups(),
                 expires: expires_text(s.exp),
                 csrf: &st.auth.csrf_token(id),
             }),
@@ -932,7 +957,7 @@ fn add_identity_headers(
     req.insert_header("x-pomerium-claim-user", claim_header_value(&s.sub))?;
     req.insert_header(
         "x-pomerium-claim-groups",
-        claim_header_value(&s.groups.join(",")),
+        claim_header_value(&id.groups().join(",")),
     )?;
     Ok(())
 }
