@@ -517,10 +517,14 @@ impl Gatehouse {
         };
 
         // Google Workspace groups: from the directory's cache, or looked up now (waiting at
-        // most idp_refresh_directory_timeout). `unavailable`: none usable, fail closed below.
+        // most idp_refresh_directory_timeout), wherever they are used: the route's rules,
+        // its identity headers, Gatehouse's own pages. `unavailable`: none usable; the
+        // policy fails closed below.
+        let needs_groups =
+            gh.is_some() || route.pass_identity_headers || route.policy.uses_groups();
         let (identity, unavailable) = match &st.directory {
-            Some(directory) => directory.resolve(identity).await,
-            None => (identity, None),
+            Some(directory) if needs_groups => directory.resolve(identity).await,
+            _ => (identity, None),
         };
 
         if let Some(g) = gh.as_deref() {
