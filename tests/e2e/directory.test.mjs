@@ -138,6 +138,7 @@ test('directory unreachable: the last groups serve within idp_directory_max_stal
     const refused = await c.get(gh.url(G, '/too-stale'));
     assert.equal(refused.status, 403, `past the stale window: ${refused.status}`);
     assert.match(refused.body, /your groups could not be checked: the group directory has not answered since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC/);
+    assert.match(refused.body, /Try again in a few minutes/, 'not "ask for a policy change"');
     assert.equal(s.upstream.hits(), hits, 'the upstream was not reached');
     await waitForLog(gh, /path=\/too-stale status=403 .*decision="?groups-unavailable/);
 

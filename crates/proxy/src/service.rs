@@ -18,7 +18,7 @@ use gatehouse_auth::directory::Directory;
 use gatehouse_auth::seal::MAX_CHUNKS;
 use gatehouse_auth::{Auth, CallbackError, VerifiedIdentity, now};
 use gatehouse_config::{RouteFrom, SameSite};
-use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Policy};
+use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Policy, Reason};
 
 use crate::pages::{self, Page};
 use crate::routes::{RouteTable, is_canonical_path, split_host};
@@ -596,6 +596,7 @@ impl Gatehouse {
                 Ok(Step::Respond(pages::forbidden(
                     &s.email,
                     &reason.to_string(),
+                    matches!(reason, Reason::GroupsUnavailable { .. }),
                     &st.auth.csrf_token(&identity),
                 )))
             }

@@ -430,3 +430,29 @@ fn a_lost_background_refresh_is_started_again() {
     assert_stale(&mut c, "alice", 13, false);
     assert_stale(&mut c, "alice", 14, true);
 }
+
+#[test]
+fn a_config_reload_keeps_the_groups_when_the_directory_and_admin_are_the_same() {
+    let (private, _) = keys();
+    let old = Directory::new(&config(private)).unwrap();
+    old.cache().succeeded("alice", groups(&["eng"]), at(0));
+
+    let mut same = config(private);
+    same.refresh_interval = Duration::from_secs(60);
+    let kept = Directory::new(&same).unwrap().carry_over(&old);
+    assert!(Arc::ptr_eq(&kept.cache, &old.cache), "same cache");
+    assert_eq!(
+        kept.cache().ttls.refresh,
+        Duration::from_secs(60),
+        "new settings apply"
+    );
+
+    let mut other = config(private);
+    other.directory_url = Url::parse("https://elsewhere.example.com").unwrap();
+    let fresh = Directory::new(&other).unwrap().carry_over(&old);
+    assert!(
+        !Arc::ptr_eq(&fresh.cache, &old.cache),
+        "another directory starts empty"
+    );
+    assert!(fresh.cache().is_empty());
+}
