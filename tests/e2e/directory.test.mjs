@@ -3,7 +3,8 @@
 // Gatehouse signs in with `idp_provider: google` (issuer pointed at the test IdP) and reads
 // groups with `idp_service_account`, passed in the environment as Pomerium operators do.
 //
-// Groups: alice is in team-a (page 1) and all-staff (page 2); team-a is in eng (nested), and
+// Groups (people are looked up by their Google user id, the ID token's `sub`, never by an
+// email address they could claim): alice is in team-a (page 1) and all-staff (page 2); team-a is in eng (nested), and
 // eng is in team-a again (a cycle). bob is in all-staff only. The group route lets in `eng`.
 
 import assert from 'node:assert/strict';
@@ -46,10 +47,11 @@ before(async () => {
   dir = await startDirectory({
     pageSize: 1,
     members: {
-      'alice@example.com': ['team-a@example.com', 'all-staff@example.com'],
+      // People by their user id (the ID token's `sub`), as the Directory API knows them.
+      alice: ['team-a@example.com', 'all-staff@example.com'],
       'team-a@example.com': ['eng@example.com'],
       'eng@example.com': ['team-a@example.com'],
-      'bob@example.com': ['all-staff@example.com'],
+      bob: ['all-staff@example.com'],
     },
   });
   const good = dir.serviceAccount();

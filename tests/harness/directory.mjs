@@ -12,7 +12,8 @@
 //
 // Keys are made at run time (node:crypto); nothing secret is written anywhere.
 //
-//   const dir = await startDirectory({ members: { 'alice@example.com': ['eng@example.com'] } });
+//   const dir = await startDirectory({ members: { alice: ['eng@example.com'], 'eng@example.com': [] } });
+//   (keys: a user id, as Gatehouse asks with the ID token's `sub`, or a group's email)
 //   const sa = dir.serviceAccount();            // a registered account: { json, base64 }
 //   const forged = dir.unregisteredAccount();   // same shape, a key the stand-in does not know
 //   await dir.down(); await dir.up();           // refuse connections / accept them again

@@ -7,8 +7,11 @@
 //!    service account's key (`iss` = its `client_email`, `sub` = the impersonated admin,
 //!    `scope` = group read-only, `aud` = the token URL, valid for an hour) is posted to the
 //!    token URL. The token is kept until a minute before it expires.
-//! 2. **Groups**: `GET {directory}/admin/directory/v1/groups?userKey=<email>&maxResults=200`
-//!    (following `nextPageToken`), then the same for each group's email, breadth first, so
+//! 2. **Groups**: `GET {directory}/admin/directory/v1/groups?userKey=<id>&maxResults=200`
+//!    (following `nextPageToken`), where `<id>` is the person's Google user id (the ID
+//!    token's `sub`, which is the Directory API's user id; Pomerium asks the same way), so a
+//!    sign-in can never borrow the groups of an email address it claims. Then the same for
+//!    each group's email, breadth first, so
 //!    groups inside groups count too (the API lists direct memberships only). A group seen
 //!    twice is followed once (cycles end); more than [`MAX_GROUPS`] groups or
 //!    [`MAX_CALLS`] calls is an error rather than a silently shortened list (a `deny` rule
@@ -624,30 +627,31 @@ impl Directory {
         self: &Arc<Self>,
         id: VerifiedIdentity,
     ) -> (VerifiedIdentity, Option<Unavailable>) {
-        let email = id.email().to_ascii_lowercase();
-        match self.groups(&email).await {
+        let user_id = id.user().to_string();
+        match self.groups(&user_id).await {
             Ok(groups) => (id.with_directory_groups(groups), None),
             Err(u) => (id.with_directory_groups(Arc::from(Vec::new())), Some(u)),
         }
     }
 
-    /// At sign-in: fetch the person's groups now (waiting at most the timeout), whatever
-    /// the cache holds, so a new sign-in sees current groups.
-    pub async fn refresh_now(&self, email: &str) {
-        let email = email.to_ascii_lowercase();
-        let lock = self.cache().fetch_lock(&email, self.now());
-        let _ = self.fetch_locked(&email, &lock).await;
+    /// At sign-in: fetch the groups of `user_id` (the Google user id: the ID token's `sub`)
+    /// now, waiting at most the timeout, whatever the cache holds, so a new sign-in sees
+    /// current groups.
+    pub async fn refresh_now(&self, user_id: &str) {
+        let lock = self.cache().fetch_lock(user_id, self.now());
+        let _ = self.fetch_locked(user_id, &lock).await;
     }
 
-    /// The person's groups, from the cache or the directory (see the module docs).
-    pub async fn groups(self: &Arc<Self>, email: &str) -> Result<Arc<[String]>, Unavailable> {
+    /// The groups of `user_id` (the ID token's `sub`), from the cache or the directory (see
+    /// the module docs).
+    pub async fn groups(self: &Arc<Self>, user_id: &str) -> Result<Arc<[String]>, Unavailable> {
         let started = self.now();
-        let lookup = self.cache().lookup(email, started);
+        let lookup = self.cache().lookup(user_id, started);
         match lookup {
             Lookup::Fresh(groups) => Ok(groups),
             Lookup::Stale { groups, refresh } => {
                 if refresh {
-                    self.refresh_in_background(email);
+                    self.refresh_in_background(user_id);
                 }
                 Ok(groups)
             }
@@ -655,10 +659,10 @@ impl Directory {
             Lookup::Fetch(lock) => {
                 let waited = tokio::time::timeout(self.ttls.timeout, async {
                     let _held = lock.lock().await;
-                    if let Some(done) = self.cache().settled_since(email, started) {
+                    if let Some(done) = self.cache().settled_since(user_id, started) {
                         return done;
                     }
-                    self.fetch_and_record(email).await
+                    self.fetch_and_record(user_id).await
                 })
                 .await;
                 match waited {
@@ -666,34 +670,34 @@ impl Directory {
                     Err(_) => {
                         // Waited for another request's fetch that did not finish in time.
                         let now = self.now();
-                        self.cache().failed(email, now)
+                        self.cache().failed(user_id, now)
                     }
                 }
             }
         }
     }
 
-    fn refresh_in_background(self: &Arc<Self>, email: &str) {
+    fn refresh_in_background(self: &Arc<Self>, user_id: &str) {
         let this = Arc::clone(self);
-        let email = email.to_string();
-        let lock = self.cache().fetch_lock(&email, self.now());
+        let user_id = user_id.to_string();
+        let lock = self.cache().fetch_lock(&user_id, self.now());
         tokio::spawn(async move {
-            let _ = this.fetch_locked(&email, &lock).await;
+            let _ = this.fetch_locked(&user_id, &lock).await;
         });
     }
 
     async fn fetch_locked(
         &self,
-        email: &str,
+        user_id: &str,
         lock: &tokio::sync::Mutex<()>,
     ) -> Result<Arc<[String]>, Unavailable> {
         let _held = lock.lock().await;
-        self.fetch_and_record(email).await
+        self.fetch_and_record(user_id).await
     }
 
     /// One lookup, bounded by the timeout, recorded in the cache.
-    async fn fetch_and_record(&self, email: &str) -> Result<Arc<[String]>, Unavailable> {
-        let result = match tokio::time::timeout(self.ttls.timeout, self.fetch(email)).await {
+    async fn fetch_and_record(&self, user_id: &str) -> Result<Arc<[String]>, Unavailable> {
+        let result = match tokio::time::timeout(self.ttls.timeout, self.fetch(user_id)).await {
             Ok(r) => r,
             Err(_) => Err(DirectoryError::Timeout(self.ttls.timeout)),
         };
@@ -701,18 +705,18 @@ impl Directory {
         match result {
             Ok(groups) => {
                 let names: Arc<[String]> = group_names(&groups).into();
-                tracing::debug!(user = %email, groups = names.len(), "directory groups fetched");
-                self.cache().succeeded(email, names.clone(), now);
+                tracing::debug!(user_id = %user_id, groups = names.len(), "directory groups fetched");
+                self.cache().succeeded(user_id, names.clone(), now);
                 Ok(names)
             }
             Err(e) => {
-                let answer = self.cache().failed(email, now);
+                let answer = self.cache().failed(user_id, now);
                 match &answer {
                     Ok(_) => {
-                        tracing::warn!(user = %email, error = %e, "directory lookup failed; using the last groups (within idp_directory_max_stale)")
+                        tracing::warn!(user_id = %user_id, error = %e, "directory lookup failed; using the last groups (within idp_directory_max_stale)")
                     }
                     Err(u) => {
-                        tracing::warn!(user = %email, error = %e, failing_since = %unix(u.since), "directory lookup failed; routes that use groups refuse this person until it answers")
+                        tracing::warn!(user_id = %user_id, error = %e, failing_since = %unix(u.since), "directory lookup failed; routes that use groups refuse this person until it answers")
                     }
                 }
                 answer
@@ -720,9 +724,9 @@ impl Directory {
         }
     }
 
-    /// Every group of `email` from the directory (no cache).
-    pub async fn fetch(&self, email: &str) -> Result<Vec<Group>, DirectoryError> {
-        expand(email, |key, page| async move {
+    /// Every group of `user_id` from the directory (no cache).
+    pub async fn fetch(&self, user_id: &str) -> Result<Vec<Group>, DirectoryError> {
+        expand(user_id, |key, page| async move {
             match self.list_page(&key, page.as_deref()).await {
                 Err(DirectoryError::Refused { status: 401, .. }) => {
                     // The token was revoked or expired early: get a new one, once.

@@ -272,7 +272,7 @@ impl State {
     /// timeout), so the first request after it sees current ones.
     async fn groups_at_sign_in(&self, session: &gatehouse_auth::Session) {
         if let Some(directory) = &self.directory {
-            directory.refresh_now(&session.email).await;
+            directory.refresh_now(&session.sub).await;
         }
     }
 
