@@ -162,6 +162,26 @@ test('directory unreachable: the last groups serve within idp_directory_max_stal
   assert.equal(status, 200, 'after the directory is back');
 });
 
+test('a directory that accepts requests but never answers: a request waits at most the timeout, then group routes refuse', async () => {
+  const gh = s.gh.main;
+  const { c, response } = await signIn(gh, 'alice', G);
+  assert.equal(response.status, 200);
+  assert.equal((await c.login('alice', 'alice-pass', gh.url(A, '/'))).response.status, 200);
+  dir.hang(true);
+  try {
+    await sleep((MAX_STALE_S + 1) * 1000);
+    // The client gives up after 10 s; Gatehouse's timeout (2 s) ends the wait well before.
+    const refused = await c.get(gh.url(G, '/hung'), { timeoutMs: 10_000 });
+    assert.equal(refused.status, 403);
+    assert.match(refused.body, /your groups could not be checked/);
+    await waitForLog(gh, /directory lookup failed; routes that use groups refuse this person.*(timed out|took longer than idp_refresh_directory_timeout)/);
+    const other = await c.get(gh.url(A, '/hung-other'), { timeoutMs: 10_000 });
+    assert.equal(other.status, 200, 'a route without group rules still works');
+  } finally {
+    dir.hang(false);
+  }
+});
+
 test('after a Gatehouse restart the empty cache fetches groups on the next request', async () => {
   const { c, response } = await signIn(s.gh.main, 'alice', G);
   assert.equal(response.status, 200);

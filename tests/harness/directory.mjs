@@ -17,6 +17,7 @@
 //   const sa = dir.serviceAccount();            // a registered account: { json, base64 }
 //   const forged = dir.unregisteredAccount();   // same shape, a key the stand-in does not know
 //   await dir.down(); await dir.up();           // refuse connections / accept them again
+//   dir.hang(true); dir.hang(false);            // accept requests and never answer / answer again
 //   dir.stats()                                 // { tokens, refused, lists, unauthorized }
 
 import { createVerify, generateKeyPairSync, randomBytes } from 'node:crypto';
@@ -90,7 +91,14 @@ export async function startDirectory({ members = {}, groupIds = {}, pageSize = 1
     return null;
   }
 
+  let hanging = false;
+  const hung = new Set();
   const server = http.createServer(async (req, res) => {
+    if (hanging) {
+      // Accept the request and never answer (a directory that hangs, not one that refuses).
+      hung.add(res);
+      return;
+    }
     const url = new URL(req.url, 'http://x');
     if (req.method === 'POST' && url.pathname === '/token') {
       const form = new URLSearchParams(await readBody(req));
@@ -181,6 +189,14 @@ export async function startDirectory({ members = {}, groupIds = {}, pageSize = 1
     },
     async up() {
       await listen(port);
+    },
+    /** `true`: accept requests and never answer them; `false`: answer again (the hung ones are dropped). */
+    hang(on) {
+      hanging = on;
+      if (!on) {
+        for (const res of hung) res.destroy();
+        hung.clear();
+      }
     },
     async close() {
       if (server.listening) await this.down();

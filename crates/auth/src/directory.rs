@@ -716,7 +716,7 @@ impl Directory {
                         tracing::warn!(user_id = %user_id, error = %e, "directory lookup failed; using the last groups (within idp_directory_max_stale)")
                     }
                     Err(u) => {
-                        tracing::warn!(user_id = %user_id, error = %e, failing_since = %unix(u.since), "directory lookup failed; routes that use groups refuse this person until it answers")
+                        tracing::warn!(user_id = %user_id, error = %e, failing_since = %chrono::DateTime::<chrono::Utc>::from(u.since).to_rfc3339_opts(chrono::SecondsFormat::Secs, true), "directory lookup failed; routes that use groups refuse this person until it answers")
                     }
                 }
                 answer
