@@ -11,11 +11,11 @@
 //!    (following `nextPageToken`), where `<id>` is the person's Google user id (the ID
 //!    token's `sub`, which is the Directory API's user id; Pomerium asks the same way), so a
 //!    sign-in can never borrow the groups of an email address it claims. Then the same for
-//!    each group's email, breadth first, so
-//!    groups inside groups count too (the API lists direct memberships only). A group seen
-//!    twice is followed once (cycles end); more than [`MAX_GROUPS`] groups or
-//!    [`MAX_CALLS`] calls is an error rather than a silently shortened list (a `deny` rule
-//!    on a group cut off by a cap would otherwise let the person in).
+//!    each group's email, breadth first, so groups inside groups count too (the API lists
+//!    direct memberships only). A group seen twice is followed once (cycles end); more than
+//!    [`MAX_GROUPS`] groups or [`MAX_CALLS`] calls is an error rather than a silently
+//!    shortened list (a `deny` rule on a group cut off by a cap would otherwise let the
+//!    person in). Each group is named by its email and its id ([`group_names`]).
 //! 3. **Cache** ([`GroupCache`]): per person, in memory (never in the cookie, which would
 //!    grow with every group). Groups younger than `idp_refresh_directory_interval` are used
 //!    as they are; older ones are still used while a background refresh runs; when the
