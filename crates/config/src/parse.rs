@@ -1,6 +1,7 @@
 //! YAML → [`Config`]: walks marked-yaml nodes (for line:col on every value), resolves
 //! `${VAR}`, applies environment overrides, and collects every problem before returning.
 
+mod directory;
 mod lint;
 mod named;
 mod node;
@@ -51,6 +52,13 @@ const TOP_KEYS: &[&[&str]] = &[
     &["policies_dir"],
     &["metrics_address"],
     &["log_level"],
+    &["idp_service_account"],
+    &["idp_refresh_directory_interval"],
+    &["idp_refresh_directory_timeout"],
+    &["idp_directory_max_stale"],
+    &["idp_directory_url"],
+    &["idp_directory_token_url"],
+    &["idp_directory_impersonate_user"],
 ];
 
 /// Top-level keys read from the file only.
@@ -60,9 +68,6 @@ const FILE_ONLY_KEYS: &[&str] = &["certificates", "routes"];
 /// ignored with a warning until Gatehouse supports them.
 const TOP_IGNORED: &[&str] = &[
     "shared_secret",
-    "idp_service_account",
-    "idp_refresh_directory_interval",
-    "idp_refresh_directory_timeout",
     "timeout",
     "timeout_read",
     "timeout_write",
@@ -289,6 +294,20 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         take("idp_scopes"),
     );
 
+    let directory = directory::directory(
+        ctx,
+        idp.as_ref().map(|i| i.provider),
+        directory::DirectorySettings {
+            service_account: take("idp_service_account"),
+            refresh_interval: take("idp_refresh_directory_interval"),
+            timeout: take("idp_refresh_directory_timeout"),
+            max_stale: take("idp_directory_max_stale"),
+            url: take("idp_directory_url"),
+            token_url: take("idp_directory_token_url"),
+            impersonate_user: take("idp_directory_impersonate_user"),
+        },
+    );
+
     let cookie = cookie(
         ctx,
         take("cookie_name"),
@@ -404,6 +423,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         certificates,
         authenticate_service_url,
         idp: idp?,
+        directory,
         cookie: cookie?,
         signing_key,
         allowed_domains,
