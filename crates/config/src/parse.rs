@@ -336,12 +336,16 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
     };
 
     let allowed_groups: Vec<String> = match take("allowed_groups") {
-        Some(s) => ctx
-            .list(&s, split_commas)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|t| ctx.check(&t.origin, &s.path, values::group(&t.value)))
-            .collect(),
+        Some(s) => {
+            let items = ctx.list(&s, split_commas).unwrap_or_default();
+            for t in items.iter().filter(|t| lint::shouts(&t.value)) {
+                ctx.warn(t.origin.clone(), lint::group_case(&s.path, &t.value));
+            }
+            items
+                .iter()
+                .filter_map(|t| ctx.check(&t.origin, &s.path, values::group(&t.value)))
+                .collect()
+        }
         None => Vec::new(),
     };
 

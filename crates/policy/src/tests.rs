@@ -348,7 +348,10 @@ fn a_policy_uses_groups_through_allowed_groups_a_groups_criterion_or_the_groups_
             CriterionKind::Groups(has("staff")),
         )],
     });
-    assert!(Policy::for_route(&r, &[], &[]).uses_groups(), "nested in a deny");
+    assert!(
+        Policy::for_route(&r, &[], &[]).uses_groups(),
+        "nested in a deny"
+    );
 
     let claim = CriterionKind::Claim {
         name: "groups".into(),

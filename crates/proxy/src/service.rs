@@ -961,7 +961,7 @@ impl Page {
     }
 }
 
-/// Header names that only Gatehouse may set: client-sent ones are removed on every route.
+/// The label of the request's route, for logs (`-` when none matched).
 fn ctx_label<'a>(st: &'a State, ctx: &Ctx) -> &'a str {
     ctx.route
         .and_then(|i| st.routes.get(i))
@@ -969,6 +969,7 @@ fn ctx_label<'a>(st: &'a State, ctx: &Ctx) -> &'a str {
         .unwrap_or("-")
 }
 
+/// Header names that only Gatehouse may set: client-sent ones are removed on every route.
 /// Also in underscore spelling: CGI-style upstreams (WSGI, Rack, PHP) read
 /// `X_Pomerium_Claim_Email` and `X-Pomerium-Claim-Email` as the same variable.
 fn is_identity_header(name: &str) -> bool {
