@@ -7,6 +7,7 @@
 //! - sealed values ([`seal`]): AES-256-GCM cookies bound to their name, chunked when large;
 //! - the session, the in-flight login and the cross-host handoff ([`session`]);
 //! - the identity JWT and its JWKS ([`jwt`]);
+//! - Google Workspace groups from the Directory API, with their cache ([`directory`]);
 //! - the sign-out CSRF token.
 //!
 //! Only this crate can make a [`VerifiedIdentity`], and the proxy needs one to add identity
@@ -20,6 +21,7 @@
 //! assert!(sealer.open("_other", &sealed).is_err());
 //! ```
 
+pub mod directory;
 pub mod jwt;
 pub mod oidc;
 pub mod seal;
@@ -191,6 +193,8 @@ impl OnceSet {
 struct CachedJwt {
     token: Arc<str>,
     reuse_until: UnixTime,
+    /// The groups it carries: a token is not reused once the person's groups change.
+    groups: Vec<String>,
 }
 
 impl std::fmt::Debug for Auth {
@@ -438,8 +442,10 @@ impl Auth {
 
     /// The identity JWT for `host` (its `aud` and `iss`).
     ///
-    /// A token is signed once per session and host and reused for [`IDENTITY_JWT_REUSE_SECS`],
-    /// so an upstream always receives one with at least 4 of its 5 minutes left. Signing is
+    /// A token is signed once per session and host and reused for [`IDENTITY_JWT_REUSE_SECS`]
+    /// while the person's groups stay the same (a directory refresh that changes them makes
+    /// a new one at once), so an upstream always receives one with at least 4 of its 5
+    /// minutes left and current groups. Signing is
     /// most of an authenticated request's cost (an ES256 signature with `jsonwebtoken`,
     /// which parses the key each time: ~29 µs; bench/README.md has the before/after).
     pub fn identity_jwt(
@@ -453,6 +459,7 @@ impl Auth {
         if let Ok(cache) = self.jwt_cache.lock()
             && let Some(c) = cache.get(&key)
             && now < c.reuse_until
+            && c.groups == id.groups()
         {
             return Ok(c.token.clone());
         }
@@ -466,7 +473,7 @@ impl Auth {
                 sub: &s.sub,
                 email: &s.email,
                 user: &s.sub,
-                groups: &s.groups,
+                groups: id.groups(),
                 name: s.name.as_deref(),
                 iat: now,
                 exp,
@@ -486,6 +493,7 @@ impl Auth {
                 CachedJwt {
                     token: token.clone(),
                     reuse_until,
+                    groups: id.groups().to_vec(),
                 },
             );
         }

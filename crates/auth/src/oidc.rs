@@ -14,9 +14,9 @@ use openidconnect::core::{
 use openidconnect::reqwest;
 use openidconnect::{
     AdditionalClaims, AuthorizationCode, ClaimsVerificationError, ClientId, ClientSecret,
-    CsrfToken, IdToken, IdTokenVerifier, IssuerUrl, JsonWebKeySet, Nonce, OAuth2TokenResponse,
-    PkceCodeChallenge, PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope,
-    SignatureVerificationError, TokenResponse,
+    CsrfToken, IdToken, IdTokenVerifier, IssuerUrl, JsonWebKeySet, Nonce, PkceCodeChallenge,
+    PkceCodeVerifier, RedirectUrl, RequestTokenError, Scope, SignatureVerificationError,
+    TokenResponse,
 };
 use serde::{Deserialize, Serialize};
 
@@ -320,7 +320,6 @@ impl Oidc {
                 RequestTokenError::Request(e) => OidcError::TokenEndpoint(error_chain(&e)),
                 RequestTokenError::Other(m) => OidcError::TokenEndpoint(m),
             })?;
-        let _ = response.access_token();
         let raw = response.id_token().ok_or(OidcError::NoIdToken)?.to_string();
         let id_token: GatehouseIdToken = raw.parse().map_err(|_| OidcError::MalformedIdToken)?;
         let nonce = Nonce::new(begun.nonce.clone());
@@ -414,7 +413,8 @@ pub struct Begun {
     pub pkce_verifier: String,
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
+/// An error and its sources, `a: b: c`.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

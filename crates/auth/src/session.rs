@@ -1,5 +1,7 @@
 //! The session, the in-flight login and the cross-host handoff, each a sealed value.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::seal::{Sealer, UnsealError, join_chunks, split_chunks};
@@ -31,11 +33,30 @@ pub struct Session {
 #[derive(Debug, Clone)]
 pub struct VerifiedIdentity {
     session: Session,
+    /// Groups from the Google directory, when it is used; they replace the session's.
+    directory_groups: Option<Arc<[String]>>,
 }
 
 impl VerifiedIdentity {
     pub(crate) fn new(session: Session) -> Self {
-        VerifiedIdentity { session }
+        VerifiedIdentity {
+            session,
+            directory_groups: None,
+        }
+    }
+    /// The same identity with the groups the directory gave (only the directory module
+    /// sets them, so they too come from a checked source).
+    pub(crate) fn with_directory_groups(mut self, groups: Arc<[String]>) -> Self {
+        self.directory_groups = Some(groups);
+        self
+    }
+    /// The person's groups: the directory's when Gatehouse reads the Google directory
+    /// (empty when it could not), else the ID token's `groups` claim.
+    pub fn groups(&self) -> &[String] {
+        match &self.directory_groups {
+            Some(g) => g,
+            None => &self.session.groups,
+        }
     }
     pub fn session(&self) -> &Session {
         &self.session

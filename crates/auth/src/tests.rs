@@ -18,6 +18,7 @@ fn config(secret: [u8; 32]) -> Config {
             scopes: vec!["openid".into(), "email".into()],
             origin: Origin::Default,
         },
+        directory: None,
         cookie: CookieConfig {
             name: "_pomerium".into(),
             secret: Secret::new(secret),
@@ -256,6 +257,36 @@ fn identity_jwt_is_reused_briefly_per_session_and_host() {
     };
     assert_eq!(claims["iat"], 1000 + IDENTITY_JWT_REUSE_SECS);
     assert_eq!(claims["aud"], "x.test");
+}
+
+#[test]
+fn identity_jwt_is_not_reused_once_the_directory_groups_change() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let session = auth.new_session(signed_in(), 1000);
+    let with = |groups: &[&str]| {
+        VerifiedIdentity::new(session.clone())
+            .with_directory_groups(groups.iter().map(|g| g.to_string()).collect())
+    };
+    let before = with(&["eng@example.com"]);
+    assert_eq!(
+        before.groups(),
+        ["eng@example.com"],
+        "directory groups replace the token's"
+    );
+    let t1 = auth.identity_jwt(&before, "x.test", 1000).unwrap();
+    assert_eq!(auth.identity_jwt(&before, "x.test", 1001).unwrap(), t1);
+    let after = with(&["eng@example.com", "ops@example.com"]);
+    let t2 = auth.identity_jwt(&after, "x.test", 1002).unwrap();
+    assert_ne!(t2, t1, "new groups, new token at once");
+    let claims: serde_json::Value = {
+        use base64::Engine;
+        let payload = t2.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    };
+    assert_eq!(
+        claims["groups"],
+        serde_json::json!(["eng@example.com", "ops@example.com"])
+    );
 }
 
 #[test]

@@ -51,7 +51,10 @@ use std::time::Duration;
 pub use secrecy::{ExposeSecret, SecretBox, SecretString};
 pub use url::Url;
 
+mod directory;
 mod parse;
+
+pub use directory::{DirectoryConfig, ServiceAccount};
 
 /// Where a value came from, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -169,6 +172,9 @@ pub struct Config {
     /// `authenticate_service_url`: where the IdP callback lands (`/oauth2/callback`).
     pub authenticate_service_url: Option<Url>,
     pub idp: IdpConfig,
+    /// Google Workspace groups from the Directory API (`idp_service_account` with
+    /// `idp_provider: google`). `None`: groups come from the ID token's `groups` claim.
+    pub directory: Option<DirectoryConfig>,
     pub cookie: CookieConfig,
     /// `signing_key`: PEM (decoded from base64) of an EC P-256 private key for the identity JWT.
     pub signing_key: Option<Secret<String>>,

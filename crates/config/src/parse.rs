@@ -2,6 +2,7 @@
 //! `${VAR}`, applies environment overrides, and collects every problem before returning.
 
 mod backend;
+mod directory;
 mod lint;
 mod named;
 mod node;
@@ -52,6 +53,13 @@ const TOP_KEYS: &[&[&str]] = &[
     &["policies_dir"],
     &["metrics_address"],
     &["log_level"],
+    &["idp_service_account"],
+    &["idp_refresh_directory_interval"],
+    &["idp_refresh_directory_timeout"],
+    &["idp_directory_max_stale"],
+    &["idp_directory_url"],
+    &["idp_directory_token_url"],
+    &["idp_directory_impersonate_user"],
 ];
 
 /// Top-level keys read from the file only.
@@ -61,9 +69,6 @@ const FILE_ONLY_KEYS: &[&str] = &["certificates", "routes", "backends"];
 /// ignored with a warning until Gatehouse supports them.
 const TOP_IGNORED: &[&str] = &[
     "shared_secret",
-    "idp_service_account",
-    "idp_refresh_directory_interval",
-    "idp_refresh_directory_timeout",
     "timeout",
     "timeout_read",
     "timeout_write",
@@ -290,6 +295,20 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         take("idp_scopes"),
     );
 
+    let directory = directory::directory(
+        ctx,
+        idp.as_ref().map(|i| i.provider),
+        directory::DirectorySettings {
+            service_account: take("idp_service_account"),
+            refresh_interval: take("idp_refresh_directory_interval"),
+            timeout: take("idp_refresh_directory_timeout"),
+            max_stale: take("idp_directory_max_stale"),
+            url: take("idp_directory_url"),
+            token_url: take("idp_directory_token_url"),
+            impersonate_user: take("idp_directory_impersonate_user"),
+        },
+    );
+
     let cookie = cookie(
         ctx,
         take("cookie_name"),
@@ -318,12 +337,16 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
     };
 
     let allowed_groups: Vec<String> = match take("allowed_groups") {
-        Some(s) => ctx
-            .list(&s, split_commas)
-            .unwrap_or_default()
-            .iter()
-            .filter_map(|t| ctx.check(&t.origin, &s.path, values::group(&t.value)))
-            .collect(),
+        Some(s) => {
+            let items = ctx.list(&s, split_commas).unwrap_or_default();
+            for t in items.iter().filter(|t| lint::shouts(&t.value)) {
+                ctx.warn(t.origin.clone(), lint::group_case(&s.path, &t.value));
+            }
+            items
+                .iter()
+                .filter_map(|t| ctx.check(&t.origin, &s.path, values::group(&t.value)))
+                .collect()
+        }
         None => Vec::new(),
     };
 
@@ -409,6 +432,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         certificates,
         authenticate_service_url,
         idp: idp?,
+        directory,
         cookie: cookie?,
         signing_key,
         allowed_domains,

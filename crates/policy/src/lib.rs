@@ -141,6 +141,10 @@ pub enum Reason {
     NotAllowed { email: String },
     /// The route has no rule that lets anyone in.
     NoPolicy,
+    /// The route's rules use groups, and the person's groups could not be looked up: the
+    /// directory has not answered since `since` and the last groups it gave are too old
+    /// (or there are none). Fail closed: see [`Policy::evaluate_groups_unavailable`].
+    GroupsUnavailable { since: SystemTime },
 }
 
 impl Reason {
@@ -156,6 +160,7 @@ impl Reason {
             Reason::EmailNotVerified { .. } => "email-not-verified",
             Reason::NotAllowed { .. } => "not-allowed",
             Reason::NoPolicy => "no-policy",
+            Reason::GroupsUnavailable { .. } => "groups-unavailable",
         }
     }
 
@@ -205,6 +210,16 @@ impl std::fmt::Display for Reason {
                 write!(f, "no rule of this route allows {email}")
             }
             Reason::NoPolicy => f.write_str("this route has no policy that lets anyone in"),
+            Reason::GroupsUnavailable { since } => {
+                let since = jiff::Timestamp::try_from(*since)
+                    .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())
+                    .unwrap_or_else(|_| "a while".into());
+                write!(
+                    f,
+                    "your groups could not be checked: the group directory has not answered \
+                     since {since}, and this route's rules depend on groups. Try again later"
+                )
+            }
         }
     }
 }
@@ -274,6 +289,8 @@ pub struct Policy {
     users: Vec<String>,
     groups: Vec<String>,
     blocks: Vec<Block>,
+    /// Whether any rule looks at groups (see [`Policy::uses_groups`]).
+    uses_groups: bool,
 }
 
 impl Policy {
@@ -285,17 +302,20 @@ impl Policy {
             users: Vec::new(),
             groups: Vec::new(),
             blocks: Vec::new(),
+            uses_groups: false,
         }
     }
 
     /// Compiles a `policy:` on its own (no route shortcuts).
     pub fn from_spec(spec: &PolicySpec) -> Self {
+        let blocks = compile_blocks(Some(spec));
         Policy {
             any_authenticated: false,
             domains: Vec::new(),
             users: Vec::new(),
             groups: Vec::new(),
-            blocks: compile_blocks(Some(spec)),
+            uses_groups: blocks.iter().any(|b| b.rule.uses_groups()),
+            blocks,
         }
     }
 
@@ -326,8 +346,27 @@ impl Policy {
                 .map(|u| u.to_ascii_lowercase())
                 .collect(),
             groups: groups.to_vec(),
+            uses_groups: !groups.is_empty() || blocks.iter().any(|b| b.rule.uses_groups()),
             blocks,
         }
+    }
+
+    /// Whether any rule of this route looks at the person's groups: `allowed_groups`, a
+    /// `groups` criterion or `claim/groups`, in an allow or a deny rule.
+    pub fn uses_groups(&self) -> bool {
+        self.uses_groups
+    }
+
+    /// Decides when the person's groups could not be looked up (the directory has not
+    /// answered since `since`, and the last groups it gave are too old to use). Fail closed:
+    /// a policy that uses groups refuses with [`Reason::GroupsUnavailable`], whatever its
+    /// other rules say (a deny rule on a group could otherwise be side-stepped); any other
+    /// policy decides as usual (`facts.groups` should then be empty).
+    pub fn evaluate_groups_unavailable(&self, facts: &Facts<'_>, since: SystemTime) -> Decision {
+        if self.uses_groups {
+            return Decision::Deny(Reason::GroupsUnavailable { since });
+        }
+        self.evaluate(facts)
     }
 
     /// Decides for a signed-in person. Deny blocks are checked first: deny wins.
@@ -546,6 +585,18 @@ impl Node {
 // === evaluation ===
 
 impl Node {
+    /// Whether a criterion in here looks at groups.
+    fn uses_groups(&self) -> bool {
+        match self {
+            Node::Leaf(leaf) => match &leaf.check {
+                Check::Groups(_) => true,
+                Check::Claim(name, _) => &**name == "groups",
+                _ => false,
+            },
+            Node::Op { children, .. } => children.iter().any(Node::uses_groups),
+        }
+    }
+
     /// Whether the condition holds, and the criterion that decided it when it was a single
     /// one reached through `or`s (or a lone criterion under `and`). `positive` is false
     /// under an odd number of `not`/`nor`: see the crate docs on unverified addresses.

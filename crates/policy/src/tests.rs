@@ -308,3 +308,118 @@ fn explain_of_a_route_without_rules_says_so() {
     assert_eq!(decision, Decision::Deny(Reason::NoPolicy));
     assert_eq!(lines(&trace), vec![(0, false, "this route has no rule")]);
 }
+
+// === groups that could not be looked up ===
+
+fn groups_block(action: Action, op: LogicalOp, kind: CriterionKind) -> PolicyBlock {
+    PolicyBlock {
+        action,
+        rule: Condition::Op {
+            op,
+            children: vec![Condition::Criterion(Criterion {
+                kind,
+                origin: Origin::Default,
+            })],
+            origin: Origin::Default,
+        },
+        origin: Origin::Default,
+    }
+}
+
+fn has(group: &str) -> gatehouse_config::ListMatcher {
+    gatehouse_config::ListMatcher {
+        ops: vec![ListOp::Has(group.into())],
+    }
+}
+
+#[test]
+fn a_policy_uses_groups_through_allowed_groups_a_groups_criterion_or_the_groups_claim() {
+    let mut r = route();
+    r.allowed_domains = vec!["example.com".into()];
+    assert!(!Policy::for_route(&r, &[], &[]).uses_groups());
+    r.allowed_groups = vec!["admins".into()];
+    assert!(Policy::for_route(&r, &[], &[]).uses_groups());
+
+    let mut r = route();
+    r.policy = Some(PolicySpec {
+        blocks: vec![groups_block(
+            Action::Deny,
+            LogicalOp::Not,
+            CriterionKind::Groups(has("staff")),
+        )],
+    });
+    assert!(
+        Policy::for_route(&r, &[], &[]).uses_groups(),
+        "nested in a deny"
+    );
+
+    let claim = CriterionKind::Claim {
+        name: "groups".into(),
+        matcher: has("staff"),
+    };
+    let spec = PolicySpec {
+        blocks: vec![groups_block(Action::Allow, LogicalOp::Or, claim)],
+    };
+    assert!(Policy::from_spec(&spec).uses_groups());
+    let other_claim = CriterionKind::Claim {
+        name: "department".into(),
+        matcher: has("sales"),
+    };
+    let spec = PolicySpec {
+        blocks: vec![groups_block(Action::Allow, LogicalOp::Or, other_claim)],
+    };
+    assert!(!Policy::from_spec(&spec).uses_groups());
+}
+
+#[test]
+fn groups_unavailable_refuses_group_routes_and_leaves_others_alone() {
+    let since = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+    let alice = Facts::signed_in("alice@example.com", true);
+
+    let mut r = route();
+    r.allowed_domains = vec!["example.com".into()];
+    r.allowed_groups = vec!["admins".into()];
+    let decision = Policy::for_route(&r, &[], &[]).evaluate_groups_unavailable(&alice, since);
+    assert_eq!(
+        decision,
+        Decision::Deny(Reason::GroupsUnavailable { since })
+    );
+    assert_eq!(decision.reason().code(), "groups-unavailable");
+    assert_eq!(
+        decision.reason().to_string(),
+        "your groups could not be checked: the group directory has not answered since \
+         2027-01-15 08:00:00 UTC, and this route's rules depend on groups. Try again later"
+    );
+
+    let mut r = route();
+    r.allowed_domains = vec!["example.com".into()];
+    let decision = Policy::for_route(&r, &[], &[]).evaluate_groups_unavailable(&alice, since);
+    assert_eq!(
+        decision,
+        Decision::Allow(Reason::DomainAllowed {
+            domain: "example.com".into()
+        })
+    );
+}
+
+#[test]
+fn top_level_allowed_groups_admit_on_routes_without_rules_and_count_as_using_groups() {
+    let r = route();
+    let p = Policy::for_route(&r, &[], &["admins@example.com".into()]);
+    assert!(p.uses_groups());
+    let groups = vec!["admins@example.com".to_string()];
+    let mut alice = Facts::signed_in("alice@other.test", true);
+    alice.groups = &groups;
+    assert_eq!(
+        p.evaluate(&alice),
+        Decision::Allow(Reason::GroupAllowed {
+            group: "admins@example.com".into()
+        })
+    );
+    // A route with rules of its own ignores the top-level lists.
+    let mut own = route();
+    own.allowed_users = vec!["bob@example.com".into()];
+    let p = Policy::for_route(&own, &[], &["admins@example.com".into()]);
+    assert!(!p.evaluate(&alice).is_allow());
+    assert!(!p.uses_groups());
+}

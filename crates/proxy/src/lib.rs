@@ -107,7 +107,8 @@ impl Live {
             if route.public {
                 return None;
             }
-            match service::decide_policy(route, &s.identity, &s.method, &s.path) {
+            // The groups it was admitted with (directory groups are kept on the identity).
+            match service::decide_policy(route, &s.identity, &s.method, &s.path, None) {
                 Decision::Allow(_) => None,
                 Decision::Deny(reason) => Some(reason.code().to_string()),
             }
@@ -272,6 +273,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
     let built = build_routes(config, &backends)
         .map_err(|mut e| errors.append(&mut e))
         .ok();
+    let directory = directory(config, &mut errors, &mut notes);
 
     let tls = if config.insecure_server {
         None
@@ -326,6 +328,7 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
         routes,
         table,
         auth: Arc::new(auth),
+        directory: directory.map(Arc::new),
         auth_host,
         cookie: CookieSettings {
             domain: config.cookie.domain.clone(),
@@ -373,6 +376,43 @@ impl pingora::services::background::BackgroundService for BackendService {
             tracing::warn!(pool = %self.0.settings().pool.name, stopped = left, "stopped backends left running by an earlier Gatehouse");
         }
         self.0.run(shutdown).await;
+    }
+}
+
+/// The Google directory client (`idp_service_account`), whose key must sign; with Google
+/// and no service account, a note when a route's rules use groups (they never match).
+pub(crate) fn directory(
+    config: &Config,
+    errors: &mut Vec<ConfigError>,
+    notes: &mut Vec<String>,
+) -> Option<gatehouse_auth::directory::Directory> {
+    let Some(d) = &config.directory else {
+        if config.idp.provider == gatehouse_config::IdpProvider::Google {
+            let grouped: Vec<String> = config
+                .routes
+                .iter()
+                .filter(|r| {
+                    Policy::for_route(r, &config.allowed_domains, &config.allowed_groups)
+                        .uses_groups()
+                })
+                .map(|r| format!("routes[{}]", r.index))
+                .collect();
+            if !grouped.is_empty() {
+                notes.push(format!(
+                    "{} use groups, but Google sign-in gives none without idp_service_account \
+                     (Google's ID tokens carry no groups), so those group rules never match",
+                    grouped.join(", ")
+                ));
+            }
+        }
+        return None;
+    };
+    match gatehouse_auth::directory::Directory::new(d) {
+        Ok(directory) => Some(directory),
+        Err(e) => {
+            errors.push(ConfigError::new(d.origin.clone(), e.to_string()));
+            None
+        }
     }
 }
 

@@ -101,13 +101,21 @@ pub fn not_found(host: &str) -> Page {
     )
 }
 
-pub fn forbidden(email: &str, reason: &str, csrf: &str) -> Page {
+/// The 403 page. `temporary`: the refusal is not about the policy but about something
+/// Gatehouse could not check (the group directory), so it says to try again, not to ask for
+/// a policy change.
+pub fn forbidden(email: &str, reason: &str, temporary: bool, csrf: &str) -> Page {
+    let hint = if temporary {
+        "This is not a decision about you: Gatehouse could not check your groups just now. Try again in a few minutes; if it keeps happening, tell the operator."
+    } else {
+        "If you should have access, ask the operator to change the policy. To use another account, sign out and sign in again."
+    };
     Page::html(
         403,
         "You don't have access",
         &format!(
             "<p>You are signed in as <strong>{}</strong>.</p><p class=\"reason\">{}</p>\
-<p>If you should have access, ask the operator to change the policy. To use another account, sign out and sign in again.</p>{}",
+<p>{hint}</p>{}",
             text(email),
             text(reason),
             sign_out_form(csrf, "Sign out and switch account")
@@ -262,7 +270,12 @@ mod tests {
 
     #[test]
     fn values_are_escaped() {
-        let p = forbidden("<script>x</script>@e.com", "a \"reason\" <b>", "tok\"en");
+        let p = forbidden(
+            "<script>x</script>@e.com",
+            "a \"reason\" <b>",
+            false,
+            "tok\"en",
+        );
         let s = String::from_utf8(p.body.to_vec()).unwrap();
         assert!(!s.contains("<script>x"));
         assert!(s.contains("&lt;script&gt;"));

@@ -11,8 +11,9 @@
 //! the state they started with, and open streams stay open, except those whose person the
 //! new rules no longer allow, which are ended ([`crate::streams`]).
 //!
-//! What needs a restart: listeners, certificates, the identity provider, cookie and signing
-//! keys. Sign-in state (one-time handoffs, discovery and JWKS caches, the identity JWT
+//! The Google directory settings (`idp_service_account`, `idp_*directory*`) reload too; the
+//! group cache is carried over. What needs a restart: listeners, certificates, the identity
+//! provider, cookie and signing keys. Sign-in state (one-time handoffs, discovery and JWKS caches, the identity JWT
 //! key) lives in [`gatehouse_auth::Auth`], which a reload keeps, so nobody is signed out
 //! and no one-time token can be replayed across a reload. A changed restart-only key is
 //! logged as a warning naming the key.
@@ -133,8 +134,17 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
         Ok(r) => r,
         Err(errors) => return fail(errors),
     };
+    let mut errors = Vec::new();
+    let mut notes = Vec::new();
+    let directory = crate::directory(&config, &mut errors, &mut notes);
+    if !errors.is_empty() {
+        return fail(errors);
+    }
     for w in &config.warnings {
         tracing::warn!(target: "gatehouse::reload", "{w}");
+    }
+    for n in &notes {
+        tracing::warn!(target: "gatehouse::reload", "{n}");
     }
     let changed = started_with.changed(&RestartOnly::of(&config));
     if !changed.is_empty() {
@@ -145,9 +155,16 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
         );
     }
     let old = live.state.load_full();
+    // The group cache outlives the reload (when the directory and admin are the same), so
+    // nobody waits for a lookup again.
+    let directory = directory.map(|d| match &old.directory {
+        Some(previous) => Arc::new(d.carry_over(previous)),
+        None => Arc::new(d),
+    });
     let state = Arc::new(State {
         routes,
         table,
+        directory,
         auth: Arc::clone(&old.auth),
         auth_host: old.auth_host.clone(),
         cookie: old.cookie.clone(),

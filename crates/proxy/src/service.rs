@@ -15,11 +15,12 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{ErrorSource, ErrorType};
 
+use gatehouse_auth::directory::Directory;
 use gatehouse_auth::seal::MAX_CHUNKS;
 use gatehouse_auth::{Auth, CallbackError, VerifiedIdentity, now};
 use gatehouse_backends::{BackendError, Lease, PersonId, Status, Supervisor};
 use gatehouse_config::{RouteFrom, SameSite};
-use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Policy};
+use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Policy, Reason};
 
 use crate::Live;
 use crate::pages::{self, Page};
@@ -48,11 +49,15 @@ pub struct RouteState {
 
 /// Decides a signed-in person's request on `route` (its policy, with the current time).
 /// The same function decides a new request and re-decides an open stream after a reload.
+///
+/// `groups_unavailable_since`: the person's directory groups could not be had (since
+/// then), so a policy that uses groups refuses.
 pub(crate) fn decide_policy(
     route: &RouteState,
     identity: &VerifiedIdentity,
     method: &str,
     path: &str,
+    groups_unavailable_since: Option<std::time::SystemTime>,
 ) -> Decision {
     let s = identity.session();
     let claims = [
@@ -78,7 +83,7 @@ pub(crate) fn decide_policy(
         },
         Claim {
             name: "groups",
-            values: ClaimValues::Many(&s.groups),
+            values: ClaimValues::Many(identity.groups()),
         },
     ];
     let claims: &[Claim<'_>] = if s.name.is_some() {
@@ -87,17 +92,21 @@ pub(crate) fn decide_policy(
         // No `name` claim: leave it out rather than match it as empty.
         &[claims[0], claims[1], claims[2], claims[4], claims[5]]
     };
-    route.policy.evaluate(&Facts {
+    let facts = Facts {
         user: &s.sub,
         email: &s.email,
         email_verified: s.email_verified,
-        groups: &s.groups,
+        groups: identity.groups(),
         claims,
         method,
         path,
         // The policy crate never reads the clock; the proxy passes the current UTC time.
         time: std::time::SystemTime::now(),
-    })
+    };
+    match groups_unavailable_since {
+        Some(since) => route.policy.evaluate_groups_unavailable(&facts, since),
+        None => route.policy.evaluate(&facts),
+    }
 }
 
 /// The authenticate host (`authenticate_service_url`).
@@ -123,6 +132,9 @@ pub struct State {
     pub table: RouteTable,
     /// Kept across reloads (sign-in state, keys, one-time tokens).
     pub auth: Arc<Auth>,
+    /// Google Workspace groups (`idp_service_account`). Its cache outlives a config reload:
+    /// carry it into the new state with `Directory::carry_over`.
+    pub directory: Option<Arc<Directory>>,
     pub auth_host: Option<AuthHost>,
     pub cookie: CookieSettings,
     /// Whether the main listener is TLS (for the default port of a Host without one).
@@ -335,6 +347,14 @@ impl State {
             "set-cookie",
             self.set_cookie(spent, "", 0, SameSite::Lax, false),
         )
+    }
+
+    /// A new sign-in looks up the person's directory groups now (at most the directory
+    /// timeout), so the first request after it sees current ones.
+    async fn groups_at_sign_in(&self, session: &gatehouse_auth::Session) {
+        if let Some(directory) = &self.directory {
+            directory.refresh_now(&session.sub).await;
+        }
     }
 
     /// The identity from the session cookie, if it verifies and has not expired.
@@ -761,6 +781,17 @@ impl Gatehouse {
             ));
         };
 
+        // Google Workspace groups: from the directory's cache, or looked up now (waiting at
+        // most idp_refresh_directory_timeout), wherever they are used: the route's rules,
+        // its identity headers, Gatehouse's own pages. `unavailable`: none usable; the
+        // policy fails closed below.
+        let needs_groups =
+            gh.is_some() || route.pass_identity_headers || route.policy.uses_groups();
+        let (identity, unavailable) = match &st.directory {
+            Some(directory) if needs_groups => directory.resolve(identity).await,
+            _ => (identity, None),
+        };
+
         if let Some(g) = gh.as_deref() {
             ctx.identity = Some(identity.clone());
             return self
@@ -771,7 +802,13 @@ impl Gatehouse {
 
         let s = identity.session();
         let req = session.req_header();
-        let decision = decide_policy(route, &identity, req.method.as_str(), req.uri.path());
+        let decision = decide_policy(
+            route,
+            &identity,
+            req.method.as_str(),
+            req.uri.path(),
+            unavailable.map(|u| u.since),
+        );
         ctx.reason = Some(decision.reason().code());
         match decision {
             Decision::Allow(_) => {
@@ -791,6 +828,7 @@ impl Gatehouse {
                 Ok(Step::Respond(pages::forbidden(
                     &s.email,
                     &reason.to_string(),
+                    matches!(reason, Reason::GroupsUnavailable { .. }),
                     &st.auth.csrf_token(&identity),
                 )))
             }
@@ -837,6 +875,7 @@ impl Gatehouse {
         Ok(match st.finish_login(jar, &query, "/").await {
             Ok(done) => {
                 tracing::info!(user = %done.session.email, "signed in");
+                st.groups_at_sign_in(&done.session).await;
                 st.signed_in(
                     &done.session,
                     &done.return_url,
@@ -884,6 +923,7 @@ impl Gatehouse {
                             ));
                         };
                         tracing::info!(user = %s.email, "signed in");
+                        st.groups_at_sign_in(&s).await;
                         let mut page = handoff_redirect(st, &s, &target, &binding, t);
                         for c in st.session_cookies(&s, &jar, t) {
                             page = page.with_header("set-cookie", c);
@@ -975,7 +1015,7 @@ impl Gatehouse {
                 email: &s.email,
                 name: s.name.as_deref(),
                 user: &s.sub,
-                groups: &s.groups,
+                groups: id.groups(),
                 expires: expires_text(s.exp),
                 csrf: &st.auth.csrf_token(id),
                 backends: backend_views(&self.live.backends, id),
@@ -984,7 +1024,7 @@ impl Gatehouse {
                 200,
                 &serde_json::json!({
                     "email": s.email, "email_verified": s.email_verified, "name": s.name, "user": s.sub,
-                    "groups": s.groups, "expires_at": expires_text(s.exp),
+                    "groups": id.groups(), "expires_at": expires_text(s.exp),
                 }),
             ),
             "backend/restart" if session.req_header().method == Method::POST => {
@@ -1063,7 +1103,7 @@ impl Gatehouse {
                 email: &s.email,
                 name: s.name.as_deref(),
                 user: &s.sub,
-                groups: &s.groups,
+                groups: id.groups(),
                 expires: expires_text(s.exp),
                 csrf: &st.auth.csrf_token(id),
                 backends: backend_views(&self.live.backends, id),
@@ -1109,7 +1149,7 @@ impl Page {
     }
 }
 
-/// Header names that only Gatehouse may set: client-sent ones are removed on every route.
+/// The label of the request's route, for logs (`-` when none matched).
 fn ctx_label<'a>(st: &'a State, ctx: &Ctx) -> &'a str {
     ctx.route
         .and_then(|i| st.routes.get(i))
@@ -1117,6 +1157,7 @@ fn ctx_label<'a>(st: &'a State, ctx: &Ctx) -> &'a str {
         .unwrap_or("-")
 }
 
+/// Header names that only Gatehouse may set: client-sent ones are removed on every route.
 /// Also in underscore spelling: CGI-style upstreams (WSGI, Rack, PHP) read
 /// `X_Pomerium_Claim_Email` and `X-Pomerium-Claim-Email` as the same variable.
 fn is_identity_header(name: &str) -> bool {
@@ -1189,7 +1230,7 @@ fn add_identity_headers(
     req.insert_header("x-pomerium-claim-user", claim_header_value(&s.sub))?;
     req.insert_header(
         "x-pomerium-claim-groups",
-        claim_header_value(&s.groups.join(",")),
+        claim_header_value(&id.groups().join(",")),
     )?;
     Ok(())
 }

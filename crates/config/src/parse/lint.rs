@@ -9,6 +9,12 @@ use crate::{Action, Condition, CriterionKind, Origin, PolicySpec, Route, StringM
 /// The warnings for `route`'s policy.
 pub(super) fn route(route: &Route) -> Vec<(Origin, String)> {
     let mut out = Vec::new();
+    if let Some(g) = route.allowed_groups.iter().find(|g| shouts(g)) {
+        out.push((
+            route.origin.clone(),
+            group_case(&format!("routes[{}].allowed_groups", route.index), g),
+        ));
+    }
     let Some(policy) = &route.policy else {
         return out;
     };
@@ -29,11 +35,33 @@ pub(super) fn route(route: &Route) -> Vec<(Origin, String)> {
         }
     }
     walk_spec(policy, &mut |kind, origin| {
+        if let CriterionKind::Groups(m) = kind
+            && let Some(v) = m.ops.iter().find_map(|op| match op {
+                crate::ListOp::Has(v) | crate::ListOp::Is(v) if shouts(v) => Some(v),
+                _ => None,
+            })
+        {
+            out.push((origin.clone(), group_case(&name, v)));
+        }
         if let Some(why) = never(kind, route) {
             out.push((origin.clone(), format!("{name}: `{}`: {why}", kind.name())));
         }
     });
     out
+}
+
+/// An email-shaped group name with capitals: Google gives group emails in lower case, and
+/// groups are compared exactly (as in Pomerium).
+pub(super) fn shouts(group: &str) -> bool {
+    group.contains('@') && group.chars().any(|c| c.is_ascii_uppercase())
+}
+
+pub(super) fn group_case(place: &str, group: &str) -> String {
+    format!(
+        "{place}: groups are compared exactly, and group addresses come from the directory in \
+         lower case, so \"{group}\" will not match; write \"{}\"",
+        group.to_ascii_lowercase()
+    )
 }
 
 fn walk_spec(spec: &PolicySpec, f: &mut impl FnMut(&CriterionKind, &Origin)) {
