@@ -4,6 +4,7 @@
 // person's backend runs as their own uid.
 
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { chownSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -283,6 +284,52 @@ describe('backends: two people, each their own OpenCode', () => {
     }, { timeoutMs: 60_000 });
     assert.equal(after.uid, before.uid, 'alice keeps her uid across restarts');
     assert.equal((await api(s, alice, 'GET', '/global/health')).status, 200);
+  });
+
+  test("the terminal WebSocket works through Gatehouse, and its shell runs as the person's own uid", async () => {
+    await api(s, alice, 'GET', '/global/health');
+    const pty = await api(s, alice, 'POST', '/pty', {}, { origin: s.origin });
+    assert.equal(pty.status, 200, pty.body.slice(0, 300));
+    const id = pty.json().id;
+    // OpenCode checks the ticket request's Origin against Host: Gatehouse keeps the Host.
+    const t = await api(s, alice, 'POST', `/pty/${id}/connect-token`, {}, { origin: s.origin, 'x-opencode-ticket': '1' });
+    assert.equal(t.status, 200, t.body.slice(0, 300));
+    const u = new URL(s.gh.main.url(A, `/pty/${id}/connect?ticket=${encodeURIComponent(t.json().ticket)}`));
+    const { res, socket } = await new Promise((resolve, reject) => {
+      const req = https.request({
+        host: u.hostname,
+        port: u.port,
+        path: `${u.pathname}${u.search}`,
+        ca: s.certs.caPem,
+        servername: u.hostname,
+        lookup: loopbackLookup,
+        agent: false,
+        headers: {
+          connection: 'Upgrade',
+          upgrade: 'websocket',
+          'sec-websocket-version': '13',
+          'sec-websocket-key': randomBytes(16).toString('base64'),
+          origin: s.origin,
+          cookie: alice.jar.header(u.hostname),
+        },
+      });
+      req.on('upgrade', (r, sock) => resolve({ res: r, socket: sock }));
+      req.on('response', (r) => reject(new Error(`no upgrade: ${r.statusCode}`)));
+      req.on('error', reject);
+      req.end();
+    });
+    assert.equal(res.statusCode, 101);
+    let seen = '';
+    socket.on('data', (d) => { seen += d.toString('latin1'); });
+    // One masked text frame: `id -u` and a newline.
+    const payload = Buffer.from('id -u\n');
+    const mask = randomBytes(4);
+    const frame = Buffer.concat([Buffer.from([0x81, 0x80 | payload.length]), mask, Buffer.from(payload.map((b, i) => b ^ mask[i % 4]))]);
+    socket.write(frame);
+    const uid = statSync(homeOf(s, 'alice')).uid;
+    await eventually(`the shell answers with uid ${uid}`, () => new RegExp(`\\b${uid}\\b`).test(seen), { timeoutMs: 15_000 });
+    socket.destroy();
+    if (IS_ROOT) assert.notEqual(uid, 0);
   });
 
   test('real Chromium loads OpenCode\'s web UI through Gatehouse', async () => {
