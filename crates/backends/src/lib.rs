@@ -462,13 +462,26 @@ impl Supervisor {
                 .map_err(|_| BackendError::ShuttingDown)?;
             let port = self.take_port(&slot.id).await?;
             let dir = PersonDir::new(&settings.pool.data_root, &slot.id);
-            let prepared = self.uid_for(&dir).and_then(|uid| match dir.prepare(uid) {
-                Ok(()) => Ok(uid),
-                Err(e) => Err(BackendError::DataDir {
-                    dir: dir.home.display().to_string(),
-                    error: e.to_string(),
-                }),
-            });
+            // File system work (directory scan, chown) off the async threads.
+            let prepared = {
+                let (this, d) = (self.clone(), dir.clone());
+                tokio::task::spawn_blocking(move || {
+                    this.uid_for(&d).and_then(|uid| match d.prepare(uid) {
+                        Ok(()) => Ok(uid),
+                        Err(e) => Err(BackendError::DataDir {
+                            dir: d.home.display().to_string(),
+                            error: e.to_string(),
+                        }),
+                    })
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    Err(BackendError::DataDir {
+                        dir: dir.home.display().to_string(),
+                        error: format!("preparing it failed: {e}"),
+                    })
+                })
+            };
             let uid = match prepared {
                 Ok(uid) => uid,
                 Err(e) => {

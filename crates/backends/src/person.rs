@@ -106,14 +106,34 @@ impl PersonDir {
         ]
     }
 
-    /// Creates the directories. With `owner`, hands the whole tree to that uid/gid and makes
-    /// the top mode 0700, so another person's backend (another uid) cannot enter it.
+    /// Creates the directories and makes the top mode 0700. With `owner`, they belong to
+    /// that uid/gid, so another person's backend (another uid) cannot enter. A home that
+    /// belonged to someone else (the uid range changed) is handed over whole; otherwise only
+    /// the directories made here are, so a start does not walk the person's files.
     pub(crate) fn prepare(&self, owner: Option<u32>) -> std::io::Result<()> {
+        let previous_owner = self.owner();
         for (_, dir) in self.xdg() {
             std::fs::create_dir_all(dir)?;
         }
         if let Some(uid) = owner {
-            chown_tree(&self.home, uid)?;
+            if previous_owner.is_some_and(|o| o != uid) {
+                chown_tree(&self.home, uid)?;
+            } else {
+                let made = [
+                    self.home.clone(),
+                    self.home.join(".config"),
+                    self.home.join(".local"),
+                    self.home.join(".local/share"),
+                    self.home.join(".local/state"),
+                    self.home.join(".cache"),
+                ];
+                for dir in made {
+                    let meta = std::fs::symlink_metadata(&dir)?;
+                    if meta.uid() != uid || meta.gid() != uid {
+                        std::os::unix::fs::lchown(&dir, Some(uid), Some(uid))?;
+                    }
+                }
+            }
         }
         std::fs::set_permissions(&self.home, std::fs::Permissions::from_mode(0o700))
     }
@@ -173,6 +193,37 @@ mod tests {
         ] {
             assert_eq!(PersonId::parse(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn prepare_makes_a_private_home_and_hands_a_foreign_one_over_whole() {
+        let root = std::env::temp_dir().join(format!("gatehouse-person-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let dir = PersonDir::new(&root, &PersonId::new("https://idp.test", "p"));
+        let root_user = nix::unistd::Uid::effective().is_root();
+        dir.prepare(root_user.then_some(61100)).unwrap();
+        let meta = std::fs::metadata(&dir.home).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        for (_, d) in dir.xdg() {
+            assert!(d.is_dir(), "{}", d.display());
+        }
+        if root_user {
+            assert_eq!(meta.uid(), 61100);
+            assert_eq!(
+                std::fs::metadata(dir.home.join(".local/share"))
+                    .unwrap()
+                    .uid(),
+                61100
+            );
+            // The range changed: the home and everything in it go to the new uid.
+            let file = dir.home.join("notes.txt");
+            std::fs::write(&file, "x").unwrap();
+            std::os::unix::fs::lchown(&file, Some(61100), Some(61100)).unwrap();
+            dir.prepare(Some(61101)).unwrap();
+            assert_eq!(std::fs::metadata(&file).unwrap().uid(), 61101);
+            assert_eq!(std::fs::metadata(&dir.home).unwrap().uid(), 61101);
+        }
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

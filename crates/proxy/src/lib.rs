@@ -51,6 +51,7 @@ use gatehouse_policy::{Decision, Policy};
 
 pub use service::{
     AuthHost, CookieSettings, Gatehouse, HttpsRedirect, MetricsEndpoint, RouteState, State,
+    StaticUpstream, Target,
 };
 
 /// Everything checked and built, ready to bind. `gatehouse check` stops here.
@@ -166,17 +167,12 @@ pub fn build_routes(
                 routes.push(RouteState {
                     from: r.from.clone(),
                     label: route_label(r),
-                    // Not used: the address comes from the person's backend lease.
-                    upstream: SocketAddr::from(([127, 0, 0, 1], 0)),
-                    tls: false,
-                    sni: String::new(),
-                    upstream_host: String::new(),
+                    target: Target::Backend(sup.clone()),
                     pass_identity_headers: r.pass_identity_headers,
                     // OpenCode's terminal checks Origin against Host (notes/opencode.md §6).
                     preserve_host_header: true,
                     public: false,
                     policy: Policy::for_route(r, &config.allowed_domains, &config.allowed_groups),
-                    backend: Some(sup.clone()),
                 });
                 continue;
             }
@@ -216,15 +212,16 @@ pub fn build_routes(
         routes.push(RouteState {
             from: r.from.clone(),
             label: route_label(r),
-            upstream,
-            tls: to.scheme() == "https",
-            sni: host,
-            upstream_host,
+            target: Target::Static(StaticUpstream {
+                addr: upstream,
+                tls: to.scheme() == "https",
+                sni: host,
+                host: upstream_host,
+            }),
             pass_identity_headers: r.pass_identity_headers,
             preserve_host_header: r.preserve_host_header,
             public: r.allow_public_unauthenticated_access,
             policy: Policy::for_route(r, &config.allowed_domains, &config.allowed_groups),
-            backend: None,
         });
     }
     if let Some(a) = config.authenticate_service_url.as_ref() {

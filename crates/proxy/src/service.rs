@@ -33,18 +33,30 @@ pub struct RouteState {
     pub from: RouteFrom,
     /// `from` + prefix/path, for logs and pages.
     pub label: String,
-    pub upstream: SocketAddr,
-    pub tls: bool,
-    pub sni: String,
-    /// `Host` sent upstream unless `preserve_host_header`.
-    pub upstream_host: String,
+    pub target: Target,
     pub pass_identity_headers: bool,
     pub preserve_host_header: bool,
     pub public: bool,
     pub policy: Policy,
-    /// `to_backend:`: each person's own backend from this pool (then `upstream`, `tls`,
-    /// `sni` and `upstream_host` are unused).
-    pub backend: Option<Supervisor>,
+}
+
+/// Where a route forwards to.
+#[derive(Debug)]
+pub enum Target {
+    /// `to:`: one upstream for everyone.
+    Static(StaticUpstream),
+    /// `to_backend:`: each person's own backend from this pool.
+    Backend(Supervisor),
+}
+
+/// A resolved `to:` URL.
+#[derive(Debug)]
+pub struct StaticUpstream {
+    pub addr: SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+    /// `Host` sent upstream unless `preserve_host_header`.
+    pub host: String,
 }
 
 /// Decides a signed-in person's request on `route` (its policy, with the current time).
@@ -812,12 +824,12 @@ impl Gatehouse {
         ctx.reason = Some(decision.reason().code());
         match decision {
             Decision::Allow(_) => {
-                let step = match &route.backend {
-                    Some(sup) => {
+                let step = match &route.target {
+                    Target::Backend(sup) => {
                         let origin = format!("{scheme}://{authority}");
                         backend_step(sup, session.req_header(), &identity, &origin, ctx).await
                     }
-                    None => Step::Continue,
+                    Target::Static(_) => Step::Continue,
                 };
                 ctx.identity = Some(identity);
                 Ok(step)
@@ -1321,10 +1333,10 @@ impl ProxyHttp for Gatehouse {
         let Some(route) = ctx.route.and_then(|i| ctx.state.routes.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
-        if route.backend.is_some() {
+        let Target::Static(to) = &route.target else {
             return Error::e_explain(ErrorType::InternalError, "backend route without a lease");
-        }
-        let mut peer = HttpPeer::new(route.upstream, route.tls, route.sni.clone());
+        };
+        let mut peer = HttpPeer::new(to.addr, to.tls, to.sni.clone());
         peer.options.connection_timeout = Some(Duration::from_secs(5));
         peer.options.total_connection_timeout = Some(Duration::from_secs(10));
         peer.options.idle_timeout = Some(Duration::from_secs(60));
@@ -1375,8 +1387,10 @@ impl ProxyHttp for Gatehouse {
         }
         req.insert_header("x-forwarded-proto", route.from.scheme.as_str())?;
         req.insert_header("x-forwarded-host", ctx.authority.as_str())?;
-        if !route.preserve_host_header {
-            req.insert_header(http::header::HOST, route.upstream_host.as_str())?;
+        if let Target::Static(to) = &route.target
+            && !route.preserve_host_header
+        {
+            req.insert_header(http::header::HOST, to.host.as_str())?;
         }
         // 4. A per-person backend: the client's own Authorization never reaches it; the
         //    backend's password (known only to Gatehouse) does, WebSocket upgrades included.
