@@ -14,6 +14,7 @@ import { chromium } from 'playwright-core';
 
 import { A, backendProcesses, backendStack, homeOf, OPENCODE } from '../harness/backends.mjs';
 import { loopbackLookup } from '../harness/client.mjs';
+import { toYaml } from '../harness/gatehouse.mjs';
 import { REPLY, startLlm } from '../harness/llm.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
@@ -330,6 +331,36 @@ describe('backends: two people, each their own OpenCode', () => {
     await eventually(`the shell answers with uid ${uid}`, () => new RegExp(`\\b${uid}\\b`).test(seen), { timeoutMs: 15_000 });
     socket.destroy();
     if (IS_ROOT) assert.notEqual(uid, 0);
+  });
+
+  test('a config reload keeps running backends; pool changes wait for a restart; a new pool is refused', async () => {
+    await api(s, alice, 'GET', '/global/health');
+    const home = homeOf(s, 'alice');
+    const pid = backendProcesses(s.dataRoot).find((p) => p.home === home)?.pid;
+    assert.ok(pid);
+    const gh = s.gh.main;
+    const original = s.config('main');
+    const reloads = () => gh.logs().split('\n').filter((l) => l.includes('config reloaded')).length;
+    const write = (cfg) => writeFileSync(gh.configFile, toYaml(cfg));
+    try {
+      // Routes change: reloaded, the backend keeps running.
+      let n = reloads();
+      write({ ...original, routes: [...original.routes, { from: 'https://other.localhost', to_backend: 'assistant' }] });
+      await eventually('reloaded', () => reloads() > n);
+      assert.equal(backendProcesses(s.dataRoot).find((p) => p.home === home)?.pid, pid, 'a reload restarted the backend');
+      assert.equal((await api(s, alice, 'GET', '/global/health')).status, 200);
+      // A pool setting changes: named as restart-only, the running pool keeps its settings.
+      n = reloads();
+      const pool = original.backends.assistant;
+      write({ ...original, backends: { assistant: { ...pool, idle_timeout: '5m' } } });
+      await eventually('reloaded with a restart-only note', () => reloads() > n && /take effect only after a restart/.test(gh.logs()) && /keys=.*backends/.test(gh.logs()));
+      // A new pool: the reload fails and the old config keeps serving.
+      write({ ...original, backends: { ...original.backends, second: { ...pool, ports: '39990-39999' } }, routes: [...original.routes, { from: 'https://other.localhost', to_backend: 'second' }] });
+      await eventually('reload refused', () => /pool `second` is not running; new pools take effect after a restart/.test(gh.logs()));
+      assert.equal((await api(s, alice, 'GET', '/global/health')).status, 200);
+    } finally {
+      write(original);
+    }
   });
 
   test('real Chromium loads OpenCode\'s web UI through Gatehouse', async () => {
