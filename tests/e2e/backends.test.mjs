@@ -435,6 +435,11 @@ describe('backends: lifecycle with short timeouts and one backend at most', () =
     const r = await alice.get(s.gh.main.url(A, '/session'), { headers: JSON_API, timeoutMs: 30_000 });
     assert.equal(r.status, 503);
     assert.match(r.body, /in use/);
+    // A browser navigation gets the same page, not a "starting" page that reloads forever.
+    const nav = await alice.get(s.gh.main.url(A, '/'));
+    assert.equal(nav.status, 503);
+    assert.match(nav.body, /in use/);
+    assert.doesNotMatch(nav.body, /http-equiv="refresh"/);
     stream.close();
   });
 

@@ -19,9 +19,12 @@
 //!    │    ├─ identity: sealed session cookie    none/expired → login cookie + 302 to IdP
 //!    │    │                                                 (401 JSON for scripts)
 //!    │    ├─ /.gatehouse/ pages (user page, user JSON, sign_out)
-//!    │    └─ policy::evaluate                   deny → 403 page with the reason
-//!    ├─ upstream_peer: the route's `to`
+//!    │    ├─ policy::evaluate                   deny → 403 page with the reason
+//!    │    └─ to_backend route (backend_step): cross-site write → 403; the person's
+//!    │         backend from the supervisor (starting page / wait / 503 / 504)
+//!    ├─ upstream_peer: the route's `to`, or 127.0.0.1:<the person's backend port>
 //!    ├─ upstream_request_filter: strip client identity headers and our cookies,
+//!    │    a backend's password replaces any client Authorization,
 //!    │    set X-Forwarded-*, Host, identity headers + signed JWT
 //!    ├─ (Pingora streams the response: SSE and WebSocket unbuffered)
 //!    ├─ fail_to_proxy: one function picks the error page

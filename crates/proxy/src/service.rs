@@ -574,19 +574,18 @@ async fn backend_step(
         ));
     }
     let id = person_id(identity);
-    let start_timeout = sup.settings().pool.start_timeout;
-    if !sup.is_running(&id) && is_navigation(req) {
-        match sup.status(&id) {
-            Status::Crashing { .. } => {}
-            _ => {
-                sup.start_in_background(&id);
-                ctx.reason = Some("backend-starting");
-                return Step::Respond(pages::backend_starting());
-            }
-        }
-    }
+    // A browser navigation waits only briefly: long enough to learn at once that the pool is
+    // full or the backend keeps failing (those pages must not be a "starting" page that
+    // reloads forever), then it gets the starting page while the start goes on (it runs on
+    // its own task, so giving up the wait does not stop it). API calls wait start_timeout.
+    let navigation = !sup.is_running(&id) && is_navigation(req);
+    let wait = if navigation {
+        NAVIGATION_WAIT
+    } else {
+        sup.settings().pool.start_timeout
+    };
     let rid = request_id();
-    let (status, what) = match tokio::time::timeout(start_timeout, sup.ensure(&id)).await {
+    let (status, what) = match tokio::time::timeout(wait, sup.ensure(&id)).await {
         Ok(Ok(lease)) => {
             ctx.lease = Some(lease);
             return Step::Continue;
@@ -604,6 +603,10 @@ async fn backend_step(
             };
             tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %rid, error = %e, "no backend for request");
             (503, what)
+        }
+        Err(_) if navigation => {
+            ctx.reason = Some("backend-starting");
+            return Step::Respond(pages::backend_starting());
         }
         Err(_) => {
             tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %rid, "backend not ready within start_timeout");
@@ -1548,6 +1551,11 @@ impl ProxyHttp for Gatehouse {
         );
     }
 }
+
+/// How long a browser navigation waits for a backend before it gets the starting page:
+/// a full pool or a failing backend is known at once, while OpenCode itself needs 1.2 s or
+/// more to start, so a person sees the page at once rather than a blank wait.
+const NAVIGATION_WAIT: Duration = Duration::from_millis(500);
 
 /// gzip/brotli level for backend assets: fast, most of the gain.
 const COMPRESSION_LEVEL: u32 = 5;
