@@ -301,17 +301,9 @@ impl Slot {
 }
 
 impl Supervisor {
-    /// A supervisor for one pool. Warns when backends will not be isolated from each other.
+    /// A supervisor for one pool. See [`Supervisor::not_isolated`] for the warning to log.
     pub fn new(settings: PoolSettings) -> Self {
-        let root = nix::unistd::Uid::effective().is_root();
-        let isolate = root && settings.pool.uids.is_some();
-        if !isolate {
-            tracing::warn!(
-                pool = %settings.pool.name,
-                reason = if root { "no uid range is configured (uids:)" } else { "Gatehouse is not running as root" },
-                "backends are NOT isolated from each other: every person's OpenCode runs as the same Unix user and can read the others' files"
-            );
-        }
+        let isolate = nix::unistd::Uid::effective().is_root() && settings.pool.uids.is_some();
         let free_ports = (settings.pool.ports.0..=settings.pool.ports.1).collect();
         Supervisor {
             inner: Arc::new(Inner {
@@ -336,6 +328,18 @@ impl Supervisor {
     /// Whether backends run as one uid per person.
     pub fn isolated(&self) -> bool {
         self.inner.isolate
+    }
+
+    /// Why backends are not isolated from each other, if they are not: the operator must
+    /// be told at start (every person's OpenCode can then read the others' files).
+    pub fn not_isolated(&self) -> Option<&'static str> {
+        if self.inner.isolate {
+            None
+        } else if nix::unistd::Uid::effective().is_root() {
+            Some("no uid range is configured (set `uids:` on the pool)")
+        } else {
+            Some("Gatehouse is not running as root, so it cannot run backends as other users")
+        }
     }
 
     /// Stops backends left by an earlier Gatehouse (from the pid files). Call once at start.

@@ -549,6 +549,25 @@ async fn each_person_gets_a_private_home_and_when_root_their_own_uid() {
     sup.stop_all().await;
 }
 
+#[test]
+fn the_operator_is_told_when_backends_are_not_isolated() {
+    let root = Root::new("isolation");
+    let shared = Supervisor::new(fake_settings(&root, 24250, &[]));
+    assert!(!shared.isolated());
+    let why = shared.not_isolated().expect("a reason");
+    let mut settings = fake_settings(&root, 24250, &[]);
+    settings.pool.uids = Some((61020, 61029));
+    let with_uids = Supervisor::new(settings);
+    if nix::unistd::Uid::effective().is_root() {
+        assert!(why.contains("uids"), "{why}");
+        assert!(with_uids.isolated());
+        assert_eq!(with_uids.not_isolated(), None);
+    } else {
+        assert!(why.contains("not running as root"), "{why}");
+        assert!(with_uids.not_isolated().is_some());
+    }
+}
+
 // === the real OpenCode server ===
 
 fn opencode_binary() -> Option<PathBuf> {

@@ -464,6 +464,9 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
         let name = format!("backends-{}", sup.settings().pool.name);
         server.add_service(background_service(&name, BackendService(sup.clone())));
         tracing::info!(pool = %sup.settings().pool.name, ports = ?sup.settings().pool.ports, isolated = sup.isolated(), "per-person backends");
+        if let Some(reason) = sup.not_isolated() {
+            tracing::warn!(pool = %sup.settings().pool.name, reason, "backends are NOT isolated from each other: every person's OpenCode runs as the same Unix user and can read the others' files");
+        }
     }
 
     if let Some(r) = prepared.redirect_addr {
