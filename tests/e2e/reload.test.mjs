@@ -243,3 +243,26 @@ test('the config file itself is watched: a route added there serves at once; a b
   assert.match(gh.logs(), /gatehouse\.yaml:\d+:1: unknown key `routes_typo`/);
   assert.equal((await clients.bob.get(gh.url('other.localhost', '/x'))).status, 200, 'old config still serving');
 });
+
+test("signing out ends that person's open streams (in every browser), and nobody else's", async () => {
+  // A second browser for alice.
+  const alice2 = s.client();
+  const { response } = await alice2.login('alice', 'alice-pass', gh.url('assistant.localhost', '/'));
+  assert.equal(response.status, 200);
+  clients.alice2 = alice2;
+  const mine = openStream('alice', '/sse?n=600&every=100');
+  const myOther = openStream('alice2', '/sse?n=600&every=100');
+  const bobs = openStream('bob', '/sse?n=30&every=100');
+  await within(2_000, 'streams flowing', () => mine.events.length >= 2 && myOther.events.length >= 2 && bobs.events.length >= 2);
+  const page = await clients.alice.get(gh.url('assistant.localhost', '/.gatehouse/'), { headers: { accept: 'text/html' } });
+  const token = /name="csrf_token"[^>]*value="([^"]*)"|value="([^"]*)"[^>]*name="csrf_token"/.exec(page.body);
+  assert.ok(token, 'csrf token on the user page');
+  const out = await clients.alice.post(gh.url('assistant.localhost', '/.gatehouse/sign_out'), { csrf_token: token[1] ?? token[2] });
+  assert.equal(out.status, 302, out.body.slice(0, 300));
+  const signedOutAt = Date.now();
+  const [a, b] = await Promise.all([mine.done, myOther.done]);
+  assert.ok(a.events.length < 600 && a.at - signedOutAt < 2_000, `this browser's stream ended (${a.events.length} events)`);
+  assert.ok(b.events.length < 600 && b.at - signedOutAt < 2_000, `the other browser's stream ended (${b.events.length} events)`);
+  const bob = await bobs.done;
+  assert.equal(bob.events.length, 30, "bob's stream ran to its end");
+});

@@ -131,11 +131,14 @@ impl Live {
         self.metrics.render()
     }
 
-    /// Ends every open stream of the session `sid` (at sign-out).
-    pub fn end_session_streams(&self, sid: &str) -> usize {
-        let ended = self
-            .streams
-            .end_where(|s| (s.identity.session().sid == sid).then(|| "signed out".to_string()));
+    /// Ends every open stream of the person who signed out (same issuer and subject), in
+    /// this browser and any other: sign-out means "stop talking to my assistant now".
+    /// (Another browser's session is still valid; its page may reconnect.)
+    pub fn end_person_streams(&self, iss: &str, sub: &str) -> usize {
+        let ended = self.streams.end_where(|s| {
+            let who = s.identity.session();
+            (who.iss == iss && who.sub == sub).then(|| "signed out".to_string())
+        });
         self.metrics.streams_ended.inc_by(ended as u64);
         self.metrics.streams_open.set(self.streams.len() as i64);
         ended

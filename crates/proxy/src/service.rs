@@ -1087,7 +1087,7 @@ impl Gatehouse {
                         "<p>This sign-out request did not come from Gatehouse's own sign-out button, so nothing was changed.</p><p><a class=\"button\" href=\"/.gatehouse/\">Go to your session page</a></p>",
                     ));
                 }
-                let ended = self.live.end_session_streams(&s.sid);
+                let ended = self.live.end_person_streams(&s.iss, &s.sub);
                 tracing::info!(user = %s.email, streams_ended = ended, "signed out");
                 // Pools that say so also stop the person's backend.
                 let person = person_id(id);
