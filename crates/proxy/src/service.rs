@@ -530,9 +530,12 @@ fn person_id(id: &VerifiedIdentity) -> PersonId {
 /// session cookie would ride along, so Gatehouse refuses: any method but GET, HEAD and
 /// OPTIONS whose `Origin` is not the route's own (`null` included), or that the browser
 /// marks `Sec-Fetch-Site: cross-site`. Scripts that send no `Origin` are not browsers and
-/// carry no ambient cookie risk.
+/// carry no ambient cookie risk. A WebSocket upgrade is a GET but opens a channel that
+/// writes (OpenCode's terminal), so it counts as a write: another site's page must not open
+/// one with the person's cookies (cross-site WebSocket hijacking).
 fn cross_origin_write(req: &RequestHeader, route_origin: &str) -> bool {
-    if matches!(req.method, Method::GET | Method::HEAD | Method::OPTIONS) {
+    let upgrade = req.headers.contains_key(http::header::UPGRADE);
+    if !upgrade && matches!(req.method, Method::GET | Method::HEAD | Method::OPTIONS) {
         return false;
     }
     let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
@@ -1770,6 +1773,23 @@ mod tests {
         ));
         assert!(cross_origin_write(
             &req("PUT", &[("sec-fetch-site", "cross-site")]),
+            own
+        ));
+        // A WebSocket opened by another site's page is refused; by the route's own page, not.
+        let ws = |origin: &str| {
+            req(
+                "GET",
+                &[
+                    ("upgrade", "websocket"),
+                    ("connection", "Upgrade"),
+                    ("origin", origin),
+                ],
+            )
+        };
+        assert!(cross_origin_write(&ws("https://evil.test"), own));
+        assert!(!cross_origin_write(&ws(own), own));
+        assert!(!cross_origin_write(
+            &req("GET", &[("origin", "https://evil.test")]),
             own
         ));
     }
