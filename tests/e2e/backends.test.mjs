@@ -296,9 +296,8 @@ describe('backends: two people, each their own OpenCode', () => {
     const t = await api(s, alice, 'POST', `/pty/${id}/connect-token`, {}, { origin: s.origin, 'x-opencode-ticket': '1' });
     assert.equal(t.status, 200, t.body.slice(0, 300));
     const u = new URL(s.gh.main.url(A, `/pty/${id}/connect?ticket=${encodeURIComponent(t.json().ticket)}`));
-    // Another site's page opening the terminal with alice's cookies is refused by Gatehouse
-    // (cross-site WebSocket hijacking), before OpenCode sees the ticket.
-    const hijack = await new Promise((resolve, reject) => {
+    // Opens the terminal's WebSocket as alice's browser would from a page of `origin`.
+    const upgrade = (origin) => new Promise((resolve, reject) => {
       const req = https.request({
         host: u.hostname,
         port: u.port,
@@ -312,39 +311,21 @@ describe('backends: two people, each their own OpenCode', () => {
           upgrade: 'websocket',
           'sec-websocket-version': '13',
           'sec-websocket-key': randomBytes(16).toString('base64'),
-          origin: 'https://evil.test',
-          cookie: alice.jar.header(u.hostname),
-        },
-      });
-      req.on('upgrade', (r, sock) => { sock.destroy(); resolve(r.statusCode); });
-      req.on('response', (r) => { r.resume(); resolve(r.statusCode); });
-      req.on('error', reject);
-      req.end();
-    });
-    assert.equal(hijack, 403, 'a cross-site WebSocket upgrade is refused');
-    const { res, socket } = await new Promise((resolve, reject) => {
-      const req = https.request({
-        host: u.hostname,
-        port: u.port,
-        path: `${u.pathname}${u.search}`,
-        ca: s.certs.caPem,
-        servername: u.hostname,
-        lookup: loopbackLookup,
-        agent: false,
-        headers: {
-          connection: 'Upgrade',
-          upgrade: 'websocket',
-          'sec-websocket-version': '13',
-          'sec-websocket-key': randomBytes(16).toString('base64'),
-          origin: s.origin,
+          origin,
           cookie: alice.jar.header(u.hostname),
         },
       });
       req.on('upgrade', (r, sock) => resolve({ res: r, socket: sock }));
-      req.on('response', (r) => reject(new Error(`no upgrade: ${r.statusCode}`)));
+      req.on('response', (r) => { r.resume(); resolve({ res: r, socket: null }); });
       req.on('error', reject);
       req.end();
     });
+    // Another site's page opening the terminal with alice's cookies is refused by Gatehouse
+    // (cross-site WebSocket hijacking), before OpenCode sees the ticket.
+    const hijack = await upgrade('https://evil.test');
+    hijack.socket?.destroy();
+    assert.equal(hijack.res.statusCode, 403, 'a cross-site WebSocket upgrade is refused');
+    const { res, socket } = await upgrade(s.origin);
     assert.equal(res.statusCode, 101);
     let seen = '';
     socket.on('data', (d) => { seen += d.toString('latin1'); });
