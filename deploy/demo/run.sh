@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Gatehouse demo on this machine: a local OpenID Provider, an echo app, and Gatehouse in
-# front of it at https://assistant.localhost:8443. Ctrl-C stops everything it started.
+# Gatehouse demo on this machine: a local OpenID Provider, an echo app behind
+# https://assistant.localhost:8443, and a per-person OpenCode server behind
+# https://opencode.localhost:8443 (talking to a local stand-in LLM). Ctrl-C stops everything
+# it started.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -22,7 +24,7 @@ mkdir -p "$RUN"
 node tests/harness/certs.mjs "$RUN" >/dev/null
 echo "CA: $RUN/ca.crt"
 
-for port in 9000 4096 8443 8080; do
+for port in 9000 9100 4096 8443 8080; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "error: 127.0.0.1:$port is already in use; stop whatever listens there first." >&2
     exit 1
@@ -34,6 +36,12 @@ export DEMO_TLS_KEY="$RUN/leaf.key"
 DEMO_IDP_CLIENT_SECRET="$(openssl rand -hex 24)"
 COOKIE_SECRET="$(openssl rand -base64 32)"
 export DEMO_IDP_CLIENT_SECRET COOKIE_SECRET
+export DEMO_OPENCODE_BIN="$ROOT/tests/e2e/node_modules/opencode-linux-x64/bin/opencode"
+export DEMO_DATA_ROOT="$RUN/backends"
+mkdir -p "$DEMO_DATA_ROOT"
+DEMO_OPENCODE_CONFIG="$(cd tests/harness && node --input-type=module -e \
+  "import { opencodeConfig } from './llm.mjs'; process.stdout.write(opencodeConfig({ url: 'http://127.0.0.1:9100/v1' }))")"
+export DEMO_OPENCODE_CONFIG
 
 PIDS=()
 cleanup() {
@@ -64,6 +72,9 @@ wait_port 9000 "the IdP"
 node tests/harness/upstream.mjs --port 4096 &
 PIDS+=($!)
 wait_port 4096 "the echo app"
+node tests/harness/llm.mjs --port 9100 &
+PIDS+=($!)
+wait_port 9100 "the stand-in LLM"
 "$BIN" serve --config deploy/demo/gatehouse.yaml &
 PIDS+=($!)
 wait_port 8443 "Gatehouse"
@@ -81,13 +92,17 @@ cat <<MSG
     mallory / mallory-pass mallory@evil.test (outside example.com)         -> 403
     eve   / eve-pass       eve@example.com, email not verified             -> 403
 
+  Your own OpenCode: https://opencode.localhost:8443
+          (started for you on first visit, a few seconds; each person gets their own;
+           it answers with a local stand-in model)
+
   Your session: https://assistant.localhost:8443/.gatehouse/  (sign out there)
 
   The certificate comes from a throwaway CA made for this demo:
     $RUN/ca.crt
   Either trust it in your browser (Settings > Privacy and security > Security >
   Manage certificates > Authorities > Import), or accept the warning once for
-  assistant.localhost and auth.localhost. From a shell:
+  assistant.localhost, opencode.localhost and auth.localhost. From a shell:
     curl --cacert $RUN/ca.crt https://assistant.localhost:8443/.gatehouse/health
   (curl resolves *.localhost to 127.0.0.1 itself; other clients may need
    --resolve assistant.localhost:8443:127.0.0.1)

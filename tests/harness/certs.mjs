@@ -5,17 +5,30 @@
 //   const certs = await makeCerts('/some/dir'); // reuse (demo): keeps existing files
 //   → { dir, caCert, caKey, cert, key, caPem }
 
+import { X509Certificate } from 'node:crypto';
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 
-export const CERT_HOSTS = ['assistant.localhost', 'auth.localhost', 'public.localhost', 'other.localhost', 'localhost'];
+export const CERT_HOSTS = ['assistant.localhost', 'auth.localhost', 'public.localhost', 'other.localhost', 'opencode.localhost', 'localhost'];
 export const CERT_IPS = ['127.0.0.1'];
 
 function openssl(args, cwd) {
   execFileSync('openssl', args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** Whether certificates already in the directory cover `hosts` for at least another day. */
+function reusable(out, hosts) {
+  if (![out.caCert, out.caKey, out.cert, out.key].every(existsSync)) return false;
+  try {
+    const leaf = new X509Certificate(readFileSync(out.cert));
+    const names = (leaf.subjectAltName ?? '').split(', ');
+    return hosts.every((h) => names.includes(`DNS:${h}`)) && Date.parse(leaf.validTo) > Date.now() + 86_400_000;
+  } catch {
+    return false;
+  }
 }
 
 export async function makeCerts(dir, { hosts = CERT_HOSTS, ips = CERT_IPS } = {}) {
@@ -24,7 +37,7 @@ export async function makeCerts(dir, { hosts = CERT_HOSTS, ips = CERT_IPS } = {}
   const p = (f) => path.join(dir, f);
   const out = { dir, caCert: p('ca.crt'), caKey: p('ca.key'), cert: p('leaf.crt'), key: p('leaf.key') };
 
-  if (![out.caCert, out.caKey, out.cert, out.key].every(existsSync)) {
+  if (!reusable(out, hosts)) {
     // CA
     openssl(['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', out.caKey], dir);
     openssl([

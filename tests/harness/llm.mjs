@@ -11,6 +11,7 @@
 // the default model, as in notes/opencode.md §5.
 
 import http from 'node:http';
+import { pathToFileURL } from 'node:url';
 
 export const REPLY = 'Hello from the stand-in LLM, streaming word by word to prove nothing is buffered.';
 
@@ -88,4 +89,17 @@ export function opencodeConfig(llm) {
       },
     },
   });
+}
+
+// `node tests/harness/llm.mjs --port 9100`: run it on its own (the demo does).
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  const i = process.argv.indexOf('--port');
+  const llm = await startLlm({ port: i > 0 ? Number(process.argv[i + 1]) : 9100 });
+  console.log(`stand-in LLM listening on ${llm.url}`);
+  const stop = async () => {
+    await llm.close();
+    process.exit(0);
+  };
+  process.on('SIGTERM', stop);
+  process.on('SIGINT', stop);
 }

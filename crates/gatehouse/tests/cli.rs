@@ -49,6 +49,9 @@ fn demo_config_passes_check() {
         .env("DEMO_IDP_CLIENT_SECRET", "x")
         .env("DEMO_TLS_CERT", dir.join("demo.crt"))
         .env("DEMO_TLS_KEY", dir.join("demo.key"))
+        .env("DEMO_OPENCODE_BIN", "/usr/bin/true")
+        .env("DEMO_DATA_ROOT", &dir)
+        .env("DEMO_OPENCODE_CONFIG", "{}")
         .output()
         .unwrap();
     assert!(
@@ -67,6 +70,9 @@ fn demo_config_passes_check() {
         .env("DEMO_IDP_CLIENT_SECRET", "x")
         .env("DEMO_TLS_CERT", dir.join("demo.crt"))
         .env("DEMO_TLS_KEY", dir.join("other.key"))
+        .env("DEMO_OPENCODE_BIN", "/usr/bin/true")
+        .env("DEMO_DATA_ROOT", &dir)
+        .env("DEMO_OPENCODE_CONFIG", "{}")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
