@@ -1,6 +1,7 @@
 //! Hot reload of routes and policies.
 //!
-//! The config file and the named-policy directory are watched, and `SIGHUP` reloads too.
+//! The config file and the named-policy directory are watched (inotify, Linux), and
+//! `SIGHUP` reloads too.
 //! A reload parses and checks the whole config exactly as at start; only a config with no
 //! error replaces the one serving. On any error the old config keeps serving, each problem
 //! is logged at its `file:line:col`, and `gatehouse_config_last_reload_successful` drops to
@@ -24,8 +25,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use gatehouse_config::{Config, ProcessEnv};
-use notify::{EventKind, RecursiveMode, Watcher};
+use inotify::{Inotify, WatchMask};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
@@ -203,6 +205,13 @@ impl Watched {
         {
             return true;
         }
+        // A Kubernetes ConfigMap volume swaps all its files at once by renaming `..data`.
+        if changed.file_name().is_some_and(|n| n == "..data")
+            && (changed.parent() == self.config_path.parent()
+                || changed.parent() == self.policies_dir.as_deref())
+        {
+            return true;
+        }
         let Some(dir) = &self.policies_dir else {
             return false;
         };
@@ -216,20 +225,20 @@ impl Watched {
     }
 
     /// Starts watching; each relevant change sends on `tx`. `None` (with a warning) when
-    /// the platform cannot watch: SIGHUP still works.
-    fn watch(&self, tx: tokio::sync::mpsc::UnboundedSender<()>) -> Option<impl Watcher + use<>> {
-        let filter = self.clone();
-        let handler = move |res: notify::Result<notify::Event>| {
-            let Ok(event) = res else { return };
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
-            }
-            if event.paths.iter().any(|p| filter.relevant(p)) {
-                let _ = tx.send(());
-            }
-        };
-        let mut watcher = match notify::recommended_watcher(handler) {
-            Ok(w) => w,
+    /// the directories cannot be watched: SIGHUP still works.
+    ///
+    /// inotify, for the directories (editors and Kubernetes replace files by renaming, which
+    /// a watch on the file itself would lose), with a mask of finished changes only:
+    /// a file written and closed, moved in or out, created or deleted. Not every write: a
+    /// log file next to the config would otherwise wake the watcher on every request.
+    fn watch(&self, tx: tokio::sync::mpsc::UnboundedSender<()>) -> Option<WatchTask> {
+        const MASK: WatchMask = WatchMask::CLOSE_WRITE
+            .union(WatchMask::MOVED_TO)
+            .union(WatchMask::MOVED_FROM)
+            .union(WatchMask::CREATE)
+            .union(WatchMask::DELETE);
+        let inotify = match Inotify::init() {
+            Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot watch the config files; reload with SIGHUP");
                 return None;
@@ -240,12 +249,42 @@ impl Watched {
             .parent()
             .unwrap_or(Path::new("/"))
             .to_path_buf();
+        let mut dirs = Vec::new();
         for d in std::iter::once(config_dir).chain(self.policies_dir.clone()) {
-            if let Err(e) = watcher.watch(&d, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %d.display(), error = %e, "cannot watch this directory; reload with SIGHUP");
+            match inotify.watches().add(&d, MASK) {
+                Ok(wd) => dirs.push((wd, d)),
+                Err(e) => {
+                    tracing::warn!(dir = %d.display(), error = %e, "cannot watch this directory; reload with SIGHUP");
+                }
             }
         }
-        Some(watcher)
+        let mut events = match inotify.into_event_stream(vec![0u8; 4096]) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch the config files; reload with SIGHUP");
+                return None;
+            }
+        };
+        let filter = self.clone();
+        Some(WatchTask(tokio::spawn(async move {
+            while let Some(Ok(event)) = events.next().await {
+                let Some(dir) = dirs.iter().find(|(wd, _)| *wd == event.wd).map(|(_, d)| d) else {
+                    continue;
+                };
+                if event.name.is_some_and(|n| filter.relevant(&dir.join(n))) {
+                    let _ = tx.send(());
+                }
+            }
+        })))
+    }
+}
+
+/// The watch: ends when dropped.
+struct WatchTask(tokio::task::JoinHandle<()>);
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -322,6 +361,9 @@ mod tests {
             "/etc/gatehouse/policies/staff.yml",
             // A test file changing is harmless to reload on (it is skipped when loading).
             "/etc/gatehouse/policies/staff.test.yaml",
+            // Kubernetes ConfigMap volumes swap `..data`.
+            "/etc/gatehouse/..data",
+            "/etc/gatehouse/policies/..data",
         ] {
             assert!(w.relevant(Path::new(yes)), "{yes}");
         }
