@@ -171,7 +171,7 @@ pub struct Ctx {
     identity: Option<VerifiedIdentity>,
     reason: Option<&'static str>,
     /// The upstream socket, once connected.
-    upstream: Option<UpstreamSocket>,
+    upstream_fd: Option<std::os::unix::io::RawFd>,
     /// The id of this request in the open-streams registry, while it streams.
     stream: Option<u64>,
     /// The person's backend on a `to_backend` route, held for the whole request (a stream
@@ -674,13 +674,15 @@ impl Gatehouse {
                 .get(http::header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|t| t.trim_start().starts_with("text/event-stream"));
-        let (Some(identity), Some(upstream), None) = (&ctx.identity, ctx.upstream, ctx.stream)
-        else {
+        let (Some(identity), Some(fd), None) = (&ctx.identity, ctx.upstream_fd, ctx.stream) else {
             return;
         };
         if !is_stream {
             return;
         }
+        let Some(upstream) = UpstreamSocket::current(fd) else {
+            return;
+        };
         let req = session.req_header();
         let id = self.live.streams.register(OpenStream {
             identity: identity.clone(),
@@ -1267,7 +1269,7 @@ impl ProxyHttp for Gatehouse {
             authority: String::new(),
             identity: None,
             reason: None,
-            upstream: None,
+            upstream_fd: None,
             stream: None,
             lease: None,
         }
@@ -1282,7 +1284,9 @@ impl ProxyHttp for Gatehouse {
         _digest: Option<&pingora::protocols::Digest>,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        ctx.upstream = UpstreamSocket::current(fd);
+        // Only the number: the socket's cookie is read if the response turns out to be a
+        // stream (the request owns the connection until then).
+        ctx.upstream_fd = Some(fd);
         Ok(())
     }
 
@@ -1302,16 +1306,23 @@ impl ProxyHttp for Gatehouse {
     }
 
     fn init_downstream_modules(&self, modules: &mut pingora::modules::http::HttpModules) {
-        // Enabled so the module reads the request's Accept-Encoding (it ignores it when
-        // disabled); `request_filter` turns it off for every response and `response_filter`
-        // back on for backend assets only.
-        modules.add_module(ResponseCompressionBuilder::enable(COMPRESSION_LEVEL));
+        // With backend pools: enabled so the module reads the request's Accept-Encoding (it
+        // ignores it when disabled); `request_filter` turns it off for every response and
+        // `response_filter` back on for backend assets only. Without: Pingora's default,
+        // present and off (pools are restart-only, so this never changes while serving).
+        let level = if self.live.backends.is_empty() {
+            0
+        } else {
+            COMPRESSION_LEVEL
+        };
+        modules.add_module(ResponseCompressionBuilder::enable(level));
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
-        if let Some(c) = session
-            .downstream_modules_ctx
-            .get_mut::<ResponseCompression>()
+        if !self.live.backends.is_empty()
+            && let Some(c) = session
+                .downstream_modules_ctx
+                .get_mut::<ResponseCompression>()
         {
             c.adjust_level(0);
         }
