@@ -28,11 +28,16 @@ fn pkcs8_pem() -> String {
 }
 
 fn key_json(extra: serde_json::Value) -> serde_json::Value {
+    key_json_with(&pkcs8_pem(), extra)
+}
+
+/// The service-account JSON with `pem` as its key, and `extra` fields set (null: removed).
+fn key_json_with(pem: &str, extra: serde_json::Value) -> serde_json::Value {
     let mut v = serde_json::json!({
         "type": "service_account",
         "client_email": "gatehouse@project.iam.gserviceaccount.com",
         "private_key_id": "kid-1",
-        "private_key": pkcs8_pem(),
+        "private_key": pem,
         "token_uri": "https://oauth2.example.com/token",
         "impersonate_user": "Admin@Example.com",
     });
@@ -66,7 +71,8 @@ fn errors(text: &str, vars: &[(&str, &str)]) -> Vec<String> {
 
 #[test]
 fn a_pomerium_service_account_loads_with_the_defaults() {
-    let key = b64(&key_json(serde_json::json!({})));
+    let pem = pkcs8_pem();
+    let key = b64(&key_json_with(&pem, serde_json::json!({})));
     let c = load(&format!("idp_service_account: {key}\n{GOOGLE}"), &[]).unwrap();
     let d = c.directory.expect("directory configured");
     assert_eq!(
@@ -74,11 +80,10 @@ fn a_pomerium_service_account_loads_with_the_defaults() {
         "gatehouse@project.iam.gserviceaccount.com"
     );
     assert_eq!(d.service_account.private_key_id.as_deref(), Some("kid-1"));
-    assert!(
-        d.service_account
-            .private_key
-            .expose()
-            .starts_with("-----BEGIN PRIVATE KEY-----")
+    assert_eq!(
+        d.service_account.private_key.expose(),
+        pem.trim(),
+        "the key is kept as given (trimmed)"
     );
     assert_eq!(d.impersonate_user, "admin@example.com");
     assert_eq!(d.token_url.as_str(), "https://oauth2.example.com/token");

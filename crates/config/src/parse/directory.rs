@@ -204,16 +204,11 @@ pub(super) fn service_account(s: &str) -> Result<ServiceAccountKey, String> {
     values::email(client_email)
         .map_err(|_| "the key's JSON field `client_email` is not an email address".to_string())?;
     let pem = required("private_key")?;
-    let armour_ok = [
-        "-----BEGIN PRIVATE KEY-----",
-        "-----BEGIN RSA PRIVATE KEY-----",
-    ]
-    .iter()
-    .any(|begin| pem.starts_with(begin));
-    if !armour_ok {
+    // Only the armour is checked here (PKCS#8 or PKCS#1); the auth crate parses the key.
+    if !matches!(pem_label(pem), Some("PRIVATE KEY" | "RSA PRIVATE KEY")) {
         return Err(format!(
-            "the key's JSON field `private_key` is not a PEM RSA private key (no `-----BEGIN \
-             PRIVATE KEY-----` line); {KEY_HELP}"
+            "the key's JSON field `private_key` is not a PEM RSA private key (its first line \
+             must be the PEM armour line of a `PRIVATE KEY`); {KEY_HELP}"
         ));
     }
     let impersonate_user = field("impersonate_user")?
@@ -237,4 +232,11 @@ pub(super) fn service_account(s: &str) -> Result<ServiceAccountKey, String> {
         impersonate_user,
         token_uri,
     })
+}
+
+/// The label on the `BEGIN` armour line `text` starts with (`PRIVATE KEY` for PKCS#8,
+/// `RSA PRIVATE KEY` for PKCS#1), if it starts with one.
+fn pem_label(text: &str) -> Option<&str> {
+    let rest = text.strip_prefix("-----BEGIN ")?;
+    rest.find("-----").map(|end| &rest[..end])
 }
