@@ -196,8 +196,6 @@ pub struct Counters {
     pub start_failures: AtomicU64,
     pub crashes: AtomicU64,
     pub idle_stops: AtomicU64,
-    /// Sum of spawn-to-ready times of successful starts, in ms (÷ starts = mean).
-    pub start_ms_total: AtomicU64,
     pub last_start_ms: AtomicU64,
 }
 
@@ -210,7 +208,6 @@ pub struct CountersSnapshot {
     pub crashes: u64,
     pub idle_stops: u64,
     pub last_start_ms: u64,
-    pub mean_start_ms: u64,
 }
 
 // === impl Supervisor ===
@@ -520,7 +517,6 @@ impl Supervisor {
                 let ms = took.as_millis() as u64;
                 let c = &self.inner.counters;
                 c.starts.fetch_add(1, Ordering::Relaxed);
-                c.start_ms_total.fetch_add(ms, Ordering::Relaxed);
                 c.last_start_ms.store(ms, Ordering::Relaxed);
                 tracing::info!(pool = %settings.pool.name, person = %slot.id, port = process.port, pid = process.pid, uid = process.uid, start_ms = ms, "backend started");
                 slot.touch();
@@ -784,7 +780,6 @@ impl Supervisor {
 
     pub fn counters(&self) -> CountersSnapshot {
         let c = &self.inner.counters;
-        let starts = c.starts.load(Ordering::Relaxed);
         let running = {
             let pool = lock(&self.inner.pool);
             pool.slots
@@ -794,16 +789,11 @@ impl Supervisor {
         };
         CountersSnapshot {
             running,
-            starts,
+            starts: c.starts.load(Ordering::Relaxed),
             start_failures: c.start_failures.load(Ordering::Relaxed),
             crashes: c.crashes.load(Ordering::Relaxed),
             idle_stops: c.idle_stops.load(Ordering::Relaxed),
             last_start_ms: c.last_start_ms.load(Ordering::Relaxed),
-            mean_start_ms: c
-                .start_ms_total
-                .load(Ordering::Relaxed)
-                .checked_div(starts)
-                .unwrap_or(0),
         }
     }
 

@@ -103,7 +103,7 @@ impl Live {
     /// Decides every open stream again under `state` and ends those it no longer allows:
     /// their route is gone, became someone else's, or its policy now denies the person.
     pub fn end_disallowed_streams(&self, state: &State) -> usize {
-        let ended = self.streams.end_where(|s| {
+        self.end_streams(|s| {
             let Some(idx) = state.table.find(&s.host, s.port, &s.path) else {
                 return Some("no route serves it any more".to_string());
             };
@@ -116,14 +116,19 @@ impl Live {
                 Decision::Allow(_) => None,
                 Decision::Deny(reason) => Some(reason.code().to_string()),
             }
-        });
+        })
+    }
+
+    /// Ends the open streams `why` gives a reason for, and counts them.
+    fn end_streams(&self, why: impl FnMut(&streams::OpenStream) -> Option<String>) -> usize {
+        let ended = self.streams.end_where(why);
         self.metrics.streams_ended.inc_by(ended as u64);
-        self.metrics.streams_open.set(self.streams.len() as i64);
         ended
     }
 
     /// The metrics text, with each pool's backend counters brought up to date.
     pub fn render_metrics(&self) -> String {
+        self.metrics.streams_open.set(self.streams.len() as i64);
         for sup in &self.backends {
             self.metrics
                 .sync_backends(&sup.settings().pool.name, &sup.counters());
@@ -135,13 +140,10 @@ impl Live {
     /// this browser and any other: sign-out means "stop talking to my assistant now".
     /// (Another browser's session is still valid; its page may reconnect.)
     pub fn end_person_streams(&self, iss: &str, sub: &str) -> usize {
-        let ended = self.streams.end_where(|s| {
+        self.end_streams(|s| {
             let who = s.identity.session();
             (who.iss == iss && who.sub == sub).then(|| "signed out".to_string())
-        });
-        self.metrics.streams_ended.inc_by(ended as u64);
-        self.metrics.streams_open.set(self.streams.len() as i64);
-        ended
+        })
     }
 }
 

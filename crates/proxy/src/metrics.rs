@@ -29,7 +29,7 @@ pub struct Metrics {
     pub config_last_reload_success_timestamp_seconds: Gauge<f64, AtomicU64>,
     /// Reloads tried, by result (`success`, `failure`).
     pub config_reloads: Family<ResultLabel, Counter>,
-    /// Streams (SSE, WebSocket) open now.
+    /// Streams (SSE, WebSocket) open now (set from the registry when the metrics are read).
     pub streams_open: Gauge,
     /// Streams ended by Gatehouse (policy change after a reload, sign-out).
     pub streams_ended: Counter,
@@ -193,7 +193,6 @@ mod tests {
             crashes: 0,
             idle_stops: 1,
             last_start_ms: 2500,
-            mean_start_ms: 2400,
         };
         m.sync_backends("assistant", &c);
         m.sync_backends("assistant", &c);

@@ -581,7 +581,8 @@ async fn backend_step(
     // full or the backend keeps failing (those pages must not be a "starting" page that
     // reloads forever), then it gets the starting page while the start goes on (it runs on
     // its own task, so giving up the wait does not stop it). API calls wait start_timeout.
-    let navigation = !sup.is_running(&id) && is_navigation(req);
+    // The header check first: it is free, `is_running` takes the pool's locks.
+    let navigation = is_navigation(req) && !sup.is_running(&id);
     let wait = if navigation {
         NAVIGATION_WAIT
     } else {
@@ -650,6 +651,24 @@ fn backend_views(backends: &[Supervisor], id: &VerifiedIdentity) -> Vec<pages::B
         .collect()
 }
 
+/// Reads one of Gatehouse's own POST forms (sign-out, restart) and says whether it came
+/// from our page: same origin, and the session's CSRF token. Each caller answers a refusal
+/// with its own page.
+async fn confirmed_form(
+    st: &State,
+    session: &mut Session,
+    id: &VerifiedIdentity,
+    scheme: &str,
+    authority: &str,
+) -> Result<(bool, bool, HashMap<String, String>)> {
+    let origin_ok = form_origin_ok(session.req_header(), scheme, authority);
+    let form = read_form(session).await?;
+    let token_ok = form
+        .get("csrf_token")
+        .is_some_and(|t| st.auth.check_csrf(id, t));
+    Ok((origin_ok, token_ok, form))
+}
+
 /// The same-origin check for Gatehouse's own forms (sign-out, restart). The CSRF token is
 /// the protection; this is defence in depth. `null` is what privacy settings make browsers
 /// send, so it is not a mismatch.
@@ -694,19 +713,11 @@ impl Gatehouse {
             upstream,
         });
         ctx.stream = Some(id);
-        self.live
-            .metrics
-            .streams_open
-            .set(self.live.streams.len() as i64);
     }
 
     fn untrack_stream(&self, ctx: &mut Ctx) {
         if let Some(id) = ctx.stream.take() {
             self.live.streams.remove(id);
-            self.live
-                .metrics
-                .streams_open
-                .set(self.live.streams.len() as i64);
         }
     }
 
@@ -1048,11 +1059,8 @@ impl Gatehouse {
                 }),
             ),
             "backend/restart" if session.req_header().method == Method::POST => {
-                let origin_ok = form_origin_ok(session.req_header(), scheme, authority);
-                let form = read_form(session).await?;
-                let token_ok = form
-                    .get("csrf_token")
-                    .is_some_and(|t| st.auth.check_csrf(id, t));
+                let (origin_ok, token_ok, form) =
+                    confirmed_form(st, session, id, scheme, authority).await?;
                 let pool = form.get("pool").map(String::as_str).unwrap_or("");
                 let sup = self
                     .live
@@ -1079,11 +1087,8 @@ impl Gatehouse {
                 }
             }
             "sign_out" if session.req_header().method == Method::POST => {
-                let origin_ok = form_origin_ok(session.req_header(), scheme, authority);
-                let form = read_form(session).await?;
-                let token_ok = form
-                    .get("csrf_token")
-                    .is_some_and(|t| st.auth.check_csrf(id, t));
+                let (origin_ok, token_ok, _) =
+                    confirmed_form(st, session, id, scheme, authority).await?;
                 if !origin_ok || !token_ok {
                     tracing::info!(user = %s.email, origin_ok, token_ok, "sign-out refused: missing or wrong CSRF token");
                     return Ok(Page::html(
@@ -1366,7 +1371,7 @@ impl ProxyHttp for Gatehouse {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let st = Arc::clone(&ctx.state);
+        let st = &*ctx.state;
         let Some(route) = ctx.route.and_then(|i| st.routes.get(i)) else {
             return Error::e_explain(ErrorType::InternalError, "no route chosen");
         };
