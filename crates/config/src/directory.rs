@@ -42,7 +42,9 @@ pub struct DirectoryConfig {
     pub origin: Origin,
 }
 
-/// The fields Gatehouse uses from a Google service-account key (the JSON file).
+/// The fields Gatehouse uses from a Google service-account key (the JSON file). `Debug`
+/// shows the key as `[redacted]` (it is a [`Secret`]).
+#[derive(Debug)]
 pub struct ServiceAccount {
     /// `client_email`: the JWT-bearer grant's `iss`.
     pub client_email: String,
@@ -50,14 +52,4 @@ pub struct ServiceAccount {
     pub private_key_id: Option<String>,
     /// `private_key`: PEM (`BEGIN PRIVATE KEY` or `BEGIN RSA PRIVATE KEY`).
     pub private_key: Secret<String>,
-}
-
-impl std::fmt::Debug for ServiceAccount {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServiceAccount")
-            .field("client_email", &self.client_email)
-            .field("private_key_id", &self.private_key_id)
-            .field("private_key", &self.private_key)
-            .finish()
-    }
 }

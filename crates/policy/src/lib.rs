@@ -163,16 +163,6 @@ impl Reason {
             Reason::GroupsUnavailable { .. } => "groups-unavailable",
         }
     }
-
-    /// The 0-based index of the policy block that decided, if one did.
-    pub fn block(&self) -> Option<usize> {
-        match self {
-            Reason::AllowBlockMatched { block, .. } | Reason::DenyBlockMatched { block, .. } => {
-                Some(*block)
-            }
-            _ => None,
-        }
-    }
 }
 
 impl std::fmt::Display for Reason {

@@ -78,11 +78,7 @@ pub(super) fn pools(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> (Vec<BackendPool>, 
 fn pool(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<BackendPool> {
     let name = entry.key.to_string();
     let path = entry.path.clone();
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
+    if !values::is_name(&name) {
         ctx.error(
             entry.key_origin.clone(),
             format!("{path}: pool names use letters, digits, `-` and `_` only (like `assistant`)"),

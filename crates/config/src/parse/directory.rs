@@ -4,10 +4,6 @@
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::alphabet;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
-
 use super::node::{Ctx, Setting};
 use super::values;
 use crate::directory::{
@@ -162,12 +158,7 @@ pub(super) fn service_account(s: &str) -> Result<ServiceAccountKey, String> {
     let json = if s.starts_with('{') {
         s.as_bytes().to_vec()
     } else {
-        let config =
-            GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
-        GeneralPurpose::new(&alphabet::STANDARD, config)
-            .decode(s)
-            .or_else(|_| GeneralPurpose::new(&alphabet::URL_SAFE, config).decode(s))
-            .map_err(|_| format!("is not valid base64; {KEY_HELP}"))?
+        values::decode_base64(s).ok_or_else(|| format!("is not valid base64; {KEY_HELP}"))?
     };
     let value: serde_json::Value = serde_json::from_slice(&json).map_err(|e| {
         format!(

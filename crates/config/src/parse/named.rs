@@ -53,14 +53,6 @@ pub fn is_policy_file(file: &Path) -> bool {
         && !name.ends_with(".test.yml")
 }
 
-/// A name routes can refer to: letters, digits, `-`, `_`.
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-}
-
 /// Loads every policy file in `dir` into `ctx.named_policies`, sorted by name.
 pub(super) fn load_all(ctx: &mut Ctx<'_>, dir: &Path) {
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -95,7 +87,7 @@ fn load_one(ctx: &mut Ctx<'_>, file: &Path) -> Option<NamedPolicy> {
     let name = name.to_string();
     let mut sub = Ctx::new(file, ctx.env);
     let whole = sub.whole_file();
-    if !valid_name(&name) {
+    if !super::values::is_name(&name) {
         sub.error(
             whole,
             format!(
@@ -103,21 +95,18 @@ fn load_one(ctx: &mut Ctx<'_>, file: &Path) -> Option<NamedPolicy> {
                  `-` and `_`; rename the file"
             ),
         );
-        ctx.broken_policies.push(name);
-        return merge(ctx, sub, None);
+        return merge(ctx, sub, &name, None);
     }
     let text = match std::fs::read_to_string(file) {
         Ok(t) => t,
         Err(e) => {
             sub.error(whole, format!("cannot read the policy file: {e}"));
-            ctx.broken_policies.push(name);
-            return merge(ctx, sub, None);
+            return merge(ctx, sub, &name, None);
         }
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let Some(root) = super::parse_yaml_any(&mut sub, text) else {
-        ctx.broken_policies.push(name);
-        return merge(ctx, sub, None);
+        return merge(ctx, sub, &name, None);
     };
     let origin = sub.node_origin(&root);
     let entry = Entry {
@@ -133,14 +122,20 @@ fn load_one(ctx: &mut Ctx<'_>, file: &Path) -> Option<NamedPolicy> {
         file: file.to_path_buf(),
         spec,
     });
-    if out.is_none() {
-        ctx.broken_policies.push(name);
-    }
-    merge(ctx, sub, out)
+    merge(ctx, sub, &name, out)
 }
 
-/// Moves the policy file's problems onto the config's context.
-fn merge(ctx: &mut Ctx<'_>, sub: Ctx<'_>, out: Option<NamedPolicy>) -> Option<NamedPolicy> {
+/// Moves the policy file's problems onto the config's context, and remembers the policy
+/// `name` as broken when it did not load (so routes using it say so).
+fn merge(
+    ctx: &mut Ctx<'_>,
+    sub: Ctx<'_>,
+    name: &str,
+    out: Option<NamedPolicy>,
+) -> Option<NamedPolicy> {
+    if out.is_none() {
+        ctx.broken_policies.push(name.to_string());
+    }
     ctx.errors.extend(sub.errors);
     ctx.warnings.extend(sub.warnings);
     out

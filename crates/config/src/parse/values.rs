@@ -119,7 +119,7 @@ pub(super) fn duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Base64 in the standard or the URL-safe alphabet, padded or not.
-fn decode_base64(s: &str) -> Option<Vec<u8>> {
+pub(super) fn decode_base64(s: &str) -> Option<Vec<u8>> {
     let config =
         GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent);
     let s = s.trim();
@@ -240,4 +240,12 @@ pub(super) fn group(s: &str) -> Result<String, String> {
         return Err("a group must not be empty".to_string());
     }
     Ok(g.to_string())
+}
+
+/// A name the config refers to by itself (a named policy, a backend pool): letters,
+/// digits, `-` and `_`.
+pub(super) fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
