@@ -375,25 +375,17 @@ impl Policy {
         if self.any_authenticated {
             return Decision::Allow(Reason::AnyAuthenticatedUser);
         }
-        if facts.email_verified {
-            if let Some(d) = domain_of(facts.email)
-                && let Some(found) = self.domains.iter().find(|x| x.eq_ignore_ascii_case(d))
-            {
-                return Decision::Allow(Reason::DomainAllowed {
-                    domain: found.clone(),
-                });
-            }
-            if let Some(found) = self
-                .users
-                .iter()
-                .find(|u| u.eq_ignore_ascii_case(facts.email))
-            {
-                return Decision::Allow(Reason::EmailAllowed {
-                    email: found.clone(),
-                });
-            }
+        if let Some(found) = self.domain_hit(facts) {
+            return Decision::Allow(Reason::DomainAllowed {
+                domain: found.clone(),
+            });
         }
-        if let Some(found) = self.groups.iter().find(|g| facts.groups.contains(g)) {
+        if let Some(found) = self.user_hit(facts) {
+            return Decision::Allow(Reason::EmailAllowed {
+                email: found.clone(),
+            });
+        }
+        if let Some(found) = self.group_hit(facts) {
             return Decision::Allow(Reason::GroupAllowed {
                 group: found.clone(),
             });
@@ -471,6 +463,26 @@ impl std::fmt::Display for Trace {
 }
 
 impl Policy {
+    /// The route's `allowed_domains` entry the person's verified address is at, if any.
+    /// (One function for `evaluate` and `explain`, so the trace never disagrees.)
+    fn domain_hit(&self, f: &Facts<'_>) -> Option<&String> {
+        let d = domain_of(f.email).filter(|_| f.email_verified)?;
+        self.domains.iter().find(|x| x.eq_ignore_ascii_case(d))
+    }
+
+    /// The route's `allowed_users` entry that is the person's verified address, if any.
+    fn user_hit(&self, f: &Facts<'_>) -> Option<&String> {
+        if !f.email_verified {
+            return None;
+        }
+        self.users.iter().find(|u| u.eq_ignore_ascii_case(f.email))
+    }
+
+    /// The first of the route's `allowed_groups` the person is in, if any.
+    fn group_hit(&self, f: &Facts<'_>) -> Option<&String> {
+        self.groups.iter().find(|g| f.groups.contains(g))
+    }
+
     /// Decides like [`Policy::evaluate`] (the decision is `evaluate`'s own) and also
     /// returns the trace: deny blocks first, then the route shortcuts, then allow blocks,
     /// in the order `evaluate` considers them. Every criterion is traced, including those
@@ -494,9 +506,7 @@ impl Policy {
             " (your address is not verified, so it cannot match)"
         };
         if !self.domains.is_empty() {
-            let hit = facts.email_verified
-                && domain_of(facts.email)
-                    .is_some_and(|d| self.domains.iter().any(|x| x.eq_ignore_ascii_case(d)));
+            let hit = self.domain_hit(facts).is_some();
             t.push(
                 0,
                 hit,
@@ -507,11 +517,7 @@ impl Policy {
             );
         }
         if !self.users.is_empty() {
-            let hit = facts.email_verified
-                && self
-                    .users
-                    .iter()
-                    .any(|u| u.eq_ignore_ascii_case(facts.email));
+            let hit = self.user_hit(facts).is_some();
             t.push(
                 0,
                 hit,
@@ -522,7 +528,7 @@ impl Policy {
             );
         }
         if !self.groups.is_empty() {
-            let hit = self.groups.iter().any(|g| facts.groups.contains(g));
+            let hit = self.group_hit(facts).is_some();
             t.push(
                 0,
                 hit,
