@@ -147,6 +147,56 @@ impl Live {
     }
 }
 
+/// The running pool called `name`.
+pub(crate) fn pool<'a>(backends: &'a [Supervisor], name: &str) -> Option<&'a Supervisor> {
+    backends.iter().find(|b| b.settings().pool.name == name)
+}
+
+/// A route's static `to:`: its address resolved now, the TLS name and the `Host` to send.
+fn static_upstream(
+    r: &gatehouse_config::Route,
+    to: &gatehouse_config::Url,
+) -> Result<StaticUpstream, ConfigError> {
+    let host = to
+        .host_str()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let Some(port) = to.port_or_known_default() else {
+        return Err(ConfigError::new(
+            r.origin.clone(),
+            format!("routes[{}].to: {} has no port", r.index, to),
+        ));
+    };
+    let addr = match (host.as_str(), port)
+        .to_socket_addrs()
+        .map(|mut a| a.next())
+    {
+        Ok(Some(a)) => a,
+        _ => {
+            return Err(ConfigError::new(
+                r.origin.clone(),
+                format!(
+                    "routes[{}].to: cannot resolve upstream host {host:?} (check the name, or use an IP address)",
+                    r.index
+                ),
+            ));
+        }
+    };
+    let default_port = if to.scheme() == "https" { 443 } else { 80 };
+    let upstream_host = match to.port() {
+        Some(p) if p != default_port => format!("{}:{p}", to.host_str().unwrap_or("")),
+        _ => to.host_str().unwrap_or("").to_string(),
+    };
+    Ok(StaticUpstream {
+        addr,
+        tls: to.scheme() == "https",
+        sni: host,
+        host: upstream_host,
+    })
+}
+
 /// The routes of `config`, ready to serve: upstream addresses resolved, policies compiled.
 /// Used at start and by every reload.
 pub fn build_routes(
@@ -157,10 +207,20 @@ pub fn build_routes(
     let mut routes = Vec::new();
     let mut matchers = Vec::new();
     for r in &config.routes {
-        let to = match &r.to {
-            Upstream::Url(to) => to,
+        let (target, preserve_host_header, public) = match &r.to {
+            Upstream::Url(to) => match static_upstream(r, to) {
+                Ok(up) => (
+                    Target::Static(up),
+                    r.preserve_host_header,
+                    r.allow_public_unauthenticated_access,
+                ),
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            },
             Upstream::Backend(name) => {
-                let Some(sup) = backends.iter().find(|b| b.settings().pool.name == *name) else {
+                let Some(sup) = pool(backends, name) else {
                     // The config crate checks the name, so on a reload this is a new pool.
                     errors.push(ConfigError::new(
                         r.origin.clone(),
@@ -171,64 +231,19 @@ pub fn build_routes(
                     ));
                     continue;
                 };
-                matchers.push(routes::RouteMatcher::from_route(r));
-                routes.push(RouteState {
-                    from: r.from.clone(),
-                    label: route_label(r),
-                    target: Target::Backend(sup.clone()),
-                    pass_identity_headers: r.pass_identity_headers,
-                    // OpenCode's terminal checks Origin against Host (notes/opencode.md §6).
-                    preserve_host_header: true,
-                    public: false,
-                    policy: Policy::for_route(r, &config.allowed_domains, &config.allowed_groups),
-                });
-                continue;
+                // OpenCode's terminal checks Origin against Host (notes/opencode.md §6);
+                // a per-person route is never public.
+                (Target::Backend(sup.clone()), true, false)
             }
-        };
-        let host = to
-            .host_str()
-            .unwrap_or("")
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let Some(port) = to.port_or_known_default() else {
-            errors.push(ConfigError::new(
-                r.origin.clone(),
-                format!("routes[{}].to: {} has no port", r.index, to),
-            ));
-            continue;
-        };
-        let upstream = match (host.as_str(), port)
-            .to_socket_addrs()
-            .map(|mut a| a.next())
-        {
-            Ok(Some(a)) => a,
-            _ => {
-                errors.push(ConfigError::new(
-                    r.origin.clone(),
-                    format!("routes[{}].to: cannot resolve upstream host {host:?} (check the name, or use an IP address)", r.index),
-                ));
-                continue;
-            }
-        };
-        let default_port = if to.scheme() == "https" { 443 } else { 80 };
-        let upstream_host = match to.port() {
-            Some(p) if p != default_port => format!("{}:{p}", to.host_str().unwrap_or("")),
-            _ => to.host_str().unwrap_or("").to_string(),
         };
         matchers.push(routes::RouteMatcher::from_route(r));
         routes.push(RouteState {
             from: r.from.clone(),
             label: route_label(r),
-            target: Target::Static(StaticUpstream {
-                addr: upstream,
-                tls: to.scheme() == "https",
-                sni: host,
-                host: upstream_host,
-            }),
+            target,
             pass_identity_headers: r.pass_identity_headers,
-            preserve_host_header: r.preserve_host_header,
-            public: r.allow_public_unauthenticated_access,
+            preserve_host_header,
+            public,
             policy: Policy::for_route(r, &config.allowed_domains, &config.allowed_groups),
         });
     }

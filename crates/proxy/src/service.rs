@@ -1062,11 +1062,7 @@ impl Gatehouse {
                 let (origin_ok, token_ok, form) =
                     confirmed_form(st, session, id, scheme, authority).await?;
                 let pool = form.get("pool").map(String::as_str).unwrap_or("");
-                let sup = self
-                    .live
-                    .backends
-                    .iter()
-                    .find(|b| b.settings().pool.name == pool);
+                let sup = crate::pool(&self.live.backends, pool);
                 match (origin_ok && token_ok, sup) {
                     (true, Some(sup)) => {
                         let person = person_id(id);
