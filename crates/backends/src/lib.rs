@@ -15,7 +15,15 @@
 //!   when full, an idle backend (no lease, no busy session) is stopped to make room;
 //! - a fresh random password per spawn, passed only in the child's environment;
 //! - when Gatehouse runs as root, each person's backend runs as their own uid (stable per
-//!   person: the owner of their data directory), in a 0700 directory owned by that uid;
+//!   person: the owner of their data directory), in a 0700 directory owned by that uid,
+//!   never as root ([`preflight`] refuses a pool that would);
+//! - every backend starts through the launcher ([`launch`]): its own session, no
+//!   supplementary groups, umask 077, rlimits, `oom_score_adj`, and Landlock (TCP bind only
+//!   on its own port); the home's own directories are made as the person, and root never
+//!   follows a link inside a home;
+//! - with a [`firewall::Firewall`], the pool's uids reach only their own port on loopback,
+//!   their DNS resolvers, `egress.allow` and the public internet;
+//! - stopping a backend ends every process of the person's uid, not only its group;
 //! - a backend that exits is started again on the next request after a backoff; after
 //!   `max_failures` failures in a row it is refused ([`BackendError::Crashing`]) until the
 //!   person restarts it from the user page ([`Supervisor::restart`]);
@@ -31,7 +39,10 @@
 //! # Ok(()) }
 //! ```
 
+pub mod firewall;
+pub mod launch;
 mod person;
+pub mod preflight;
 mod probe;
 mod process;
 
@@ -57,6 +68,13 @@ pub struct PoolSettings {
     /// How often idle and exit checks run.
     pub check_interval: Duration,
     pub restart: RestartPolicy,
+    /// Gatehouse's own binary, run as `backend-launch` and `backend-reap` ([`launch`]).
+    pub launcher: PathBuf,
+    /// The launcher refuses to start a backend Landlock cannot fully confine (false only
+    /// with `confinement: best_effort`).
+    pub landlock_required: bool,
+    /// The pool's nftables table, when outbound connections are confined.
+    pub firewall: Option<Arc<firewall::Firewall>>,
 }
 
 /// How a crashing backend is restarted (a value, not code in the loop: DESIGN/STYLE §8).
@@ -110,10 +128,14 @@ impl PoolSettings {
         let check_interval =
             (pool.idle_timeout / 4).clamp(Duration::from_millis(250), Duration::from_secs(10));
         PoolSettings {
+            landlock_required: pool.confinement == gatehouse_config::Confinement::Required,
             pool,
             stop_grace: Duration::from_secs(5),
             check_interval,
             restart: RestartPolicy::default(),
+            // The running binary is Gatehouse itself, which has the launcher subcommands.
+            launcher: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            firewall: None,
         }
     }
 }
@@ -136,6 +158,12 @@ pub enum BackendError {
     Crashing { failures: u32, last: String },
     #[error("the data directory {dir} cannot be prepared: {error}")]
     DataDir { dir: String, error: String },
+    /// The person's home has a link (or a file) where one of its own directories belongs.
+    #[error("the home cannot be used: {0}")]
+    HomeRefused(String),
+    /// The pool's firewall table could not be installed, so no backend may start.
+    #[error("network confinement is not in place: {0}")]
+    Unconfined(String),
     #[error("Gatehouse is shutting down")]
     ShuttingDown,
 }
@@ -235,6 +263,8 @@ struct Inner {
     /// Whether backends run as their own uid (Gatehouse is root and `uids` is set).
     isolate: bool,
     shutting_down: std::sync::atomic::AtomicBool,
+    /// Set when the firewall could not be installed: starts are refused with this.
+    unconfined: Mutex<Option<String>>,
     epoch: Instant,
 }
 
@@ -313,6 +343,7 @@ impl Supervisor {
                 counters: Counters::default(),
                 isolate,
                 shutting_down: false.into(),
+                unconfined: Mutex::new(None),
                 epoch: Instant::now(),
             }),
         }
@@ -335,17 +366,92 @@ impl Supervisor {
         } else if nix::unistd::Uid::effective().is_root() {
             Some("no uid range is configured (set `uids:` on the pool)")
         } else {
-            Some("Gatehouse is not running as root, so it cannot run backends as other users")
+            Some("Gatehouse is not running as root, so it cannot run backends as other users (`isolation: none`)")
         }
     }
 
-    /// Stops backends left by an earlier Gatehouse (from the pid files). Call once at start.
-    pub async fn stop_leftovers(&self) -> usize {
-        process::stop_leftovers(
-            &self.inner.settings.pool.data_root,
-            self.inner.settings.stop_grace,
+    /// The confinement in force, in words, for the start-up log line.
+    pub fn confinement(&self) -> String {
+        let s = &self.inner.settings;
+        let uid = match (&s.pool.uids, self.inner.isolate) {
+            (Some(r), true) => format!("one uid per person ({}-{})", r.first, r.last),
+            _ => "none (backends share Gatehouse's uid)".into(),
+        };
+        let net = match &s.firewall {
+            Some(f) => format!("nftables table inet {}", f.table()),
+            None => "off".into(),
+        };
+        let landlock = if s.landlock_required {
+            "required"
+        } else {
+            "best effort"
+        };
+        let l = s.pool.limits;
+        format!(
+            "uids: {uid}; outbound: {net}; Landlock bind/scope: {landlock}; limits: {} processes, {} MiB data, {} open files; oom_score_adj {}",
+            l.processes,
+            l.memory_bytes >> 20,
+            l.open_files,
+            launch::BACKEND_OOM_SCORE_ADJ
         )
-        .await
+    }
+
+    /// Stops backends left by an earlier Gatehouse (from the pid files), and every process
+    /// of a uid that owns a home in `data_root` (what they started outside the group).
+    /// Call once at start.
+    pub async fn stop_leftovers(&self) -> usize {
+        let s = &self.inner.settings;
+        let stopped = process::stop_leftovers(&s.pool.data_root, s.stop_grace).await;
+        if let (true, Some(range)) = (self.inner.isolate, &s.pool.uids) {
+            for uid in self.home_owners().into_iter().filter(|u| range.contains(*u)) {
+                process::reap(&s.launcher, uid).await;
+            }
+        }
+        stopped
+    }
+
+    /// The uids owning a directory in `data_root`.
+    fn home_owners(&self) -> BTreeSet<u32> {
+        use std::os::unix::fs::MetadataExt;
+        let mut taken = BTreeSet::new();
+        if let Ok(entries) = std::fs::read_dir(&self.inner.settings.pool.data_root) {
+            for e in entries.flatten() {
+                if let Ok(m) = std::fs::symlink_metadata(e.path())
+                    && m.is_dir()
+                {
+                    taken.insert(m.uid());
+                }
+            }
+        }
+        taken
+    }
+
+    /// Makes `data_root` (mode 0711: the uids pass through to their own home but cannot
+    /// list the others) and installs the pool's firewall table. A firewall that cannot be
+    /// installed refuses every start until Gatehouse is restarted.
+    pub async fn set_up(&self) {
+        let s = &self.inner.settings;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            if let Err(e) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o711)
+                .create(&s.pool.data_root)
+            {
+                tracing::error!(pool = %s.pool.name, dir = %s.pool.data_root.display(), error = %e, "cannot make data_root");
+            }
+        }
+        if let Some(fw) = &s.firewall {
+            match fw.install().await {
+                Ok(()) => {
+                    tracing::info!(pool = %s.pool.name, table = fw.table(), allowed = ?fw.allowed(), "backends' outbound connections confined (nftables)");
+                }
+                Err(e) => {
+                    tracing::error!(pool = %s.pool.name, error = %e, "cannot install the backends' firewall; no backend will start");
+                    *lock(&self.inner.unconfined) = Some(e);
+                }
+            }
+        }
     }
 
     fn slot(&self, id: &PersonId) -> Arc<Slot> {
@@ -375,6 +481,9 @@ impl Supervisor {
         loop {
             if self.inner.shutting_down.load(Ordering::Acquire) {
                 return Err(BackendError::ShuttingDown);
+            }
+            if let Some(why) = lock(&self.inner.unconfined).clone() {
+                return Err(BackendError::Unconfined(why));
             }
             let wait = {
                 let mut st = lock(&slot.state);
@@ -466,22 +575,14 @@ impl Supervisor {
             // File system work (directory scan, chown) off the async threads.
             let prepared = {
                 let (this, d) = (self.clone(), dir.clone());
-                tokio::task::spawn_blocking(move || {
-                    this.uid_for(&d).and_then(|uid| match d.prepare(uid) {
-                        Ok(()) => Ok(uid),
-                        Err(e) => Err(BackendError::DataDir {
-                            dir: d.home.display().to_string(),
-                            error: e.to_string(),
-                        }),
+                tokio::task::spawn_blocking(move || this.uid_for(&d))
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(BackendError::DataDir {
+                            dir: dir.home.display().to_string(),
+                            error: format!("preparing it failed: {e}"),
+                        })
                     })
-                })
-                .await
-                .unwrap_or_else(|e| {
-                    Err(BackendError::DataDir {
-                        dir: dir.home.display().to_string(),
-                        error: format!("preparing it failed: {e}"),
-                    })
-                })
             };
             let uid = match prepared {
                 Ok(uid) => uid,
@@ -490,15 +591,38 @@ impl Supervisor {
                     return Err(e);
                 }
             };
+            if let Some(uid) = uid {
+                // Whatever this uid left running (a crashed Gatehouse) goes first.
+                process::reap(&settings.launcher, uid).await;
+                if let Some(fw) = &settings.firewall
+                    && let Err(e) = fw.open_own_port(uid, port).await
+                {
+                    self.give_back_port(port);
+                    return Err(BackendError::Unconfined(e));
+                }
+            }
             let started = Instant::now();
             match process::spawn(settings, &slot.id, &dir, port, uid).await {
                 Ok(p) => Ok((p, started.elapsed())),
                 Err(failure) => {
-                    self.give_back_port(port);
-                    Err(failure)
+                    self.close_port(uid, port).await;
+                    Err(match failure {
+                        SpawnFailure::Exited {
+                            code: Some(launch::HOME_REFUSED),
+                            stderr,
+                            ..
+                        } => BackendError::HomeRefused(
+                            stderr
+                                .rsplit(" | ")
+                                .next()
+                                .unwrap_or_default()
+                                .trim_start_matches("gatehouse backend-launch: home refused: ")
+                                .to_string(),
+                        ),
+                        f => BackendError::StartFailed(f.to_string()),
+                    })
                 }
             }
-            .map_err(|f: SpawnFailure| BackendError::StartFailed(f.to_string()))
         }
         .await;
 
@@ -506,7 +630,7 @@ impl Supervisor {
             Ok((process, _)) if self.inner.shutting_down.load(Ordering::Acquire) => {
                 // stop_all ran while this one started: it must not outlive Gatehouse.
                 process.stop(settings.stop_grace).await;
-                self.give_back_port(process.port);
+                self.close_port(process.uid, process.port).await;
                 Err(BackendError::ShuttingDown)
             }
             other => other,
@@ -530,7 +654,9 @@ impl Supervisor {
                 st.phase = Phase::Stopped;
                 if matches!(
                     e,
-                    BackendError::StartFailed(_) | BackendError::DataDir { .. }
+                    BackendError::StartFailed(_)
+                        | BackendError::DataDir { .. }
+                        | BackendError::HomeRefused(_)
                 ) {
                     self.inner
                         .counters
@@ -549,45 +675,36 @@ impl Supervisor {
 
     /// The uid for the person's backend: the owner of their existing directory if it is in
     /// the range (a person keeps their uid, so their old files stay theirs), else the lowest
-    /// uid in the range that owns no other person's directory.
+    /// uid in the range that owns no other person's directory. Prepares the home for it.
     fn uid_for(&self, dir: &PersonDir) -> Result<Option<u32>, BackendError> {
-        if !self.inner.isolate {
-            return Ok(None);
-        }
-        let Some(range) = &self.inner.settings.pool.uids else {
-            return Ok(None);
+        let prepare = |uid: Option<u32>| {
+            dir.prepare(uid).map_err(|e| match e {
+                person::HomeError::NotADirectory(_) => BackendError::HomeRefused(e.to_string()),
+                e => BackendError::DataDir {
+                    dir: dir.home.display().to_string(),
+                    error: e.to_string(),
+                },
+            })
+        };
+        let range = match (&self.inner.settings.pool.uids, self.inner.isolate) {
+            (Some(r), true) => r,
+            _ => return prepare(None).map(|()| None),
         };
         // Under the pool lock, so two new people never pick the same uid.
         let _pool = lock(&self.inner.pool);
         if let Some(owner) = dir.owner()
-            && (range.0..=range.1).contains(&owner)
+            && range.contains(owner)
         {
-            return Ok(Some(owner));
+            return prepare(Some(owner)).map(|()| Some(owner));
         }
-        let mut taken = BTreeSet::new();
-        if let Ok(entries) = std::fs::read_dir(&self.inner.settings.pool.data_root) {
-            for e in entries.flatten() {
-                use std::os::unix::fs::MetadataExt;
-                if let Ok(m) = e.metadata()
-                    && m.is_dir()
-                {
-                    taken.insert(m.uid());
-                }
-            }
-        }
-        let uid = (range.0..=range.1)
+        let taken = self.home_owners();
+        let uid = (range.first..=range.last)
             .find(|u| !taken.contains(u))
             .ok_or_else(|| BackendError::NoFreeUid {
                 pool: self.inner.settings.pool.name.clone(),
             })?;
-        // Claim it now: create the directory owned by that uid before the lock is dropped.
-        std::fs::create_dir_all(&dir.home)
-            .and_then(|()| std::os::unix::fs::lchown(&dir.home, Some(uid), Some(uid)))
-            .map_err(|e| BackendError::DataDir {
-                dir: dir.home.display().to_string(),
-                error: e.to_string(),
-            })?;
-        Ok(Some(uid))
+        // Claim it now: the home is made and owned by that uid before the lock is dropped.
+        prepare(Some(uid)).map(|()| Some(uid))
     }
 
     /// A free port, stopping an idle backend to make room if the pool is full.
@@ -662,6 +779,16 @@ impl Supervisor {
         lock(&self.inner.pool).free_ports.insert(port);
     }
 
+    /// A backend of `uid` on `port` is gone: close its hole in the firewall, free the port.
+    async fn close_port(&self, uid: Option<u32>, port: u16) {
+        if let (Some(uid), Some(fw)) = (uid, &self.inner.settings.firewall)
+            && let Err(e) = fw.close_own_port(uid, port).await
+        {
+            tracing::warn!(pool = %self.inner.settings.pool.name, uid, port, error = %e, "cannot remove a stopped backend's port from the firewall");
+        }
+        self.give_back_port(port);
+    }
+
     /// Whether OpenCode reports a session at work. Unanswered counts as busy.
     async fn busy(&self, running: &Running) -> bool {
         let auth = running.process.password.basic_authorization();
@@ -690,7 +817,8 @@ impl Supervisor {
             st.phase = Phase::Stopped;
         }
         running.process.stop(self.inner.settings.stop_grace).await;
-        self.give_back_port(running.process.port);
+        self.close_port(running.process.uid, running.process.port)
+            .await;
         tracing::info!(pool = %self.inner.settings.pool.name, person = %slot.id, reason = why, "backend stopped");
         true
     }
@@ -701,12 +829,16 @@ impl Supervisor {
         let what = format!("exited ({status})");
         st.last_failure = Some((Instant::now(), what.clone()));
         self.inner.counters.crashes.fetch_add(1, Ordering::Relaxed);
-        self.give_back_port(running.process.port);
         let process = &running.process;
         tracing::error!(pool = %self.inner.settings.pool.name, person = %slot.id, pid = process.pid, failures = st.failures, status = %status, "backend exited; it will be started again on the next request");
-        // Group members and the pid file: stop() only signals and removes the file here.
-        let running = running.clone();
-        tokio::spawn(async move { running.process.stop(Duration::ZERO).await });
+        // Group members, the uid's other processes and the pid file: stop() only signals
+        // and removes the file here. The port is free once they are gone.
+        let (this, running) = (self.clone(), running.clone());
+        tokio::spawn(async move {
+            running.process.stop(Duration::ZERO).await;
+            this.close_port(running.process.uid, running.process.port)
+                .await;
+        });
     }
 
     /// Stops the person's backend now (restart button, sign-out option), waiting for it.
@@ -725,7 +857,7 @@ impl Supervisor {
         };
         if let Some(r) = running {
             r.process.stop(self.inner.settings.stop_grace).await;
-            self.give_back_port(r.process.port);
+            self.close_port(r.process.uid, r.process.port).await;
             tracing::info!(pool = %self.inner.settings.pool.name, person = %id, reason = "requested", "backend stopped");
         }
     }
@@ -841,6 +973,7 @@ impl Supervisor {
     /// Runs the checks every `check_interval` until `shutdown` turns true, then stops every
     /// backend. The proxy runs this as a background service.
     pub async fn run(&self, mut shutdown: watch::Receiver<bool>) {
+        self.set_up().await;
         let mut tick = tokio::time::interval(self.inner.settings.check_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -867,6 +1000,11 @@ impl Supervisor {
         }
         for s in stops {
             let _ = s.await;
+        }
+        if let Some(fw) = &self.inner.settings.firewall
+            && let Err(e) = fw.remove().await
+        {
+            tracing::warn!(pool = %self.inner.settings.pool.name, error = %e, "cannot remove the backends' firewall table");
         }
         tracing::info!(pool = %self.inner.settings.pool.name, "all backends stopped");
     }

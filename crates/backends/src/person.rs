@@ -2,8 +2,14 @@
 //! Unix user.
 
 use std::fmt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+
+use nix::dir::Dir;
+use nix::fcntl::{AtFlags, OFlag, open, openat};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
+use nix::unistd::{Gid, Uid, fchown, fchownat};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -87,55 +93,84 @@ impl fmt::Debug for Password {
 /// XDG directories inside it.
 #[derive(Debug, Clone)]
 pub struct PersonDir {
+    pub root: PathBuf,
     pub home: PathBuf,
+    name: String,
+}
+
+/// Why a home cannot be used. The page tells the person; the log tells the operator.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HomeError {
+    #[error("{0} is not a directory (a link or a file stands where the home should be); remove it")]
+    NotADirectory(String),
+    #[error("{path}: {error}")]
+    Io { path: String, error: nix::Error },
 }
 
 impl PersonDir {
     pub(crate) fn new(root: &Path, id: &PersonId) -> Self {
         PersonDir {
+            root: root.to_path_buf(),
             home: root.join(id.as_str()),
+            name: id.as_str().to_string(),
         }
     }
 
-    pub(crate) fn xdg(&self) -> [(&'static str, PathBuf); 4] {
+    pub(crate) fn xdg(&self) -> [(&'static str, PathBuf); 5] {
         [
             ("XDG_CONFIG_HOME", self.home.join(".config")),
             ("XDG_DATA_HOME", self.home.join(".local/share")),
             ("XDG_STATE_HOME", self.home.join(".local/state")),
             ("XDG_CACHE_HOME", self.home.join(".cache")),
+            ("TMPDIR", self.home.join(".tmp")),
         ]
     }
 
-    /// Creates the directories and makes the top mode 0700. With `owner`, they belong to
-    /// that uid/gid, so another person's backend (another uid) cannot enter. A home that
-    /// belonged to someone else (the uid range changed) is handed over whole; otherwise only
-    /// the directories made here are, so a start does not walk the person's files.
-    pub(crate) fn prepare(&self, owner: Option<u32>) -> std::io::Result<()> {
-        let previous_owner = self.owner();
-        for (_, dir) in self.xdg() {
-            std::fs::create_dir_all(dir)?;
+    /// Makes the home (mode 0700) and, with `owner`, gives it to that uid/gid. Root never
+    /// touches a path inside the home by name: the home is opened with `O_NOFOLLOW`
+    /// relative to `data_root` and changed through that descriptor, and a home that
+    /// belonged to another uid of the range (the range changed) is handed over entry by
+    /// entry through directory descriptors, changing only what the old uid owned. The
+    /// home's own directories are made later by the launcher, as the person
+    /// ([`crate::launch`]). Refuses a home that is a link or a file.
+    pub(crate) fn prepare(&self, owner: Option<u32>) -> Result<(), HomeError> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |error| HomeError::Io {
+                path: path.clone(),
+                error,
+            }
+        };
+        let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let root = open(&self.root, dir_flags, Mode::empty()).map_err(io(&self.root))?;
+        match fstatat(&root, self.name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) if is_dir(&st) => {}
+            Ok(_) => return Err(HomeError::NotADirectory(self.home.display().to_string())),
+            Err(nix::Error::ENOENT) => {
+                mkdirat(&root, self.name.as_str(), Mode::from_bits_truncate(0o700))
+                    .map_err(io(&self.home))?;
+            }
+            Err(e) => return Err(io(&self.home)(e)),
         }
-        if let Some(uid) = owner {
-            if previous_owner.is_some_and(|o| o != uid) {
-                chown_tree(&self.home, uid)?;
-            } else {
-                let made = [
-                    self.home.clone(),
-                    self.home.join(".config"),
-                    self.home.join(".local"),
-                    self.home.join(".local/share"),
-                    self.home.join(".local/state"),
-                    self.home.join(".cache"),
-                ];
-                for dir in made {
-                    let meta = std::fs::symlink_metadata(&dir)?;
-                    if meta.uid() != uid || meta.gid() != uid {
-                        std::os::unix::fs::lchown(&dir, Some(uid), Some(uid))?;
-                    }
+        let home = openat(&root, self.name.as_str(), dir_flags, Mode::empty())
+            .map_err(|e| match e {
+                nix::Error::ELOOP | nix::Error::ENOTDIR => {
+                    HomeError::NotADirectory(self.home.display().to_string())
                 }
+                e => io(&self.home)(e),
+            })?;
+        if let Some(uid) = owner {
+            let st = fstat(&home).map_err(io(&self.home))?;
+            if st.st_uid != uid {
+                let me = nix::unistd::Uid::effective().as_raw();
+                if st.st_uid != me {
+                    hand_over(&home, st.st_uid, uid, 0).map_err(io(&self.home))?;
+                }
+                fchown(&home, Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)))
+                    .map_err(io(&self.home))?;
             }
         }
-        std::fs::set_permissions(&self.home, std::fs::Permissions::from_mode(0o700))
+        fchmod(&home, Mode::from_bits_truncate(0o700)).map_err(io(&self.home))
     }
 
     /// The uid owning the directory, if it exists.
@@ -144,16 +179,47 @@ impl PersonDir {
     }
 }
 
-/// Gives `path` and everything below it (symlinks themselves, never their targets) to
-/// `uid`:`uid`. Only entries not already owned by it are changed.
-fn chown_tree(path: &Path, uid: u32) -> std::io::Result<()> {
-    let meta = std::fs::symlink_metadata(path)?;
-    if meta.uid() != uid || meta.gid() != uid {
-        std::os::unix::fs::lchown(path, Some(uid), Some(uid))?;
+fn is_dir(st: &nix::sys::stat::FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR
+}
+
+/// Deepest directory nesting a hand-over walks (a deeper home is refused, not overflowed).
+const MAX_DEPTH: usize = 128;
+
+/// Gives every entry below `dir` that belongs to `from` to `to`:`to`, through directory
+/// descriptors only (`fchownat` with `AT_SYMLINK_NOFOLLOW`, subdirectories opened with
+/// `O_NOFOLLOW`), so no link and no rename race can point root at a file outside. Entries
+/// of anyone else (a hard link to a file of root's) are left as they are.
+fn hand_over(dir: &OwnedFd, from: u32, to: u32, depth: usize) -> nix::Result<()> {
+    if depth > MAX_DEPTH {
+        return Err(nix::Error::ELOOP);
     }
-    if meta.is_dir() {
-        for entry in std::fs::read_dir(path)? {
-            chown_tree(&entry?.path(), uid)?;
+    let listing = Dir::from_fd(dir.try_clone().map_err(|_| nix::Error::EBADF)?)?;
+    let names: Vec<std::ffi::CString> = listing
+        .into_iter()
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_owned())
+        .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+        .collect();
+    let (to_uid, to_gid) = (Uid::from_raw(to), Gid::from_raw(to));
+    for name in names {
+        let st = match fstatat(dir, name.as_c_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => st,
+            Err(nix::Error::ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        if st.st_uid != from {
+            continue;
+        }
+        fchownat(dir, name.as_c_str(), Some(to_uid), Some(to_gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        if is_dir(&st) {
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            match openat(dir, name.as_c_str(), flags, Mode::empty()) {
+                Ok(sub) => hand_over(&sub, from, to, depth + 1)?,
+                // Replaced by a link or a file since: nothing below it to hand over.
+                Err(nix::Error::ELOOP | nix::Error::ENOTDIR | nix::Error::ENOENT) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok(())
@@ -195,35 +261,75 @@ mod tests {
         }
     }
 
-    #[test]
-    fn prepare_makes_a_private_home_and_hands_a_foreign_one_over_whole() {
-        let root = std::env::temp_dir().join(format!("gatehouse-person-{}", std::process::id()));
+    fn temp_root(name: &str) -> PathBuf {
+        let root = std::env::temp_dir().join(format!("gatehouse-person-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        root
+    }
+
+    #[test]
+    fn prepare_makes_a_private_home_and_hands_a_foreign_one_over() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = temp_root("prepare");
         let dir = PersonDir::new(&root, &PersonId::new("https://idp.test", "p"));
         let root_user = nix::unistd::Uid::effective().is_root();
         dir.prepare(root_user.then_some(61100)).unwrap();
         let meta = std::fs::metadata(&dir.home).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o700);
-        for (_, d) in dir.xdg() {
-            assert!(d.is_dir(), "{}", d.display());
-        }
         if root_user {
-            assert_eq!(meta.uid(), 61100);
-            assert_eq!(
-                std::fs::metadata(dir.home.join(".local/share"))
-                    .unwrap()
-                    .uid(),
-                61100
-            );
-            // The range changed: the home and everything in it go to the new uid.
-            let file = dir.home.join("notes.txt");
+            assert_eq!((meta.uid(), meta.gid()), (61100, 61100));
+            // The range changed: what the old uid owned goes to the new uid, and nothing of
+            // anyone else's (a hard link to root's file) changes hands.
+            let sub = dir.home.join("project/src");
+            std::fs::create_dir_all(&sub).unwrap();
+            let file = sub.join("notes.txt");
             std::fs::write(&file, "x").unwrap();
-            std::os::unix::fs::lchown(&file, Some(61100), Some(61100)).unwrap();
+            for p in [dir.home.join("project"), sub.clone(), file.clone()] {
+                std::os::unix::fs::lchown(&p, Some(61100), Some(61100)).unwrap();
+            }
+            let roots = dir.home.join("roots.txt");
+            std::fs::write(&roots, "root's").unwrap();
             dir.prepare(Some(61101)).unwrap();
             assert_eq!(std::fs::metadata(&file).unwrap().uid(), 61101);
+            assert_eq!(std::fs::metadata(&sub).unwrap().uid(), 61101);
             assert_eq!(std::fs::metadata(&dir.home).unwrap().uid(), 61101);
+            assert_eq!(std::fs::metadata(&roots).unwrap().uid(), 0);
         }
         std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_hand_over_never_follows_a_link_out_of_the_home() {
+        if !nix::unistd::Uid::effective().is_root() {
+            return; // only root can hand a home over
+        }
+        let root = temp_root("link");
+        let outside = temp_root("link-outside");
+        std::fs::write(outside.join("secret"), "s").unwrap();
+        let dir = PersonDir::new(&root, &PersonId::new("https://idp.test", "q"));
+        dir.prepare(Some(61110)).unwrap();
+        // The old uid plants links to a root-owned directory, as `.local` and deeper.
+        std::os::unix::fs::symlink(&outside, dir.home.join(".local")).unwrap();
+        std::os::unix::fs::lchown(dir.home.join(".local"), Some(61110), Some(61110)).unwrap();
+        dir.prepare(Some(61111)).unwrap();
+        assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0);
+        assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().uid(), 0);
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
+    }
+
+    #[test]
+    fn a_home_that_is_a_link_is_refused() {
+        let root = temp_root("homelink");
+        let outside = temp_root("homelink-outside");
+        let id = PersonId::new("https://idp.test", "r");
+        std::os::unix::fs::symlink(&outside, root.join(id.as_str())).unwrap();
+        let err = PersonDir::new(&root, &id).prepare(Some(61120)).unwrap_err();
+        assert!(matches!(err, HomeError::NotADirectory(_)), "{err}");
+        assert_eq!(std::fs::metadata(&outside).unwrap().uid(), nix::unistd::Uid::effective().as_raw());
+        std::fs::remove_dir_all(&root).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! One backend process: spawn in its own process group (as the person's uid when root),
-//! wait for readiness, watch for exit, stop (SIGTERM to the group, SIGKILL after a grace),
-//! and the pid files that let a restarted Gatehouse stop what a crashed one left behind.
+//! One backend process: spawn through the launcher ([`crate::launch`]: its own session, the
+//! person's uid, limits, Landlock), wait for readiness, watch for exit, stop (SIGTERM to the
+//! group, SIGKILL after a grace, then every process of the person's uid), and the pid files
+//! that let a restarted Gatehouse stop what a crashed one left behind.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use crate::launch::{self, LaunchSpec};
 use crate::person::{Password, PersonDir, PersonId};
 use crate::{PoolSettings, probe};
 
@@ -29,6 +31,7 @@ pub(crate) struct Process {
     /// `Some(description)` once the process has exited.
     pub exited: watch::Receiver<Option<String>>,
     pid_file: PathBuf,
+    launcher: PathBuf,
 }
 
 /// Why a start failed. Shown to the person (without details) and logged (with them).
@@ -37,7 +40,11 @@ pub(crate) enum SpawnFailure {
     /// The command could not be run at all (missing file, permissions).
     Spawn(String),
     /// The process ended before it was ready.
-    Exited { status: String, stderr: String },
+    Exited {
+        status: String,
+        code: Option<i32>,
+        stderr: String,
+    },
     /// Not ready within `start_timeout`.
     Timeout,
 }
@@ -46,10 +53,10 @@ impl std::fmt::Display for SpawnFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SpawnFailure::Spawn(e) => write!(f, "could not run the backend command: {e}"),
-            SpawnFailure::Exited { status, stderr } if stderr.is_empty() => {
+            SpawnFailure::Exited { status, stderr, .. } if stderr.is_empty() => {
                 write!(f, "the backend exited before it was ready ({status})")
             }
-            SpawnFailure::Exited { status, stderr } => write!(
+            SpawnFailure::Exited { status, stderr, .. } => write!(
                 f,
                 "the backend exited before it was ready ({status}); its last output: {stderr}"
             ),
@@ -61,7 +68,8 @@ impl std::fmt::Display for SpawnFailure {
 /// Lines of stderr kept for the error message of a failed start.
 const STDERR_TAIL: usize = 5;
 
-/// Starts the backend and returns once it answers `GET /global/health` with the password.
+/// Starts the backend through the launcher and returns once it answers
+/// `GET /global/health` with the password.
 pub(crate) async fn spawn(
     settings: &PoolSettings,
     id: &PersonId,
@@ -71,18 +79,36 @@ pub(crate) async fn spawn(
 ) -> Result<Process, SpawnFailure> {
     let password = Password::random();
     let port_text = port.to_string();
-    let Some((program, args)) = settings.pool.command.split_first() else {
+    if settings.pool.command.is_empty() {
         return Err(SpawnFailure::Spawn("the command is empty".into()));
+    }
+    let spec = LaunchSpec {
+        uid,
+        home: dir.home.clone(),
+        port,
+        processes: settings.pool.limits.processes,
+        memory_bytes: settings.pool.limits.memory_bytes,
+        open_files: settings.pool.limits.open_files,
+        oom_score_adj: launch::BACKEND_OOM_SCORE_ADJ,
+        landlock_required: settings.landlock_required,
+        command: settings
+            .pool
+            .command
+            .iter()
+            .map(|a| a.replace("{port}", &port_text))
+            .collect(),
     };
-    let mut cmd = Command::new(program);
-    cmd.args(args.iter().map(|a| a.replace("{port}", &port_text)))
-        .current_dir(&dir.home)
+    let spec = serde_json::to_string(&spec).map_err(|e| SpawnFailure::Spawn(e.to_string()))?;
+    let mut cmd = Command::new(&settings.launcher);
+    cmd.arg(launch::LAUNCH_SUBCOMMAND)
+        .arg(spec)
+        .current_dir("/")
         .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("PATH", crate::preflight::BACKEND_PATH)
         .env("LANG", "C.UTF-8")
         .env("HOME", &dir.home)
         .envs(dir.xdg())
-        // Offline by default (notes/opencode.md §2): no models.dev fetch, no plugin install.
+        // Offline by default (docs/opencode.md §2): no models.dev fetch, no plugin install.
         .env("OPENCODE_DISABLE_MODELS_FETCH", "1")
         .env("OPENCODE_DISABLE_AUTOUPDATE", "1")
         .env("npm_config_registry", "http://127.0.0.1:9/")
@@ -91,13 +117,8 @@ pub(crate) async fn spawn(
         .env("GATEHOUSE_BACKEND_PORT", &port_text)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        // Its own process group, so a stop reaches every child it started (the PTY shell,
-        // tools), and a Ctrl-C on Gatehouse's terminal does not hit it directly.
-        .process_group(0);
-    if let Some(uid) = uid {
-        cmd.uid(uid).gid(uid);
-    }
+        .stderr(Stdio::piped());
+    let program = settings.launcher.display().to_string();
     let started = Instant::now();
     let mut child = cmd
         .spawn()
@@ -139,9 +160,13 @@ pub(crate) async fn spawn(
     }
 
     let (exit_tx, exit_rx) = watch::channel(None);
+    let (code_tx, code_rx) = watch::channel(None);
     tokio::spawn(async move {
         let status = match child.wait().await {
-            Ok(s) => s.to_string(),
+            Ok(s) => {
+                let _ = code_tx.send(s.code());
+                s.to_string()
+            }
             Err(e) => format!("wait failed: {e}"),
         };
         // Whatever the leader left in its group goes with it.
@@ -156,6 +181,7 @@ pub(crate) async fn spawn(
         password,
         exited: exit_rx,
         pid_file,
+        launcher: settings.launcher.clone(),
     };
     let deadline = started + settings.pool.start_timeout;
     let ready = async {
@@ -198,7 +224,12 @@ pub(crate) async fn spawn(
                 .map(|t| t.iter().cloned().collect::<Vec<_>>().join(" | "))
                 .unwrap_or_default();
             process.stop(Duration::from_millis(0)).await;
-            Err(SpawnFailure::Exited { status, stderr })
+            let code = *code_rx.borrow();
+            Err(SpawnFailure::Exited {
+                status,
+                code,
+                stderr,
+            })
         }
         Err(_) => {
             process.stop(settings.stop_grace).await;
@@ -229,6 +260,10 @@ impl Process {
             }
         }
         let _ = killpg(group, Signal::SIGKILL);
+        // What left the group (`setsid`, double forks) still has the person's uid.
+        if let Some(uid) = self.uid {
+            reap(&self.launcher, uid).await;
+        }
         let _ = std::fs::remove_file(&self.pid_file);
     }
 
@@ -237,10 +272,36 @@ impl Process {
     }
 }
 
+/// Ends every process of `uid` (the person's alone): `gatehouse backend-reap <uid>`
+/// becomes that uid and signals `kill(-1)` until none is left ([`launch::reap_main`]).
+pub(crate) async fn reap(launcher: &Path, uid: u32) {
+    let run = Command::new(launcher)
+        .arg(launch::REAP_SUBCOMMAND)
+        .arg(uid.to_string())
+        .current_dir("/")
+        .env_clear()
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(Duration::from_secs(10), run).await {
+        Ok(Ok(out)) if out.status.success() => {}
+        Ok(Ok(out)) => {
+            tracing::error!(uid, status = %out.status, stderr = %String::from_utf8_lossy(&out.stderr).trim(), "could not end every process of a backend's uid");
+        }
+        Ok(Err(e)) => tracing::error!(uid, error = %e, "could not run the reaper"),
+        Err(_) => tracing::error!(uid, "the reaper did not finish within 10 s"),
+    }
+}
+
 // === pid files ===
 
+/// The directory of pid files under `data_root` (mode 0700, Gatehouse's).
+pub(crate) const PID_DIR: &str = ".gatehouse-pids";
+
 fn pid_dir(root: &Path) -> PathBuf {
-    root.join(".gatehouse-pids")
+    root.join(PID_DIR)
 }
 
 fn pid_file(root: &Path, id: &PersonId) -> PathBuf {
@@ -251,7 +312,11 @@ fn pid_file(root: &Path, id: &PersonId) -> PathBuf {
 /// from an unrelated process that got the same pid later.
 fn write_pid_file(path: &Path, pid: u32) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
     }
     let start = start_time(pid).unwrap_or_default();
     std::fs::write(path, format!("{pid} {start}\n"))

@@ -193,6 +193,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `backends:`: pools of per-person backends that routes name with `to_backend:`.
     pub backends: Vec<BackendPool>,
+    /// Secrets written literally in the config file (not `${VAR}`, not from the
+    /// environment): the key and where. With backends, the file must not be readable by
+    /// group or others.
+    pub literal_secrets: Vec<(String, Origin)>,
     /// `log_level` (default `info`).
     pub log_level: String,
     /// Non-fatal notes (deprecated or ignored keys), shown by `check` and logged at start.
@@ -350,12 +354,88 @@ pub struct BackendPool {
     /// `env`: extra environment for every backend. Not for secrets: the person can read it
     /// through the backend's terminal.
     pub env: Vec<(String, String)>,
-    /// `uids` (like `200000-200999`): when Gatehouse runs as root, each person's backend
-    /// runs as their own uid (and gid) from this range.
-    pub uids: Option<(u32, u32)>,
+    /// `uids` (like `200000-200999`): each person's backend runs as their own uid (and
+    /// gid) from this range. Required when Gatehouse runs as root.
+    pub uids: Option<UidRange>,
+    /// `isolation: none`: backends share Gatehouse's own uid (only when Gatehouse does not
+    /// run as root; `check` warns). Default: one uid per person (`uids`).
+    pub isolation_none: Option<Origin>,
+    /// `limits`: what one person's backend (every process of their uid) may use.
+    pub limits: Limits,
+    /// `egress.allow`: what a backend may connect to besides the public internet.
+    pub egress: Vec<EgressRule>,
+    /// `confinement` (default `required`): where the host lacks nftables or Landlock,
+    /// `required` refuses to start; `best_effort` starts without it and says so.
+    pub confinement: Confinement,
     /// `stop_on_sign_out` (default false): signing out also stops the person's backend.
     pub stop_on_sign_out: bool,
     pub origin: Origin,
+}
+
+/// `uids: first-last`, with where it was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UidRange {
+    pub first: u32,
+    pub last: u32,
+    pub origin: Origin,
+}
+
+impl UidRange {
+    pub fn contains(&self, uid: u32) -> bool {
+        (self.first..=self.last).contains(&uid)
+    }
+    pub fn overlaps(&self, other: &UidRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+}
+
+/// `limits:` of a pool. Each applies to one person's backend: `processes` counts every
+/// process and thread of the person's uid (`RLIMIT_NPROC`), `memory` is each process's data
+/// segment (`RLIMIT_DATA`; OpenCode reserves ~129 GiB of address space, so `RLIMIT_AS`
+/// cannot be used: docs/opencode.md), `open_files` is `RLIMIT_NOFILE`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub processes: u64,
+    pub memory_bytes: u64,
+    pub open_files: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            processes: 512,
+            memory_bytes: 8 << 30,
+            open_files: 4096,
+        }
+    }
+}
+
+/// One `egress.allow` entry: a network (an address is a /32 or /128) or a host name
+/// (resolved by the backends crate when it writes the firewall rules), and optionally one
+/// port (required with a host name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressRule {
+    pub target: EgressTarget,
+    pub port: Option<u16>,
+    /// As written (`llm.internal:443`), for logs.
+    pub written: String,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EgressTarget {
+    Net { addr: std::net::IpAddr, prefix: u8 },
+    Host(String),
+}
+
+/// `confinement:` of a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Confinement {
+    /// Refuse to start when nftables or Landlock is missing.
+    #[default]
+    Required,
+    /// Start without what is missing, with a warning at start.
+    BestEffort,
 }
 
 impl BackendPool {
@@ -389,6 +469,10 @@ impl BackendPool {
             max_backends: usize::from(last - first) + 1,
             env: Vec::new(),
             uids: None,
+            isolation_none: None,
+            limits: Limits::default(),
+            egress: Vec::new(),
+            confinement: Confinement::Required,
             stop_on_sign_out: false,
             origin: Origin::Default,
         }

@@ -286,12 +286,27 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
             .and_then(|t| ctx.check(&t.origin, &s.path, values::service_url(&t.value)))
     });
 
+    // Secrets written as they are in the file (DESIGN.md: with backends, such a file must
+    // be readable by Gatehouse alone).
+    let mut literal_secrets = Vec::new();
+    let mut secret = |name: &str| -> Option<Setting<'_>> {
+        let s = take(name)?;
+        if let Some(origin) = literal_in_file(&s) {
+            literal_secrets.push((s.path.clone(), origin));
+        }
+        Some(s)
+    };
+    let client_secret = secret("idp_client_secret");
+    let cookie_secret = secret("cookie_secret");
+    let signing_key_setting = secret("signing_key");
+    let service_account = secret("idp_service_account");
+
     let idp = idp(
         ctx,
         take("idp_provider"),
         take("idp_provider_url"),
         take("idp_client_id"),
-        take("idp_client_secret"),
+        client_secret,
         take("idp_scopes"),
     );
 
@@ -299,7 +314,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         ctx,
         idp.as_ref().map(|i| i.provider),
         directory::DirectorySettings {
-            service_account: take("idp_service_account"),
+            service_account,
             refresh_interval: take("idp_refresh_directory_interval"),
             timeout: take("idp_refresh_directory_timeout"),
             max_stale: take("idp_directory_max_stale"),
@@ -312,7 +327,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
     let cookie = cookie(
         ctx,
         take("cookie_name"),
-        take("cookie_secret"),
+        cookie_secret,
         take("cookie_expire"),
         take("cookie_domain"),
         take("cookie_same_site"),
@@ -320,7 +335,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         take("cookie_secure"),
     );
 
-    let signing_key = take("signing_key").and_then(|s| {
+    let signing_key = signing_key_setting.and_then(|s| {
         let t = ctx.non_empty(&s)?;
         ctx.check(&t.origin, &s.path, values::signing_key(&t.value))
             .map(Secret::new)
@@ -442,9 +457,24 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         metrics_address,
         routes: route_list,
         backends,
+        literal_secrets,
         log_level,
         warnings,
     })
+}
+
+/// Where a setting holds its value literally in the file: not from the environment and not
+/// a `${VAR}` reference.
+fn literal_in_file(setting: &Setting<'_>) -> Option<Origin> {
+    match &setting.src {
+        node::Source::File(entry) => match entry.node {
+            marked_yaml::Node::Scalar(s) if !s.as_str().trim().is_empty() && !s.as_str().contains("${") => {
+                Some(entry.origin.clone())
+            }
+            _ => None,
+        },
+        node::Source::Env(_) => None,
+    }
 }
 
 fn addr(ctx: &mut Ctx<'_>, setting: &Setting<'_>) -> Option<SocketAddr> {

@@ -68,6 +68,13 @@ enum Command {
     /// Print a new random `cookie_secret` and `signing_key`, ready to paste into the config
     /// or to export as COOKIE_SECRET / SIGNING_KEY.
     Keygen,
+    /// Internal: confine this process as one backend (session, uid, limits, Landlock) and
+    /// exec it. Run by `serve` for each backend; not for people.
+    #[command(name = "backend-launch", hide = true)]
+    BackendLaunch { spec: String },
+    /// Internal: end every process of one backend uid. Run by `serve`; not for people.
+    #[command(name = "backend-reap", hide = true)]
+    BackendReap { uid: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +146,8 @@ fn main() -> ExitCode {
         } => serve(config.path, threads, log_format),
         Command::Check { config } => check(config.path),
         Command::Keygen => keygen(),
+        Command::BackendLaunch { spec } => exit_code(gatehouse_backends::launch::launch_main(&spec)),
+        Command::BackendReap { uid } => exit_code(gatehouse_backends::launch::reap_main(&uid)),
         Command::Policy(PolicyCommand::Explain {
             config,
             route,
@@ -238,6 +247,23 @@ fn load(
     path: &std::path::Path,
     fail: u8,
 ) -> Result<(gatehouse_config::Config, gatehouse_proxy::Prepared), ExitCode> {
+    load_with(path, fail, gatehouse_proxy::prepare)
+}
+
+/// [`load`] with the checks against this machine (`check`, `serve`).
+fn load_to_serve(
+    path: &std::path::Path,
+) -> Result<(gatehouse_config::Config, gatehouse_proxy::Prepared), ExitCode> {
+    load_with(path, 1, gatehouse_proxy::prepare_to_serve)
+}
+
+fn load_with(
+    path: &std::path::Path,
+    fail: u8,
+    prepare: fn(
+        &gatehouse_config::Config,
+    ) -> Result<gatehouse_proxy::Prepared, gatehouse_config::ConfigErrors>,
+) -> Result<(gatehouse_config::Config, gatehouse_proxy::Prepared), ExitCode> {
     let report = |e: gatehouse_config::ConfigErrors| {
         eprintln!("{e}");
         eprintln!(
@@ -248,12 +274,12 @@ fn load(
         ExitCode::from(fail)
     };
     let config = gatehouse_config::load(path, &gatehouse_config::ProcessEnv).map_err(report)?;
-    let prepared = gatehouse_proxy::prepare(&config).map_err(report)?;
+    let prepared = prepare(&config).map_err(report)?;
     Ok((config, prepared))
 }
 
 fn check(path: PathBuf) -> ExitCode {
-    let (config, prepared) = match load(&path, 1) {
+    let (config, prepared) = match load_to_serve(&path) {
         Ok(x) => x,
         Err(code) => return code,
     };
@@ -274,11 +300,16 @@ fn check(path: PathBuf) -> ExitCode {
 }
 
 fn serve(path: PathBuf, threads: Option<usize>, format: LogFormat) -> ExitCode {
-    let (config, prepared) = match load(&path, 1) {
+    let (config, prepared) = match load_to_serve(&path) {
         Ok(x) => x,
         Err(code) => return code,
     };
     init_logging(&config.log_level, format);
+    // No core dumps and no ptrace or /proc access to this process by anyone but root (its
+    // memory holds every key; backends may share its uid with `isolation: none`).
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        tracing::warn!(error = %e, "cannot make Gatehouse non-dumpable");
+    }
     tracing::info!(version = env!("CARGO_PKG_VERSION"), config = %path.display(), routes = prepared.routes(), issuer = %config.idp.issuer, "gatehouse starting");
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -329,6 +360,10 @@ fn init_logging(level: &str, format: LogFormat) {
     if let Err(e) = result {
         eprintln!("gatehouse: cannot set up logging: {e}");
     }
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 fn keygen() -> ExitCode {

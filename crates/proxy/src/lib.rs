@@ -31,6 +31,7 @@
 //!    └─ logging: one access line (path without query), target `gatehouse::access`
 //! ```
 
+mod host;
 pub mod metrics;
 pub mod pages;
 pub mod reload;
@@ -272,7 +273,21 @@ pub fn build_routes(
 
 /// Checks what the config crate cannot (certificates, keys, upstream addresses) and builds
 /// the request-time state. All problems are reported together, each at its config position.
+/// For the offline tools (`policy explain`, `policy test`): the machine is not checked.
 pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
+    prepare_with(config, None)
+}
+
+/// [`prepare`], plus the checks against this machine that `check` and `serve` make: the
+/// backend pools' isolation and confinement, and Gatehouse's secret files (issue 9).
+pub fn prepare_to_serve(config: &Config) -> Result<Prepared, ConfigErrors> {
+    prepare_with(config, Some(&gatehouse_backends::preflight::Host::current()))
+}
+
+fn prepare_with(
+    config: &Config,
+    host: Option<&gatehouse_backends::preflight::Host>,
+) -> Result<Prepared, ConfigErrors> {
     let mut errors: Vec<ConfigError> = Vec::new();
     let mut notes = Vec::new();
 
@@ -285,11 +300,19 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
     };
 
     // One supervisor per pool, shared by every route that names it.
-    let backends: Vec<Supervisor> = config
-        .backends
-        .iter()
-        .map(|pool| Supervisor::new(PoolSettings::from_pool(pool.clone())))
-        .collect();
+    let pools = match host {
+        Some(host) => {
+            let plan = host::plan(config, host, &mut errors);
+            notes.extend(plan.warnings);
+            plan.pools
+        }
+        None => config
+            .backends
+            .iter()
+            .map(|pool| PoolSettings::from_pool(pool.clone()))
+            .collect(),
+    };
+    let backends: Vec<Supervisor> = pools.into_iter().map(Supervisor::new).collect();
     let built = build_routes(config, &backends)
         .map_err(|mut e| errors.append(&mut e))
         .ok();
@@ -483,7 +506,7 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
     for sup in &prepared.live.backends {
         let name = format!("backends-{}", sup.settings().pool.name);
         server.add_service(background_service(&name, BackendService(sup.clone())));
-        tracing::info!(pool = %sup.settings().pool.name, ports = ?sup.settings().pool.ports, isolated = sup.isolated(), "per-person backends");
+        tracing::info!(pool = %sup.settings().pool.name, ports = ?sup.settings().pool.ports, isolated = sup.isolated(), confinement = %sup.confinement(), "per-person backends");
         if let Some(reason) = sup.not_isolated() {
             tracing::warn!(pool = %sup.settings().pool.name, reason, "backends are NOT isolated from each other: every person's OpenCode runs as the same Unix user and can read the others' files");
         }
@@ -521,5 +544,39 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
             started_with: prepared.started_with.clone(),
         },
     ));
-    server.run_forever()
+    server.run(pingora::server::RunArgs {
+        shutdown_signal: Box::new(Signals {
+            backends: prepared.live.backends.clone(),
+        }),
+    });
+    std::process::exit(0)
+}
+
+/// Pingora's signals (SIGTERM graceful, SIGINT fast, SIGQUIT upgrade), except that a fast
+/// shutdown first stops every backend: Pingora's fast shutdown drops the background
+/// services without telling them, which would leave every person's backend running.
+struct Signals {
+    backends: Vec<Supervisor>,
+}
+
+#[async_trait::async_trait]
+impl pingora::server::ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> pingora::server::ShutdownSignal {
+        let signal = pingora::server::UnixShutdownSignalWatch.recv().await;
+        if matches!(signal, pingora::server::ShutdownSignal::FastShutdown) {
+            tracing::info!("SIGINT: stopping every backend, then exiting");
+            let stops: Vec<_> = self
+                .backends
+                .iter()
+                .map(|sup| {
+                    let sup = sup.clone();
+                    tokio::spawn(async move { sup.stop_all().await })
+                })
+                .collect();
+            for s in stops {
+                let _ = s.await;
+            }
+        }
+        signal
+    }
 }

@@ -101,6 +101,15 @@ fn backend_pools(c: &Config) -> Vec<String> {
         .map(|p| {
             let mut p = p.clone();
             p.origin = gatehouse_config::Origin::Default;
+            if let Some(u) = p.uids.as_mut() {
+                u.origin = gatehouse_config::Origin::Default;
+            }
+            if let Some(o) = p.isolation_none.as_mut() {
+                *o = gatehouse_config::Origin::Default;
+            }
+            for e in &mut p.egress {
+                e.origin = gatehouse_config::Origin::Default;
+            }
             format!("{p:?}")
         })
         .collect()

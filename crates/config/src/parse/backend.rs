@@ -21,7 +21,7 @@ use marked_yaml::Node;
 
 use super::node::{Ctx, Entry, Fields, Setting, Text, split_words};
 use super::values;
-use crate::{BackendPool, Origin};
+use crate::{BackendPool, Confinement, EgressRule, Limits, Origin, UidRange};
 
 const POOL_KEYS: &[&str] = &[
     "command",
@@ -33,8 +33,14 @@ const POOL_KEYS: &[&str] = &[
     "max_backends",
     "env",
     "uids",
+    "isolation",
+    "limits",
+    "egress",
+    "confinement",
     "stop_on_sign_out",
 ];
+
+const LIMIT_KEYS: &[&str] = &["processes", "memory", "open_files"];
 
 /// Environment variables Gatehouse sets itself for every backend.
 const RESERVED_ENV: &[&str] = &[
@@ -141,11 +147,68 @@ fn pool(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<BackendPool> {
                 Err("uid 0 is root: backends must never run as root")
             } else if a > b {
                 Err("the first uid is above the last")
+            } else if b == u32::MAX {
+                Err("uid 4294967295 is not a uid (it means \"no change\" to the kernel)")
             } else {
                 Ok(())
             }
         })
+        .map(|(first, last)| UidRange {
+            first,
+            last,
+            origin: s.origin.clone(),
+        })
     });
+    let isolation_none = fields.take("isolation").map(Setting::file).and_then(|s| {
+        let t = ctx.non_empty(&s)?;
+        match t.value.trim() {
+            "none" => Some(Some(t.origin)),
+            "uids" => Some(None),
+            other => {
+                ctx.error(
+                    t.origin,
+                    format!(
+                        "{}: `{other}` is not an isolation; write `uids` (one uid per person, \
+                         the default) or `none` (backends share Gatehouse's uid)",
+                        s.path
+                    ),
+                );
+                None
+            }
+        }
+    });
+    let limits = match fields.take("limits") {
+        Some(e) => limits(ctx, &e),
+        None => Some(Limits::default()),
+    };
+    let egress = match fields.take("egress") {
+        Some(e) => egress(ctx, &e),
+        None => Some(Vec::new()),
+    };
+    let confinement = fields.take("confinement").map(Setting::file).and_then(|s| {
+        let t = ctx.non_empty(&s)?;
+        match t.value.trim() {
+            "required" => Some(Confinement::Required),
+            "best_effort" => Some(Confinement::BestEffort),
+            other => {
+                ctx.error(
+                    t.origin,
+                    format!(
+                        "{}: `{other}` is not a confinement; write `required` (refuse to start \
+                         without nftables and Landlock, the default) or `best_effort`",
+                        s.path
+                    ),
+                );
+                None
+            }
+        }
+    });
+    if let (Some(Some(none_at)), Some(Some(_))) = (&isolation_none, &uids) {
+        ctx.error(
+            none_at.clone(),
+            format!("{path}.isolation: `none` and `uids` contradict each other; keep one"),
+        );
+    }
     let stop_on_sign_out = fields
         .take("stop_on_sign_out")
         .map(Setting::file)
@@ -189,6 +252,10 @@ fn pool(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<BackendPool> {
         max_backends: max_backends?,
         env: env?,
         uids: uids.flatten(),
+        isolation_none: isolation_none.flatten(),
+        limits: limits?,
+        egress: egress?,
+        confinement: confinement.unwrap_or_default(),
         stop_on_sign_out,
         origin: entry.key_origin.clone(),
     })
@@ -313,6 +380,123 @@ fn env(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<Vec<(String, String)>> {
         match ctx.scalar(&var.path, var.node, &var.origin) {
             Some(t) => out.push((var.key.to_string(), t.value)),
             None => ok = false,
+        }
+    }
+    ok.then_some(out)
+}
+
+/// `limits: {processes: 512, memory: 8G, open_files: 4096}`; keys left out keep their
+/// defaults.
+fn limits(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<Limits> {
+    let Node::Mapping(map) = entry.node else {
+        ctx.error(
+            entry.origin.clone(),
+            format!(
+                "{}: expected a map (like `limits: {{ processes: 512, memory: 8G, open_files: 4096 }}`)",
+                entry.path
+            ),
+        );
+        return None;
+    };
+    let mut out = Limits::default();
+    let mut ok = true;
+    for item in Fields::new(ctx, &entry.path, map).rest() {
+        let Some(t) = ctx.scalar(&item.path, item.node, &item.origin) else {
+            ok = false;
+            continue;
+        };
+        let parsed = match item.key {
+            "processes" => whole(&t.value, 16).map(|n| out.processes = n),
+            "open_files" => whole(&t.value, 64).map(|n| out.open_files = n),
+            "memory" => bytes(&t.value).map(|n| out.memory_bytes = n),
+            _ => {
+                ctx.unknown_key(&item, &entry.path, LIMIT_KEYS);
+                ok = false;
+                continue;
+            }
+        };
+        if ctx.check(&t.origin, &item.path, parsed).is_none() {
+            ok = false;
+        }
+    }
+    ok.then_some(out)
+}
+
+fn whole(text: &str, min: u64) -> Result<u64, String> {
+    match text.trim().parse::<u64>() {
+        Ok(n) if n >= min => Ok(n),
+        Ok(_) => Err(format!("`{text}` is too low to run OpenCode; use {min} or more")),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+/// `512M`, `8G`, `8GiB`, or a number of bytes. At least 1 GiB: OpenCode (Bun) reserves
+/// part of its data segment at start and aborts below that (docs/opencode.md).
+fn bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let shift = match unit.trim().trim_end_matches("iB").trim_end_matches('B') {
+        "" => 0,
+        "K" | "k" => 10,
+        "M" | "m" => 20,
+        "G" | "g" => 30,
+        "T" | "t" => 40,
+        _ => return Err(format!("`{text}` is not a size (like `8G` or `512M`)")),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (like `8G` or `512M`)"))?;
+    let bytes = n
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("`{text}` is too large"))?;
+    if bytes < 1 << 30 {
+        return Err(format!(
+            "`{text}` is below 1G, too little for OpenCode to start (it reserves part of its \
+             data segment at start)"
+        ));
+    }
+    Ok(bytes)
+}
+
+/// `egress: {allow: [127.0.0.1:9100, 10.1.0.0/16, llm.internal:443]}`.
+fn egress(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<Vec<EgressRule>> {
+    let Node::Mapping(map) = entry.node else {
+        ctx.error(
+            entry.origin.clone(),
+            format!(
+                "{}: expected a map (like `egress: {{ allow: [\"10.0.0.5:443\"] }}`)",
+                entry.path
+            ),
+        );
+        return None;
+    };
+    let mut out = Vec::new();
+    let mut ok = true;
+    for item in Fields::new(ctx, &entry.path, map).rest() {
+        if item.key != "allow" {
+            ctx.unknown_key(&item, &entry.path, &["allow"]);
+            ok = false;
+            continue;
+        }
+        let setting = Setting::file(item);
+        let Some(list) = ctx.list(&setting, split_words) else {
+            ok = false;
+            continue;
+        };
+        for t in list {
+            match values::egress_rule(&t.value) {
+                Ok((target, port)) => out.push(EgressRule {
+                    target,
+                    port,
+                    written: t.value.trim().to_string(),
+                    origin: t.origin.clone(),
+                }),
+                Err(e) => {
+                    ctx.error(t.origin, format!("{}: {e}", setting.path));
+                    ok = false;
+                }
+            }
         }
     }
     ok.then_some(out)

@@ -249,3 +249,54 @@ pub(super) fn is_name(s: &str) -> bool {
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
+
+/// One `egress.allow` entry: `10.0.0.5`, `10.0.0.0/8`, `10.0.0.5:443`, `[fd00::1]:443`,
+/// `fd00::/8`, or `host.name:443` (a name needs a port).
+pub(super) fn egress_rule(s: &str) -> Result<(crate::EgressTarget, Option<u16>), String> {
+    use crate::EgressTarget;
+    let s = s.trim();
+    let example = "like `10.0.0.5:443`, `10.0.0.0/8`, `[fd00::1]:443` or `llm.internal:443`";
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("`{s}`: `{p}` is not a port ({example})")),
+        }
+    };
+    if let Ok(addr) = s.parse::<IpAddr>() {
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        return Ok((EgressTarget::Net { addr, prefix }, None));
+    }
+    if let Some((net, bits)) = s.split_once('/') {
+        let addr: IpAddr = net
+            .parse()
+            .map_err(|_| format!("`{s}`: `{net}` is not an address ({example})"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = bits
+            .parse::<u8>()
+            .ok()
+            .filter(|b| *b <= max)
+            .ok_or_else(|| format!("`{s}`: `/{bits}` is not a prefix length (0-{max})"))?;
+        return Ok((EgressTarget::Net { addr, prefix }, None));
+    }
+    if let Ok(sock) = s.parse::<SocketAddr>() {
+        let prefix = if sock.is_ipv4() { 32 } else { 128 };
+        return Ok((
+            EgressTarget::Net {
+                addr: sock.ip(),
+                prefix,
+            },
+            Some(port(&sock.port().to_string())?),
+        ));
+    }
+    match s.rsplit_once(':') {
+        Some((host, p))
+            if !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') =>
+        {
+            Ok((EgressTarget::Host(host.to_ascii_lowercase()), Some(port(p)?)))
+        }
+        _ => Err(format!("`{s}` is not an address, network or host:port ({example})")),
+    }
+}

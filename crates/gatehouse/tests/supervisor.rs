@@ -1,20 +1,32 @@
-//! The supervisor against real processes: `fake-opencode.mjs` (node) for the fault cases,
-//! which needs to misbehave on request, and the real OpenCode server (npm `opencode-ai`,
-//! installed by tests/harness/install-deps.sh) where the behaviour depends on OpenCode.
+//! The supervisor (crate `gatehouse-backends`) against real processes, started through the
+//! real launcher (this crate's `gatehouse backend-launch`): `fake-opencode.mjs` (node) for
+//! the fault cases, which needs to misbehave on request, and the real OpenCode server (npm
+//! `opencode-ai`, installed by tests/harness/install-deps.sh) where the behaviour depends on
+//! OpenCode.
 //!
-//! Each test has its own port range and data root, so they run in parallel.
+//! Each test has its own port range, uid range and data root, so they run in parallel.
+//! Everything a backend's uid must reach (the fake script, the OpenCode binary) is copied
+//! to the data root or a temp directory first: the checkout may sit in a 0700 directory.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gatehouse_backends::{BackendError, PersonId, PoolSettings, RestartPolicy, Status, Supervisor};
+use gatehouse_backends::{
+    BackendError, PersonId, PoolSettings, RestartPolicy, Status, Supervisor,
+};
+use gatehouse_config::{Origin, UidRange};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn fake_script() -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fake-opencode.mjs")
-        .display()
-        .to_string()
+fn uids(first: u32, last: u32) -> Option<UidRange> {
+    Some(UidRange {
+        first,
+        last,
+        origin: Origin::Default,
+    })
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
 }
 
 /// A fresh data root under the temp dir, removed when dropped.
@@ -30,7 +42,17 @@ impl Root {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
             .expect("chmod test root");
+        // Where a backend's uid can read it, whatever the checkout's directory modes.
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake-opencode.mjs"),
+            p.join("fake-opencode.mjs"),
+        )
+        .expect("copy the fake backend");
         Root(p)
+    }
+
+    fn fake_script(&self) -> String {
+        self.0.join("fake-opencode.mjs").display().to_string()
     }
 }
 
@@ -58,9 +80,10 @@ impl Drop for Root {
 
 fn fake_settings(root: &Root, first_port: u16, env: &[(&str, &str)]) -> PoolSettings {
     let mut s = PoolSettings::new("test", root.0.clone());
+    s.launcher = PathBuf::from(env!("CARGO_BIN_EXE_gatehouse"));
     s.pool.command = vec![
         "node".into(),
-        fake_script(),
+        root.fake_script(),
         "serve".into(),
         "--port".into(),
         "{port}".into(),
@@ -513,7 +536,7 @@ async fn each_person_gets_a_private_home_and_when_root_their_own_uid() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let root = Root::new("homes");
     let mut settings = fake_settings(&root, 24220, &[]);
-    settings.pool.uids = Some((61000, 61009));
+    settings.pool.uids = uids(61000, 61009);
     let sup = Supervisor::new(settings);
     let a = sup.ensure(&alice()).await.unwrap();
     let b = sup.ensure(&bob()).await.unwrap();
@@ -556,7 +579,7 @@ fn the_operator_is_told_when_backends_are_not_isolated() {
     assert!(!shared.isolated());
     let why = shared.not_isolated().expect("a reason");
     let mut settings = fake_settings(&root, 24250, &[]);
-    settings.pool.uids = Some((61020, 61029));
+    settings.pool.uids = uids(61020, 61029);
     let with_uids = Supervisor::new(settings);
     if nix::unistd::Uid::effective().is_root() {
         assert!(why.contains("uids"), "{why}");
@@ -570,26 +593,37 @@ fn the_operator_is_told_when_backends_are_not_isolated() {
 
 // === the real OpenCode server ===
 
-fn opencode_binary() -> Option<PathBuf> {
-    if let Ok(p) = std::env::var("GATEHOUSE_OPENCODE_BIN") {
-        return Some(PathBuf::from(p));
+/// The OpenCode binary, hard-linked (or copied) into a temp directory every uid can reach.
+fn opencode_binary() -> PathBuf {
+    let source = std::env::var("GATEHOUSE_OPENCODE_BIN").map(PathBuf::from).unwrap_or_else(|_| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../tests/e2e/node_modules/opencode-linux-x64/bin/opencode")
+    });
+    assert!(
+        source.exists(),
+        "the OpenCode binary is missing at {}: run tests/harness/install-deps.sh or set \
+         GATEHOUSE_OPENCODE_BIN",
+        source.display()
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("gatehouse-opencode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("make the OpenCode dir");
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let bin = dir.join("opencode");
+    if !bin.exists() && std::fs::hard_link(&source, &bin).is_err() {
+        std::fs::copy(&source, &bin).expect("copy the OpenCode binary");
     }
-    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../tests/e2e/node_modules/opencode-linux-x64/bin/opencode");
-    p.exists().then_some(p)
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    bin
 }
 
 #[tokio::test]
+#[ignore = "needs the OpenCode binary (tests/run.sh installs it and runs ignored tests)"]
 async fn real_opencode_isolates_people_and_refuses_requests_without_password() {
-    let Some(bin) = opencode_binary() else {
-        eprintln!(
-            "SKIPPED: the OpenCode binary is missing; run tests/harness/install-deps.sh \
-             (installs npm opencode-ai into tests/e2e/node_modules) or set GATEHOUSE_OPENCODE_BIN"
-        );
-        return;
-    };
+    let bin = opencode_binary();
     let root = Root::new("real");
     let mut settings = PoolSettings::new("real", root.0.clone());
+    settings.launcher = PathBuf::from(env!("CARGO_BIN_EXE_gatehouse"));
     settings.pool.command = vec![
         bin.display().to_string(),
         "serve".into(),
@@ -599,7 +633,7 @@ async fn real_opencode_isolates_people_and_refuses_requests_without_password() {
         "{port}".into(),
     ];
     settings.pool.ports = (24230, 24239);
-    settings.pool.uids = Some((61010, 61019));
+    settings.pool.uids = uids(61010, 61019);
     settings.pool.start_timeout = Duration::from_secs(60);
     let sup = Supervisor::new(settings);
     let (alice, bob) = (alice(), bob());
@@ -645,4 +679,148 @@ async fn real_opencode_isolates_people_and_refuses_requests_without_password() {
     drop((a, b));
     sup.stop_all().await;
     assert!(pids.iter().all(|p| group_members(*p).is_empty()));
+}
+
+// === the tenancy boundary (issue 9) ===
+
+/// Pids of live processes whose real uid is `uid`.
+fn processes_of(uid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
+        let real = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u32>().ok());
+        let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains('Z'));
+        if real == Some(uid) && !zombie {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_launcher_confines_the_backend_before_it_runs() {
+    let root = Root::new("confined");
+    let mut settings = fake_settings(&root, 24260, &[]);
+    settings.pool.limits.processes = 200;
+    settings.pool.limits.memory_bytes = 6 << 30;
+    settings.pool.limits.open_files = 1000;
+    if is_root() {
+        settings.pool.uids = uids(61030, 61039);
+    }
+    let sup = Supervisor::new(settings);
+    let a = sup.ensure(&alice()).await.unwrap();
+    let auth = a.authorization();
+    let (_, who) = get(a.port(), "/whoami", Some(&auth)).await;
+    let pid = sup.pid(&alice()).unwrap();
+    // Its own session (setsid), umask 077, a private TMPDIR, no core files.
+    assert!(who.contains(&format!("\"sid\":{pid}")), "{who}");
+    assert!(who.contains("\"umask\":63"), "{who}");
+    let home = root.0.join(alice().as_str());
+    assert!(
+        who.contains(&format!("\"tmpdir\":\"{}/.tmp\"", home.display())),
+        "{who}"
+    );
+    assert!(home.join(".tmp").is_dir() && home.join(".local/share").is_dir());
+    for (name, value) in [
+        ("Max processes", "200"),
+        ("Max data size", &(6u64 << 30).to_string()),
+        ("Max open files", "1000"),
+        ("Max core file size", "0"),
+    ] {
+        let line = who
+            .split("\\n")
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in {who}"));
+        assert!(
+            line.split_whitespace().filter(|w| *w == value).count() == 2,
+            "{name}: soft and hard should be {value}: {line}"
+        );
+    }
+    assert!(who.contains("\"oom_score_adj\":800"), "{who}");
+    if is_root() {
+        assert!(who.contains("\"groups\":\"\""), "supplementary groups kept: {who}");
+        assert!(who.contains("\"uid\":6103"), "{who}");
+    }
+    // Landlock: it may bind its own port only.
+    let other = a.port() + 5;
+    let (_, bind) = get(a.port(), &format!("/bind?port={other}"), Some(&auth)).await;
+    assert!(bind.contains("refused: EACCES"), "binding port {other}: {bind}");
+    drop(a);
+    sup.stop_all().await;
+}
+
+#[tokio::test]
+async fn stopping_a_backend_ends_every_process_of_its_uid() {
+    if !is_root() {
+        eprintln!("not root: backends share Gatehouse's uid, nothing to reap (CI runs as root)");
+        return;
+    }
+    let root = Root::new("reap");
+    let mut settings = fake_settings(&root, 24270, &[("FAKE_MODE", "escape")]);
+    settings.pool.uids = uids(61040, 61049);
+    let sup = Supervisor::new(settings);
+    drop(sup.ensure(&alice()).await.unwrap());
+    let uid = {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(root.0.join(alice().as_str())).unwrap().uid()
+    };
+    let pid = sup.pid(&alice()).unwrap();
+    eventually("escaped children started", Duration::from_secs(5), || {
+        processes_of(uid).len() >= 4 && group_members(pid).len() < processes_of(uid).len()
+    })
+    .await;
+    sup.stop(&alice()).await;
+    let left = processes_of(uid);
+    assert!(left.is_empty(), "processes of uid {uid} outlived the stop: {left:?}");
+
+    // The same after a restart and after stop_all (Gatehouse's shutdown).
+    sup.restart(&alice()).await;
+    eventually("restarted", Duration::from_secs(10), || sup.is_running(&alice())).await;
+    eventually("escaped again", Duration::from_secs(5), || processes_of(uid).len() >= 4).await;
+    sup.stop_all().await;
+    assert!(processes_of(uid).is_empty(), "{:?}", processes_of(uid));
+}
+
+#[tokio::test]
+async fn a_link_in_the_home_is_refused_and_its_target_stays_roots() {
+    if !is_root() {
+        eprintln!("not root: no uid switch, so no link can raise anyone (CI runs as root)");
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let root = Root::new("homelink");
+    let target = Root::new("homelink-target");
+    let mut settings = fake_settings(&root, 24280, &[]);
+    settings.pool.uids = uids(61050, 61059);
+    let sup = Supervisor::new(settings);
+    drop(sup.ensure(&alice()).await.unwrap());
+    sup.stop(&alice()).await;
+    // Alice's agent replaces ~/.local with a link to a directory of root's.
+    let home = root.0.join(alice().as_str());
+    std::fs::remove_dir_all(home.join(".local")).unwrap();
+    std::os::unix::fs::symlink(&target.0, home.join(".local")).unwrap();
+    let uid = std::fs::metadata(&home).unwrap().uid();
+    std::os::unix::fs::lchown(home.join(".local"), Some(uid), Some(uid)).unwrap();
+
+    match sup.ensure(&alice()).await {
+        Err(BackendError::HomeRefused(why)) => {
+            assert!(why.contains(".local is a link"), "{why}");
+        }
+        other => panic!("expected HomeRefused, got {other:?}"),
+    }
+    let meta = std::fs::metadata(&target.0).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (0, 0), "the link's target changed hands");
+    assert!(!target.0.join("share").exists(), "something was made through the link");
+    // Bob is not affected.
+    drop(sup.ensure(&bob()).await.unwrap());
+    sup.stop_all().await;
 }
