@@ -21,8 +21,8 @@ if [[ "${SKIP_RUST:-0}" != 1 ]]; then
   section "cargo clippy --workspace --all-targets -- -D warnings"
   cargo clippy --workspace --all-targets -- -D warnings
 
-  section "cargo test --workspace"
-  cargo test --workspace
+  section "cargo test --workspace (ignored ones too: they need the OpenCode binary, installed above)"
+  cargo test --workspace -- --include-ignored
 
   section "cargo build -p gatehouse"
   cargo build -p gatehouse

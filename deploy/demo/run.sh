@@ -10,6 +10,12 @@ cd "$ROOT"
 RUN="$ROOT/deploy/demo/.run"
 section() { printf '\n\033[1m==> %s\033[0m\n' "$*"; }
 
+if [[ $(id -u) -ne 0 ]]; then
+  echo "error: run the demo as root (sudo $0): Gatehouse runs each person's OpenCode as a uid" >&2
+  echo "       of their own and confines it with nftables, which needs root." >&2
+  exit 1
+fi
+
 section "dependencies (apt, npm: the demo IdP lives in tests/e2e)"
 GATEHOUSE_NEED_CHROMIUM=0 tests/harness/install-deps.sh
 
@@ -36,9 +42,15 @@ export DEMO_TLS_KEY="$RUN/leaf.key"
 DEMO_IDP_CLIENT_SECRET="$(openssl rand -hex 24)"
 COOKIE_SECRET="$(openssl rand -base64 32)"
 export DEMO_IDP_CLIENT_SECRET COOKIE_SECRET
-export DEMO_OPENCODE_BIN="$ROOT/tests/e2e/node_modules/opencode-linux-x64/bin/opencode"
-export DEMO_DATA_ROOT="$RUN/backends"
-mkdir -p "$DEMO_DATA_ROOT"
+# The backends' uids must reach the OpenCode binary and their homes, and this checkout may
+# sit in a 0700 directory (/root): both go under /var/lib/gatehouse-demo (root's, 0755).
+SHARE=/var/lib/gatehouse-demo
+install -d -m 0755 -o root -g root "$SHARE" "$SHARE/bin"
+export DEMO_OPENCODE_BIN="$SHARE/bin/opencode"
+ln -f "$ROOT/tests/e2e/node_modules/opencode-linux-x64/bin/opencode" "$DEMO_OPENCODE_BIN" 2>/dev/null \
+  || install -m 0755 "$ROOT/tests/e2e/node_modules/opencode-linux-x64/bin/opencode" "$DEMO_OPENCODE_BIN"
+chmod 0755 "$DEMO_OPENCODE_BIN"
+export DEMO_DATA_ROOT="$SHARE/backends"
 DEMO_OPENCODE_CONFIG="$(cd tests/harness && node --input-type=module -e \
   "import { opencodeConfig } from './llm.mjs'; process.stdout.write(opencodeConfig({ url: 'http://127.0.0.1:9100/v1' }))")"
 export DEMO_OPENCODE_CONFIG

@@ -6,7 +6,7 @@
 //   backendProcesses(s.dataRoot)   // [{ pid, uid, home, port }]
 
 import { createHash } from 'node:crypto';
-import { chmodSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
@@ -15,7 +15,35 @@ import { opencodeConfig } from './llm.mjs';
 import { startStack } from './stack.mjs';
 
 export const A = 'assistant.localhost';
-export const OPENCODE = process.env.GATEHOUSE_OPENCODE_BIN || path.join(REPO_ROOT, 'tests/e2e/node_modules/opencode-linux-x64/bin/opencode');
+const OPENCODE_IN_CHECKOUT = process.env.GATEHOUSE_OPENCODE_BIN || path.join(REPO_ROOT, 'tests/e2e/node_modules/opencode-linux-x64/bin/opencode');
+
+/**
+ * The OpenCode binary where every backend uid can run it: the checkout may sit in a 0700
+ * directory (/root), so it is hard-linked (or copied) into a 0755 temp directory once.
+ */
+export function reachableOpencode(source = OPENCODE_IN_CHECKOUT) {
+  const dir = path.join(os.tmpdir(), `gatehouse-opencode-${process.getuid()}`);
+  const bin = path.join(dir, 'opencode');
+  if (!existsSync(bin)) {
+    mkdirSync(dir, { recursive: true });
+    try {
+      linkSync(source, bin);
+    } catch {
+      copyFileSync(source, bin);
+    }
+  }
+  chmodSync(dir, 0o755);
+  chmodSync(bin, 0o755);
+  return bin;
+}
+
+export const OPENCODE = reachableOpencode();
+
+/** `egress.allow` for a stand-in service on loopback, e.g. the LLM (`http://127.0.0.1:PORT/v1`). */
+export function allowOf(url) {
+  const u = new URL(url);
+  return `${u.hostname}:${u.port}`;
+}
 
 let portBase = 31000 + Math.floor(Math.random() * 400) * 10;
 
@@ -38,6 +66,7 @@ export async function backendStack(llm, pool = {}, route = {}) {
               uids: '62000-62099',
               start_timeout: '60s',
               env: { OPENCODE_CONFIG_CONTENT: opencodeConfig(llm) },
+              egress: { allow: [allowOf(llm.url)] },
               ...pool,
             },
           },

@@ -160,7 +160,8 @@ export async function startGatehouse(config, { env = {}, readyTimeoutMs = 30_000
     writeFileSync(target, text);
   };
   for (const [rel, text] of Object.entries(files)) write(rel, text);
-  writeFileSync(file, yaml);
+  // It holds secrets: readable by Gatehouse alone (serve refuses otherwise when backends run).
+  writeFileSync(file, yaml, { mode: 0o600 });
 
   let output = '';
   const child = spawn(bin, ['serve', '--config', file, ...args], {

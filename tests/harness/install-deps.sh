@@ -12,6 +12,8 @@ have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok
 have_cmd cmake      || need+=(cmake)
 have_cmd openssl    || need+=(openssl)
 have_cmd pkg-config || need+=(pkg-config)
+# Backends' outbound connections are confined with nftables (issue 9).
+[[ -x /usr/sbin/nft ]] || need+=(nftables)
 have_pkg build-essential || need+=(build-essential)
 if [[ "${GATEHOUSE_NEED_CHROMIUM:-1}" == 1 ]]; then
   [[ -x /usr/bin/chromium ]] || need+=(chromium)

@@ -34,6 +34,7 @@ fn config(secret: [u8; 32]) -> Config {
         metrics_address: None,
         routes: vec![],
         backends: vec![],
+        literal_secrets: Vec::new(),
         log_level: "info".into(),
         warnings: vec![],
     }

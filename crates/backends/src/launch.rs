@@ -146,7 +146,9 @@ fn set_limit(resource: Resource, value: u64, what: &str) -> Result<(), LaunchErr
 /// ids; fails unless all six ids are `uid` afterwards.
 fn become_uid(uid: u32) -> Result<(), LaunchError> {
     if uid == 0 {
-        return Err(LaunchError::Failed("refusing to run a backend as root".into()));
+        return Err(LaunchError::Failed(
+            "refusing to run a backend as root".into(),
+        ));
     }
     let (u, g) = (Uid::from_raw(uid), Gid::from_raw(uid));
     if Uid::effective().is_root() {
@@ -324,7 +326,8 @@ mod tests {
     }
 
     fn temp_home(name: &str) -> PathBuf {
-        let p = std::env::temp_dir().join(format!("gatehouse-launch-{name}-{}", std::process::id()));
+        let p =
+            std::env::temp_dir().join(format!("gatehouse-launch-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         p
@@ -360,7 +363,10 @@ mod tests {
         std::fs::remove_file(home.join(".local")).unwrap();
         std::fs::write(home.join(".cache"), "x").unwrap();
         let err = prepare_home_dirs(&home).unwrap_err();
-        assert!(err.to_string().contains(".cache is not a directory"), "{err}");
+        assert!(
+            err.to_string().contains(".cache is not a directory"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&home).unwrap();
         std::fs::remove_dir_all(&outside).unwrap();
     }

@@ -366,7 +366,9 @@ impl Supervisor {
         } else if nix::unistd::Uid::effective().is_root() {
             Some("no uid range is configured (set `uids:` on the pool)")
         } else {
-            Some("Gatehouse is not running as root, so it cannot run backends as other users (`isolation: none`)")
+            Some(
+                "Gatehouse is not running as root, so it cannot run backends as other users (`isolation: none`)",
+            )
         }
     }
 
@@ -403,7 +405,11 @@ impl Supervisor {
         let s = &self.inner.settings;
         let stopped = process::stop_leftovers(&s.pool.data_root, s.stop_grace).await;
         if let (true, Some(range)) = (self.inner.isolate, &s.pool.uids) {
-            for uid in self.home_owners().into_iter().filter(|u| range.contains(*u)) {
+            for uid in self
+                .home_owners()
+                .into_iter()
+                .filter(|u| range.contains(*u))
+            {
                 process::reap(&s.launcher, uid).await;
             }
         }

@@ -152,8 +152,8 @@ impl PersonDir {
             }
             Err(e) => return Err(io(&self.home)(e)),
         }
-        let home = openat(&root, self.name.as_str(), dir_flags, Mode::empty())
-            .map_err(|e| match e {
+        let home =
+            openat(&root, self.name.as_str(), dir_flags, Mode::empty()).map_err(|e| match e {
                 nix::Error::ELOOP | nix::Error::ENOTDIR => {
                     HomeError::NotADirectory(self.home.display().to_string())
                 }
@@ -211,7 +211,13 @@ fn hand_over(dir: &OwnedFd, from: u32, to: u32, depth: usize) -> nix::Result<()>
         if st.st_uid != from {
             continue;
         }
-        fchownat(dir, name.as_c_str(), Some(to_uid), Some(to_gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        fchownat(
+            dir,
+            name.as_c_str(),
+            Some(to_uid),
+            Some(to_gid),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        )?;
         if is_dir(&st) {
             let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
             match openat(dir, name.as_c_str(), flags, Mode::empty()) {
@@ -262,7 +268,8 @@ mod tests {
     }
 
     fn temp_root(name: &str) -> PathBuf {
-        let root = std::env::temp_dir().join(format!("gatehouse-person-{name}-{}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("gatehouse-person-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).unwrap();
         root
@@ -327,7 +334,10 @@ mod tests {
         std::os::unix::fs::symlink(&outside, root.join(id.as_str())).unwrap();
         let err = PersonDir::new(&root, &id).prepare(Some(61120)).unwrap_err();
         assert!(matches!(err, HomeError::NotADirectory(_)), "{err}");
-        assert_eq!(std::fs::metadata(&outside).unwrap().uid(), nix::unistd::Uid::effective().as_raw());
+        assert_eq!(
+            std::fs::metadata(&outside).unwrap().uid(),
+            nix::unistd::Uid::effective().as_raw()
+        );
         std::fs::remove_dir_all(&root).unwrap();
         std::fs::remove_dir_all(&outside).unwrap();
     }

@@ -174,7 +174,10 @@ fn reachability(pool: &BackendPool, f: &mut Findings) {
                 if let Err(e) = reachable(&path, true) {
                     f.errors.push((
                         pool.origin.clone(),
-                        format!("backends.{name}.command: the backends' uids cannot run {}: {e}", path.display()),
+                        format!(
+                            "backends.{name}.command: the backends' uids cannot run {}: {e}",
+                            path.display()
+                        ),
                     ));
                 }
             }
@@ -204,7 +207,10 @@ fn reachability(pool: &BackendPool, f: &mut Findings) {
         let wrong = if !meta.is_dir() {
             Some("is not a directory".to_string())
         } else if meta.uid() != me {
-            Some(format!("belongs to uid {}, not to Gatehouse (uid {me})", meta.uid()))
+            Some(format!(
+                "belongs to uid {}, not to Gatehouse (uid {me})",
+                meta.uid()
+            ))
         } else if mode & 0o022 != 0 {
             Some(format!("is writable by group or others (mode {mode:04o})"))
         } else if want_mode == "0700" && mode & 0o077 != 0 {
@@ -375,7 +381,10 @@ mod tests {
         let f = check(&[pool("assistant", None)], &host(0));
         let e = errors(&f);
         assert_eq!(e.len(), 1, "{e:?}");
-        assert!(e[0].starts_with("gatehouse.yaml:3:5: backends.assistant: Gatehouse runs as root"), "{e:?}");
+        assert!(
+            e[0].starts_with("gatehouse.yaml:3:5: backends.assistant: Gatehouse runs as root"),
+            "{e:?}"
+        );
         assert!(e[0].contains("add `uids:"), "{e:?}");
     }
 
@@ -390,12 +399,19 @@ mod tests {
     #[test]
     fn non_root_needs_isolation_none_said_out_loud_and_then_warns() {
         let e = errors(&check(&[pool("a", None)], &host(1000)));
-        assert!(e[0].contains("set `isolation: none` to accept that"), "{e:?}");
+        assert!(
+            e[0].contains("set `isolation: none` to accept that"),
+            "{e:?}"
+        );
         let mut p = pool("a", None);
         p.isolation_none = Some(origin(6));
         let f = check(&[p], &host(1000));
         assert!(f.errors.is_empty(), "{:?}", errors(&f));
-        assert!(f.warnings[0].1.contains("can read every other person's files"));
+        assert!(
+            f.warnings[0]
+                .1
+                .contains("can read every other person's files")
+        );
         // uids without root cannot work.
         let e = errors(&check(&[pool("a", Some((300000, 300099)))], &host(1000)));
         assert!(e[0].contains("only a Gatehouse running as root"), "{e:?}");
@@ -408,13 +424,29 @@ mod tests {
             pool("b", Some((210050, 210149))),
         ];
         let e = errors(&check(&pools, &host(0)));
-        assert!(e.iter().any(|m| m.contains("backends.b.uids: 210050-210149 overlaps backends.a.uids 210000-210099")), "{e:?}");
-        assert!(!e.iter().any(|m| m.contains("backends.a.uids") && m.contains("overlaps")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m
+                .contains("backends.b.uids: 210050-210149 overlaps backends.a.uids 210000-210099")),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.iter().filter(|m| m.contains("overlaps")).count(),
+            1,
+            "{e:?}"
+        );
 
         let e = errors(&check(&[pool("a", Some((200000, 200999)))], &host(0)));
-        assert!(e.iter().any(|m| m.contains("includes uid 200005 (`alice` in /etc/passwd)")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("includes uid 200005 (`alice` in /etc/passwd)")),
+            "{e:?}"
+        );
         let e = errors(&check(&[pool("a", Some((300000, 300099)))], &host(0)));
-        assert!(e.iter().any(|m| m.contains("includes gid 300010 (`staff` in /etc/group)")), "{e:?}");
+        assert!(
+            e.iter()
+                .any(|m| m.contains("includes gid 300010 (`staff` in /etc/group)")),
+            "{e:?}"
+        );
         let f = check(&[pool("a", Some((400000, 400099)))], &host(0));
         assert!(f.errors.is_empty(), "{:?}", errors(&f));
     }
@@ -424,7 +456,11 @@ mod tests {
         let mut h = host(0);
         h.nftables = Err("nftables is not installed".into());
         let e = errors(&check(&[pool("a", Some((400000, 400099)))], &h));
-        assert!(e.iter().any(|m| m.contains("nftables is not installed") && m.contains("confinement: best_effort")), "{e:?}");
+        assert!(
+            e.iter().any(|m| m.contains("nftables is not installed")
+                && m.contains("confinement: best_effort")),
+            "{e:?}"
+        );
         let mut p = pool("a", Some((400000, 400099)));
         p.confinement = Confinement::BestEffort;
         let f = check(&[p], &h);
@@ -444,15 +480,26 @@ mod tests {
         std::fs::write(&prog, "\x7fELF").unwrap();
         std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755)).unwrap();
         let err = reachable(&prog, true).unwrap_err();
-        assert!(err.contains(&format!("{} is mode 0700", closed.display())), "{err}");
+        assert!(
+            err.contains(&format!("{} is mode 0700", closed.display())),
+            "{err}"
+        );
         assert!(err.contains("chmod o+x"), "{err}");
         std::fs::set_permissions(&closed, std::fs::Permissions::from_mode(0o711)).unwrap();
         reachable(&prog, true).unwrap();
         std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o700)).unwrap();
-        assert!(reachable(&prog, true).unwrap_err().contains("others may not run it"));
+        assert!(
+            reachable(&prog, true)
+                .unwrap_err()
+                .contains("others may not run it")
+        );
         std::fs::write(&prog, "#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o711)).unwrap();
-        assert!(reachable(&prog, true).unwrap_err().contains("others may not read it"));
+        assert!(
+            reachable(&prog, true)
+                .unwrap_err()
+                .contains("others may not read it")
+        );
         std::fs::remove_dir_all(&base).unwrap();
     }
 }

@@ -468,7 +468,9 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
 fn literal_in_file(setting: &Setting<'_>) -> Option<Origin> {
     match &setting.src {
         node::Source::File(entry) => match entry.node {
-            marked_yaml::Node::Scalar(s) if !s.as_str().trim().is_empty() && !s.as_str().contains("${") => {
+            marked_yaml::Node::Scalar(s)
+                if !s.as_str().trim().is_empty() && !s.as_str().contains("${") =>
+            {
                 Some(entry.origin.clone())
             }
             _ => None,

@@ -1039,6 +1039,10 @@ fn a_pool_with_nothing_set_gets_the_documented_defaults() {
     assert_eq!(pool.start_timeout, Duration::from_secs(60));
     assert_eq!(pool.data_root, Path::new("/var/lib/gatehouse/backends"));
     assert_eq!(pool.uids, None);
+    assert_eq!(pool.isolation_none, None);
+    assert_eq!(pool.limits, gatehouse_config::Limits::default());
+    assert!(pool.egress.is_empty());
+    assert_eq!(pool.confinement, gatehouse_config::Confinement::Required);
     assert!(!pool.stop_on_sign_out);
     assert_eq!(
         config.routes[0].to,
@@ -1060,6 +1064,10 @@ fn a_pool_reads_every_setting_and_relative_data_root_is_next_to_the_config() {
       OPENCODE_DISABLE_SHARE: \"1\"
       LLM_URL: ${LLM_URL}
     uids: 200000-200999
+    limits: {processes: 300, memory: 6G, open_files: 2048}
+    egress:
+      allow: [127.0.0.1:9100, 10.1.0.0/16, \"[fd00::1]:443\", llm.internal:8443]
+    confinement: best_effort
     stop_on_sign_out: true
 ",
     );
@@ -1088,6 +1096,80 @@ fn a_pool_reads_every_setting_and_relative_data_root_is_next_to_the_config() {
             )
         ]
     );
-    assert_eq!(pool.uids, Some((200000, 200999)));
+    let uids = pool.uids.as_ref().expect("uids");
+    assert_eq!((uids.first, uids.last), (200000, 200999));
+    assert_eq!(uids.origin.to_string(), "/etc/gatehouse/config.yaml:17:11");
+    assert_eq!(
+        pool.limits,
+        gatehouse_config::Limits {
+            processes: 300,
+            memory_bytes: 6 << 30,
+            open_files: 2048
+        }
+    );
+    let allowed: Vec<String> = pool
+        .egress
+        .iter()
+        .map(|r| format!("{:?} {:?}", r.target, r.port))
+        .collect();
+    assert_eq!(
+        allowed,
+        [
+            "Net { addr: 127.0.0.1, prefix: 32 } Some(9100)",
+            "Net { addr: 10.1.0.0, prefix: 16 } None",
+            "Net { addr: fd00::1, prefix: 128 } Some(443)",
+            "Host(\"llm.internal\") Some(8443)",
+        ]
+    );
+    assert_eq!(pool.confinement, gatehouse_config::Confinement::BestEffort);
     assert!(pool.stop_on_sign_out);
+}
+
+#[test]
+fn secrets_written_in_the_file_are_noted_but_not_those_from_the_environment() {
+    let text = "\
+cookie_secret: ${COOKIE_SECRET}
+idp_client_id: gatehouse-test
+idp_client_secret: file-client-secret
+allowed_domains: [example.com]
+routes:
+  - from: https://a.example.com
+    to: http://127.0.0.1:1
+";
+    let config = load_str(
+        Path::new("/etc/gatehouse/config.yaml"),
+        text,
+        &env(&[(
+            "COOKIE_SECRET",
+            "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        )]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let noted: Vec<String> = config
+        .literal_secrets
+        .iter()
+        .map(|(k, o)| format!("{k} at {o}"))
+        .collect();
+    assert_eq!(
+        noted,
+        ["idp_client_secret at /etc/gatehouse/config.yaml:3:20"]
+    );
+    // The same secret from its environment variable is not in the file.
+    let config = load_str(
+        Path::new("/etc/gatehouse/config.yaml"),
+        text,
+        &env(&[
+            (
+                "COOKIE_SECRET",
+                "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+            ),
+            ("IDP_CLIENT_SECRET", "from-env"),
+        ]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        config.literal_secrets.is_empty(),
+        "{:?}",
+        config.literal_secrets
+    );
 }

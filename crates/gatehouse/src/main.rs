@@ -146,7 +146,9 @@ fn main() -> ExitCode {
         } => serve(config.path, threads, log_format),
         Command::Check { config } => check(config.path),
         Command::Keygen => keygen(),
-        Command::BackendLaunch { spec } => exit_code(gatehouse_backends::launch::launch_main(&spec)),
+        Command::BackendLaunch { spec } => {
+            exit_code(gatehouse_backends::launch::launch_main(&spec))
+        }
         Command::BackendReap { uid } => exit_code(gatehouse_backends::launch::reap_main(&uid)),
         Command::Policy(PolicyCommand::Explain {
             config,

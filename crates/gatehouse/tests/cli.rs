@@ -35,6 +35,12 @@ fn example_config_in_deploy_passes_check() {
     assert!(stdout.contains("OK (2 route(s)"), "{stdout}");
 }
 
+/// Mode 0600: the certificate key of a config with backends must be Gatehouse's alone.
+fn private(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod 600");
+}
+
 #[test]
 fn demo_config_passes_check() {
     let dir = std::env::temp_dir().join(format!("gatehouse-demo-check-{}", std::process::id()));
@@ -42,6 +48,7 @@ fn demo_config_passes_check() {
     let ck = rcgen::generate_simple_self_signed(vec!["assistant.localhost".to_string()]).unwrap();
     std::fs::write(dir.join("demo.crt"), ck.cert.pem()).unwrap();
     std::fs::write(dir.join("demo.key"), ck.key_pair.serialize_pem()).unwrap();
+    private(&dir.join("demo.key"));
     let out = gatehouse()
         .args(["check", "--config"])
         .arg(root().join("deploy/demo/gatehouse.yaml"))
@@ -63,6 +70,7 @@ fn demo_config_passes_check() {
     // The same file with a key that does not belong to the certificate is refused.
     let other = rcgen::generate_simple_self_signed(vec!["x.test".to_string()]).unwrap();
     std::fs::write(dir.join("other.key"), other.key_pair.serialize_pem()).unwrap();
+    private(&dir.join("other.key"));
     let out = gatehouse()
         .args(["check", "--config"])
         .arg(root().join("deploy/demo/gatehouse.yaml"))

@@ -11,9 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gatehouse_backends::{
-    BackendError, PersonId, PoolSettings, RestartPolicy, Status, Supervisor,
-};
+use gatehouse_backends::{BackendError, PersonId, PoolSettings, RestartPolicy, Status, Supervisor};
 use gatehouse_config::{Origin, UidRange};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -595,10 +593,12 @@ fn the_operator_is_told_when_backends_are_not_isolated() {
 
 /// The OpenCode binary, hard-linked (or copied) into a temp directory every uid can reach.
 fn opencode_binary() -> PathBuf {
-    let source = std::env::var("GATEHOUSE_OPENCODE_BIN").map(PathBuf::from).unwrap_or_else(|_| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../tests/e2e/node_modules/opencode-linux-x64/bin/opencode")
-    });
+    let source = std::env::var("GATEHOUSE_OPENCODE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../../tests/e2e/node_modules/opencode-linux-x64/bin/opencode")
+        });
     assert!(
         source.exists(),
         "the OpenCode binary is missing at {}: run tests/harness/install-deps.sh or set \
@@ -698,7 +698,9 @@ fn processes_of(uid: u32) -> Vec<u32> {
             .find_map(|l| l.strip_prefix("Uid:"))
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse::<u32>().ok());
-        let zombie = status.lines().any(|l| l.starts_with("State:") && l.contains('Z'));
+        let zombie = status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'));
         if real == Some(uid) && !zombie {
             out.push(pid);
         }
@@ -747,13 +749,19 @@ async fn the_launcher_confines_the_backend_before_it_runs() {
     }
     assert!(who.contains("\"oom_score_adj\":800"), "{who}");
     if is_root() {
-        assert!(who.contains("\"groups\":\"\""), "supplementary groups kept: {who}");
+        assert!(
+            who.contains("\"groups\":\"\""),
+            "supplementary groups kept: {who}"
+        );
         assert!(who.contains("\"uid\":6103"), "{who}");
     }
     // Landlock: it may bind its own port only.
     let other = a.port() + 5;
     let (_, bind) = get(a.port(), &format!("/bind?port={other}"), Some(&auth)).await;
-    assert!(bind.contains("refused: EACCES"), "binding port {other}: {bind}");
+    assert!(
+        bind.contains("refused: EACCES"),
+        "binding port {other}: {bind}"
+    );
     drop(a);
     sup.stop_all().await;
 }
@@ -771,7 +779,9 @@ async fn stopping_a_backend_ends_every_process_of_its_uid() {
     drop(sup.ensure(&alice()).await.unwrap());
     let uid = {
         use std::os::unix::fs::MetadataExt;
-        std::fs::metadata(root.0.join(alice().as_str())).unwrap().uid()
+        std::fs::metadata(root.0.join(alice().as_str()))
+            .unwrap()
+            .uid()
     };
     let pid = sup.pid(&alice()).unwrap();
     eventually("escaped children started", Duration::from_secs(5), || {
@@ -780,12 +790,21 @@ async fn stopping_a_backend_ends_every_process_of_its_uid() {
     .await;
     sup.stop(&alice()).await;
     let left = processes_of(uid);
-    assert!(left.is_empty(), "processes of uid {uid} outlived the stop: {left:?}");
+    assert!(
+        left.is_empty(),
+        "processes of uid {uid} outlived the stop: {left:?}"
+    );
 
     // The same after a restart and after stop_all (Gatehouse's shutdown).
     sup.restart(&alice()).await;
-    eventually("restarted", Duration::from_secs(10), || sup.is_running(&alice())).await;
-    eventually("escaped again", Duration::from_secs(5), || processes_of(uid).len() >= 4).await;
+    eventually("restarted", Duration::from_secs(10), || {
+        sup.is_running(&alice())
+    })
+    .await;
+    eventually("escaped again", Duration::from_secs(5), || {
+        processes_of(uid).len() >= 4
+    })
+    .await;
     sup.stop_all().await;
     assert!(processes_of(uid).is_empty(), "{:?}", processes_of(uid));
 }
@@ -818,8 +837,15 @@ async fn a_link_in_the_home_is_refused_and_its_target_stays_roots() {
         other => panic!("expected HomeRefused, got {other:?}"),
     }
     let meta = std::fs::metadata(&target.0).unwrap();
-    assert_eq!((meta.uid(), meta.gid()), (0, 0), "the link's target changed hands");
-    assert!(!target.0.join("share").exists(), "something was made through the link");
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (0, 0),
+        "the link's target changed hands"
+    );
+    assert!(
+        !target.0.join("share").exists(),
+        "something was made through the link"
+    );
     // Bob is not affected.
     drop(sup.ensure(&bob()).await.unwrap());
     sup.stop_all().await;

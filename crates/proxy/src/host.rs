@@ -7,9 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use gatehouse_backends::PoolSettings;
 use gatehouse_backends::firewall::Firewall;
 use gatehouse_backends::preflight::{self, Host};
-use gatehouse_backends::PoolSettings;
 use gatehouse_config::{Config, ConfigError};
 
 /// What the host checks decided for each pool, and what the operator must hear.

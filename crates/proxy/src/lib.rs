@@ -281,7 +281,10 @@ pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
 /// [`prepare`], plus the checks against this machine that `check` and `serve` make: the
 /// backend pools' isolation and confinement, and Gatehouse's secret files (issue 9).
 pub fn prepare_to_serve(config: &Config) -> Result<Prepared, ConfigErrors> {
-    prepare_with(config, Some(&gatehouse_backends::preflight::Host::current()))
+    prepare_with(
+        config,
+        Some(&gatehouse_backends::preflight::Host::current()),
+    )
 }
 
 fn prepare_with(

@@ -425,7 +425,9 @@ fn limits(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<Limits> {
 fn whole(text: &str, min: u64) -> Result<u64, String> {
     match text.trim().parse::<u64>() {
         Ok(n) if n >= min => Ok(n),
-        Ok(_) => Err(format!("`{text}` is too low to run OpenCode; use {min} or more")),
+        Ok(_) => Err(format!(
+            "`{text}` is too low to run OpenCode; use {min} or more"
+        )),
         Err(_) => Err(format!("`{text}` is not a whole number")),
     }
 }

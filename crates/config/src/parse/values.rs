@@ -295,8 +295,13 @@ pub(super) fn egress_rule(s: &str) -> Result<(crate::EgressTarget, Option<u16>),
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') =>
         {
-            Ok((EgressTarget::Host(host.to_ascii_lowercase()), Some(port(p)?)))
+            Ok((
+                EgressTarget::Host(host.to_ascii_lowercase()),
+                Some(port(p)?),
+            ))
         }
-        _ => Err(format!("`{s}` is not an address, network or host:port ({example})")),
+        _ => Err(format!(
+            "`{s}` is not an address, network or host:port ({example})"
+        )),
     }
 }
