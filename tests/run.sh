@@ -30,6 +30,6 @@ fi
 
 section "end-to-end tests (node --test tests/e2e/)"
 export GATEHOUSE_BIN="${GATEHOUSE_BIN:-${CARGO_TARGET_DIR:-target}/debug/gatehouse}"
-node --test --test-concurrency=1 --test-timeout=120000 tests/e2e/
+node --test --test-concurrency=1 --test-timeout=300000 tests/e2e/
 
 section "all tests passed"

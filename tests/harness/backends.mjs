@@ -48,7 +48,7 @@ export function allowOf(url) {
 let portBase = 31000 + Math.floor(Math.random() * 400) * 10;
 
 /** A stack whose assistant.localhost route gives each person their own OpenCode. */
-export async function backendStack(llm, pool = {}, route = {}) {
+export async function backendStack(llm, pool = {}, route = {}, top = {}) {
   const root = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-backends-e2e-'));
   chmodSync(root, 0o755); // backends run as other uids and must reach their own directory
   const dataRoot = path.join(root, 'data');
@@ -71,6 +71,7 @@ export async function backendStack(llm, pool = {}, route = {}) {
             },
           },
           routes: [{ from: `https://${A}`, to_backend: 'assistant', ...route }],
+          ...top,
         },
       },
     },

@@ -199,7 +199,9 @@ export async function startGatehouse(config, { env = {}, readyTimeoutMs = 30_000
       } catch {
         // gone
       }
-    }, 5_000);
+      // Pingora's graceful stop waits its 5 s grace period, then stops the backends and
+      // removes their firewall table: give it that, and a margin.
+    }, 15_000);
     const result = await exitPromise;
     clearTimeout(timer);
     return result;

@@ -283,20 +283,59 @@ pub fn reap_main(uid: &str) -> i32 {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         // kill(-1) as this uid reaches every process whose real or saved uid is this uid,
-        // except the caller itself.
+        // except the caller itself. It also "succeeds" on zombies, which only their parent
+        // (often init) can take away, so what counts is whether a live one is left.
         match kill(Pid::from_raw(-1), Signal::SIGKILL) {
             Err(Errno::ESRCH) => return 0,
             Err(e) => {
                 eprintln!("gatehouse {REAP_SUBCOMMAND}: kill: {e}");
                 return LAUNCH_FAILED;
             }
-            Ok(()) if Instant::now() > deadline => {
-                eprintln!("gatehouse {REAP_SUBCOMMAND}: processes of uid {uid} remain after 5 s");
-                return LAUNCH_FAILED;
-            }
-            Ok(()) => std::thread::sleep(Duration::from_millis(5)),
+            Ok(()) => {}
         }
+        let left = live_processes_of(uid);
+        if left.is_empty() {
+            return 0;
+        }
+        if Instant::now() > deadline {
+            eprintln!(
+                "gatehouse {REAP_SUBCOMMAND}: processes of uid {uid} remain after 5 s: {left:?}"
+            );
+            return LAUNCH_FAILED;
+        }
+        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// Pids of processes whose real uid is `uid`, neither zombie nor already dead, except this
+/// one.
+fn live_processes_of(uid: u32) -> Vec<u32> {
+    let me = std::process::id();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return false;
+            };
+            let field = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name))
+                    .map(str::trim)
+                    .unwrap_or("")
+            };
+            let state = field("State:");
+            let real = field("Uid:").split_whitespace().next();
+            real == Some(uid.to_string().as_str())
+                && !state.starts_with('Z')
+                && !state.starts_with('X')
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -288,6 +288,9 @@ struct SlotState {
     /// Failures (crashes, failed starts) in a row; reset by a start that stays up.
     failures: u32,
     last_failure: Option<(Instant, String)>,
+    /// The home was refused ([`BackendError::HomeRefused`]): no start is tried again until
+    /// a restart (retrying cannot help; the operator must look).
+    refused: Option<String>,
 }
 
 enum Phase {
@@ -471,6 +474,7 @@ impl Supervisor {
                         phase: Phase::Stopped,
                         failures: 0,
                         last_failure: None,
+                        refused: None,
                     }),
                     active: AtomicUsize::new(0),
                     last_activity_ms: AtomicU64::new(0),
@@ -513,6 +517,11 @@ impl Supervisor {
                 match &st.phase {
                     Phase::Running(_) => continue,
                     Phase::Starting(rx) => rx.clone(),
+                    Phase::Stopped if st.refused.is_some() => {
+                        return Err(BackendError::HomeRefused(
+                            st.refused.clone().unwrap_or_default(),
+                        ));
+                    }
                     Phase::Stopped => {
                         let delay = match self.inner.settings.restart.delay(st.failures) {
                             Some(d) => d,
@@ -670,6 +679,9 @@ impl Supervisor {
                         .fetch_add(1, Ordering::Relaxed);
                     st.failures += 1;
                     st.last_failure = Some((Instant::now(), e.to_string()));
+                    if let BackendError::HomeRefused(why) = &e {
+                        st.refused = Some(why.clone());
+                    }
                     tracing::error!(pool = %settings.pool.name, person = %slot.id, failures = st.failures, error = %e, "backend failed to start");
                 } else {
                     tracing::warn!(pool = %settings.pool.name, person = %slot.id, error = %e, "backend not started");
@@ -876,6 +888,7 @@ impl Supervisor {
             let mut st = lock(&slot.state);
             st.failures = 0;
             st.last_failure = None;
+            st.refused = None;
         }
         self.start_in_background(id);
     }

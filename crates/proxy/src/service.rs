@@ -597,13 +597,16 @@ async fn backend_step(
         Ok(Err(e)) => {
             let what = match &e {
                 BackendError::PoolFull { .. } | BackendError::NoFreePort { .. } => {
-                    "Every assistant this server can run is in use right now. Try again in a few minutes."
+                    "Every assistant this server can run is in use right now. Try again in a few minutes.".to_string()
                 }
                 BackendError::Crashing { .. } => {
-                    "Your assistant failed to start several times in a row, so Gatehouse stopped trying. Restart it from your session page, or tell the operator."
+                    "Your assistant failed to start several times in a row, so Gatehouse stopped trying. Restart it from your session page, or tell the operator.".to_string()
                 }
-                BackendError::ShuttingDown => "Gatehouse is restarting. Try again in a moment.",
-                _ => "Your assistant could not be started. Try again, or tell the operator.",
+                BackendError::HomeRefused(why) => format!(
+                    "Gatehouse will not start your assistant in its home directory: {why}. Tell the operator."
+                ),
+                BackendError::ShuttingDown => "Gatehouse is restarting. Try again in a moment.".to_string(),
+                _ => "Your assistant could not be started. Try again, or tell the operator.".to_string(),
             };
             tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %rid, error = %e, "no backend for request");
             (503, what)
@@ -616,12 +619,12 @@ async fn backend_step(
             tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %rid, "backend not ready within start_timeout");
             (
                 504,
-                "Your assistant is still starting. Try again in a few seconds.",
+                "Your assistant is still starting. Try again in a few seconds.".to_string(),
             )
         }
     };
     ctx.reason = Some("backend-unavailable");
-    Step::Respond(pages::backend_unavailable(status, what, &rid))
+    Step::Respond(pages::backend_unavailable(status, &what, &rid))
 }
 
 /// The user page's lines about the person's backends.
