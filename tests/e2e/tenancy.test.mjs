@@ -204,13 +204,13 @@ describe('the tenancy boundary, from the person\'s own agent shell', { skip: !IS
   }
 });
 
-describe('a link planted in the home', { skip: !IS_ROOT && 'needs root (per-person uids)' }, () => {
+describe('idle stop, and a link planted in the home', { skip: !IS_ROOT && 'needs root (per-person uids)' }, () => {
   let llm;
   let s;
   let target;
   before(async () => {
     llm = await startLlm();
-    s = await backendStack(llm, { idle_timeout: '1h' });
+    s = await backendStack(llm, { idle_timeout: '3s' });
     target = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-root-owned-'));
   });
   after(async () => {
@@ -219,7 +219,16 @@ describe('a link planted in the home', { skip: !IS_ROOT && 'needs root (per-pers
     rmSync(target, { recursive: true, force: true });
   });
 
-  test('is refused with a clear page and log line, and its target stays root\'s', async () => {
+  test('a setsid\'d process and a forking one are gone after the idle stop', async () => {
+    const alice = await signedIn(s, 'alice');
+    assert.match((await shell(s, alice, ESCAPE)).output, /started/);
+    const uid = uidOf(s, 'alice');
+    await eventually('the escaped processes run', () => processesOf(uid).length >= 4);
+    await eventually('the idle stop took every process of alice\'s uid', () => processesOf(uid).length === 0, { timeoutMs: 30_000 });
+    assert.match(s.gh.main.logs(), /backend stopped.*reason="?idle/);
+  });
+
+  test('a link planted in the home is refused with a clear page and log line, and its target stays root\'s', async () => {
     let alice = await signedIn(s, 'alice');
     const r = await shell(s, alice, `rm -rf ~/.local && ln -s ${target} ~/.local && ls -ld ~/.local`);
     assert.match(r.output, /\.local -> /);

@@ -433,3 +433,103 @@ fn policy_explain_route_option_picks_the_route_by_index() {
         show(&out)
     );
 }
+
+/// A config with one backend pool, written to `dir/gatehouse.yaml` with `mode`.
+fn pool_config(dir: &Path, mode: u32, cookie_secret: &str, pool: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).expect("make the test dir");
+    let file = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "address: 127.0.0.1:1\ninsecure_server: true\nidp_provider: oidc\n\
+             idp_provider_url: http://127.0.0.1:9\nidp_client_id: x\n\
+             idp_client_secret: ${{IDP_SECRET}}\ncookie_secret: {cookie_secret}\n\
+             allowed_domains: [example.com]\nbackends:\n  assistant:\n    command: [/bin/sh, \"{{port}}\"]\n\
+             \x20   data_root: {}\n{pool}routes:\n  - from: https://a.example.com\n    to_backend: assistant\n",
+            dir.join("data").display()
+        ),
+    )
+    .expect("write the config");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    file
+}
+
+fn serve(config: &Path) -> (Option<i32>, String) {
+    let out = gatehouse()
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("IDP_SECRET", "s")
+        .output()
+        .expect("run gatehouse serve");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn is_root() -> bool {
+    nix::unistd::Uid::effective().is_root()
+}
+
+#[test]
+fn serve_refuses_a_readable_config_with_a_literal_secret_when_backends_run() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-cli-secret-{}", std::process::id()));
+    let uids = if is_root() {
+        "    uids: 64500-64599\n    confinement: best_effort\n"
+    } else {
+        "    isolation: none\n    confinement: best_effort\n"
+    };
+    let file = pool_config(&dir, 0o644, SECRET, uids);
+    let (code, stderr) = serve(&file);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:7:", file.display())),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("cookie_secret: this file holds cookie_secret literally")
+            && stderr.contains("(mode 0644)")
+            && stderr.contains(&format!("`chmod 600 {}`", file.display())),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(SECRET),
+        "the secret itself was printed: {stderr}"
+    );
+    // The same secret from the environment is fine at 0644.
+    let file = pool_config(&dir, 0o644, "${COOKIE_SECRET}", uids);
+    let out = gatehouse()
+        .args(["check", "--config"])
+        .arg(&file)
+        .env("IDP_SECRET", "s")
+        .env("COOKIE_SECRET", SECRET)
+        .output()
+        .expect("run gatehouse check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("literally"), "{stderr}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn a_root_gatehouse_refuses_a_pool_without_uids() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-cli-uids-{}", std::process::id()));
+    let file = pool_config(&dir, 0o600, SECRET, "");
+    let (code, stderr) = serve(&file);
+    assert_eq!(code, Some(1), "{stderr}");
+    let at = format!("{}:10:3: backends.assistant:", file.display());
+    if is_root() {
+        assert!(
+            stderr.contains(&at)
+                && stderr.contains("Gatehouse runs as root")
+                && stderr.contains("add `uids:"),
+            "{stderr}"
+        );
+    } else {
+        assert!(
+            stderr.contains(&at) && stderr.contains("set `isolation: none`"),
+            "{stderr}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
