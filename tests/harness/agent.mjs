@@ -9,7 +9,7 @@
 //   r.output, r.exitCode, r.session, r.raw                         // raw = the endpoint's JSON
 //   agentShell(viaBasicAuth('http://127.0.0.1:4101', password), 'pwd')   // a bare OpenCode
 //
-// What the endpoint does (OpenCode 1.18.33, notes in the report that added this file):
+// What the endpoint does (OpenCode 1.18.33; docs/opencode.md §11):
 // - Body {agent (required), command (required), model?, messageID?}; answers
 //   {info: Message, parts: [{type: 'tool', tool: 'bash', state: {status, output, ...}}]}.
 //   The output is stdout and stderr combined, untruncated; the exit status is not reported.

@@ -232,7 +232,7 @@ pub fn build_routes(
                     ));
                     continue;
                 };
-                // OpenCode's terminal checks Origin against Host (notes/opencode.md §6);
+                // OpenCode's terminal checks Origin against Host (docs/opencode.md §6);
                 // a per-person route is never public.
                 (Target::Backend(sup.clone()), true, false)
             }

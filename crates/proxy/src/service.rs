@@ -526,7 +526,7 @@ fn person_id(id: &VerifiedIdentity) -> PersonId {
 }
 
 /// Whether a request changes state on behalf of a page from another site. OpenCode does
-/// not check (a cross-site `text/plain` POST executes, notes/opencode.md §6), and the
+/// not check (a cross-site `text/plain` POST executes, docs/opencode.md §6), and the
 /// session cookie would ride along, so Gatehouse refuses: any method but GET, HEAD and
 /// OPTIONS whose `Origin` is not the route's own (`null` included), or that the browser
 /// marks `Sec-Fetch-Site: cross-site`. Scripts that send no `Origin` are not browsers and
@@ -1435,7 +1435,7 @@ impl ProxyHttp for Gatehouse {
         ctx: &mut Ctx,
     ) -> Result<()> {
         self.track_stream(session, resp, ctx);
-        // OpenCode serves its 2.7 MB of scripts uncompressed (notes/opencode.md §6):
+        // OpenCode serves its 2.7 MB of scripts uncompressed (docs/opencode.md §6):
         // compress them for browsers that accept gzip/br. Never an event stream.
         if ctx.lease.is_some()
             && compressible(resp)
