@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
-import { A, backendProcesses, backendStack, homeOf, OPENCODE } from '../harness/backends.mjs';
+import { A, backendProcesses, backendStack, eventually, homeOf, OPENCODE } from '../harness/backends.mjs';
 import { loopbackLookup } from '../harness/client.mjs';
 import { toYaml } from '../harness/gatehouse.mjs';
 import { REPLY, startLlm } from '../harness/llm.mjs';
@@ -23,16 +23,6 @@ const JSON_API = { accept: 'application/json' };
 
 if (!existsSync(OPENCODE)) {
   throw new Error(`OpenCode binary missing at ${OPENCODE}: run tests/harness/install-deps.sh (installs npm opencode-ai)`);
-}
-
-async function eventually(what, check, { timeoutMs = 20_000, everyMs = 200 } = {}) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`not true within ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
 }
 
 async function signedIn(s, user) {

@@ -10,20 +10,10 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { agentShell, viaClient } from '../harness/agent.mjs';
-import { A, backendProcesses, backendStack, homeOf } from '../harness/backends.mjs';
+import { A, backendProcesses, backendStack, eventually, homeOf } from '../harness/backends.mjs';
 import { startLlm } from '../harness/llm.mjs';
 
 const IS_ROOT = process.getuid?.() === 0;
-
-async function eventually(what, check, { timeoutMs = 20_000, everyMs = 200 } = {}) {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await check();
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`not true within ${timeoutMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, everyMs));
-  }
-}
 
 async function signedIn(s, user) {
   const c = s.client();

@@ -125,3 +125,14 @@ export function homeOf(s, sub) {
   return path.join(s.dataRoot, id);
 }
 
+
+/** Polls `check` until it returns something truthy (returned), or throws after the deadline. */
+export async function eventually(what, check, { timeoutMs = 20_000, everyMs = 200 } = {}) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`not true within ${timeoutMs} ms: ${what}`);
+    await new Promise((r) => setTimeout(r, everyMs));
+  }
+}

@@ -303,19 +303,19 @@ mod tests {
         );
     }
 
+    fn allow(addr: &str, prefix: u8, port: Option<u16>) -> Allow {
+        Allow {
+            addr: addr.parse().unwrap(),
+            prefix,
+            port,
+        }
+    }
+
     #[test]
     fn ruleset_matches_only_the_pool_and_allows_before_it_rejects() {
         let allow = [
-            Allow {
-                addr: "127.0.0.1".parse().unwrap(),
-                prefix: 32,
-                port: Some(9100),
-            },
-            Allow {
-                addr: "10.1.0.0".parse().unwrap(),
-                prefix: 16,
-                port: None,
-            },
+            allow("127.0.0.1", 32, Some(9100)),
+            allow("10.1.0.0", 16, None),
         ];
         let text = ruleset(
             "gatehouse_1_2",
@@ -360,18 +360,7 @@ mod tests {
             eprintln!("SKIPPED: needs root and nftables (tests/run.sh installs it; CI is root)");
             return;
         }
-        let allow = [
-            Allow {
-                addr: "127.0.0.1".parse().unwrap(),
-                prefix: 32,
-                port: Some(9100),
-            },
-            Allow {
-                addr: "fd00::".parse().unwrap(),
-                prefix: 8,
-                port: None,
-            },
-        ];
+        let allow = [allow("127.0.0.1", 32, Some(9100)), allow("fd00::", 8, None)];
         let text = ruleset(
             "gatehouse_test",
             (1, 2),
