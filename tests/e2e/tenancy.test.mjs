@@ -149,11 +149,18 @@ describe('the tenancy boundary, from the person\'s own agent shell', { skip: !IS
     const bound = r.output.split('\n').filter((l) => l.endsWith('BOUND'));
     assert.deepEqual(bound, [], `alice's agent bound pool ports: ${r.output}`);
     assert.match(r.output, /EACCES/);
-    // Bob restarts his backend and gets one.
-    await bob.post(s.gh.main.url(A, '/.gatehouse/sign_out'), {}).catch(() => {});
-    bob = await signedIn(s, 'bob');
-    const again = await shell(s, bob, 'id -u');
-    assert.equal(Number(again.output.trim()), uidOf(s, 'bob'));
+    // Bob's backend starts anew meanwhile and gets a port of the pool.
+    const before = backendProcesses(s.dataRoot).find((p) => p.uid === uidOf(s, 'bob'));
+    const page = await bob.get(s.gh.main.url(A, '/.gatehouse/'));
+    const token = /action="\/\.gatehouse\/backend\/restart"><input type="hidden" name="csrf_token" value="([^"]+)"/.exec(page.body)?.[1];
+    const restarted = await bob.post(s.gh.main.url(A, '/.gatehouse/backend/restart'), { csrf_token: token, pool: 'assistant' }, { headers: { origin: s.origin } });
+    assert.ok(restarted.status < 400, `bob's restart: ${restarted.status}`);
+    const again = await shell(s, bob, 'id -u; echo "$GATEHOUSE_BACKEND_PORT"');
+    const [uid, port] = again.output.trim().split('\n').map(Number);
+    assert.equal(uid, uidOf(s, 'bob'));
+    assert.ok(ports.includes(port), `bob's port ${port} is one of the pool's`);
+    const now = backendProcesses(s.dataRoot).find((p) => p.uid === uid);
+    assert.notEqual(now?.pid, before?.pid, 'bob\'s backend was started anew');
   });
 
   for (const how of ['the Restart button', 'sign-out (stop_on_sign_out)', 'SIGTERM to Gatehouse']) {
@@ -236,5 +243,15 @@ describe('idle stop, and a link planted in the home', { skip: !IS_ROOT && 'needs
     assert.equal(st.uid, 0, 'the link\'s target changed owner');
     assert.deepEqual(readdirSync(target), [], 'something was made through the link');
     alice = null;
+  });
+
+  test('SIGINT to Gatehouse (its fast shutdown) also ends every process of a backend\'s uid', async () => {
+    const bob = await signedIn(s, 'bob');
+    assert.match((await shell(s, bob, ESCAPE)).output, /started/);
+    const uid = uidOf(s, 'bob');
+    await eventually('the escaped processes run', () => processesOf(uid).length >= 4);
+    process.kill(s.gh.main.pid, 'SIGINT');
+    await eventually('Gatehouse exited', () => !existsSync(`/proc/${s.gh.main.pid}/status`) || /^State:\s+Z/m.test(readFileSync(`/proc/${s.gh.main.pid}/status`, 'latin1')));
+    assert.deepEqual(processesOf(uid), [], 'processes of bob\'s uid outlived a SIGINT');
   });
 });
