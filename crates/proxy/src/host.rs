@@ -47,8 +47,6 @@ pub(crate) fn plan(config: &Config, host: &Host, errors: &mut Vec<ConfigError>) 
         .iter()
         .map(|pool| {
             let mut settings = PoolSettings::from_pool(pool.clone());
-            settings.landlock_required =
-                pool.confinement == gatehouse_config::Confinement::Required;
             if let (Some(range), 0, Ok(())) = (&pool.uids, host.euid, &host.nftables) {
                 match Firewall::for_pool(pool, range) {
                     Ok(fw) => settings.firewall = Some(Arc::new(fw)),
