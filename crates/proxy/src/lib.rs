@@ -35,6 +35,7 @@ mod host;
 pub mod metrics;
 pub mod pages;
 pub mod reload;
+mod request;
 pub mod routes;
 mod service;
 pub mod streams;
