@@ -40,6 +40,7 @@ pub mod routes;
 mod service;
 pub mod streams;
 pub mod tls;
+mod upstream;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;

@@ -47,7 +47,9 @@ pub(crate) fn cookie_name(part: &[u8]) -> &[u8] {
         .trim_ascii()
 }
 
-pub(crate) fn cookie_lookup<'a>(jar: &'a [(String, String)]) -> impl Fn(&str) -> Option<&'a str> + 'a {
+pub(crate) fn cookie_lookup<'a>(
+    jar: &'a [(String, String)],
+) -> impl Fn(&str) -> Option<&'a str> + 'a {
     move |name| jar.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
 }
 
