@@ -38,11 +38,13 @@ pub mod reload;
 mod request;
 pub mod routes;
 mod service;
+mod signin;
+mod state;
 pub mod streams;
 pub mod tls;
 mod upstream;
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use pingora::listeners::tls::TlsSettings;
@@ -52,12 +54,13 @@ use pingora::server::configuration::ServerConf;
 use arc_swap::ArcSwap;
 use gatehouse_auth::Auth;
 use gatehouse_backends::{PoolSettings, Supervisor};
-use gatehouse_config::{Config, ConfigError, ConfigErrors, Upstream};
+use gatehouse_config::{Config, ConfigError, ConfigErrors};
 use gatehouse_policy::{Decision, Policy};
 
-pub use service::{
-    AuthHost, CookieSettings, Gatehouse, HttpsRedirect, MetricsEndpoint, RouteState, State,
-    StaticUpstream, Target,
+pub use service::{Gatehouse, HttpsRedirect, MetricsEndpoint};
+pub(crate) use state::pool;
+pub use state::{
+    AuthHost, CookieSettings, RouteState, State, StaticUpstream, Target, build_routes,
 };
 
 /// Everything checked and built, ready to bind. `gatehouse check` stops here.
@@ -147,129 +150,6 @@ impl Live {
             let who = s.identity.session();
             (who.iss == iss && who.sub == sub).then(|| "signed out".to_string())
         })
-    }
-}
-
-/// The running pool called `name`.
-pub(crate) fn pool<'a>(backends: &'a [Supervisor], name: &str) -> Option<&'a Supervisor> {
-    backends.iter().find(|b| b.settings().pool.name == name)
-}
-
-/// A route's static `to:`: its address resolved now, the TLS name and the `Host` to send.
-fn static_upstream(
-    r: &gatehouse_config::Route,
-    to: &gatehouse_config::Url,
-) -> Result<StaticUpstream, ConfigError> {
-    let host = to
-        .host_str()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let Some(port) = to.port_or_known_default() else {
-        return Err(ConfigError::new(
-            r.origin.clone(),
-            format!("routes[{}].to: {} has no port", r.index, to),
-        ));
-    };
-    let addr = match (host.as_str(), port)
-        .to_socket_addrs()
-        .map(|mut a| a.next())
-    {
-        Ok(Some(a)) => a,
-        _ => {
-            return Err(ConfigError::new(
-                r.origin.clone(),
-                format!(
-                    "routes[{}].to: cannot resolve upstream host {host:?} (check the name, or use an IP address)",
-                    r.index
-                ),
-            ));
-        }
-    };
-    let default_port = if to.scheme() == "https" { 443 } else { 80 };
-    let upstream_host = match to.port() {
-        Some(p) if p != default_port => format!("{}:{p}", to.host_str().unwrap_or("")),
-        _ => to.host_str().unwrap_or("").to_string(),
-    };
-    Ok(StaticUpstream {
-        addr,
-        tls: to.scheme() == "https",
-        sni: host,
-        host: upstream_host,
-    })
-}
-
-/// The routes of `config`, ready to serve: upstream addresses resolved, policies compiled.
-/// Used at start and by every reload.
-pub fn build_routes(
-    config: &Config,
-    backends: &[Supervisor],
-) -> Result<(Vec<RouteState>, routes::RouteTable), Vec<ConfigError>> {
-    let mut errors: Vec<ConfigError> = Vec::new();
-    let mut routes = Vec::new();
-    let mut matchers = Vec::new();
-    for r in &config.routes {
-        let (target, preserve_host_header, public) = match &r.to {
-            Upstream::Url(to) => match static_upstream(r, to) {
-                Ok(up) => (
-                    Target::Static(up),
-                    r.preserve_host_header,
-                    r.allow_public_unauthenticated_access,
-                ),
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            },
-            Upstream::Backend(name) => {
-                let Some(sup) = pool(backends, name) else {
-                    // The config crate checks the name, so on a reload this is a new pool.
-                    errors.push(ConfigError::new(
-                        r.origin.clone(),
-                        format!(
-                            "routes[{}].to_backend: pool `{name}` is not running; new pools take effect after a restart",
-                            r.index
-                        ),
-                    ));
-                    continue;
-                };
-                // OpenCode's terminal checks Origin against Host (docs/opencode.md §6);
-                // a per-person route is never public.
-                (Target::Backend(sup.clone()), true, false)
-            }
-        };
-        matchers.push(routes::RouteMatcher::from_route(r));
-        routes.push(RouteState {
-            from: r.from.clone(),
-            label: route_label(r),
-            target,
-            pass_identity_headers: r.pass_identity_headers,
-            preserve_host_header,
-            public,
-            policy: Policy::for_route(r, &config.allowed_domains, &config.allowed_groups),
-        });
-    }
-    if let Some(a) = config.authenticate_service_url.as_ref() {
-        let host = a.host_str().unwrap_or("").to_ascii_lowercase();
-        for r in &config.routes {
-            if r.from.host == host
-                && (r.from.port.is_none() || a.port().is_none() || r.from.port == a.port())
-            {
-                errors.push(ConfigError::new(
-                    r.origin.clone(),
-                    format!(
-                        "routes[{}].from: host {} is also the host of authenticate_service_url, which only serves sign-in; give the authenticate service its own host name (e.g. auth.{})",
-                        r.index, r.from.host, r.from.host
-                    ),
-                ));
-            }
-        }
-    }
-    if errors.is_empty() {
-        Ok((routes, routes::RouteTable::new(matchers)))
-    } else {
-        Err(errors)
     }
 }
 
@@ -398,18 +278,6 @@ fn prepare_with(
         started_with: reload::RestartOnly::of(config),
         notes,
     })
-}
-
-/// `https://host[:port][/prefix]`, for logs and pages.
-fn route_label(r: &gatehouse_config::Route) -> String {
-    let mut label = format!("{}://{}", r.from.scheme, r.from.host);
-    if let Some(p) = r.from.port {
-        label.push_str(&format!(":{p}"));
-    }
-    if let Some(p) = r.path.as_ref().or(r.prefix.as_ref()) {
-        label.push_str(p);
-    }
-    label
 }
 
 /// Runs one pool's supervisor beside the proxy: stops what a crashed Gatehouse left,

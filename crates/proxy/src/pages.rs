@@ -264,6 +264,11 @@ pub fn internal_error(request_id: &str) -> Page {
     )
 }
 
+/// A short random id for a request, shown on error pages and logged with the details.
+pub(crate) fn request_id() -> String {
+    gatehouse_auth::random_token(9)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

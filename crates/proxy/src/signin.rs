@@ -1,0 +1,427 @@
+//! Signing in and out: the session cookies (sealed, chunked), the login-state cookie and
+//! the IdP round trip, the route host's callback, and the authenticate host of the
+//! two-host flow with its one-time handoff.
+
+use std::collections::HashMap;
+
+use http::Method;
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+
+use gatehouse_auth::seal::MAX_CHUNKS;
+use gatehouse_auth::{CallbackError, VerifiedIdentity, now};
+use gatehouse_config::SameSite;
+
+use crate::pages::{self, Page, request_id};
+use crate::request::{cookie_lookup, is_api_request, query_map, request_cookies};
+use crate::state::State;
+
+impl State {
+    fn set_cookie(
+        &self,
+        name: &str,
+        value: &str,
+        max_age_secs: i64,
+        same_site: SameSite,
+        domain: bool,
+    ) -> String {
+        let mut c = cookie::Cookie::build((name, value))
+            .path("/")
+            .secure(true)
+            .http_only(true)
+            .max_age(cookie::time::Duration::seconds(max_age_secs.max(0)))
+            .same_site(match same_site {
+                SameSite::Lax => cookie::SameSite::Lax,
+                SameSite::Strict => cookie::SameSite::Strict,
+                SameSite::None => cookie::SameSite::None,
+            });
+        if domain && let Some(d) = &self.cookie.domain {
+            c = c.domain(d.clone());
+        }
+        c.build().to_string()
+    }
+
+    /// Set-Cookie headers that store `session`, clearing leftover chunks of a larger one.
+    fn session_cookies(
+        &self,
+        session: &gatehouse_auth::Session,
+        jar: &[(String, String)],
+        now: u64,
+    ) -> Vec<String> {
+        let pairs = self.auth.session.encode(session);
+        let ttl = session.exp.saturating_sub(now) as i64;
+        let mut out: Vec<String> = pairs
+            .iter()
+            .map(|(k, v)| self.set_cookie(k, v, ttl, self.cookie.same_site, true))
+            .collect();
+        let name = self.auth.session.name();
+        for i in pairs.len()..MAX_CHUNKS {
+            let chunk = format!("{name}_{i}");
+            if jar.iter().any(|(k, _)| *k == chunk) {
+                out.push(self.set_cookie(&chunk, "", 0, self.cookie.same_site, true));
+            }
+        }
+        out
+    }
+
+    /// Set-Cookie headers that delete the session (every chunk) and the login cookie.
+    pub(crate) fn clear_session_cookies(&self) -> Vec<String> {
+        let name = self.auth.session.name();
+        let mut out = vec![self.set_cookie(name, "", 0, self.cookie.same_site, true)];
+        for i in 1..MAX_CHUNKS {
+            out.push(self.set_cookie(&format!("{name}_{i}"), "", 0, self.cookie.same_site, true));
+        }
+        out.push(self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false));
+        out.push(self.set_cookie(self.auth.handoff_cookie_name(), "", 0, SameSite::Lax, false));
+        out
+    }
+
+    /// `return_url` is acceptable only if it is a URL of a configured route.
+    fn checked_return_url(&self, raw: &str) -> Option<url::Url> {
+        let u = url::Url::parse(raw).ok()?;
+        if !matches!(u.scheme(), "https" | "http")
+            || !u.username().is_empty()
+            || u.password().is_some()
+        {
+            return None;
+        }
+        let host = u.host_str()?.to_ascii_lowercase();
+        let port = u.port_or_known_default()?;
+        let idx = self.table.find(&host, port, u.path())?;
+        (self.routes[idx].from.scheme == u.scheme()).then_some(u)
+    }
+
+    /// The answer on a route host once a session is made: set its cookies, clear the
+    /// one-time cookie that carried the sign-in (`spent`), and go back to `return_url` if it
+    /// is a route URL on this host (else `/`).
+    fn signed_in(
+        &self,
+        session: &gatehouse_auth::Session,
+        return_url: &str,
+        host: &str,
+        jar: &[(String, String)],
+        now: u64,
+        spent: &str,
+    ) -> Page {
+        let target = self
+            .checked_return_url(return_url)
+            .filter(|u| u.host_str().is_some_and(|h| h.eq_ignore_ascii_case(host)))
+            .map(|u| u.to_string())
+            .unwrap_or_else(|| "/".to_string());
+        let mut page = Page::redirect(302, &target);
+        for c in self.session_cookies(session, jar, now) {
+            page = page.with_header("set-cookie", c);
+        }
+        page.with_header(
+            "set-cookie",
+            self.set_cookie(spent, "", 0, SameSite::Lax, false),
+        )
+    }
+
+    /// A new sign-in looks up the person's directory groups now (at most the directory
+    /// timeout), so the first request after it sees current ones.
+    pub(crate) async fn groups_at_sign_in(&self, session: &gatehouse_auth::Session) {
+        if let Some(directory) = &self.directory {
+            directory.refresh_now(&session.sub).await;
+        }
+    }
+
+    /// The identity from the session cookie, if it verifies and has not expired.
+    pub(crate) fn identity(&self, jar: &[(String, String)]) -> Option<VerifiedIdentity> {
+        match self.auth.session.decode(cookie_lookup(jar), now()) {
+            Ok(id) => Some(id),
+            Err(gatehouse_auth::SessionRejected::Missing) => None,
+            Err(e) => {
+                tracing::debug!(reason = %e, "session cookie not accepted; treating as signed out");
+                None
+            }
+        }
+    }
+
+    /// Sends the person to sign in (or answers 401 to a script).
+    pub(crate) async fn start_sign_in(
+        &self,
+        req: &RequestHeader,
+        scheme: &str,
+        authority: &str,
+    ) -> Page {
+        let path_and_query = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let mut return_url = format!("{scheme}://{authority}{path_and_query}");
+        if return_url.len() > 2048 {
+            return_url = format!("{scheme}://{authority}/");
+        }
+        if is_api_request(req) || !matches!(req.method, Method::GET | Method::HEAD) {
+            return Page::json(
+                401,
+                &serde_json::json!({"error": "unauthenticated", "message": "sign in first", "sign_in_url": return_url}),
+            )
+            .with_header("www-authenticate", "Bearer realm=\"gatehouse\"".into());
+        }
+        if let Some(a) = &self.auth_host {
+            // Bind the coming handoff to this browser: only a browser holding this cookie
+            // can open it (otherwise a handoff minted by one person could sign in another).
+            let nonce = gatehouse_auth::random_token(16);
+            let binding = gatehouse_auth::handoff_binding(&nonce);
+            let enc: String = form_urlencoded::byte_serialize(return_url.as_bytes()).collect();
+            return Page::redirect(
+                302,
+                &format!(
+                    "{}/.gatehouse/sign_in?return_url={enc}&binding={binding}",
+                    a.origin
+                ),
+            )
+            .with_header(
+                "set-cookie",
+                self.set_cookie(
+                    self.auth.handoff_cookie_name(),
+                    &nonce,
+                    gatehouse_auth::LOGIN_TTL_SECS as i64,
+                    SameSite::Lax,
+                    false,
+                ),
+            );
+        }
+        let redirect_uri = format!("{scheme}://{authority}/.gatehouse/callback");
+        self.begin_login(&redirect_uri, &return_url, None).await
+    }
+
+    async fn begin_login(
+        &self,
+        redirect_uri: &str,
+        return_url: &str,
+        binding: Option<&str>,
+    ) -> Page {
+        match self
+            .auth
+            .begin_login(redirect_uri, return_url, binding, now())
+            .await
+        {
+            Ok((idp_url, login_cookie)) => Page::redirect(302, &idp_url).with_header(
+                "set-cookie",
+                self.set_cookie(
+                    self.auth.login_cookie_name(),
+                    &login_cookie,
+                    gatehouse_auth::LOGIN_TTL_SECS as i64,
+                    SameSite::Lax,
+                    false,
+                ),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start sign-in");
+                pages::upstream_error(
+                    502,
+                    "Gatehouse cannot reach the identity provider to sign you in. Try again in a moment.",
+                    &request_id(),
+                )
+            }
+        }
+    }
+
+    /// The IdP came back with `code` and `state`: check everything and make a session.
+    async fn finish_login(
+        &self,
+        jar: &[(String, String)],
+        query: &HashMap<String, String>,
+        retry: &str,
+    ) -> Result<gatehouse_auth::LoginDone, Page> {
+        let login = cookie_lookup(jar)(self.auth.login_cookie_name());
+        match self.auth.finish_login(login, query, now()).await {
+            Ok(ok) => Ok(ok),
+            Err(e) => {
+                tracing::info!(reason = %e, "sign-in refused");
+                let shown = match &e {
+                    CallbackError::Oidc(
+                        gatehouse_auth::OidcError::IdTokenRefused(_)
+                        | gatehouse_auth::OidcError::AzpMismatch { .. },
+                    ) => {
+                        "the identity provider's answer did not pass Gatehouse's checks".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                Err(pages::sign_in_failed(&shown, retry).with_header(
+                    "set-cookie",
+                    self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false),
+                ))
+            }
+        }
+    }
+}
+
+/// `/.gatehouse/callback` on a route host: either a handoff from the authenticate host,
+/// or (without `authenticate_service_url`) the IdP's redirect with `code` and `state`.
+pub(crate) async fn route_callback(
+    st: &State,
+    req: &RequestHeader,
+    jar: &[(String, String)],
+    host: &str,
+) -> Result<Page> {
+    let query = query_map(req.uri.query());
+    let t = now();
+    if let Some(token) = query.get("handoff") {
+        let binding = cookie_lookup(jar)(st.auth.handoff_cookie_name());
+        return Ok(match st.auth.open_handoff(token, host, binding, t) {
+            Ok((id, return_url)) => {
+                tracing::info!(user = %id.email(), "signed in (handoff)");
+                st.signed_in(
+                    id.session(),
+                    &return_url,
+                    host,
+                    jar,
+                    t,
+                    st.auth.handoff_cookie_name(),
+                )
+            }
+            Err(e) => {
+                tracing::info!(reason = %e, "handoff refused");
+                pages::sign_in_failed(&e.to_string(), "/")
+            }
+        });
+    }
+    if st.auth_host.is_some() {
+        return Ok(pages::sign_in_failed(
+            "this site signs in through the authenticate service, not here",
+            "/",
+        ));
+    }
+    Ok(match st.finish_login(jar, &query, "/").await {
+        Ok(done) => {
+            tracing::info!(user = %done.session.email, "signed in");
+            st.groups_at_sign_in(&done.session).await;
+            st.signed_in(
+                &done.session,
+                &done.return_url,
+                host,
+                jar,
+                t,
+                st.auth.login_cookie_name(),
+            )
+        }
+        Err(page) => page,
+    })
+}
+
+/// Requests to the authenticate host: sign-in start, the IdP callback, sign-out.
+pub(crate) async fn authenticate_host(
+    st: &State,
+    req: &RequestHeader,
+    path: &str,
+    gh: Option<&str>,
+) -> Result<Page> {
+    let Some(auth_host) = st.auth_host.clone() else {
+        return Ok(pages::not_found(""));
+    };
+    let query = query_map(req.uri.query());
+    let jar = request_cookies(req);
+    let t = now();
+    if path == "/oauth2/callback" {
+        return Ok(
+            match st
+                .finish_login(&jar, &query, &format!("{}/", auth_host.origin))
+                .await
+            {
+                Ok(done) => {
+                    let s = done.session;
+                    let Some(target) = st.checked_return_url(&done.return_url) else {
+                        return Ok(pages::bad_request(
+                            "The page to return to is not one Gatehouse protects.",
+                        ));
+                    };
+                    let Some(binding) = done.binding else {
+                        return Ok(pages::sign_in_failed(
+                            "this sign-in was not started from a Gatehouse page",
+                            "/",
+                        ));
+                    };
+                    tracing::info!(user = %s.email, "signed in");
+                    st.groups_at_sign_in(&s).await;
+                    let mut page = handoff_redirect(st, &s, &target, &binding, t);
+                    for c in st.session_cookies(&s, &jar, t) {
+                        page = page.with_header("set-cookie", c);
+                    }
+                    page.with_header(
+                        "set-cookie",
+                        st.set_cookie(st.auth.login_cookie_name(), "", 0, SameSite::Lax, false),
+                    )
+                }
+                Err(page) => page,
+            },
+        );
+    }
+    match gh {
+        Some("sign_in") => {
+            let raw = query.get("return_url").map(String::as_str).unwrap_or("");
+            let Some(target) = st.checked_return_url(raw) else {
+                tracing::info!("sign-in refused: return_url is not a configured route");
+                return Ok(pages::bad_request(
+                    "The page to return to is not one Gatehouse protects, so Gatehouse will not send you there.",
+                ));
+            };
+            // The route host's binding for the browser that asked (see start_sign_in).
+            let Some(binding) = query
+                .get("binding")
+                .filter(|b| !b.is_empty() && b.len() <= 128)
+            else {
+                return Ok(pages::bad_request(
+                    "This sign-in link is incomplete. Open the page you wanted again to sign in.",
+                ));
+            };
+            if !st.auth.claim_binding(binding, t) {
+                tracing::info!("sign-in refused: this sign-in link was already used");
+                return Ok(pages::bad_request(
+                    "This sign-in link was already used. Open the page you wanted again to sign in.",
+                ));
+            }
+            // Already signed in at the authenticate host: hand the session over directly.
+            if let Some(id) = st.identity(&jar) {
+                return Ok(handoff_redirect(st, id.session(), &target, binding, t));
+            }
+            let redirect_uri = format!("{}/oauth2/callback", auth_host.origin);
+            Ok(st
+                .begin_login(&redirect_uri, target.as_str(), Some(binding))
+                .await)
+        }
+        Some("sign_out") => {
+            let token = query.get("token").map(String::as_str).unwrap_or("");
+            let Some(req) = st.auth.open_sign_out(token, t) else {
+                return Ok(pages::bad_request(
+                    "This sign-out link is not valid (it may have expired).",
+                ));
+            };
+            let target = st
+                .checked_return_url(&req.return_url)
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| "/.gatehouse/signed_out".into());
+            let mut page = Page::redirect(302, &target);
+            // End this host's session only if it is the one being signed out, so a
+            // sign-out link can't be used to sign someone else out.
+            if st
+                .identity(&jar)
+                .is_some_and(|id| id.session().sid == req.sid)
+            {
+                for c in st.clear_session_cookies() {
+                    page = page.with_header("set-cookie", c);
+                }
+            }
+            Ok(page)
+        }
+        Some("signed_out") => Ok(pages::signed_out()),
+        _ => Ok(pages::not_found(&auth_host.host)),
+    }
+}
+
+/// Redirect from the authenticate host to the route host's callback, carrying a handoff.
+fn handoff_redirect(
+    st: &State,
+    s: &gatehouse_auth::Session,
+    target: &url::Url,
+    binding: &str,
+    t: u64,
+) -> Page {
+    let host = target.host_str().unwrap_or("").to_ascii_lowercase();
+    let token = st.auth.seal_handoff(s, &host, target.as_str(), binding, t);
+    let origin = target.origin().ascii_serialization();
+    Page::redirect(
+        302,
+        &format!("{origin}/.gatehouse/callback?handoff={token}"),
+    )
+}
