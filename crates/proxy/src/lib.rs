@@ -32,6 +32,7 @@
 //! ```
 
 mod host;
+mod listeners;
 pub mod metrics;
 pub mod pages;
 pub mod reload;
@@ -47,9 +48,7 @@ mod upstream;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use pingora::listeners::tls::TlsSettings;
 use pingora::prelude::*;
-use pingora::server::configuration::ServerConf;
 
 use arc_swap::ArcSwap;
 use gatehouse_auth::Auth;
@@ -57,7 +56,8 @@ use gatehouse_backends::{PoolSettings, Supervisor};
 use gatehouse_config::{Config, ConfigError, ConfigErrors};
 use gatehouse_policy::{Decision, Policy};
 
-pub use service::{Gatehouse, HttpsRedirect, MetricsEndpoint};
+pub use listeners::{HttpsRedirect, MetricsEndpoint, RunOptions, run};
+pub use service::Gatehouse;
 pub(crate) use state::pool;
 pub use state::{
     AuthHost, CookieSettings, RouteState, State, StaticUpstream, Target, build_routes,
@@ -280,21 +280,6 @@ fn prepare_with(
     })
 }
 
-/// Runs one pool's supervisor beside the proxy: stops what a crashed Gatehouse left,
-/// checks idle and exited backends, and stops every backend when Gatehouse shuts down.
-struct BackendService(Supervisor);
-
-#[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for BackendService {
-    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
-        let left = self.0.stop_leftovers().await;
-        if left > 0 {
-            tracing::warn!(pool = %self.0.settings().pool.name, stopped = left, "stopped backends left running by an earlier Gatehouse");
-        }
-        self.0.run(shutdown).await;
-    }
-}
-
 /// The Google directory client (`idp_service_account`), whose key must sign; with Google
 /// and no service account, a note when a route's rules use groups (they never match).
 pub(crate) fn directory(
@@ -329,127 +314,5 @@ pub(crate) fn directory(
             errors.push(ConfigError::new(d.origin.clone(), e.to_string()));
             None
         }
-    }
-}
-
-/// Options for running (from the command line, not the config file).
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// Worker threads for the proxy service.
-    pub threads: usize,
-}
-
-/// Binds the listeners and serves until SIGTERM/SIGINT. Never returns on success
-/// (Pingora exits the process after its graceful shutdown).
-pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
-    let conf = ServerConf {
-        threads: opts.threads.max(1),
-        // Let in-flight requests finish, but don't keep a stopping server around for long
-        // (Pingora's default is 300 s; long streams are cut at the end anyway).
-        grace_period_seconds: Some(5),
-        graceful_shutdown_timeout_seconds: Some(5),
-        upstream_keepalive_pool_size: 256,
-        ..Default::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-
-    let mut main = pingora::proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gatehouse {
-            live: Arc::clone(&prepared.live),
-        },
-        "gatehouse",
-    );
-    let addr = prepared.address.to_string();
-    match prepared.tls {
-        Some(resolver) => {
-            let mut tls = TlsSettings::intermediate("", "")?;
-            tls.set_cert_resolver(Arc::new(resolver));
-            tls.enable_h2();
-            main.add_tls_with_settings(&addr, None, tls);
-            tracing::info!(address = %addr, "listening (https, HTTP/1.1 and HTTP/2)");
-        }
-        None => {
-            main.add_tcp(&addr);
-            tracing::warn!(address = %addr, "listening on plain HTTP (insecure_server: true): put a TLS terminator in front");
-        }
-    }
-    server.add_service(main);
-    for sup in &prepared.live.backends {
-        let name = format!("backends-{}", sup.settings().pool.name);
-        server.add_service(background_service(&name, BackendService(sup.clone())));
-        tracing::info!(pool = %sup.settings().pool.name, ports = ?sup.settings().pool.ports, isolated = sup.isolated(), confinement = %sup.confinement(), "per-person backends");
-        if let Some(reason) = sup.not_isolated() {
-            tracing::warn!(pool = %sup.settings().pool.name, reason, "backends are NOT isolated from each other: every person's OpenCode runs as the same Unix user and can read the others' files");
-        }
-    }
-
-    if let Some(r) = prepared.redirect_addr {
-        let mut redirect = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            HttpsRedirect {
-                https_port: prepared.address.port(),
-            },
-            "gatehouse-redirect",
-        );
-        redirect.add_tcp(&r.to_string());
-        server.add_service(redirect);
-        tracing::info!(address = %r, "listening (http, redirects to https)");
-    }
-    if let Some(m) = prepared.metrics_addr {
-        let mut metrics = pingora::proxy::http_proxy_service_with_name(
-            &server.configuration,
-            MetricsEndpoint {
-                live: Arc::clone(&prepared.live),
-            },
-            "gatehouse-metrics",
-        );
-        metrics.add_tcp(&m.to_string());
-        server.add_service(metrics);
-        tracing::info!(address = %m, "metrics at http://{m}/metrics");
-    }
-    server.add_service(pingora::services::background::background_service(
-        "gatehouse-reload",
-        reload::Reloader {
-            live: Arc::clone(&prepared.live),
-            watched: prepared.watched.clone(),
-            started_with: prepared.started_with.clone(),
-        },
-    ));
-    server.run(pingora::server::RunArgs {
-        shutdown_signal: Box::new(Signals {
-            backends: prepared.live.backends.clone(),
-        }),
-    });
-    std::process::exit(0)
-}
-
-/// Pingora's signals (SIGTERM graceful, SIGINT fast, SIGQUIT upgrade), except that a fast
-/// shutdown first stops every backend: Pingora's fast shutdown drops the background
-/// services without telling them, which would leave every person's backend running.
-struct Signals {
-    backends: Vec<Supervisor>,
-}
-
-#[async_trait::async_trait]
-impl pingora::server::ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> pingora::server::ShutdownSignal {
-        let signal = pingora::server::UnixShutdownSignalWatch.recv().await;
-        if matches!(signal, pingora::server::ShutdownSignal::FastShutdown) {
-            tracing::info!("SIGINT: stopping every backend, then exiting");
-            let stops: Vec<_> = self
-                .backends
-                .iter()
-                .map(|sup| {
-                    let sup = sup.clone();
-                    tokio::spawn(async move { sup.stop_all().await })
-                })
-                .collect();
-            for s in stops {
-                let _ = s.await;
-            }
-        }
-        signal
     }
 }

@@ -264,6 +264,18 @@ pub fn internal_error(request_id: &str) -> Page {
     )
 }
 
+impl Page {
+    pub(crate) fn with_body(mut self, body: &str) -> Page {
+        self.body = Bytes::copy_from_slice(body.as_bytes());
+        self
+    }
+    pub(crate) fn with_cache(mut self, value: &str) -> Page {
+        self.headers.retain(|(k, _)| *k != "cache-control");
+        self.headers.push(("cache-control", value.to_string()));
+        self
+    }
+}
+
 /// A short random id for a request, shown on error pages and logged with the details.
 pub(crate) fn request_id() -> String {
     gatehouse_auth::random_token(9)

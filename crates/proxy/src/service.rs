@@ -140,7 +140,7 @@ async fn read_form(session: &mut Session) -> Result<HashMap<String, String>> {
     Ok(form_urlencoded::parse(&body).into_owned().collect())
 }
 
-async fn write_page(session: &mut Session, page: Page) -> Result<u16> {
+pub(crate) async fn write_page(session: &mut Session, page: Page) -> Result<u16> {
     let mut resp = ResponseHeader::build(page.status, Some(page.headers.len() + 1))?;
     for (k, v) in page.headers {
         resp.append_header(k, v)?;
@@ -562,18 +562,6 @@ impl Gatehouse {
     }
 }
 
-impl Page {
-    fn with_body(mut self, body: &str) -> Page {
-        self.body = Bytes::copy_from_slice(body.as_bytes());
-        self
-    }
-    fn with_cache(mut self, value: &str) -> Page {
-        self.headers.retain(|(k, _)| *k != "cache-control");
-        self.headers.push(("cache-control", value.to_string()));
-        self
-    }
-}
-
 /// The label of the request's route, for logs (`-` when none matched).
 pub(crate) fn ctx_label<'a>(st: &'a State, ctx: &Ctx) -> &'a str {
     ctx.route
@@ -801,86 +789,3 @@ impl ProxyHttp for Gatehouse {
 /// a full pool or a failing backend is known at once, while OpenCode itself needs 1.2 s or
 /// more to start, so a person sees the page at once rather than a blank wait.
 const NAVIGATION_WAIT: Duration = Duration::from_millis(500);
-
-/// The plain-HTTP listener (`http_redirect_addr`): a permanent redirect to https, and
-/// nothing else (health checks excepted).
-pub struct HttpsRedirect {
-    /// The https port to send people to (omitted from URLs when 443).
-    pub https_port: u16,
-}
-
-#[async_trait]
-impl ProxyHttp for HttpsRedirect {
-    type CTX = ();
-    fn new_ctx(&self) {}
-
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
-        let req = session.req_header();
-        let path = req.uri.path();
-        if matches!(gatehouse_path(path), Some("health" | "ping")) {
-            write_page(session, Page::text(200, "ok\n")).await?;
-            return Ok(true);
-        }
-        let authority = req
-            .headers
-            .get(http::header::HOST)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        let page = match split_host(authority) {
-            Some((host, _)) => {
-                let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-                let port = if self.https_port == 443 {
-                    String::new()
-                } else {
-                    format!(":{}", self.https_port)
-                };
-                Page::redirect(308, &format!("https://{host}{port}{pq}"))
-            }
-            None => pages::bad_request("The request has no valid Host header."),
-        };
-        write_page(session, page).await?;
-        Ok(true)
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Error::e_explain(
-            ErrorType::InternalError,
-            "the redirect listener never proxies",
-        )
-    }
-
-    fn suppress_error_log(&self, _session: &Session, _ctx: &(), _error: &Error) -> bool {
-        true
-    }
-}
-
-/// The metrics listener (`metrics_address`): `GET /metrics` in the Prometheus text format,
-/// 404 for anything else. Nothing is proxied.
-pub struct MetricsEndpoint {
-    pub live: Arc<Live>,
-}
-
-#[async_trait]
-impl ProxyHttp for MetricsEndpoint {
-    type CTX = ();
-
-    fn new_ctx(&self) {}
-
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut ()) -> Result<bool> {
-        let page = if session.req_header().uri.path() == "/metrics" {
-            // Prometheus' text format is plain text (version 0.0.4).
-            Page::text(200, "").with_body(&self.live.render_metrics())
-        } else {
-            Page::text(404, "not found: metrics are at /metrics\n")
-        };
-        write_page(session, page).await?;
-        Ok(true)
-    }
-
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Error::e_explain(
-            ErrorType::InternalError,
-            "the metrics listener proxies nothing",
-        )
-    }
-}
