@@ -31,6 +31,8 @@
 //!    └─ logging: one access line (path without query), target `gatehouse::access`
 //! ```
 
+mod endpoints;
+mod flow;
 mod host;
 mod listeners;
 pub mod metrics;
@@ -118,7 +120,7 @@ impl Live {
                 return None;
             }
             // The groups it was admitted with (directory groups are kept on the identity).
-            match service::decide_policy(route, &s.identity, &s.method, &s.path, None) {
+            match flow::decide_policy(route, &s.identity, &s.method, &s.path, None) {
                 Decision::Allow(_) => None,
                 Decision::Deny(reason) => Some(reason.code().to_string()),
             }

@@ -276,6 +276,50 @@ impl Page {
     }
 }
 
+/// A cross-site write to a person's backend, refused (cross-site request forgery,
+/// cross-site WebSocket hijacking).
+pub(crate) fn cross_origin() -> Page {
+    Page::html(
+        403,
+        "Request refused",
+        "<p>This request came from another site, so Gatehouse did not pass it to your assistant.</p>",
+    )
+}
+
+/// A sign-out or Restart form that did not come from Gatehouse's own page.
+pub(crate) fn form_not_confirmed(sign_out: bool) -> Page {
+    let (title, what) = if sign_out {
+        (
+            "Sign-out not confirmed",
+            "sign-out request did not come from Gatehouse's own sign-out button",
+        )
+    } else {
+        (
+            "Restart not confirmed",
+            "restart request did not come from Gatehouse's own button",
+        )
+    };
+    Page::html(
+        403,
+        title,
+        &format!(
+            "<p>This {what}, so nothing was changed.</p><p><a class=\"button\" href=\"/.gatehouse/\">Go to your session page</a></p>"
+        ),
+    )
+}
+
+/// `/.gatehouse/<name>` that does not exist.
+pub(crate) fn no_such_page(name: &str) -> Page {
+    Page::html(
+        404,
+        "Not found",
+        &format!(
+            "<p>Gatehouse has no page called {}.</p>",
+            html_escape::encode_text(name)
+        ),
+    )
+}
+
 /// A short random id for a request, shown on error pages and logged with the details.
 pub(crate) fn request_id() -> String {
     gatehouse_auth::random_token(9)

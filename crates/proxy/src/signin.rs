@@ -254,12 +254,12 @@ pub(crate) async fn route_callback(
     req: &RequestHeader,
     jar: &[(String, String)],
     host: &str,
-) -> Result<Page> {
+) -> Page {
     let query = query_map(req.uri.query());
     let t = now();
     if let Some(token) = query.get("handoff") {
         let binding = cookie_lookup(jar)(st.auth.handoff_cookie_name());
-        return Ok(match st.auth.open_handoff(token, host, binding, t) {
+        return match st.auth.open_handoff(token, host, binding, t) {
             Ok((id, return_url)) => {
                 tracing::info!(user = %id.email(), "signed in (handoff)");
                 st.signed_in(
@@ -275,15 +275,15 @@ pub(crate) async fn route_callback(
                 tracing::info!(reason = %e, "handoff refused");
                 pages::sign_in_failed(&e.to_string(), "/")
             }
-        });
+        };
     }
     if st.auth_host.is_some() {
-        return Ok(pages::sign_in_failed(
+        return pages::sign_in_failed(
             "this site signs in through the authenticate service, not here",
             "/",
-        ));
+        );
     }
-    Ok(match st.finish_login(jar, &query, "/").await {
+    match st.finish_login(jar, &query, "/").await {
         Ok(done) => {
             tracing::info!(user = %done.session.email, "signed in");
             st.groups_at_sign_in(&done.session).await;
@@ -297,7 +297,7 @@ pub(crate) async fn route_callback(
             )
         }
         Err(page) => page,
-    })
+    }
 }
 
 /// Requests to the authenticate host: sign-in start, the IdP callback, sign-out.
@@ -306,86 +306,83 @@ pub(crate) async fn authenticate_host(
     req: &RequestHeader,
     path: &str,
     gh: Option<&str>,
-) -> Result<Page> {
+) -> Page {
     let Some(auth_host) = st.auth_host.clone() else {
-        return Ok(pages::not_found(""));
+        return pages::not_found("");
     };
     let query = query_map(req.uri.query());
     let jar = request_cookies(req);
     let t = now();
     if path == "/oauth2/callback" {
-        return Ok(
-            match st
-                .finish_login(&jar, &query, &format!("{}/", auth_host.origin))
-                .await
-            {
-                Ok(done) => {
-                    let s = done.session;
-                    let Some(target) = st.checked_return_url(&done.return_url) else {
-                        return Ok(pages::bad_request(
-                            "The page to return to is not one Gatehouse protects.",
-                        ));
-                    };
-                    let Some(binding) = done.binding else {
-                        return Ok(pages::sign_in_failed(
-                            "this sign-in was not started from a Gatehouse page",
-                            "/",
-                        ));
-                    };
-                    tracing::info!(user = %s.email, "signed in");
-                    st.groups_at_sign_in(&s).await;
-                    let mut page = handoff_redirect(st, &s, &target, &binding, t);
-                    for c in st.session_cookies(&s, &jar, t) {
-                        page = page.with_header("set-cookie", c);
-                    }
-                    page.with_header(
-                        "set-cookie",
-                        st.set_cookie(st.auth.login_cookie_name(), "", 0, SameSite::Lax, false),
-                    )
+        return match st
+            .finish_login(&jar, &query, &format!("{}/", auth_host.origin))
+            .await
+        {
+            Ok(done) => {
+                let s = done.session;
+                let Some(target) = st.checked_return_url(&done.return_url) else {
+                    return pages::bad_request(
+                        "The page to return to is not one Gatehouse protects.",
+                    );
+                };
+                let Some(binding) = done.binding else {
+                    return pages::sign_in_failed(
+                        "this sign-in was not started from a Gatehouse page",
+                        "/",
+                    );
+                };
+                tracing::info!(user = %s.email, "signed in");
+                st.groups_at_sign_in(&s).await;
+                let mut page = handoff_redirect(st, &s, &target, &binding, t);
+                for c in st.session_cookies(&s, &jar, t) {
+                    page = page.with_header("set-cookie", c);
                 }
-                Err(page) => page,
-            },
-        );
+                page.with_header(
+                    "set-cookie",
+                    st.set_cookie(st.auth.login_cookie_name(), "", 0, SameSite::Lax, false),
+                )
+            }
+            Err(page) => page,
+        };
     }
     match gh {
         Some("sign_in") => {
             let raw = query.get("return_url").map(String::as_str).unwrap_or("");
             let Some(target) = st.checked_return_url(raw) else {
                 tracing::info!("sign-in refused: return_url is not a configured route");
-                return Ok(pages::bad_request(
+                return pages::bad_request(
                     "The page to return to is not one Gatehouse protects, so Gatehouse will not send you there.",
-                ));
+                );
             };
             // The route host's binding for the browser that asked (see start_sign_in).
             let Some(binding) = query
                 .get("binding")
                 .filter(|b| !b.is_empty() && b.len() <= 128)
             else {
-                return Ok(pages::bad_request(
+                return pages::bad_request(
                     "This sign-in link is incomplete. Open the page you wanted again to sign in.",
-                ));
+                );
             };
             if !st.auth.claim_binding(binding, t) {
                 tracing::info!("sign-in refused: this sign-in link was already used");
-                return Ok(pages::bad_request(
+                return pages::bad_request(
                     "This sign-in link was already used. Open the page you wanted again to sign in.",
-                ));
+                );
             }
             // Already signed in at the authenticate host: hand the session over directly.
             if let Some(id) = st.identity(&jar) {
-                return Ok(handoff_redirect(st, id.session(), &target, binding, t));
+                return handoff_redirect(st, id.session(), &target, binding, t);
             }
             let redirect_uri = format!("{}/oauth2/callback", auth_host.origin);
-            Ok(st
-                .begin_login(&redirect_uri, target.as_str(), Some(binding))
-                .await)
+            st.begin_login(&redirect_uri, target.as_str(), Some(binding))
+                .await
         }
         Some("sign_out") => {
             let token = query.get("token").map(String::as_str).unwrap_or("");
             let Some(req) = st.auth.open_sign_out(token, t) else {
-                return Ok(pages::bad_request(
+                return pages::bad_request(
                     "This sign-out link is not valid (it may have expired).",
-                ));
+                );
             };
             let target = st
                 .checked_return_url(&req.return_url)
@@ -402,10 +399,10 @@ pub(crate) async fn authenticate_host(
                     page = page.with_header("set-cookie", c);
                 }
             }
-            Ok(page)
+            page
         }
-        Some("signed_out") => Ok(pages::signed_out()),
-        _ => Ok(pages::not_found(&auth_host.host)),
+        Some("signed_out") => pages::signed_out(),
+        _ => pages::not_found(&auth_host.host),
     }
 }
 

@@ -11,8 +11,8 @@ use pingora::prelude::*;
 
 use gatehouse_auth::{Auth, VerifiedIdentity, now};
 
+use crate::flow::{Ctx, ctx_label};
 use crate::request::{cookie_name, cookie_parts};
-use crate::service::{Ctx, ctx_label};
 use crate::state::Target;
 
 /// The peer for a request whose route is chosen: the person's own backend on loopback, or

@@ -1,0 +1,186 @@
+//! Gatehouse's own pages on a route host (`/.gatehouse/…`, Pomerium's `/.pomerium/…`), one
+//! function each: the user page and its JSON, JWKS, sign-out and the backend's Restart
+//! button. The two forms are posted: [`page`] asks `request_filter` to read the body
+//! ([`Step::ReadForm`]), then [`submit`] checks origin and CSRF token and acts.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use http::Method;
+use pingora::http::RequestHeader;
+
+use gatehouse_auth::{VerifiedIdentity, now};
+use gatehouse_backends::{Status, Supervisor};
+
+use crate::Live;
+use crate::flow::{Ctx, Step};
+use crate::pages::{self, Page};
+use crate::request::form_origin_ok;
+use crate::state::{State, person_id};
+
+/// One of Gatehouse's own POST forms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FormAction {
+    SignOut,
+    RestartBackend,
+}
+
+/// The page `name` (after `/.gatehouse/`) for a signed-in person.
+pub(crate) fn page(
+    st: &State,
+    backends: &[Supervisor],
+    req: &RequestHeader,
+    name: &str,
+    id: &VerifiedIdentity,
+) -> Step {
+    let post = req.method == Method::POST;
+    Step::Respond(match name {
+        "" => user_page(st, backends, id),
+        "user" => user_json(id),
+        "backend/restart" if post => return Step::ReadForm(FormAction::RestartBackend),
+        "sign_out" if post => return Step::ReadForm(FormAction::SignOut),
+        "sign_out" => user_page(st, backends, id),
+        other => pages::no_such_page(other),
+    })
+}
+
+/// The JWKS that upstreams verify the identity JWT with (also at Pomerium's path).
+pub(crate) fn jwks(st: &State) -> Page {
+    Page::json(200, &serde_json::Value::Null)
+        .with_body(st.auth.signer.jwks_json())
+        .with_cache("public, max-age=300")
+}
+
+/// Sign-out without a session: nothing to end; make sure no cookie is left.
+pub(crate) fn sign_out_without_session(st: &State) -> Page {
+    let mut page = Page::redirect(302, "/.gatehouse/signed_out");
+    for c in st.clear_session_cookies() {
+        page = page.with_header("set-cookie", c);
+    }
+    page
+}
+
+/// Carries out a posted form once its body is read: only when it came from Gatehouse's own
+/// page (same origin, and the session's CSRF token); otherwise a page says nothing changed.
+pub(crate) async fn submit(
+    st: &State,
+    live: &Live,
+    req: &RequestHeader,
+    action: FormAction,
+    form: &HashMap<String, String>,
+    ctx: &Ctx,
+) -> Page {
+    let (Some(id), Some(route)) = (
+        ctx.identity.as_ref(),
+        ctx.route.and_then(|i| st.routes.get(i)),
+    ) else {
+        return pages::internal_error(&pages::request_id());
+    };
+    let scheme = route.from.scheme.as_str();
+    let s = id.session();
+    let origin_ok = form_origin_ok(req, scheme, &ctx.authority);
+    let token_ok = form
+        .get("csrf_token")
+        .is_some_and(|t| st.auth.check_csrf(id, t));
+    if !origin_ok || !token_ok {
+        tracing::info!(user = %s.email, origin_ok, token_ok, action = ?action, "form refused: missing or wrong CSRF token");
+        return pages::form_not_confirmed(action == FormAction::SignOut);
+    }
+    match action {
+        FormAction::RestartBackend => {
+            let pool = form.get("pool").map(String::as_str).unwrap_or("");
+            let Some(sup) = crate::pool(&live.backends, pool) else {
+                return pages::bad_request("There is no such assistant pool.");
+            };
+            let person = person_id(id);
+            tracing::info!(user = %s.email, pool, person = %person, "backend restart requested");
+            // Stopping it ends its open streams too.
+            sup.restart(&person).await;
+            Page::redirect(303, "/.gatehouse/")
+        }
+        FormAction::SignOut => {
+            let ended = live.end_person_streams(&s.iss, &s.sub);
+            tracing::info!(user = %s.email, streams_ended = ended, "signed out");
+            // Pools that say so also stop the person's backend.
+            let person = person_id(id);
+            for sup in live
+                .backends
+                .iter()
+                .filter(|b| b.settings().pool.stop_on_sign_out)
+            {
+                let (sup, person) = (sup.clone(), person.clone());
+                tokio::spawn(async move { sup.stop(&person).await });
+            }
+            let signed_out = format!("{scheme}://{}/.gatehouse/signed_out", ctx.authority);
+            let location = match &st.auth_host {
+                Some(a) => {
+                    let token = st.auth.seal_sign_out(&signed_out, &s.sid, now());
+                    format!("{}/.gatehouse/sign_out?token={token}", a.origin)
+                }
+                None => signed_out,
+            };
+            let mut p = Page::redirect(302, &location);
+            for c in st.clear_session_cookies() {
+                p = p.with_header("set-cookie", c);
+            }
+            p
+        }
+    }
+}
+
+/// The person's session page: who they are, their groups, when the session ends, the
+/// sign-out button, and their backends with a Restart button.
+fn user_page(st: &State, backends: &[Supervisor], id: &VerifiedIdentity) -> Page {
+    let s = id.session();
+    pages::user_page(&pages::UserView {
+        email: &s.email,
+        name: s.name.as_deref(),
+        user: &s.sub,
+        groups: id.groups(),
+        expires: expires_text(s.exp),
+        csrf: &st.auth.csrf_token(id),
+        backends: backend_views(backends, id),
+    })
+}
+
+fn user_json(id: &VerifiedIdentity) -> Page {
+    let s = id.session();
+    Page::json(
+        200,
+        &serde_json::json!({
+            "email": s.email, "email_verified": s.email_verified, "name": s.name, "user": s.sub,
+            "groups": id.groups(), "expires_at": expires_text(s.exp),
+        }),
+    )
+}
+
+/// The user page's lines about the person's backends.
+fn backend_views(backends: &[Supervisor], id: &VerifiedIdentity) -> Vec<pages::BackendView> {
+    let person = person_id(id);
+    backends
+        .iter()
+        .map(|sup| pages::BackendView {
+            pool: sup.settings().pool.name.clone(),
+            state: match sup.status(&person) {
+                Status::Stopped => "stopped (starts on your next visit)".into(),
+                Status::Starting => "starting".into(),
+                Status::Running {
+                    since,
+                    last_activity,
+                    open_requests,
+                } => format!(
+                    "running since {}, last activity {}, {open_requests} open connection(s)",
+                    humantime::format_rfc3339_seconds(since),
+                    humantime::format_rfc3339_seconds(last_activity)
+                ),
+                Status::Crashing { failures, .. } => {
+                    format!("not starting: it failed {failures} times in a row")
+                }
+            },
+        })
+        .collect()
+}
+
+fn expires_text(exp: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(exp)).to_string()
+}

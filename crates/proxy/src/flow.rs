@@ -1,0 +1,341 @@
+//! What to do with one request, as plain functions of the request header and the state:
+//! DESIGN.md's request flow, step by step ([`decide`]). No Pingora session here, so the
+//! whole flow is driven by unit tests in `flow/tests.rs`. `request_filter` carries out the
+//! [`Step`] it returns: proxy, answer, read one of Gatehouse's own forms, or get the
+//! person's backend.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pingora::http::RequestHeader;
+
+use gatehouse_auth::VerifiedIdentity;
+use gatehouse_backends::{BackendError, Lease, Supervisor};
+use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Reason};
+
+use crate::endpoints;
+use crate::pages::{self, Page, request_id};
+use crate::request::{cross_origin_write, gatehouse_path, is_navigation, request_cookies};
+use crate::routes::{is_canonical_path, split_host};
+use crate::signin;
+use crate::state::{RouteState, State, Target, person_id};
+
+#[cfg(test)]
+mod tests;
+
+/// The facts of one request, filled in as `request_filter` goes.
+pub struct Ctx {
+    /// The state serving when the request came in; a reload during the request does not
+    /// change it (so `route` stays an index into the same routes).
+    pub(crate) state: Arc<State>,
+    pub(crate) start: Instant,
+    pub(crate) route: Option<usize>,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) authority: String,
+    pub(crate) identity: Option<VerifiedIdentity>,
+    pub(crate) reason: Option<&'static str>,
+    /// The upstream socket, once connected.
+    pub(crate) upstream_fd: Option<std::os::unix::io::RawFd>,
+    /// The id of this request in the open-streams registry, while it streams.
+    pub(crate) stream: Option<u64>,
+    /// The person's backend on a `to_backend` route, held for the whole request (a stream
+    /// included) so the backend counts as in use.
+    pub(crate) lease: Option<Lease>,
+}
+
+impl Ctx {
+    /// A request's facts before any step: only the state it is decided against.
+    pub(crate) fn new(state: Arc<State>) -> Self {
+        Ctx {
+            state,
+            start: Instant::now(),
+            route: None,
+            host: String::new(),
+            port: 0,
+            authority: String::new(),
+            identity: None,
+            reason: None,
+            upstream_fd: None,
+            stream: None,
+            lease: None,
+        }
+    }
+}
+
+/// What [`decide`] concluded; `request_filter` carries it out.
+#[derive(Debug)]
+pub(crate) enum Step {
+    /// Proxy the request to the route's upstream.
+    Continue,
+    /// Answer with this page; nothing is proxied.
+    Respond(Page),
+    /// One of Gatehouse's own forms was posted: read the body, then [`endpoints::submit`].
+    ReadForm(endpoints::FormAction),
+    /// A `to_backend` route allowed the person: get their backend ([`backend_step`]).
+    Backend,
+}
+
+/// DESIGN.md's request flow, in order: host and path checks, health, the authenticate host,
+/// the route, JWKS, public routes, the sign-in callback, the session, groups, Gatehouse's
+/// own pages, the policy, and for a `to_backend` route the cross-site check. Records the
+/// route, host, identity and reason in `ctx` for the later hooks and the access log.
+pub(crate) async fn decide(
+    st: &State,
+    backends: &[Supervisor],
+    req: &RequestHeader,
+    ctx: &mut Ctx,
+) -> Step {
+    let authority = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("");
+    let path = req.uri.path();
+    let Some((host, port)) = split_host(authority) else {
+        return Step::Respond(pages::bad_request("The request has no valid Host header."));
+    };
+    let port = port.unwrap_or(st.default_port());
+    if !is_canonical_path(path) {
+        return Step::Respond(pages::bad_request(
+            "This address has an unusual form (an empty, \".\" or \"..\" segment, a backslash, or an escaped character that needs no escaping). Use the plain form of the address.",
+        ));
+    }
+    ctx.host.clone_from(&host);
+    ctx.port = port;
+    ctx.authority = authority.to_string();
+    let gh = gatehouse_path(path);
+
+    // Health check: any host, no auth.
+    if matches!(gh, Some("health" | "ping")) {
+        return Step::Respond(Page::text(200, "ok\n"));
+    }
+
+    // The authenticate host (two-host flow).
+    if st.is_auth_host(&host, port) {
+        return Step::Respond(signin::authenticate_host(st, req, path, gh).await);
+    }
+
+    // Route match.
+    let Some(idx) = st.table.find(&host, port, path) else {
+        return Step::Respond(pages::not_found(&host));
+    };
+    ctx.route = Some(idx);
+    let route = &st.routes[idx];
+    let scheme = route.from.scheme.as_str();
+
+    if path == "/.well-known/pomerium/jwks.json" || gh == Some("jwks.json") {
+        return Step::Respond(endpoints::jwks(st));
+    }
+    // A public route needs no cookie at all: answer before parsing them.
+    if route.public && gh.is_none() {
+        ctx.reason = Some("public-route");
+        return Step::Continue;
+    }
+
+    let jar = request_cookies(req);
+    match gh {
+        Some("callback") => {
+            return Step::Respond(signin::route_callback(st, req, &jar, &host).await);
+        }
+        Some("signed_out") => return Step::Respond(pages::signed_out()),
+        _ => {}
+    }
+
+    let Some(identity) = st.identity(&jar) else {
+        if gh == Some("sign_out") {
+            return Step::Respond(endpoints::sign_out_without_session(st));
+        }
+        ctx.reason = Some("signed-out");
+        return Step::Respond(st.start_sign_in(req, scheme, authority).await);
+    };
+
+    // Google Workspace groups: from the directory's cache, or looked up now (waiting at
+    // most idp_refresh_directory_timeout), wherever they are used: the route's rules, its
+    // identity headers, Gatehouse's own pages. `unavailable`: none usable; the policy fails
+    // closed below.
+    let needs_groups = gh.is_some() || route.pass_identity_headers || route.policy.uses_groups();
+    let (identity, unavailable) = match &st.directory {
+        Some(directory) if needs_groups => directory.resolve(identity).await,
+        _ => (identity, None),
+    };
+
+    if let Some(g) = gh {
+        let step = endpoints::page(st, backends, req, g, &identity);
+        ctx.identity = Some(identity);
+        return step;
+    }
+
+    let decision = decide_policy(
+        route,
+        &identity,
+        req.method.as_str(),
+        path,
+        unavailable.map(|u| u.since),
+    );
+    ctx.reason = Some(decision.reason().code());
+    match decision {
+        Decision::Allow(_) => {
+            let step = match &route.target {
+                Target::Backend(_)
+                    if cross_origin_write(req, &format!("{scheme}://{authority}")) =>
+                {
+                    tracing::info!(user = %identity.email(), method = %req.method, "cross-origin request to a backend refused");
+                    ctx.reason = Some("cross-origin");
+                    Step::Respond(pages::cross_origin())
+                }
+                Target::Backend(_) => Step::Backend,
+                Target::Static(_) => Step::Continue,
+            };
+            ctx.identity = Some(identity);
+            step
+        }
+        Decision::Deny(reason) => {
+            let s = identity.session();
+            tracing::info!(user = %s.email, route = %route.label, reason = reason.code(), "denied by policy");
+            let page = pages::forbidden(
+                &s.email,
+                &reason.to_string(),
+                matches!(reason, Reason::GroupsUnavailable { .. }),
+                &st.auth.csrf_token(&identity),
+            );
+            ctx.identity = Some(identity);
+            Step::Respond(page)
+        }
+    }
+}
+
+/// Decides a signed-in person's request on `route` (its policy, with the current time).
+/// The same function decides a new request and re-decides an open stream after a reload.
+///
+/// `groups_unavailable_since`: the person's directory groups could not be had (since
+/// then), so a policy that uses groups refuses.
+pub(crate) fn decide_policy(
+    route: &RouteState,
+    identity: &VerifiedIdentity,
+    method: &str,
+    path: &str,
+    groups_unavailable_since: Option<std::time::SystemTime>,
+) -> Decision {
+    let s = identity.session();
+    let claims = [
+        Claim {
+            name: "sub",
+            values: ClaimValues::One(&s.sub),
+        },
+        Claim {
+            name: "email",
+            values: ClaimValues::One(&s.email),
+        },
+        Claim {
+            name: "email_verified",
+            values: ClaimValues::One(if s.email_verified { "true" } else { "false" }),
+        },
+        Claim {
+            name: "name",
+            values: ClaimValues::One(s.name.as_deref().unwrap_or_default()),
+        },
+        Claim {
+            name: "iss",
+            values: ClaimValues::One(&s.iss),
+        },
+        Claim {
+            name: "groups",
+            values: ClaimValues::Many(identity.groups()),
+        },
+    ];
+    let claims: &[Claim<'_>] = if s.name.is_some() {
+        &claims
+    } else {
+        // No `name` claim: leave it out rather than match it as empty.
+        &[claims[0], claims[1], claims[2], claims[4], claims[5]]
+    };
+    let facts = Facts {
+        user: &s.sub,
+        email: &s.email,
+        email_verified: s.email_verified,
+        groups: identity.groups(),
+        claims,
+        method,
+        path,
+        // The policy crate never reads the clock; the proxy passes the current UTC time.
+        time: std::time::SystemTime::now(),
+    };
+    match groups_unavailable_since {
+        Some(since) => route.policy.evaluate_groups_unavailable(&facts, since),
+        None => route.policy.evaluate(&facts),
+    }
+}
+
+/// [`Step::Backend`]: get the signed-in person's own backend (starting it if needed) and
+/// hold its lease in `ctx`. A browser navigation during a start sees a page that continues
+/// by itself; API calls wait up to `start_timeout`. Kept out of [`decide`] because it
+/// starts processes.
+pub(crate) async fn backend_step(sup: &Supervisor, req: &RequestHeader, ctx: &mut Ctx) -> Step {
+    let Some(identity) = ctx.identity.as_ref() else {
+        return Step::Respond(pages::internal_error(&request_id()));
+    };
+    let id = person_id(identity);
+    // A browser navigation waits only briefly: long enough to learn at once that the pool is
+    // full or the backend keeps failing (those pages must not be a "starting" page that
+    // reloads forever), then it gets the starting page while the start goes on (it runs on
+    // its own task, so giving up the wait does not stop it). API calls wait start_timeout.
+    // The header check first: it is free, `is_running` takes the pool's locks.
+    let navigation = is_navigation(req) && !sup.is_running(&id);
+    let wait = if navigation {
+        NAVIGATION_WAIT
+    } else {
+        sup.settings().pool.start_timeout
+    };
+    let rid = request_id();
+    let (status, what) = match tokio::time::timeout(wait, sup.ensure(&id)).await {
+        Ok(Ok(lease)) => {
+            ctx.lease = Some(lease);
+            return Step::Continue;
+        }
+        Ok(Err(e)) => {
+            let what = match &e {
+                BackendError::PoolFull { .. } | BackendError::NoFreePort { .. } => {
+                    "Every assistant this server can run is in use right now. Try again in a few minutes.".to_string()
+                }
+                BackendError::Crashing { .. } => {
+                    "Your assistant failed to start several times in a row, so Gatehouse stopped trying. Restart it from your session page, or tell the operator.".to_string()
+                }
+                BackendError::HomeRefused(why) => format!(
+                    "Gatehouse will not start your assistant in its home directory: {why}. Tell the operator."
+                ),
+                BackendError::ShuttingDown => "Gatehouse is restarting. Try again in a moment.".to_string(),
+                _ => "Your assistant could not be started. Try again, or tell the operator.".to_string(),
+            };
+            tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %rid, error = %e, "no backend for request");
+            (503, what)
+        }
+        Err(_) if navigation => {
+            ctx.reason = Some("backend-starting");
+            return Step::Respond(pages::backend_starting());
+        }
+        Err(_) => {
+            tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %rid, "backend not ready within start_timeout");
+            (
+                504,
+                "Your assistant is still starting. Try again in a few seconds.".to_string(),
+            )
+        }
+    };
+    ctx.reason = Some("backend-unavailable");
+    Step::Respond(pages::backend_unavailable(status, &what, &rid))
+}
+
+/// The label of the request's route, for logs (`-` when none matched).
+pub(crate) fn ctx_label<'a>(st: &'a State, ctx: &Ctx) -> &'a str {
+    ctx.route
+        .and_then(|i| st.routes.get(i))
+        .map(|r| r.label.as_str())
+        .unwrap_or("-")
+}
+
+/// How long a browser navigation waits for a backend before it gets the starting page:
+/// a full pool or a failing backend is known at once, while OpenCode itself needs 1.2 s or
+/// more to start, so a person sees the page at once rather than a blank wait.
+const NAVIGATION_WAIT: Duration = Duration::from_millis(500);
