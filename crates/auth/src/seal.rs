@@ -160,7 +160,7 @@ pub fn split_chunks(name: &str, value: &str) -> Vec<(String, String)> {
 }
 
 /// The most chunks Gatehouse will reassemble (and clear on sign-out).
-pub const MAX_CHUNKS: usize = 8;
+pub(crate) const MAX_CHUNKS: usize = 8;
 
 /// Reassembles a chunked cookie; `get` looks a cookie up by name. `None` if a chunk is
 /// missing or the count is out of range.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::seal::{Sealer, UnsealError, join_chunks, split_chunks};
+use crate::seal::{MAX_CHUNKS, Sealer, UnsealError, join_chunks, split_chunks};
 
 /// Seconds since the Unix epoch.
 pub type UnixTime = u64;
@@ -115,6 +115,36 @@ impl SessionCodec {
     pub fn name(&self) -> &str {
         &self.name
     }
+
+    /// Every name a session cookie may have: the first chunk `<name>` and the further ones
+    /// `<name>_1` … (to delete a session whole).
+    pub fn chunk_names(&self) -> impl Iterator<Item = String> + '_ {
+        std::iter::once(self.name.clone())
+            .chain((1..MAX_CHUNKS).map(move |i| format!("{}_{i}", self.name)))
+    }
+
+    /// Chunks a browser still holds (`present`) beyond the `written` ones of a new, smaller
+    /// session: they must be deleted, or they would be read as part of it.
+    pub fn stale_chunks(&self, written: usize, present: impl Fn(&str) -> bool) -> Vec<String> {
+        self.chunk_names()
+            .skip(written.max(1))
+            .filter(|n| present(n))
+            .collect()
+    }
+
+    /// Whether a cookie (by its name) is one of Gatehouse's: the session, its chunks, and
+    /// the `<name>_…` cookies of a sign-in. Upstreams never see these, and may not set them.
+    pub fn is_own_cookie(&self, cookie_name: &[u8]) -> bool {
+        is_own_cookie(&self.name, cookie_name)
+    }
+}
+
+/// [`SessionCodec::is_own_cookie`] for the session cookie called `name`.
+pub fn is_own_cookie(name: &str, cookie_name: &[u8]) -> bool {
+    cookie_name == name.as_bytes()
+        || cookie_name
+            .strip_prefix(name.as_bytes())
+            .is_some_and(|rest| rest.first() == Some(&b'_'))
 }
 
 /// The in-flight login, kept in a short-lived sealed cookie (not server memory), so it

@@ -300,3 +300,37 @@ fn a_sign_in_binding_is_claimed_once() {
     );
     assert!(auth.claim_binding("b2", 1001));
 }
+
+#[test]
+fn cookie_layout_names_every_chunk_and_only_our_cookies() {
+    let auth = Auth::new(&config([1; 32])).unwrap();
+    let codec = &auth.session;
+    let names: Vec<String> = codec.chunk_names().collect();
+    assert_eq!(names.first().map(String::as_str), Some("_pomerium"));
+    assert_eq!(names.get(1).map(String::as_str), Some("_pomerium_1"));
+    assert!(names.len() >= 2);
+    // A browser holds chunks 0-3 of an old, large session; the new one needs 2.
+    let held = [
+        "_pomerium",
+        "_pomerium_1",
+        "_pomerium_2",
+        "_pomerium_3",
+        "other",
+    ];
+    assert_eq!(
+        codec.stale_chunks(2, |n| held.contains(&n)),
+        ["_pomerium_2", "_pomerium_3"]
+    );
+    assert!(codec.stale_chunks(4, |n| held.contains(&n)).is_empty());
+    for own in [
+        "_pomerium",
+        "_pomerium_1",
+        "_pomerium_login",
+        "_pomerium_handoff",
+    ] {
+        assert!(codec.is_own_cookie(own.as_bytes()), "{own}");
+    }
+    for other in ["_pomeriumx", "pomerium", "session", "_pomerium-x", ""] {
+        assert!(!codec.is_own_cookie(other.as_bytes()), "{other}");
+    }
+}

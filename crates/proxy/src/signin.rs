@@ -8,7 +8,6 @@ use http::Method;
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
 
-use gatehouse_auth::seal::MAX_CHUNKS;
 use gatehouse_auth::{CallbackError, VerifiedIdentity, now};
 use gatehouse_config::SameSite;
 
@@ -54,23 +53,24 @@ impl State {
             .iter()
             .map(|(k, v)| self.set_cookie(k, v, ttl, self.cookie.same_site, true))
             .collect();
-        let name = self.auth.session.name();
-        for i in pairs.len()..MAX_CHUNKS {
-            let chunk = format!("{name}_{i}");
-            if jar.iter().any(|(k, _)| *k == chunk) {
-                out.push(self.set_cookie(&chunk, "", 0, self.cookie.same_site, true));
-            }
+        let stale = self
+            .auth
+            .session
+            .stale_chunks(pairs.len(), |n| jar.iter().any(|(k, _)| k == n));
+        for chunk in stale {
+            out.push(self.set_cookie(&chunk, "", 0, self.cookie.same_site, true));
         }
         out
     }
 
     /// Set-Cookie headers that delete the session (every chunk) and the login cookie.
     pub(crate) fn clear_session_cookies(&self) -> Vec<String> {
-        let name = self.auth.session.name();
-        let mut out = vec![self.set_cookie(name, "", 0, self.cookie.same_site, true)];
-        for i in 1..MAX_CHUNKS {
-            out.push(self.set_cookie(&format!("{name}_{i}"), "", 0, self.cookie.same_site, true));
-        }
+        let mut out: Vec<String> = self
+            .auth
+            .session
+            .chunk_names()
+            .map(|chunk| self.set_cookie(&chunk, "", 0, self.cookie.same_site, true))
+            .collect();
         out.push(self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false));
         out.push(self.set_cookie(self.auth.handoff_cookie_name(), "", 0, SameSite::Lax, false));
         out

@@ -9,6 +9,7 @@ use pingora::ErrorType;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
+use gatehouse_auth::session::is_own_cookie;
 use gatehouse_auth::{Auth, VerifiedIdentity, now};
 
 use crate::flow::{Ctx, ctx_label};
@@ -110,14 +111,14 @@ pub(crate) fn strip_own_set_cookies(resp: &mut ResponseHeader, ctx: &Ctx) -> Res
     let name = ctx.state.auth.session.name();
     let mut planted = false;
     for v in resp.headers.get_all(http::header::SET_COOKIE) {
-        planted |= is_own_cookie(cookie_name(v.as_bytes()), name);
+        planted |= is_own_cookie(name, cookie_name(v.as_bytes()));
     }
     if planted {
         let kept: Vec<http::HeaderValue> = resp
             .headers
             .get_all(http::header::SET_COOKIE)
             .iter()
-            .filter(|v| !is_own_cookie(cookie_name(v.as_bytes()), name))
+            .filter(|v| !is_own_cookie(name, cookie_name(v.as_bytes())))
             .cloned()
             .collect();
         resp.remove_header(&http::header::SET_COOKIE);
@@ -157,20 +158,11 @@ pub(crate) const CLIENT_FORWARDING_HEADERS: [&str; 6] = [
     "x-forwarded-ssl",
 ];
 
-/// Whether a cookie name is one of Gatehouse's own (`<name>`, `<name>_1`…, `<name>_login`,
-/// `<name>_handoff`).
-pub(crate) fn is_own_cookie(cookie: &[u8], name: &str) -> bool {
-    cookie == name.as_bytes()
-        || cookie
-            .strip_prefix(name.as_bytes())
-            .is_some_and(|rest| rest.first() == Some(&b'_'))
-}
-
 /// The `Cookie` header without Gatehouse's own cookies, byte for byte otherwise
 /// (non-UTF-8 cookies of other apps pass unchanged). `None` if nothing is left.
 pub(crate) fn cookies_without_own(req: &RequestHeader, name: &str) -> Option<Vec<u8>> {
     let mut out: Vec<u8> = Vec::new();
-    for part in cookie_parts(req).filter(|p| !is_own_cookie(cookie_name(p), name)) {
+    for part in cookie_parts(req).filter(|p| !is_own_cookie(name, cookie_name(p))) {
         if !out.is_empty() {
             out.extend_from_slice(b"; ");
         }

@@ -1,1 +1,306 @@
+//! The request flow in-process: a `State` built from a config string, requests driven
+//! through [`decide`] with no socket, no Pingora session and no identity provider (sessions
+//! are sealed with the state's own keys, as a browser would present them).
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use gatehouse_auth::SignedIn;
+use pingora::http::RequestHeader;
+
+use super::{Ctx, Step, decide};
+use crate::endpoints::FormAction;
+use crate::state::State;
+
+const CONFIG: &str = "
+address: 127.0.0.1:8443
+insecure_server: true
+idp_provider: oidc
+idp_provider_url: http://127.0.0.1:9
+idp_client_id: gatehouse-test
+idp_client_secret: not-a-real-secret
+cookie_secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=
+allowed_domains: [example.com]
+backends:
+  assistant:
+    command: [opencode, serve, --port, '{port}']
+routes:
+  - from: https://app.example.com
+    to: http://127.0.0.1:9001
+  - from: https://public.example.com
+    to: http://127.0.0.1:9002
+    allow_public_unauthenticated_access: true
+  - from: https://admins.example.com
+    to: http://127.0.0.1:9003
+    policy:
+      - allow:
+          or:
+            - groups: {has: admins}
+  - from: https://assistant.example.com
+    to_backend: assistant
+";
+
+/// The state and the backend pools, as `serve` would build them (no socket is opened).
+struct Flow {
+    state: Arc<State>,
+    backends: Vec<gatehouse_backends::Supervisor>,
+}
+
+impl Flow {
+    fn new() -> Self {
+        let config = gatehouse_config::load_str(
+            Path::new("gatehouse.yaml"),
+            CONFIG,
+            &HashMap::<String, String>::new(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let prepared = crate::prepare(&config).unwrap_or_else(|e| panic!("{e}"));
+        Flow {
+            state: prepared.live.state.load_full(),
+            backends: prepared.live.backends.clone(),
+        }
+    }
+
+    /// The cookie header of a signed-in person with a verified `email` and `groups`.
+    fn cookie(&self, email: &str, groups: &[&str]) -> String {
+        let auth = &self.state.auth;
+        let session = auth.new_session(
+            SignedIn {
+                iss: "http://127.0.0.1:9".into(),
+                sub: format!("sub-{email}"),
+                email: email.into(),
+                email_verified: true,
+                name: None,
+                groups: groups.iter().map(|g| g.to_string()).collect(),
+            },
+            gatehouse_auth::now(),
+        );
+        auth.session
+            .encode(&session)
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn run(&self, req: RequestHeader) -> (Step, Ctx) {
+        let mut ctx = Ctx::new(Arc::clone(&self.state));
+        let step = decide(&self.state, &self.backends, &req, &mut ctx).await;
+        (step, ctx)
+    }
+}
+
+fn request(method: &str, url: &str, headers: &[(&'static str, &str)]) -> RequestHeader {
+    let uri: http::Uri = url.parse().expect("test URL");
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = RequestHeader::build(method, path.as_bytes(), None).expect("request");
+    req.insert_header("host", uri.authority().expect("authority").as_str())
+        .expect("host");
+    for (k, v) in headers {
+        req.append_header(*k, *v).expect("header");
+    }
+    req
+}
+
+fn respond(step: Step) -> crate::pages::Page {
+    match step {
+        Step::Respond(page) => page,
+        other => panic!("expected a page, got {other:?}"),
+    }
+}
+
+const JSON: (&str, &str) = ("accept", "application/json");
+
+#[tokio::test]
+async fn signed_out_script_gets_401_with_the_sign_in_url() {
+    let f = Flow::new();
+    let (step, ctx) = f
+        .run(request("GET", "https://app.example.com/x?y=1", &[JSON]))
+        .await;
+    let page = respond(step);
+    assert_eq!(page.status, 401);
+    let body = String::from_utf8_lossy(&page.body);
+    assert!(body.contains("https://app.example.com/x?y=1"), "{body}");
+    assert_eq!(ctx.reason, Some("signed-out"));
+    assert_eq!(ctx.route, Some(0));
+}
+
+#[tokio::test]
+async fn allowed_person_on_a_static_route_is_proxied() {
+    let f = Flow::new();
+    let cookie = f.cookie("alice@example.com", &[]);
+    let (step, ctx) = f
+        .run(request(
+            "GET",
+            "https://app.example.com/",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+    assert!(matches!(step, Step::Continue), "{step:?}");
+    assert_eq!(ctx.reason, Some("domain-allowed"));
+    assert_eq!(
+        ctx.identity.as_ref().map(|i| i.email()),
+        Some("alice@example.com")
+    );
+}
+
+#[tokio::test]
+async fn policy_deny_answers_403_with_the_reason() {
+    let f = Flow::new();
+    let cookie = f.cookie("bob@example.com", &["staff"]);
+    let (step, ctx) = f
+        .run(request(
+            "GET",
+            "https://admins.example.com/",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+    let page = respond(step);
+    assert_eq!(page.status, 403);
+    let body = String::from_utf8_lossy(&page.body);
+    assert!(body.contains("bob@example.com"), "{body}");
+    assert_eq!(ctx.reason, Some("not-allowed"));
+    // The same person in the group is let in.
+    let cookie = f.cookie("bob@example.com", &["admins"]);
+    let (step, _) = f
+        .run(request(
+            "GET",
+            "https://admins.example.com/",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+    assert!(matches!(step, Step::Continue), "{step:?}");
+}
+
+#[tokio::test]
+async fn a_tampered_session_cookie_is_no_session() {
+    let f = Flow::new();
+    let mut cookie = f.cookie("alice@example.com", &[]);
+    cookie.push('A');
+    let (step, ctx) = f
+        .run(request(
+            "GET",
+            "https://app.example.com/",
+            &[("cookie", &cookie), JSON],
+        ))
+        .await;
+    assert_eq!(respond(step).status, 401);
+    assert!(ctx.identity.is_none());
+}
+
+#[tokio::test]
+async fn backend_route_asks_for_the_persons_backend_without_starting_it() {
+    let f = Flow::new();
+    let cookie = f.cookie("alice@example.com", &[]);
+    let (step, ctx) = f
+        .run(request(
+            "GET",
+            "https://assistant.example.com/session",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+    assert!(matches!(step, Step::Backend), "{step:?}");
+    assert!(ctx.identity.is_some() && ctx.lease.is_none());
+    assert!(
+        !f.backends[0].is_running(&gatehouse_backends::PersonId::new(
+            "http://127.0.0.1:9",
+            "sub-alice@example.com"
+        ))
+    );
+}
+
+#[tokio::test]
+async fn a_cross_site_write_to_a_backend_is_refused() {
+    let f = Flow::new();
+    let cookie = f.cookie("alice@example.com", &[]);
+    for headers in [
+        vec![
+            ("cookie", cookie.as_str()),
+            ("origin", "https://evil.example"),
+        ],
+        vec![
+            ("cookie", cookie.as_str()),
+            ("sec-fetch-site", "cross-site"),
+        ],
+    ] {
+        let (step, ctx) = f
+            .run(request(
+                "POST",
+                "https://assistant.example.com/session",
+                &headers,
+            ))
+            .await;
+        assert_eq!(respond(step).status, 403);
+        assert_eq!(ctx.reason, Some("cross-origin"));
+    }
+    // Same origin passes on to the backend step.
+    let (step, _) = f
+        .run(request(
+            "POST",
+            "https://assistant.example.com/session",
+            &[
+                ("cookie", &cookie),
+                ("origin", "https://assistant.example.com"),
+            ],
+        ))
+        .await;
+    assert!(matches!(step, Step::Backend), "{step:?}");
+}
+
+#[tokio::test]
+async fn public_routes_health_unknown_hosts_and_odd_paths() {
+    let f = Flow::new();
+    let (step, ctx) = f
+        .run(request("GET", "https://public.example.com/a", &[]))
+        .await;
+    assert!(matches!(step, Step::Continue), "{step:?}");
+    assert_eq!(ctx.reason, Some("public-route"));
+    let (step, _) = f
+        .run(request(
+            "GET",
+            "https://anything.example.org/.gatehouse/health",
+            &[],
+        ))
+        .await;
+    assert_eq!(respond(step).status, 200);
+    let (step, _) = f
+        .run(request("GET", "https://nope.example.com/", &[]))
+        .await;
+    assert_eq!(respond(step).status, 404);
+    let (step, _) = f
+        .run(request("GET", "https://app.example.com/a/../b", &[]))
+        .await;
+    assert_eq!(respond(step).status, 400);
+}
+
+#[tokio::test]
+async fn own_forms_ask_for_their_body_and_unknown_pages_are_404() {
+    let f = Flow::new();
+    let cookie = f.cookie("alice@example.com", &[]);
+    for (path, action) in [
+        ("/.gatehouse/sign_out", FormAction::SignOut),
+        ("/.pomerium/backend/restart", FormAction::RestartBackend),
+    ] {
+        let (step, ctx) = f
+            .run(request(
+                "POST",
+                &format!("https://app.example.com{path}"),
+                &[("cookie", &cookie)],
+            ))
+            .await;
+        assert!(
+            matches!(step, Step::ReadForm(a) if a == action),
+            "{path}: {step:?}"
+        );
+        assert!(ctx.identity.is_some());
+    }
+    let (step, _) = f
+        .run(request(
+            "GET",
+            "https://app.example.com/.gatehouse/nothing-here",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+    assert_eq!(respond(step).status, 404);
+}
