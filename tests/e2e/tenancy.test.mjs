@@ -222,7 +222,7 @@ describe('idle stop, and a link planted in the home', { skip: !IS_ROOT && 'needs
     const uid = uidOf(s, 'alice');
     await eventually('the escaped processes run', () => processesOf(uid).length >= 4);
     await eventually('the idle stop took every process of alice\'s uid', () => processesOf(uid).length === 0, { timeoutMs: 30_000 });
-    assert.match(s.gh.main.logs(), /backend stopped.*reason="?idle/);
+    await eventually('the idle stop is logged', () => /backend stopped.*reason="?idle/.test(s.gh.main.logs()));
   });
 
   test('a link planted in the home is refused with a clear page and log line, and its target stays root\'s', async () => {
