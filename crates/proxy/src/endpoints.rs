@@ -13,8 +13,9 @@ use gatehouse_auth::{VerifiedIdentity, now};
 use gatehouse_backends::{Status, Supervisor};
 
 use crate::Live;
-use crate::flow::{Ctx, Step};
+use crate::flow::{Ctx, Step, refuse};
 use crate::pages::{self, Page};
+use crate::refusal::{Outcome, Refusal};
 use crate::request::form_origin_ok;
 use crate::state::{State, person_id};
 
@@ -32,6 +33,7 @@ pub(crate) fn page(
     req: &RequestHeader,
     name: &str,
     id: &VerifiedIdentity,
+    ctx: &mut Ctx,
 ) -> Step {
     let post = req.method == Method::POST;
     Step::Respond(match name {
@@ -40,7 +42,7 @@ pub(crate) fn page(
         "backend/restart" if post => return Step::ReadForm(FormAction::RestartBackend),
         "sign_out" if post => return Step::ReadForm(FormAction::SignOut),
         "sign_out" => user_page(st, backends, id),
-        other => pages::no_such_page(other),
+        other => return refuse(ctx, Refusal::NoSuchPage { name: other.into() }),
     })
 }
 
@@ -68,13 +70,17 @@ pub(crate) async fn submit(
     req: &RequestHeader,
     action: FormAction,
     form: &HashMap<String, String>,
-    ctx: &Ctx,
+    ctx: &mut Ctx,
 ) -> Page {
     let (Some(id), Some(route)) = (
         ctx.identity.as_ref(),
         ctx.route.and_then(|i| st.routes.get(i)),
     ) else {
-        return pages::internal_error(&pages::request_id());
+        let refusal = Refusal::Internal {
+            request_id: pages::request_id(),
+        };
+        ctx.outcome = Some(Outcome::from(&refusal));
+        return pages::refusal(&refusal);
     };
     let scheme = route.from.scheme.as_str();
     let s = id.session();
@@ -84,13 +90,18 @@ pub(crate) async fn submit(
         .is_some_and(|t| st.auth.check_csrf(id, t));
     if !origin_ok || !token_ok {
         tracing::info!(user = %s.email, origin_ok, token_ok, action = ?action, "form refused: missing or wrong CSRF token");
-        return pages::form_not_confirmed(action == FormAction::SignOut);
+        let refusal = Refusal::FormNotConfirmed {
+            sign_out: action == FormAction::SignOut,
+        };
+        ctx.outcome = Some(Outcome::from(&refusal));
+        return pages::refusal(&refusal);
     }
     match action {
         FormAction::RestartBackend => {
             let pool = form.get("pool").map(String::as_str).unwrap_or("");
             let Some(sup) = crate::pool(&live.backends, pool) else {
-                return pages::bad_request("There is no such assistant pool.");
+                ctx.outcome = Some(Outcome::from(&Refusal::NoSuchPool));
+                return pages::refusal(&Refusal::NoSuchPool);
             };
             let person = person_id(id);
             tracing::info!(user = %s.email, pool, person = %person, "backend restart requested");

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 use pingora::http::RequestHeader;
 
 use gatehouse_auth::VerifiedIdentity;
-use gatehouse_backends::{BackendError, Lease, Supervisor};
-use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Reason};
+use gatehouse_backends::{Lease, Supervisor};
+use gatehouse_policy::{Claim, ClaimValues, Decision, Facts};
 
 use crate::endpoints;
 use crate::pages::{self, Page, request_id};
+use crate::refusal::{Outcome, Refusal};
 use crate::request::{cross_origin_write, gatehouse_path, is_navigation, request_cookies};
 use crate::routes::{is_canonical_path, split_host};
 use crate::signin;
@@ -34,7 +35,8 @@ pub struct Ctx {
     pub(crate) port: u16,
     pub(crate) authority: String,
     pub(crate) identity: Option<VerifiedIdentity>,
-    pub(crate) reason: Option<&'static str>,
+    /// What the access log records as the decision.
+    pub(crate) outcome: Option<Outcome>,
     /// The upstream socket, once connected.
     pub(crate) upstream_fd: Option<std::os::unix::io::RawFd>,
     /// The id of this request in the open-streams registry, while it streams.
@@ -55,7 +57,7 @@ impl Ctx {
             port: 0,
             authority: String::new(),
             identity: None,
-            reason: None,
+            outcome: None,
             upstream_fd: None,
             stream: None,
             lease: None,
@@ -94,13 +96,11 @@ pub(crate) async fn decide(
         .unwrap_or("");
     let path = req.uri.path();
     let Some((host, port)) = split_host(authority) else {
-        return Step::Respond(pages::bad_request("The request has no valid Host header."));
+        return refuse(ctx, Refusal::BadHost);
     };
     let port = port.unwrap_or(st.default_port());
     if !is_canonical_path(path) {
-        return Step::Respond(pages::bad_request(
-            "This address has an unusual form (an empty, \".\" or \"..\" segment, a backslash, or an escaped character that needs no escaping). Use the plain form of the address.",
-        ));
+        return refuse(ctx, Refusal::UnusualPath);
     }
     ctx.host.clone_from(&host);
     ctx.port = port;
@@ -119,7 +119,7 @@ pub(crate) async fn decide(
 
     // Route match.
     let Some(idx) = st.table.find(&host, port, path) else {
-        return Step::Respond(pages::not_found(&host));
+        return refuse(ctx, Refusal::NoRoute { host });
     };
     ctx.route = Some(idx);
     let route = &st.routes[idx];
@@ -130,7 +130,7 @@ pub(crate) async fn decide(
     }
     // A public route needs no cookie at all: answer before parsing them.
     if route.public && gh.is_none() {
-        ctx.reason = Some("public-route");
+        ctx.outcome = Some(Outcome::Public);
         return Step::Continue;
     }
 
@@ -147,7 +147,7 @@ pub(crate) async fn decide(
         if gh == Some("sign_out") {
             return Step::Respond(endpoints::sign_out_without_session(st));
         }
-        ctx.reason = Some("signed-out");
+        ctx.outcome = Some(Outcome::SignedOut);
         return Step::Respond(st.start_sign_in(req, scheme, authority).await);
     };
 
@@ -162,7 +162,7 @@ pub(crate) async fn decide(
     };
 
     if let Some(g) = gh {
-        let step = endpoints::page(st, backends, req, g, &identity);
+        let step = endpoints::page(st, backends, req, g, &identity, ctx);
         ctx.identity = Some(identity);
         return step;
     }
@@ -174,16 +174,15 @@ pub(crate) async fn decide(
         path,
         unavailable.map(|u| u.since),
     );
-    ctx.reason = Some(decision.reason().code());
     match decision {
-        Decision::Allow(_) => {
+        Decision::Allow(reason) => {
+            ctx.outcome = Some(Outcome::Allowed(reason.code()));
             let step = match &route.target {
                 Target::Backend(_)
                     if cross_origin_write(req, &format!("{scheme}://{authority}")) =>
                 {
                     tracing::info!(user = %identity.email(), method = %req.method, "cross-origin request to a backend refused");
-                    ctx.reason = Some("cross-origin");
-                    Step::Respond(pages::cross_origin())
+                    refuse(ctx, Refusal::CrossOrigin)
                 }
                 Target::Backend(_) => Step::Backend,
                 Target::Static(_) => Step::Continue,
@@ -194,14 +193,13 @@ pub(crate) async fn decide(
         Decision::Deny(reason) => {
             let s = identity.session();
             tracing::info!(user = %s.email, route = %route.label, reason = reason.code(), "denied by policy");
-            let page = pages::forbidden(
-                &s.email,
-                &reason.to_string(),
-                matches!(reason, Reason::GroupsUnavailable { .. }),
-                &st.auth.csrf_token(&identity),
-            );
+            let refusal = Refusal::PolicyDenied {
+                email: s.email.clone(),
+                reason,
+                csrf: st.auth.csrf_token(&identity),
+            };
             ctx.identity = Some(identity);
-            Step::Respond(page)
+            refuse(ctx, refusal)
         }
     }
 }
@@ -272,9 +270,13 @@ pub(crate) fn decide_policy(
 /// hold its lease in `ctx`. A browser navigation during a start sees a page that continues
 /// by itself; API calls wait up to `start_timeout`. Kept out of [`decide`] because it
 /// starts processes.
-pub(crate) async fn backend_step(sup: &Supervisor, req: &RequestHeader, ctx: &mut Ctx) -> Step {
-    let Some(identity) = ctx.identity.as_ref() else {
-        return Step::Respond(pages::internal_error(&request_id()));
+pub(crate) async fn backend_step(st: &State, req: &RequestHeader, ctx: &mut Ctx) -> Step {
+    let route = ctx.route.and_then(|i| st.routes.get(i));
+    let (Some(Target::Backend(sup)), Some(identity)) =
+        (route.map(|r| &r.target), ctx.identity.as_ref())
+    else {
+        let request_id = request_id();
+        return refuse(ctx, Refusal::Internal { request_id });
     };
     let id = person_id(identity);
     // A browser navigation waits only briefly: long enough to learn at once that the pool is
@@ -288,43 +290,29 @@ pub(crate) async fn backend_step(sup: &Supervisor, req: &RequestHeader, ctx: &mu
     } else {
         sup.settings().pool.start_timeout
     };
-    let rid = request_id();
-    let (status, what) = match tokio::time::timeout(wait, sup.ensure(&id)).await {
+    let request_id = request_id();
+    let refusal = match tokio::time::timeout(wait, sup.ensure(&id)).await {
         Ok(Ok(lease)) => {
             ctx.lease = Some(lease);
             return Step::Continue;
         }
-        Ok(Err(e)) => {
-            let what = match &e {
-                BackendError::PoolFull { .. } | BackendError::NoFreePort { .. } => {
-                    "Every assistant this server can run is in use right now. Try again in a few minutes.".to_string()
-                }
-                BackendError::Crashing { .. } => {
-                    "Your assistant failed to start several times in a row, so Gatehouse stopped trying. Restart it from your session page, or tell the operator.".to_string()
-                }
-                BackendError::HomeRefused(why) => format!(
-                    "Gatehouse will not start your assistant in its home directory: {why}. Tell the operator."
-                ),
-                BackendError::ShuttingDown => "Gatehouse is restarting. Try again in a moment.".to_string(),
-                _ => "Your assistant could not be started. Try again, or tell the operator.".to_string(),
-            };
-            tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %rid, error = %e, "no backend for request");
-            (503, what)
+        Ok(Err(error)) => {
+            tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %request_id, error = %error, "no backend for request");
+            Refusal::BackendUnavailable { error, request_id }
         }
-        Err(_) if navigation => {
-            ctx.reason = Some("backend-starting");
-            return Step::Respond(pages::backend_starting());
-        }
+        Err(_) if navigation => Refusal::BackendStarting,
         Err(_) => {
-            tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %rid, "backend not ready within start_timeout");
-            (
-                504,
-                "Your assistant is still starting. Try again in a few seconds.".to_string(),
-            )
+            tracing::warn!(pool = %sup.settings().pool.name, person = %id, request_id = %request_id, "backend not ready within start_timeout");
+            Refusal::BackendTimeout { request_id }
         }
     };
-    ctx.reason = Some("backend-unavailable");
-    Step::Respond(pages::backend_unavailable(status, &what, &rid))
+    refuse(ctx, refusal)
+}
+
+/// Answers with the refusal's page, recording its code for the access log.
+pub(crate) fn refuse(ctx: &mut Ctx, refusal: Refusal) -> Step {
+    ctx.outcome = Some(Outcome::from(&refusal));
+    Step::Respond(pages::refusal(&refusal))
 }
 
 /// The label of the request's route, for logs (`-` when none matched).

@@ -37,6 +37,7 @@ mod host;
 mod listeners;
 pub mod metrics;
 pub mod pages;
+mod refusal;
 pub mod reload;
 mod request;
 pub mod routes;

@@ -15,6 +15,7 @@ use pingora::server::configuration::ServerConf;
 use gatehouse_backends::Supervisor;
 
 use crate::pages::{self, Page};
+use crate::refusal::Refusal;
 use crate::request::gatehouse_path;
 use crate::routes::split_host;
 use crate::service::{Gatehouse, write_page};
@@ -54,7 +55,7 @@ impl ProxyHttp for HttpsRedirect {
                 };
                 Page::redirect(308, &format!("https://{host}{port}{pq}"))
             }
-            None => pages::bad_request("The request has no valid Host header."),
+            None => pages::refusal(&Refusal::BadHost),
         };
         write_page(session, page).await?;
         Ok(true)

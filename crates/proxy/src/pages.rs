@@ -2,6 +2,10 @@
 //! One layout, escaped values, no scripts, `Cache-Control: no-store`.
 
 use bytes::Bytes;
+use gatehouse_backends::BackendError;
+use gatehouse_policy::Reason;
+
+use crate::refusal::Refusal;
 use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 
 /// A response Gatehouse writes itself (never reaches an upstream).
@@ -90,7 +94,7 @@ fn sign_out_form(csrf: &str, label: &str) -> String {
     )
 }
 
-pub fn not_found(host: &str) -> Page {
+fn not_found(host: &str) -> Page {
     Page::html(
         404,
         "No such site here",
@@ -104,7 +108,7 @@ pub fn not_found(host: &str) -> Page {
 /// The 403 page. `temporary`: the refusal is not about the policy but about something
 /// Gatehouse could not check (the group directory), so it says to try again, not to ask for
 /// a policy change.
-pub fn forbidden(email: &str, reason: &str, temporary: bool, csrf: &str) -> Page {
+fn forbidden(email: &str, reason: &str, temporary: bool, csrf: &str) -> Page {
     let hint = if temporary {
         "This is not a decision about you: Gatehouse could not check your groups just now. Try again in a few minutes; if it keeps happening, tell the operator."
     } else {
@@ -123,7 +127,7 @@ pub fn forbidden(email: &str, reason: &str, temporary: bool, csrf: &str) -> Page
     )
 }
 
-pub fn sign_in_failed(reason: &str, retry_url: &str) -> Page {
+fn sign_in_failed(reason: &str, retry_url: &str) -> Page {
     Page::html(
         400,
         "Sign-in failed",
@@ -136,7 +140,7 @@ pub fn sign_in_failed(reason: &str, retry_url: &str) -> Page {
     )
 }
 
-pub fn bad_request(message: &str) -> Page {
+fn bad_request(message: &str) -> Page {
     Page::html(400, "Bad request", &format!("<p>{}</p>", text(message)))
 }
 
@@ -187,7 +191,7 @@ fn backends_section(v: &UserView<'_>) -> String {
 
 /// Shown to a browser navigating to a per-person route while their backend starts: it
 /// reloads itself every 2 s (a meta refresh, so no script is needed under the CSP).
-pub fn backend_starting() -> Page {
+fn backend_starting() -> Page {
     Page::html(
         503,
         "Starting your assistant",
@@ -198,7 +202,7 @@ pub fn backend_starting() -> Page {
 
 /// A per-person backend cannot be had now: `status` 503 (pool full, failing) or 504 (start
 /// took too long). `what` says which, in words for the person.
-pub fn backend_unavailable(status: u16, what: &str, request_id: &str) -> Page {
+fn backend_unavailable(status: u16, what: &str, request_id: &str) -> Page {
     let title = match status {
         504 => "Your assistant is taking too long to start",
         _ => "Your assistant is not available",
@@ -236,7 +240,7 @@ pub fn user_page(v: &UserView<'_>) -> Page {
     )
 }
 
-pub fn upstream_error(status: u16, what: &str, request_id: &str) -> Page {
+fn upstream_error(status: u16, what: &str, request_id: &str) -> Page {
     let title = if status == 504 {
         "The site took too long to answer"
     } else {
@@ -253,7 +257,7 @@ pub fn upstream_error(status: u16, what: &str, request_id: &str) -> Page {
     )
 }
 
-pub fn internal_error(request_id: &str) -> Page {
+fn internal_error(request_id: &str) -> Page {
     Page::html(
         500,
         "Something went wrong",
@@ -278,7 +282,7 @@ impl Page {
 
 /// A cross-site write to a person's backend, refused (cross-site request forgery,
 /// cross-site WebSocket hijacking).
-pub(crate) fn cross_origin() -> Page {
+fn cross_origin() -> Page {
     Page::html(
         403,
         "Request refused",
@@ -287,7 +291,7 @@ pub(crate) fn cross_origin() -> Page {
 }
 
 /// A sign-out or Restart form that did not come from Gatehouse's own page.
-pub(crate) fn form_not_confirmed(sign_out: bool) -> Page {
+fn form_not_confirmed(sign_out: bool) -> Page {
     let (title, what) = if sign_out {
         (
             "Sign-out not confirmed",
@@ -309,7 +313,7 @@ pub(crate) fn form_not_confirmed(sign_out: bool) -> Page {
 }
 
 /// `/.gatehouse/<name>` that does not exist.
-pub(crate) fn no_such_page(name: &str) -> Page {
+fn no_such_page(name: &str) -> Page {
     Page::html(
         404,
         "Not found",
@@ -318,6 +322,92 @@ pub(crate) fn no_such_page(name: &str) -> Page {
             html_escape::encode_text(name)
         ),
     )
+}
+
+/// The page for a refusal: the one place that chooses what a person sees when Gatehouse
+/// answers instead of the upstream. A 403 shows the policy's reason; a 502/503/504 says
+/// which part failed; a 500 shows only the request id.
+pub(crate) fn refusal(r: &Refusal) -> Page {
+    match r {
+        Refusal::BadHost => bad_request("The request has no valid Host header."),
+        Refusal::UnusualPath => bad_request(
+            "This address has an unusual form (an empty, \".\" or \"..\" segment, a backslash, or an escaped character that needs no escaping). Use the plain form of the address.",
+        ),
+        Refusal::NoRoute { host } => not_found(host),
+        Refusal::PolicyDenied {
+            email,
+            reason,
+            csrf,
+        } => forbidden(
+            email,
+            &reason.to_string(),
+            matches!(reason, Reason::GroupsUnavailable { .. }),
+            csrf,
+        ),
+        Refusal::CrossOrigin => cross_origin(),
+        Refusal::FormNotConfirmed { sign_out } => form_not_confirmed(*sign_out),
+        Refusal::NoSuchPage { name } => no_such_page(name),
+        Refusal::NoSuchPool => bad_request("There is no such assistant pool."),
+        Refusal::SignInFailed { shown, retry } => sign_in_failed(shown, retry),
+        Refusal::SignInElsewhere => sign_in_failed(
+            "this site signs in through the authenticate service, not here",
+            "/",
+        ),
+        Refusal::ReturnUrlRefused => bad_request(
+            "The page to return to is not one Gatehouse protects, so Gatehouse will not send you there.",
+        ),
+        Refusal::SignInLinkIncomplete => bad_request(
+            "This sign-in link is incomplete. Open the page you wanted again to sign in.",
+        ),
+        Refusal::SignInLinkUsed => bad_request(
+            "This sign-in link was already used. Open the page you wanted again to sign in.",
+        ),
+        Refusal::SignOutLinkInvalid => {
+            bad_request("This sign-out link is not valid (it may have expired).")
+        }
+        Refusal::IdpUnreachable { request_id } => upstream_error(
+            502,
+            "Gatehouse cannot reach the identity provider to sign you in. Try again in a moment.",
+            request_id,
+        ),
+        Refusal::BackendStarting => backend_starting(),
+        Refusal::BackendUnavailable { error, request_id } => {
+            backend_unavailable(503, &backend_trouble(error), request_id)
+        }
+        Refusal::BackendTimeout { request_id } => backend_unavailable(
+            504,
+            "Your assistant is still starting. Try again in a few seconds.",
+            request_id,
+        ),
+        Refusal::UpstreamTimeout { request_id } => upstream_error(
+            504,
+            "The service behind this address did not answer in time.",
+            request_id,
+        ),
+        Refusal::UpstreamDown { request_id } => upstream_error(
+            502,
+            "The service behind this address is not answering. It may be starting or stopped.",
+            request_id,
+        ),
+        Refusal::RequestUnreadable => bad_request("The request could not be read."),
+        Refusal::RequestRefused => bad_request("The request was refused."),
+        Refusal::Internal { request_id } => internal_error(request_id),
+    }
+}
+
+/// Why a person's backend cannot be had, in words for them.
+fn backend_trouble(e: &BackendError) -> String {
+    match e {
+        BackendError::PoolFull { .. } | BackendError::NoFreePort { .. } => {
+            "Every assistant this server can run is in use right now. Try again in a few minutes.".into()
+        }
+        BackendError::Crashing { .. } => "Your assistant failed to start several times in a row, so Gatehouse stopped trying. Restart it from your session page, or tell the operator.".into(),
+        BackendError::HomeRefused(why) => format!(
+            "Gatehouse will not start your assistant in its home directory: {why}. Tell the operator."
+        ),
+        BackendError::ShuttingDown => "Gatehouse is restarting. Try again in a moment.".into(),
+        _ => "Your assistant could not be started. Try again, or tell the operator.".into(),
+    }
 }
 
 /// A short random id for a request, shown on error pages and logged with the details.

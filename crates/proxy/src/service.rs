@@ -18,7 +18,7 @@ use crate::Live;
 use crate::endpoints;
 use crate::flow::{self, Ctx, Step, ctx_label};
 use crate::pages::{self, Page, request_id};
-use crate::state::Target;
+use crate::refusal::{Outcome, Refusal};
 use crate::streams::{OpenStream, UpstreamSocket};
 use crate::upstream::{self, COMPRESSION_LEVEL, compressible};
 
@@ -155,31 +155,21 @@ impl ProxyHttp for Gatehouse {
         }
         let st = Arc::clone(&ctx.state);
         let mut step = flow::decide(&st, &self.live.backends, session.req_header(), ctx).await;
-        if let Step::ReadForm(action) = step {
-            // The only request body Gatehouse itself reads.
-            let form = read_form(session).await?;
-            let page =
-                endpoints::submit(&st, &self.live, session.req_header(), action, &form, ctx).await;
-            step = Step::Respond(page);
-        }
-        if let Step::Backend = step {
-            step = match ctx.route.map(|i| &st.routes[i].target) {
-                Some(Target::Backend(sup)) => {
-                    flow::backend_step(sup, session.req_header(), ctx).await
+        loop {
+            step = match step {
+                Step::Continue => return Ok(false),
+                Step::Respond(page) => {
+                    write_page(session, page).await?;
+                    return Ok(true);
                 }
-                _ => Step::Respond(pages::internal_error(&request_id())),
+                Step::ReadForm(action) => {
+                    // The only request body Gatehouse itself reads.
+                    let form = read_form(session).await?;
+                    let req = session.req_header();
+                    Step::Respond(endpoints::submit(&st, &self.live, req, action, &form, ctx).await)
+                }
+                Step::Backend => flow::backend_step(&st, session.req_header(), ctx).await,
             };
-        }
-        match step {
-            Step::Continue => Ok(false),
-            Step::Respond(page) => {
-                write_page(session, page).await?;
-                Ok(true)
-            }
-            Step::ReadForm(_) | Step::Backend => {
-                write_page(session, pages::internal_error(&request_id())).await?;
-                Ok(true)
-            }
         }
     }
 
@@ -236,49 +226,38 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let label = ctx
-            .route
-            .and_then(|i| ctx.state.routes.get(i))
-            .map(|r| r.label.as_str())
-            .unwrap_or("");
-        let rid = request_id();
-        let page = match (e.esource(), e.etype()) {
+        let request_id = request_id();
+        let refusal = match (e.esource(), e.etype()) {
             (
                 ErrorSource::Downstream,
                 ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
             ) => None,
-            (ErrorSource::Downstream, _) => {
-                Some(pages::bad_request("The request could not be read."))
-            }
-            (_, ErrorType::HTTPStatus(code)) if *code < 500 => {
-                Some(pages::bad_request("The request was refused."))
-            }
+            (ErrorSource::Downstream, _) => Some(Refusal::RequestUnreadable),
+            (_, ErrorType::HTTPStatus(code)) if *code < 500 => Some(Refusal::RequestRefused),
             (
                 _,
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
-            ) => Some(pages::upstream_error(
-                504,
-                "The service behind this address did not answer in time.",
-                &rid,
-            )),
+            ) => Some(Refusal::UpstreamTimeout { request_id }),
             (ErrorSource::Upstream, _)
             | (
                 _,
                 ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute,
-            ) => Some(pages::upstream_error(
-                502,
-                "The service behind this address is not answering. It may be starting or stopped.",
-                &rid,
-            )),
-            _ => Some(pages::internal_error(&rid)),
+            ) => Some(Refusal::UpstreamDown { request_id }),
+            _ => Some(Refusal::Internal { request_id }),
         };
-        if page.is_some() {
-            tracing::warn!(route = label, request_id = %rid, error = e.etype().as_str(), source = ?e.esource(), "request failed");
-        }
-        let code = match page {
-            Some(p) => {
-                let status = p.status;
-                let _ = write_page(session, p).await;
+        let code = match refusal {
+            Some(r) => {
+                let rid = match &r {
+                    Refusal::UpstreamTimeout { request_id }
+                    | Refusal::UpstreamDown { request_id }
+                    | Refusal::Internal { request_id } => request_id.as_str(),
+                    _ => "-",
+                };
+                tracing::warn!(route = ctx_label(&ctx.state, ctx), request_id = %rid, error = e.etype().as_str(), source = ?e.esource(), "request failed");
+                ctx.outcome = Some(Outcome::from(&r));
+                let page = pages::refusal(&r);
+                let status = page.status;
+                let _ = write_page(session, page).await;
                 status
             }
             None => 0,
@@ -296,11 +275,7 @@ impl ProxyHttp for Gatehouse {
             .map(|r| r.status.as_u16())
             .unwrap_or(0);
         let req = session.req_header();
-        let route = ctx
-            .route
-            .and_then(|i| ctx.state.routes.get(i))
-            .map(|r| r.label.as_str())
-            .unwrap_or("-");
+        let route = ctx_label(&ctx.state, ctx);
         let user = ctx.identity.as_ref().map(|i| i.email()).unwrap_or("-");
         // The path only: the query may hold an authorization code or a handoff token.
         tracing::info!(
@@ -311,7 +286,7 @@ impl ProxyHttp for Gatehouse {
             status,
             route,
             user,
-            decision = ctx.reason.unwrap_or("-"),
+            decision = ctx.outcome.map(Outcome::code).unwrap_or("-"),
             bytes = session.body_bytes_sent(),
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
         );

@@ -12,6 +12,7 @@ use gatehouse_auth::{CallbackError, VerifiedIdentity, now};
 use gatehouse_config::SameSite;
 
 use crate::pages::{self, Page, request_id};
+use crate::refusal::Refusal;
 use crate::request::{cookie_lookup, is_api_request, query_map, request_cookies};
 use crate::state::State;
 
@@ -208,11 +209,9 @@ impl State {
             ),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot start sign-in");
-                pages::upstream_error(
-                    502,
-                    "Gatehouse cannot reach the identity provider to sign you in. Try again in a moment.",
-                    &request_id(),
-                )
+                pages::refusal(&Refusal::IdpUnreachable {
+                    request_id: request_id(),
+                })
             }
         }
     }
@@ -238,7 +237,11 @@ impl State {
                     }
                     other => other.to_string(),
                 };
-                Err(pages::sign_in_failed(&shown, retry).with_header(
+                let refusal = Refusal::SignInFailed {
+                    shown,
+                    retry: retry.to_string(),
+                };
+                Err(pages::refusal(&refusal).with_header(
                     "set-cookie",
                     self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false),
                 ))
@@ -273,15 +276,15 @@ pub(crate) async fn route_callback(
             }
             Err(e) => {
                 tracing::info!(reason = %e, "handoff refused");
-                pages::sign_in_failed(&e.to_string(), "/")
+                pages::refusal(&Refusal::SignInFailed {
+                    shown: e.to_string(),
+                    retry: "/".into(),
+                })
             }
         };
     }
     if st.auth_host.is_some() {
-        return pages::sign_in_failed(
-            "this site signs in through the authenticate service, not here",
-            "/",
-        );
+        return pages::refusal(&Refusal::SignInElsewhere);
     }
     match st.finish_login(jar, &query, "/").await {
         Ok(done) => {
@@ -308,7 +311,9 @@ pub(crate) async fn authenticate_host(
     gh: Option<&str>,
 ) -> Page {
     let Some(auth_host) = st.auth_host.clone() else {
-        return pages::not_found("");
+        return pages::refusal(&Refusal::NoRoute {
+            host: String::new(),
+        });
     };
     let query = query_map(req.uri.query());
     let jar = request_cookies(req);
@@ -321,15 +326,13 @@ pub(crate) async fn authenticate_host(
             Ok(done) => {
                 let s = done.session;
                 let Some(target) = st.checked_return_url(&done.return_url) else {
-                    return pages::bad_request(
-                        "The page to return to is not one Gatehouse protects.",
-                    );
+                    return pages::refusal(&Refusal::ReturnUrlRefused);
                 };
                 let Some(binding) = done.binding else {
-                    return pages::sign_in_failed(
-                        "this sign-in was not started from a Gatehouse page",
-                        "/",
-                    );
+                    return pages::refusal(&Refusal::SignInFailed {
+                        shown: "this sign-in was not started from a Gatehouse page".into(),
+                        retry: "/".into(),
+                    });
                 };
                 tracing::info!(user = %s.email, "signed in");
                 st.groups_at_sign_in(&s).await;
@@ -350,24 +353,18 @@ pub(crate) async fn authenticate_host(
             let raw = query.get("return_url").map(String::as_str).unwrap_or("");
             let Some(target) = st.checked_return_url(raw) else {
                 tracing::info!("sign-in refused: return_url is not a configured route");
-                return pages::bad_request(
-                    "The page to return to is not one Gatehouse protects, so Gatehouse will not send you there.",
-                );
+                return pages::refusal(&Refusal::ReturnUrlRefused);
             };
             // The route host's binding for the browser that asked (see start_sign_in).
             let Some(binding) = query
                 .get("binding")
                 .filter(|b| !b.is_empty() && b.len() <= 128)
             else {
-                return pages::bad_request(
-                    "This sign-in link is incomplete. Open the page you wanted again to sign in.",
-                );
+                return pages::refusal(&Refusal::SignInLinkIncomplete);
             };
             if !st.auth.claim_binding(binding, t) {
                 tracing::info!("sign-in refused: this sign-in link was already used");
-                return pages::bad_request(
-                    "This sign-in link was already used. Open the page you wanted again to sign in.",
-                );
+                return pages::refusal(&Refusal::SignInLinkUsed);
             }
             // Already signed in at the authenticate host: hand the session over directly.
             if let Some(id) = st.identity(&jar) {
@@ -380,9 +377,7 @@ pub(crate) async fn authenticate_host(
         Some("sign_out") => {
             let token = query.get("token").map(String::as_str).unwrap_or("");
             let Some(req) = st.auth.open_sign_out(token, t) else {
-                return pages::bad_request(
-                    "This sign-out link is not valid (it may have expired).",
-                );
+                return pages::refusal(&Refusal::SignOutLinkInvalid);
             };
             let target = st
                 .checked_return_url(&req.return_url)
@@ -402,7 +397,9 @@ pub(crate) async fn authenticate_host(
             page
         }
         Some("signed_out") => pages::signed_out(),
-        _ => pages::not_found(&auth_host.host),
+        _ => pages::refusal(&Refusal::NoRoute {
+            host: auth_host.host.clone(),
+        }),
     }
 }
 

@@ -11,6 +11,7 @@ use pingora::http::RequestHeader;
 
 use super::{Ctx, Step, decide};
 use crate::endpoints::FormAction;
+use crate::refusal::Outcome;
 use crate::state::State;
 
 const CONFIG: &str = "
@@ -122,7 +123,7 @@ async fn signed_out_script_gets_401_with_the_sign_in_url() {
     assert_eq!(page.status, 401);
     let body = String::from_utf8_lossy(&page.body);
     assert!(body.contains("https://app.example.com/x?y=1"), "{body}");
-    assert_eq!(ctx.reason, Some("signed-out"));
+    assert_eq!(ctx.outcome.map(Outcome::code), Some("signed-out"));
     assert_eq!(ctx.route, Some(0));
 }
 
@@ -138,7 +139,7 @@ async fn allowed_person_on_a_static_route_is_proxied() {
         ))
         .await;
     assert!(matches!(step, Step::Continue), "{step:?}");
-    assert_eq!(ctx.reason, Some("domain-allowed"));
+    assert_eq!(ctx.outcome.map(Outcome::code), Some("domain-allowed"));
     assert_eq!(
         ctx.identity.as_ref().map(|i| i.email()),
         Some("alice@example.com")
@@ -160,7 +161,7 @@ async fn policy_deny_answers_403_with_the_reason() {
     assert_eq!(page.status, 403);
     let body = String::from_utf8_lossy(&page.body);
     assert!(body.contains("bob@example.com"), "{body}");
-    assert_eq!(ctx.reason, Some("not-allowed"));
+    assert_eq!(ctx.outcome.map(Outcome::code), Some("not-allowed"));
     // The same person in the group is let in.
     let cookie = f.cookie("bob@example.com", &["admins"]);
     let (step, _) = f
@@ -232,7 +233,7 @@ async fn a_cross_site_write_to_a_backend_is_refused() {
             ))
             .await;
         assert_eq!(respond(step).status, 403);
-        assert_eq!(ctx.reason, Some("cross-origin"));
+        assert_eq!(ctx.outcome.map(Outcome::code), Some("cross-origin"));
     }
     // Same origin passes on to the backend step.
     let (step, _) = f
@@ -255,7 +256,7 @@ async fn public_routes_health_unknown_hosts_and_odd_paths() {
         .run(request("GET", "https://public.example.com/a", &[]))
         .await;
     assert!(matches!(step, Step::Continue), "{step:?}");
-    assert_eq!(ctx.reason, Some("public-route"));
+    assert_eq!(ctx.outcome.map(Outcome::code), Some("public-route"));
     let (step, _) = f
         .run(request(
             "GET",
