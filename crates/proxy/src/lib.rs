@@ -4,32 +4,42 @@
 //! person sees and the request log. It holds no policy or crypto logic: it asks
 //! `gatehouse-policy` for decisions and `gatehouse-auth` for identities.
 //!
-//! The request flow (DESIGN.md), with the hook that implements each step:
+//! The request flow (docs/design.md), with the module and function of each step:
 //!
 //! ```text
-//! TCP :80  ── HttpsRedirect::request_filter: 308 to https (except /.gatehouse/health)
+//! TCP :80  ── listeners::HttpsRedirect: 308 to https (except /.gatehouse/health)
 //! TCP :443 ── rustls (tls::SniResolver picks the certificate) ── HTTP/1.1 or HTTP/2
 //!    │
-//!    ├─ request_filter → Gatehouse::decide
-//!    │    ├─ /.gatehouse/health                                   → 200
-//!    │    ├─ authenticate host: sign_in, /oauth2/callback, sign_out
-//!    │    ├─ route match (routes::RouteTable)          no route   → 404 page
-//!    │    ├─ JWKS, /.gatehouse/callback (code or handoff), signed_out
-//!    │    ├─ public route                                         → forward
-//!    │    ├─ identity: sealed session cookie    none/expired → login cookie + 302 to IdP
+//!    ├─ service: request_filter → flow::decide(&State, backends, &RequestHeader, &mut Ctx)
+//!    │    ├─ host and path checks (request, routes)                → 400 (Refusal)
+//!    │    ├─ /.gatehouse/health                                    → 200
+//!    │    ├─ authenticate host: signin::authenticate_host (sign_in, /oauth2/callback, sign_out)
+//!    │    ├─ route match (routes::RouteTable)           no route   → 404 (Refusal::NoRoute)
+//!    │    ├─ JWKS (endpoints::jwks), callback (signin::route_callback), signed_out
+//!    │    ├─ public route                                          → Step::Continue
+//!    │    ├─ identity: signin (sealed session cookie)  none → login cookie + 302 to IdP
 //!    │    │                                                 (401 JSON for scripts)
-//!    │    ├─ /.gatehouse/ pages (user page, user JSON, sign_out)
-//!    │    ├─ policy::evaluate                   deny → 403 page with the reason
-//!    │    └─ to_backend route (backend_step): cross-site write → 403; the person's
-//!    │         backend from the supervisor (starting page / wait / 503 / 504)
-//!    ├─ upstream_peer: the route's `to`, or 127.0.0.1:<the person's backend port>
-//!    ├─ upstream_request_filter: strip client identity headers and our cookies,
-//!    │    a backend's password replaces any client Authorization,
-//!    │    set X-Forwarded-*, Host, identity headers + signed JWT
+//!    │    ├─ /.gatehouse/ pages: endpoints::page; posted forms → Step::ReadForm, then
+//!    │    │    request_filter reads the body (the only one) and calls endpoints::submit
+//!    │    ├─ flow::decide_policy → policy::evaluate   deny → 403 (Refusal::PolicyDenied)
+//!    │    └─ to_backend route: cross-site write → 403; else Step::Backend, then
+//!    │         flow::backend_step gets the person's backend (starting page / 503 / 504)
+//!    ├─ upstream_peer → upstream::peer: the route's `to`, or 127.0.0.1:<backend port>
+//!    ├─ upstream_request_filter → upstream::prepare_request: strip client identity
+//!    │    headers and our cookies, the backend's password replaces any client
+//!    │    Authorization, set X-Forwarded-*, Host, identity headers + signed JWT
+//!    ├─ response_filter: streams registered (streams), upstream::strip_own_set_cookies,
+//!    │    compression of backend assets (upstream::compressible)
 //!    ├─ (Pingora streams the response: SSE and WebSocket unbuffered)
-//!    ├─ fail_to_proxy: one function picks the error page
-//!    └─ logging: one access line (path without query), target `gatehouse::access`
+//!    ├─ fail_to_proxy: the error as a Refusal; pages::refusal picks every page
+//!    └─ logging: one access line (path without query, decision = refusal::Outcome),
+//!         target `gatehouse::access`
 //! ```
+//!
+//! Other modules: `state` (what a request is decided against, rebuilt on reload),
+//! `listeners` (every listener, background services, `run`, signals), `host` (checks
+//! against the machine: backend confinement, secret files), `reload`, `streams`, `metrics`,
+//! `tls`.
 
 mod endpoints;
 mod flow;
