@@ -62,10 +62,7 @@ impl ProxyHttp for HttpsRedirect {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Error::e_explain(
-            ErrorType::InternalError,
-            "the redirect listener never proxies",
-        )
+        proxies_nothing("the redirect listener")
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &(), _error: &Error) -> bool {
@@ -97,11 +94,16 @@ impl ProxyHttp for MetricsEndpoint {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Error::e_explain(
-            ErrorType::InternalError,
-            "the metrics listener proxies nothing",
-        )
+        proxies_nothing("the metrics listener")
     }
+}
+
+/// The `upstream_peer` of a listener that answers everything in `request_filter`.
+fn proxies_nothing(listener: &str) -> Result<Box<HttpPeer>> {
+    Error::e_explain(
+        ErrorType::InternalError,
+        format!("{listener} proxies nothing"),
+    )
 }
 
 /// Runs one pool's supervisor beside the proxy: stops what a crashed Gatehouse left,

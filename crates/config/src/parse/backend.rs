@@ -339,13 +339,11 @@ fn count(ctx: &mut Ctx<'_>, fields: &mut Fields<'_>, key: &str) -> Option<Option
 
 /// `env:` a map of names to values.
 fn env(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<Vec<(String, String)>> {
-    let Node::Mapping(map) = entry.node else {
-        ctx.error(
-            entry.origin.clone(),
-            format!("{}: expected a map of names to values (like `env: {{ OPENCODE_DISABLE_SHARE: \"1\" }}`)", entry.path),
-        );
-        return None;
-    };
+    let map = map_of(
+        ctx,
+        entry,
+        " of names to values (like `env: { OPENCODE_DISABLE_SHARE: \"1\" }`)",
+    )?;
     let mut out = Vec::new();
     let mut ok = true;
     for var in Fields::new(ctx, &entry.path, map).rest() {
@@ -388,16 +386,11 @@ fn env(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<Vec<(String, String)>> {
 /// `limits: {processes: 512, memory: 8G, open_files: 4096}`; keys left out keep their
 /// defaults.
 fn limits(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<Limits> {
-    let Node::Mapping(map) = entry.node else {
-        ctx.error(
-            entry.origin.clone(),
-            format!(
-                "{}: expected a map (like `limits: {{ processes: 512, memory: 8G, open_files: 4096 }}`)",
-                entry.path
-            ),
-        );
-        return None;
-    };
+    let map = map_of(
+        ctx,
+        entry,
+        " (like `limits: { processes: 512, memory: 8G, open_files: 4096 }`)",
+    )?;
     let mut out = Limits::default();
     let mut ok = true;
     for item in Fields::new(ctx, &entry.path, map).rest() {
@@ -463,16 +456,11 @@ fn bytes(text: &str) -> Result<u64, String> {
 
 /// `egress: {allow: [127.0.0.1:9100, 10.1.0.0/16, llm.internal:443]}`.
 fn egress(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<Vec<EgressRule>> {
-    let Node::Mapping(map) = entry.node else {
-        ctx.error(
-            entry.origin.clone(),
-            format!(
-                "{}: expected a map (like `egress: {{ allow: [\"10.0.0.5:443\"] }}`)",
-                entry.path
-            ),
-        );
-        return None;
-    };
+    let map = map_of(
+        ctx,
+        entry,
+        " (like `egress: { allow: [\"10.0.0.5:443\"] }`)",
+    )?;
     let mut out = Vec::new();
     let mut ok = true;
     for item in Fields::new(ctx, &entry.path, map).rest() {
@@ -502,4 +490,23 @@ fn egress(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<Vec<EgressRule>> {
         }
     }
     ok.then_some(out)
+}
+
+/// The map under `entry`, or an error that shows what one looks like (`what` follows
+/// "expected a map").
+fn map_of<'n>(
+    ctx: &mut Ctx<'_>,
+    entry: &Entry<'n>,
+    what: &str,
+) -> Option<&'n marked_yaml::types::MarkedMappingNode> {
+    match entry.node {
+        Node::Mapping(map) => Some(map),
+        _ => {
+            ctx.error(
+                entry.origin.clone(),
+                format!("{}: expected a map{what}", entry.path),
+            );
+            None
+        }
+    }
 }
