@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use gatehouse_config::{Config, Url};
-use gatehouse_policy::{Claim, ClaimValues, Decision, Facts, Policy, Trace};
+use gatehouse_policy::{Decision, Person, Policy, Reason, Trace};
 use gatehouse_proxy::routes::{RouteMatcher, RouteTable};
 
 /// A request as the operator describes it, with owned values.
@@ -22,13 +22,12 @@ pub struct Request {
     pub at: SystemTime,
 }
 
-/// What happened to a request: which route, the decision and the trace.
+/// What happened to a request: which route, the decision and the trace. A public route's
+/// decision is `Allow(Reason::PublicRoute)`.
 pub struct Outcome {
     pub route: usize,
     pub decision: Decision,
     pub trace: Trace,
-    /// The route lets anyone in without signing in; no policy was evaluated.
-    pub public: bool,
 }
 
 /// Parses `2026-11-27T10:00:00Z` (RFC 3339, any offset).
@@ -117,7 +116,6 @@ impl Routes {
         let route = self.pick(&url, choice)?;
         let r = &self.config.routes[route];
         if r.allow_public_unauthenticated_access {
-            let reason = gatehouse_policy::Reason::AnyAuthenticatedUser;
             let mut trace = Trace::default();
             trace.lines.push(gatehouse_policy::TraceLine {
                 depth: 0,
@@ -126,44 +124,66 @@ impl Routes {
             });
             return Ok(Outcome {
                 route,
-                decision: Decision::Allow(reason),
+                decision: Decision::Allow(Reason::PublicRoute),
                 trace,
-                public: true,
             });
         }
         let policy =
             Policy::for_route(r, &self.config.allowed_domains, &self.config.allowed_groups);
-        let claims: Vec<Claim<'_>> = req
-            .claims
-            .iter()
-            .map(|(n, vs)| Claim {
-                name: n,
-                values: if vs.len() == 1 {
-                    ClaimValues::One(&vs[0])
-                } else {
-                    ClaimValues::Many(vs)
-                },
-            })
-            .collect();
+        // The issuer `serve` signs people in through (as the auth crate compares it).
+        let issuer = self.config.idp.issuer.as_str().trim_end_matches('/');
         let method = req.method.to_ascii_uppercase();
-        let facts = Facts {
-            user: &req.user,
-            email: &req.email,
-            email_verified: req.email_verified,
-            groups: &req.groups,
-            claims: &claims,
-            method: &method,
-            path: url.path(),
-            time: req.at,
-        };
-        let (decision, trace) = policy.explain(&facts);
+        let request = person(req, issuer)?.request(&method, url.path(), req.at);
+        let (decision, trace) = policy.explain(&request.facts());
         Ok(Outcome {
             route,
             decision,
             trace,
-            public: false,
         })
     }
+}
+
+/// The person `req` describes, as `serve` would see them after signing in through
+/// `issuer`. `name` and `iss` may be given as claims (they have no flag of their own); the
+/// other standard claims have their own flag and key, so a claim of that name is refused
+/// rather than quietly ignored.
+fn person<'a>(req: &'a Request, issuer: &'a str) -> Result<Person<'a>, String> {
+    let mut name = None;
+    let mut iss = issuer;
+    for (claim, values) in &req.claims {
+        let one = || match values.as_slice() {
+            [v] => Ok(v.as_str()),
+            _ => Err(format!("claim `{claim}`: give it one value")),
+        };
+        let own = match claim.as_str() {
+            "name" => {
+                name = Some(one()?);
+                continue;
+            }
+            "iss" => {
+                iss = one()?;
+                continue;
+            }
+            "sub" => "the user id: --user (`user:` in a test case)",
+            "email" => "the email address: --email (`email:` in a test case)",
+            "email_verified" => {
+                "whether the address is verified: --email-unverified (`email_verified:` in a \
+                 test case)"
+            }
+            "groups" => "the groups: --groups (`groups:` in a test case)",
+            _ => continue,
+        };
+        return Err(format!("claim `{claim}` is {own}, not a claim"));
+    }
+    Ok(Person {
+        sub: &req.user,
+        email: &req.email,
+        email_verified: req.email_verified,
+        name,
+        iss,
+        groups: &req.groups,
+        claims: &req.claims,
+    })
 }
 
 /// Prints an explanation; exit 0 allowed, 1 denied, 2 the request could not be decided.
@@ -201,7 +221,7 @@ pub fn explain(routes: &Routes, req: &Request, choice: Option<&str>) -> ExitCode
     } else {
         ("DENY", ExitCode::from(1))
     };
-    if out.public {
+    if *out.decision.reason() == Reason::PublicRoute {
         println!("{word}: this route is public (no sign-in, no policy)");
     } else {
         let reason = out.decision.reason();
@@ -452,11 +472,7 @@ pub fn run_cases(routes: &Routes, cases: &[Case]) -> (usize, usize) {
             }
         };
         let allow = got.decision.is_allow();
-        let code = if got.public {
-            "public-route"
-        } else {
-            got.decision.reason().code()
-        };
+        let code = got.decision.reason().code();
         let word = |a: bool| if a { "allow" } else { "deny" };
         if allow != c.allow {
             println!(
@@ -566,6 +582,38 @@ mod tests {
         assert!(
             e.starts_with("DIR/d.test.yaml:3:7: at: \"tomorrow\" is not a time"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn name_and_iss_may_be_claims_and_the_other_standard_claims_are_refused() {
+        let mut req = Request {
+            url: "https://a.test/".into(),
+            user: "u-1".into(),
+            email: "ann@example.com".into(),
+            email_verified: true,
+            groups: vec![],
+            claims: group_claims(vec![
+                parse_claim("name=Ann").unwrap(),
+                parse_claim("dept=sales").unwrap(),
+            ]),
+            method: "GET".into(),
+            at: SystemTime::UNIX_EPOCH,
+        };
+        let p = person(&req, "https://idp.test").unwrap();
+        assert_eq!(
+            (p.name, p.iss, p.sub),
+            (Some("Ann"), "https://idp.test", "u-1")
+        );
+        req.claims = group_claims(vec![parse_claim("iss=https://other.test").unwrap()]);
+        assert_eq!(
+            person(&req, "https://idp.test").unwrap().iss,
+            "https://other.test"
+        );
+        req.claims = group_claims(vec![parse_claim("email=boss@example.com").unwrap()]);
+        assert_eq!(
+            person(&req, "https://idp.test").err().unwrap(),
+            "claim `email` is the email address: --email (`email:` in a test case), not a claim"
         );
     }
 

@@ -38,9 +38,15 @@ use gatehouse_config::{
     Action, Condition, CriterionKind, ListOp, LogicalOp, PolicySpec, Route, StringMatcher, StringOp,
 };
 
+mod person;
+
+pub use person::{Person, Request, STANDARD_CLAIMS};
+
 // === Facts ===
 
-/// What the policy may look at about a request. Built by the proxy per request.
+/// What the policy may look at about a request. A signed-in person's come from
+/// [`Person::request`] (the proxy and `gatehouse policy` both build them so); tests may
+/// build them directly.
 #[derive(Debug, Clone, Copy)]
 pub struct Facts<'a> {
     /// The IdP's user id (`sub`), for `user`.
@@ -141,6 +147,9 @@ pub enum Reason {
     NotAllowed { email: String },
     /// The route has no rule that lets anyone in.
     NoPolicy,
+    /// The route lets anyone in, signed in or not (`allow_public_unauthenticated_access`);
+    /// no policy was evaluated. Decided by the route, never by [`Policy::evaluate`].
+    PublicRoute,
     /// The route's rules use groups, and the person's groups could not be looked up: the
     /// directory has not answered since `since` and the last groups it gave are too old
     /// (or there are none). Fail closed: see [`Policy::evaluate_groups_unavailable`].
@@ -160,6 +169,7 @@ impl Reason {
             Reason::EmailNotVerified { .. } => "email-not-verified",
             Reason::NotAllowed { .. } => "not-allowed",
             Reason::NoPolicy => "no-policy",
+            Reason::PublicRoute => "public-route",
             Reason::GroupsUnavailable { .. } => "groups-unavailable",
         }
     }
@@ -200,6 +210,9 @@ impl std::fmt::Display for Reason {
                 write!(f, "no rule of this route allows {email}")
             }
             Reason::NoPolicy => f.write_str("this route has no policy that lets anyone in"),
+            Reason::PublicRoute => {
+                f.write_str("this route is public: anyone may use it, signed in or not")
+            }
             Reason::GroupsUnavailable { since } => {
                 let since = jiff::Timestamp::try_from(*since)
                     .map(|t| t.strftime("%Y-%m-%d %H:%M:%S UTC").to_string())

@@ -423,3 +423,174 @@ fn top_level_allowed_groups_admit_on_routes_without_rules_and_count_as_using_gro
     assert!(!p.evaluate(&alice).is_allow());
     assert!(!p.uses_groups());
 }
+
+// === from a person to facts ===
+
+fn ann<'a>(groups: &'a [String], claims: &'a [(String, Vec<String>)]) -> Person<'a> {
+    Person {
+        sub: "u-ann",
+        email: "ann@example.com",
+        email_verified: true,
+        name: None,
+        iss: "https://idp.example.com",
+        groups,
+        claims,
+    }
+}
+
+fn allow_one(kind: CriterionKind) -> Policy {
+    Policy::from_spec(&PolicySpec {
+        blocks: vec![groups_block(Action::Allow, LogicalOp::Or, kind)],
+    })
+}
+
+fn claim_has(name: &str, value: &str) -> CriterionKind {
+    CriterionKind::Claim {
+        name: name.into(),
+        matcher: has(value),
+    }
+}
+
+fn names<'a>(facts: &Facts<'a>) -> Vec<&'a str> {
+    facts.claims.iter().map(|c| c.name).collect()
+}
+
+#[test]
+fn claim_email_from_a_person_matches_as_the_email_criterion_does() {
+    let by_email = allow_one(CriterionKind::Email(StringMatcher {
+        ops: vec![gatehouse_config::StringOp::Is("ann@example.com".into())],
+    }));
+    let by_claim = allow_one(claim_has("email", "ann@example.com"));
+    let at = SystemTime::UNIX_EPOCH;
+    let ann = ann(&[], &[]);
+    let bob = Person {
+        email: "bob@example.com",
+        ..ann
+    };
+    for (who, want) in [(ann, true), (bob, false)] {
+        let request = who.request("GET", "/", at);
+        let facts = request.facts();
+        assert_eq!(
+            by_email.evaluate(&facts).is_allow(),
+            want,
+            "email, {}",
+            who.email
+        );
+        assert_eq!(
+            by_claim.evaluate(&facts).is_allow(),
+            want,
+            "claim/email, {}",
+            who.email
+        );
+    }
+}
+
+#[test]
+fn a_person_has_the_standard_claims_then_the_others_and_no_name_when_absent() {
+    let groups = vec!["staff".to_string()];
+    let claims = vec![("department".to_string(), vec!["sales".to_string()])];
+    let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(60);
+    let person = ann(&groups, &claims);
+    let request = person.request("POST", "/a", at);
+    let facts = request.facts();
+    assert_eq!(
+        names(&facts),
+        [
+            "sub",
+            "email",
+            "email_verified",
+            "iss",
+            "groups",
+            "department"
+        ]
+    );
+    assert_eq!(
+        (facts.user, facts.email, facts.email_verified),
+        ("u-ann", "ann@example.com", true)
+    );
+    assert_eq!((facts.method, facts.path, facts.time), ("POST", "/a", at));
+    assert_eq!(facts.groups, groups.as_slice());
+
+    // No name: `claim/name` cannot match, not even an empty one.
+    let empty_name = allow_one(CriterionKind::Claim {
+        name: "name".into(),
+        matcher: gatehouse_config::ListMatcher {
+            ops: vec![ListOp::Is(String::new())],
+        },
+    });
+    assert!(!empty_name.evaluate(&facts).is_allow());
+
+    let named = Person {
+        name: Some("Ann"),
+        ..person
+    };
+    let request = named.request("GET", "/", at);
+    assert_eq!(
+        names(&request.facts()),
+        [
+            "sub",
+            "email",
+            "email_verified",
+            "name",
+            "iss",
+            "groups",
+            "department"
+        ]
+    );
+    assert!(
+        allow_one(claim_has("name", "Ann"))
+            .evaluate(&request.facts())
+            .is_allow()
+    );
+    // Without other claims, the same standard claims (kept without allocating).
+    let request = Person {
+        claims: &[],
+        ..named
+    }
+    .request("GET", "/", at);
+    assert_eq!(names(&request.facts()), STANDARD_CLAIMS);
+}
+
+#[test]
+fn another_claim_cannot_stand_in_for_a_standard_one() {
+    let claims = vec![
+        ("email".to_string(), vec!["boss@example.com".to_string()]),
+        ("groups".to_string(), vec!["admins".to_string()]),
+    ];
+    let person = ann(&[], &claims);
+    let request = person.request("GET", "/", SystemTime::UNIX_EPOCH);
+    let facts = request.facts();
+    assert_eq!(
+        names(&facts),
+        ["sub", "email", "email_verified", "iss", "groups"]
+    );
+    assert!(
+        !allow_one(claim_has("email", "boss@example.com"))
+            .evaluate(&facts)
+            .is_allow()
+    );
+    assert!(
+        !allow_one(claim_has("groups", "admins"))
+            .evaluate(&facts)
+            .is_allow()
+    );
+    assert!(
+        allow_one(claim_has("email_verified", "true"))
+            .evaluate(&facts)
+            .is_allow()
+    );
+    assert!(
+        allow_one(claim_has("iss", "https://idp.example.com"))
+            .evaluate(&facts)
+            .is_allow()
+    );
+}
+
+#[test]
+fn a_public_route_reason_has_its_code() {
+    assert_eq!(Reason::PublicRoute.code(), "public-route");
+    assert_eq!(
+        Reason::PublicRoute.to_string(),
+        "this route is public: anyone may use it, signed in or not"
+    );
+}
