@@ -11,7 +11,7 @@ use pingora::http::RequestHeader;
 
 use gatehouse_auth::VerifiedIdentity;
 use gatehouse_backends::{Lease, Supervisor};
-use gatehouse_policy::{Claim, ClaimValues, Decision, Facts};
+use gatehouse_policy::{Decision, Person};
 
 use crate::endpoints;
 use crate::pages::{self, Page, request_id};
@@ -217,49 +217,18 @@ pub(crate) fn decide_policy(
     groups_unavailable_since: Option<std::time::SystemTime>,
 ) -> Decision {
     let s = identity.session();
-    let claims = [
-        Claim {
-            name: "sub",
-            values: ClaimValues::One(&s.sub),
-        },
-        Claim {
-            name: "email",
-            values: ClaimValues::One(&s.email),
-        },
-        Claim {
-            name: "email_verified",
-            values: ClaimValues::One(if s.email_verified { "true" } else { "false" }),
-        },
-        Claim {
-            name: "name",
-            values: ClaimValues::One(s.name.as_deref().unwrap_or_default()),
-        },
-        Claim {
-            name: "iss",
-            values: ClaimValues::One(&s.iss),
-        },
-        Claim {
-            name: "groups",
-            values: ClaimValues::Many(identity.groups()),
-        },
-    ];
-    let claims: &[Claim<'_>] = if s.name.is_some() {
-        &claims
-    } else {
-        // No `name` claim: leave it out rather than match it as empty.
-        &[claims[0], claims[1], claims[2], claims[4], claims[5]]
-    };
-    let facts = Facts {
-        user: &s.sub,
+    let person = Person {
+        sub: &s.sub,
         email: &s.email,
         email_verified: s.email_verified,
+        name: s.name.as_deref(),
+        iss: &s.iss,
         groups: identity.groups(),
-        claims,
-        method,
-        path,
-        // The policy crate never reads the clock; the proxy passes the current UTC time.
-        time: std::time::SystemTime::now(),
+        claims: &[],
     };
+    // The policy crate never reads the clock; the proxy passes the current UTC time.
+    let request = person.request(method, path, std::time::SystemTime::now());
+    let facts = request.facts();
     match groups_unavailable_since {
         Some(since) => route.policy.evaluate_groups_unavailable(&facts, since),
         None => route.policy.evaluate(&facts),

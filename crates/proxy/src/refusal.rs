@@ -117,7 +117,7 @@ pub(crate) enum Outcome {
 impl Outcome {
     pub(crate) fn code(self) -> &'static str {
         match self {
-            Outcome::Public => "public-route",
+            Outcome::Public => Reason::PublicRoute.code(),
             Outcome::SignedOut => "signed-out",
             Outcome::Allowed(code) | Outcome::Refused(code) => code,
         }
