@@ -98,12 +98,10 @@ impl Routes {
                 })
                 .ok_or_else(|| format!("--route {c:?}: no route has this `from`"));
         }
-        let host = url
-            .host_str()
-            .ok_or_else(|| format!("{url}: the URL has no host"))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_ascii_lowercase();
+        if url.host_str().is_none() {
+            return Err(format!("{url}: the URL has no host"));
+        }
+        let host = gatehouse_proxy::routes::url_host(url);
         let port = url.port_or_known_default().unwrap_or(443);
         self.table
             .find(&host, port, url.path())

@@ -75,6 +75,16 @@ impl RouteTable {
     }
 }
 
+/// A URL's host as routes and resolvers want it: lower case, an IPv6 address without its
+/// brackets; empty when the URL has none.
+pub fn url_host(url: &url::Url) -> String {
+    url.host_str()
+        .unwrap_or("")
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase()
+}
+
 /// Splits a `Host` header (or `:authority`) into a lower-case host and optional port.
 /// Returns `None` for values that are not a plausible host.
 pub fn split_host(value: &str) -> Option<(String, Option<u16>)> {

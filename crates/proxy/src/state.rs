@@ -106,12 +106,7 @@ fn static_upstream(
     r: &gatehouse_config::Route,
     to: &gatehouse_config::Url,
 ) -> Result<StaticUpstream, ConfigError> {
-    let host = to
-        .host_str()
-        .unwrap_or("")
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
+    let host = routes::url_host(to);
     let Some(port) = to.port_or_known_default() else {
         return Err(ConfigError::new(
             r.origin.clone(),
