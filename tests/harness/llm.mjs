@@ -8,7 +8,7 @@
 //   await llm.close();
 //
 // `opencodeConfig(llm)` is the OpenCode config (OPENCODE_CONFIG_CONTENT) that makes this
-// the default model, as in notes/opencode.md §5.
+// the default model, as in docs/opencode.md §5.
 
 import http from 'node:http';
 import { pathToFileURL } from 'node:url';

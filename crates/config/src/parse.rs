@@ -286,7 +286,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
             .and_then(|t| ctx.check(&t.origin, &s.path, values::service_url(&t.value)))
     });
 
-    // Secrets written as they are in the file (DESIGN.md: with backends, such a file must
+    // Secrets written as they are in the file (docs/design.md: with backends, such a file must
     // be readable by Gatehouse alone).
     let mut literal_secrets = Vec::new();
     let mut secret = |name: &str| -> Option<Setting<'_>> {

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 mod policy_cmd;
 
 // mimalloc measured ~25% faster than glibc malloc for Pingora on this workload
-// (shared/notes/pingora.md, "Tuning a passthrough").
+// (docs/pingora.md, "Tuning a passthrough").
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

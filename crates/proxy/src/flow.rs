@@ -1,5 +1,5 @@
 //! What to do with one request, as plain functions of the request header and the state:
-//! DESIGN.md's request flow, step by step ([`decide`]). No Pingora session here, so the
+//! docs/design.md's request flow, step by step ([`decide`]). No Pingora session here, so the
 //! whole flow is driven by unit tests in `flow/tests.rs`. `request_filter` carries out the
 //! [`Step`] it returns: proxy, answer, read one of Gatehouse's own forms, or get the
 //! person's backend.
@@ -78,7 +78,7 @@ pub(crate) enum Step {
     Backend,
 }
 
-/// DESIGN.md's request flow, in order: host and path checks, health, the authenticate host,
+/// docs/design.md's request flow, in order: host and path checks, health, the authenticate host,
 /// the route, JWKS, public routes, the sign-in callback, the session, groups, Gatehouse's
 /// own pages, the policy, and for a `to_backend` route the cross-site check. Records the
 /// route, host, identity and reason in `ctx` for the later hooks and the access log.
