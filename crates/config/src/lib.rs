@@ -7,9 +7,11 @@
 //! `environment variable COOKIE_SECRET: …`), and parsing goes on past the first problem so
 //! the operator sees them all at once.
 //!
-//! This crate must not open sockets. It reads files only to load the config itself; the
-//! proxy checks that certificate files parse (it owns TLS) and reports with the [`Origin`]
-//! kept on each value.
+//! It also reads the policy test files `gatehouse policy test` runs ([`policy_tests`]).
+//!
+//! This crate must not open sockets. It reads files only to load the config itself (and
+//! policy test files); the proxy checks that certificate files parse (it owns TLS) and
+//! reports with the [`Origin`] kept on each value.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -53,6 +55,7 @@ pub use url::Url;
 
 mod directory;
 mod parse;
+pub mod policy_tests;
 
 pub use directory::{DirectoryConfig, ServiceAccount};
 
@@ -130,24 +133,6 @@ impl Lookup for std::collections::HashMap<String, String> {
 /// Loads and checks the config file at `path`.
 pub fn load(path: &Path, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
     parse::load(path, env)
-}
-
-/// Parses YAML text as Gatehouse reads its files: duplicate keys refused, no type coercion,
-/// the top level a list (`sequence`) or a map. `None` if the YAML parser panicked (it
-/// guards some states with assertions); callers report that as a syntax error.
-pub fn parse_yaml_node(
-    text: &str,
-    sequence: bool,
-) -> Option<Result<marked_yaml::Node, marked_yaml::LoadError>> {
-    let options = marked_yaml::LoaderOptions::default()
-        .error_on_duplicate_keys(true)
-        .prevent_coercion(true);
-    let options = if sequence {
-        options.toplevel_sequence()
-    } else {
-        options
-    };
-    std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options)).ok()
 }
 
 /// Loads config from text, as if read from the file `name` (for tests and `init`).
@@ -277,6 +262,17 @@ pub struct RouteFrom {
     pub host: String,
     /// Explicit port: the route matches only that port. `None`: any port.
     pub port: Option<u16>,
+}
+
+/// `scheme://host[:port]`, for messages and logs.
+impl std::fmt::Display for RouteFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host)?;
+        match self.port {
+            Some(p) => write!(f, ":{p}"),
+            None => Ok(()),
+        }
+    }
 }
 
 #[derive(Debug)]

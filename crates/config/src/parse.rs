@@ -138,6 +138,21 @@ fn parse_yaml(ctx: &mut Ctx<'_>, text: &str) -> Option<Node> {
     parse_yaml_top(ctx, text, &[false])
 }
 
+/// Parses YAML text as Gatehouse reads its files: duplicate keys refused, no type coercion,
+/// the top level a list (`sequence`) or a map. `None` if the YAML parser panicked (it
+/// guards some states with assertions); callers report that as a syntax error.
+pub(crate) fn parse_yaml_node(text: &str, sequence: bool) -> Option<Result<Node, LoadError>> {
+    let options = marked_yaml::LoaderOptions::default()
+        .error_on_duplicate_keys(true)
+        .prevent_coercion(true);
+    let options = if sequence {
+        options.toplevel_sequence()
+    } else {
+        options
+    };
+    std::panic::catch_unwind(|| marked_yaml::parse_yaml_with_options(0, text, options)).ok()
+}
+
 /// YAML text → node tree whose top level is a list or a map (a policy file).
 fn parse_yaml_any(ctx: &mut Ctx<'_>, text: &str) -> Option<Node> {
     parse_yaml_top(ctx, text, &[true, false])
@@ -158,7 +173,7 @@ fn parse_yaml_top(ctx: &mut Ctx<'_>, text: &str, shapes: &[bool]) -> Option<Node
     for &sequence in shapes {
         // marked-yaml 0.8 guards its event handler with `unreachable!`/`assert!`; a config
         // file must never crash the process, so a panic in there becomes a syntax error.
-        match crate::parse_yaml_node(text, sequence) {
+        match parse_yaml_node(text, sequence) {
             Some(Ok(node)) => return Some(node),
             Some(Err(LoadError::TopLevelMustBeSequence(m))) if shapes.len() > 1 => {
                 last = Some(LoadError::TopLevelMustBeSequence(m));

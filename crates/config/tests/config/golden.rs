@@ -2,12 +2,10 @@
 //! in `tests/golden/*.txt`. Run with `UPDATE_GOLDEN=1` to rewrite them after a deliberate
 //! change, then read the diff.
 
-mod util;
-
 use std::path::Path;
 
+use crate::util::{assert_golden, env, fixture};
 use gatehouse_config::load_str;
-use util::{assert_golden, env, fixture};
 
 /// Loads `tests/fixtures/config/broken/<name>.yaml` as `<name>.yaml` (so the golden text
 /// does not depend on where the repository is checked out) and pins its errors and warnings.

@@ -1,15 +1,13 @@
 //! `idp_service_account` and the directory keys: what loads, the defaults, and the errors
 //! (each at its place, none showing the key).
 
-mod util;
-
 use std::path::Path;
 use std::time::Duration;
 
+use crate::util::{COOKIE_SECRET, env};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use gatehouse_config::{Config, ConfigErrors, load_str};
-use util::{COOKIE_SECRET, env};
 
 /// Google sign-in and one route, on as few lines as possible (the tests put the directory
 /// keys first, so their positions are easy to read).

@@ -1,8 +1,6 @@
 //! Helpers shared by the config integration tests: an environment map (no test touches the
 //! process environment), fixture paths, and golden files compared with a line diff.
 
-#![allow(dead_code)] // each test binary uses a different part of this
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 

@@ -1,17 +1,15 @@
 //! Loading configs that work, and the rules that decide what a value means: environment
 //! overrides, aliases, defaults, Pomerium forms. Messages are pinned in `golden.rs`.
 
-mod util;
-
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::util::{COOKIE_SECRET, env, fixture};
 use gatehouse_config::{
     Action, Condition, Config, ConfigErrors, Criterion, CriterionKind, IdpProvider, LogicalOp,
     Origin, SameSite, StringOp, load, load_str,
 };
-use util::{COOKIE_SECRET, env, fixture};
 
 /// The smallest config that loads (with `allowed_domains` so the route lets someone in).
 const MINIMAL: &str = "\
@@ -381,7 +379,7 @@ fn defaults_apply_when_keys_are_absent() {
 
 #[test]
 fn every_supported_key_is_read() {
-    let pem = util::generated_pem();
+    let pem = crate::util::generated_pem();
     let signing_key = base64_encode(pem.as_bytes());
     let text = format!(
         "address: 127.0.0.1:8443\n\

@@ -1,0 +1,25 @@
+//! `gatehouse keygen`: a new random `cookie_secret` and `signing_key`.
+
+use std::process::ExitCode;
+
+use base64::Engine;
+use rand::RngCore;
+
+pub fn run() -> ExitCode {
+    let mut secret = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut secret);
+    match gatehouse_auth::jwt::generate_signing_key_b64() {
+        Ok(key) => {
+            println!(
+                "cookie_secret: {}",
+                base64::engine::general_purpose::STANDARD.encode(secret)
+            );
+            println!("signing_key: {key}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gatehouse keygen: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
