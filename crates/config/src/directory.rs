@@ -6,28 +6,30 @@ use std::time::Duration;
 use crate::{Origin, Secret, Url};
 
 /// Built-in Directory API base URL.
-pub const GOOGLE_DIRECTORY_URL: &str = "https://admin.googleapis.com";
+pub(crate) const GOOGLE_DIRECTORY_URL: &str = "https://admin.googleapis.com";
 /// Built-in token URL when the key's JSON has no `token_uri`.
-pub const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
+pub(crate) const GOOGLE_TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
 /// `idp_refresh_directory_interval` default (Pomerium's).
-pub const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(10 * 60);
+pub(crate) const DEFAULT_REFRESH_INTERVAL: Duration = Duration::from_secs(10 * 60);
 /// `idp_refresh_directory_timeout` default. Pomerium's is 1m for a whole-directory sync;
 /// here it bounds one person's lookup, which a request may wait for, so it is shorter.
-pub const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_REFRESH_TIMEOUT: Duration = Duration::from_secs(10);
 /// `idp_directory_max_stale` default.
-pub const DEFAULT_MAX_STALE: Duration = Duration::from_secs(60 * 60);
+pub(crate) const DEFAULT_MAX_STALE: Duration = Duration::from_secs(60 * 60);
 
 /// Groups from the Admin SDK Directory API, read with a service account (Google only;
 /// `None` in [`crate::Config::directory`] means groups come from the ID token).
 #[derive(Debug)]
 pub struct DirectoryConfig {
+    /// `idp_service_account`: the decoded service-account key the lookups sign in with.
     pub service_account: ServiceAccount,
     /// The Workspace user the service account acts as (`impersonate_user` in the key's JSON,
     /// or `idp_directory_impersonate_user`): the JWT-bearer grant's `sub`.
     pub impersonate_user: String,
-    /// `idp_directory_token_url`, else the key's `token_uri`, else [`GOOGLE_TOKEN_URL`].
+    /// `idp_directory_token_url`, else the key's `token_uri`, else
+    /// `https://oauth2.googleapis.com/token`.
     pub token_url: Url,
-    /// `idp_directory_url` (default [`GOOGLE_DIRECTORY_URL`]).
+    /// `idp_directory_url` (default `https://admin.googleapis.com`).
     pub directory_url: Url,
     /// `idp_refresh_directory_interval`: groups older than this are refreshed (in the
     /// background; the request uses the ones it has).

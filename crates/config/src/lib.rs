@@ -45,6 +45,8 @@
 //! );
 //! ```
 
+#![warn(missing_docs, unreachable_pub)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,12 +67,18 @@ pub enum Origin {
     /// A place in a YAML file (1-based line and column). Line 0 means the file as a whole
     /// (it could not be read, or a required key is missing) and displays as just the path.
     File {
+        /// The YAML file (the config file, or a policy file in `policies_dir`).
         file: Arc<Path>,
+        /// 1-based line; 0 for the file as a whole.
         line: usize,
+        /// 1-based column.
         col: usize,
     },
     /// An environment variable that overrode a top-level key.
-    Env { var: String },
+    Env {
+        /// The variable's name (`COOKIE_SECRET`).
+        var: String,
+    },
     /// A built-in default.
     Default,
 }
@@ -90,11 +98,14 @@ impl std::fmt::Display for Origin {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{origin}: {message}")]
 pub struct ConfigError {
+    /// Where the offending value was written (or came from).
     pub origin: Origin,
+    /// What is wrong and, where possible, how to fix it.
     pub message: String,
 }
 
 impl ConfigError {
+    /// A problem at `origin`.
     pub fn new(origin: Origin, message: impl Into<String>) -> Self {
         ConfigError {
             origin,
@@ -107,11 +118,13 @@ impl ConfigError {
 #[derive(Debug, thiserror::Error)]
 #[error("{}", self.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors {
+    /// The problems, one per line when displayed.
     pub errors: Vec<ConfigError>,
 }
 
 /// How environment variables are read. Production uses [`ProcessEnv`]; tests pass a map.
 pub trait Lookup {
+    /// The value of the environment variable `name`; `None` if it is not set.
     fn get(&self, name: &str) -> Option<String>;
 }
 
@@ -156,10 +169,12 @@ pub struct Config {
     pub certificates: Vec<CertificatePair>,
     /// `authenticate_service_url`: where the IdP callback lands (`/oauth2/callback`).
     pub authenticate_service_url: Option<Url>,
+    /// `idp_*`: the identity provider people sign in with.
     pub idp: IdpConfig,
     /// Google Workspace groups from the Directory API (`idp_service_account` with
     /// `idp_provider: google`). `None`: groups come from the ID token's `groups` claim.
     pub directory: Option<DirectoryConfig>,
+    /// `cookie_*`: the session cookie.
     pub cookie: CookieConfig,
     /// `signing_key`: PEM (decoded from base64) of an EC P-256 private key for the identity JWT.
     pub signing_key: Option<Secret<String>>,
@@ -175,6 +190,7 @@ pub struct Config {
     pub policies: Vec<NamedPolicy>,
     /// `metrics_address`: a plain-HTTP listener serving Prometheus metrics at `/metrics`.
     pub metrics_address: Option<SocketAddr>,
+    /// `routes:`, in the order written.
     pub routes: Vec<Route>,
     /// `backends:`: pools of per-person backends that routes name with `to_backend:`.
     pub backends: Vec<BackendPool>,
@@ -188,39 +204,58 @@ pub struct Config {
     pub warnings: Vec<ConfigError>,
 }
 
+/// A TLS certificate and its private key (`certificate_file`/`certificate_key_file`, or a
+/// `certificates:` entry), chosen by SNI. The proxy parses the files.
 #[derive(Debug, Clone)]
 pub struct CertificatePair {
+    /// `cert`: the PEM certificate chain, resolved against the config file's directory.
     pub cert_file: PathBuf,
+    /// `key`: the PEM private key, resolved against the config file's directory.
     pub key_file: PathBuf,
+    /// Where the certificate path was written, for errors found when the proxy reads it.
     pub origin: Origin,
 }
 
+/// `idp_provider`: which kind of identity provider.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdpProvider {
+    /// `google` (the default): Google accounts, issuer `https://accounts.google.com`.
     Google,
+    /// `oidc`: any OpenID Connect provider, found by discovery at `idp_provider_url`.
     Oidc,
 }
 
+/// The identity provider people sign in with (OpenID Connect).
 #[derive(Debug)]
 pub struct IdpConfig {
+    /// `idp_provider` (default `google`).
     pub provider: IdpProvider,
     /// Issuer URL: `https://accounts.google.com` for google, `idp_provider_url` for oidc.
     /// http only on a loopback host.
     pub issuer: Url,
+    /// `idp_client_id`: the OAuth client ID registered with the provider.
     pub client_id: String,
+    /// `idp_client_secret`: the OAuth client secret.
     pub client_secret: Secret<String>,
-    /// Default `openid email profile`.
+    /// `idp_scopes`: the scopes asked for; always includes `openid`. Default
+    /// `openid email profile`.
     pub scopes: Vec<String>,
+    /// Where `idp_provider` was set (the built-in default when it was not).
     pub origin: Origin,
 }
 
+/// `cookie_same_site`: the session cookie's `SameSite` attribute.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SameSite {
+    /// `lax` (the default): also sent on top-level navigation from other sites.
     Lax,
+    /// `strict`: never sent on requests started by another site.
     Strict,
+    /// `none`: sent on every request, cross-site included.
     None,
 }
 
+/// The session cookie (`cookie_*`). Gatehouse always sets `HttpOnly` and `Secure`.
 #[derive(Debug)]
 pub struct CookieConfig {
     /// `cookie_name`, default `_pomerium`.
@@ -229,6 +264,7 @@ pub struct CookieConfig {
     pub secret: Secret<[u8; 32]>,
     /// `cookie_expire`, default 14h.
     pub expire: Duration,
+    /// `cookie_domain`: the cookie's `Domain` attribute. `None`: a host-only cookie.
     pub domain: Option<String>,
     /// `cookie_same_site`, default lax.
     pub same_site: SameSite,
@@ -238,6 +274,7 @@ pub struct CookieConfig {
 pub struct Secret<T>(T);
 
 impl<T> Secret<T> {
+    /// Wraps `value` so that it is never printed.
     pub fn new(value: T) -> Self {
         Secret(value)
     }
@@ -275,10 +312,12 @@ impl std::fmt::Display for RouteFrom {
     }
 }
 
+/// One entry of `routes:`: which requests it matches, who may pass, and where they go.
 #[derive(Debug)]
 pub struct Route {
     /// Position in `routes:` (0-based), for messages: `routes[2]`.
     pub index: usize,
+    /// `from:`: the scheme, host and optional port the route answers on.
     pub from: RouteFrom,
     /// `prefix:`: path must start with this.
     pub prefix: Option<String>,
@@ -286,10 +325,14 @@ pub struct Route {
     pub path: Option<String>,
     /// `to:` (a static URL) or `to_backend:` (the person's own backend from a pool).
     pub to: Upstream,
+    /// `pass_identity_headers` (default false): send the person's identity upstream
+    /// (`X-Pomerium-Claim-*` headers and the signed JWT in `X-Pomerium-Jwt-Assertion`).
     pub pass_identity_headers: bool,
     /// `preserve_host_header`: send the client's Host upstream instead of `to`'s host.
     pub preserve_host_header: bool,
+    /// `allow_public_unauthenticated_access` (default false): anyone, without signing in.
     pub allow_public_unauthenticated_access: bool,
+    /// `allow_any_authenticated_user` (default false): anyone who has signed in.
     pub allow_any_authenticated_user: bool,
     /// Route-level `allowed_domains`.
     pub allowed_domains: Vec<String>,
@@ -301,6 +344,7 @@ pub struct Route {
     pub policy: Option<PolicySpec>,
     /// `policy: <name>`: the named policy (from `policies_dir`) the route uses.
     pub policy_name: Option<String>,
+    /// Where the route's entry starts in `routes:`.
     pub origin: Origin,
 }
 
@@ -365,21 +409,27 @@ pub struct BackendPool {
     pub confinement: Confinement,
     /// `stop_on_sign_out` (default false): signing out also stops the person's backend.
     pub stop_on_sign_out: bool,
+    /// Where `backends.<name>` was written (the built-in default for [`Self::with_defaults`]).
     pub origin: Origin,
 }
 
 /// `uids: first-last`, with where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UidRange {
+    /// The lowest uid of the range (never 0).
     pub first: u32,
+    /// The highest uid of the range, inclusive.
     pub last: u32,
+    /// Where `uids:` was written.
     pub origin: Origin,
 }
 
 impl UidRange {
+    /// Whether `uid` is in the range (both ends included).
     pub fn contains(&self, uid: u32) -> bool {
         (self.first..=self.last).contains(&uid)
     }
+    /// Whether the two ranges share at least one uid.
     pub fn overlaps(&self, other: &UidRange) -> bool {
         self.first <= other.last && other.first <= self.last
     }
@@ -391,8 +441,11 @@ impl UidRange {
 /// cannot be used: docs/opencode.md), `open_files` is `RLIMIT_NOFILE`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
+    /// `processes` (default 512): `RLIMIT_NPROC`, processes and threads of the person's uid.
     pub processes: u64,
+    /// `memory` (default 8G), in bytes: `RLIMIT_DATA` of each process.
     pub memory_bytes: u64,
+    /// `open_files` (default 4096): `RLIMIT_NOFILE`.
     pub open_files: u64,
 }
 
@@ -411,16 +464,27 @@ impl Default for Limits {
 /// port (required with a host name).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressRule {
+    /// The network or host name a backend may connect to.
     pub target: EgressTarget,
+    /// The one port allowed; `None`: every port (only for a network).
     pub port: Option<u16>,
     /// As written (`llm.internal:443`), for logs.
     pub written: String,
+    /// Where the entry was written in `egress.allow`.
     pub origin: Origin,
 }
 
+/// What an `egress.allow` entry lets a backend reach.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EgressTarget {
-    Net { addr: std::net::IpAddr, prefix: u8 },
+    /// An address or network (`10.0.0.5`, `10.1.0.0/16`).
+    Net {
+        /// The network's address.
+        addr: std::net::IpAddr,
+        /// Prefix length: 32 (IPv4) or 128 (IPv6) for a single address.
+        prefix: u8,
+    },
+    /// A host name (lower-case), resolved when the firewall rules are written.
     Host(String),
 }
 
@@ -444,7 +508,9 @@ impl BackendPool {
         "--port",
         "{port}",
     ];
+    /// `ports` default: loopback ports 4101–4199 (both included).
     pub const DEFAULT_PORTS: (u16, u16) = (4101, 4199);
+    /// `data_root` default: where the per-person home directories live.
     pub const DEFAULT_DATA_ROOT: &str = "/var/lib/gatehouse/backends";
 
     /// A pool named `name` with every default (issue 5): OpenCode, ports 4101–4199, one
@@ -479,8 +545,11 @@ impl BackendPool {
 /// blocks a route's `policy:` holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NamedPolicy {
+    /// The file name without `.yaml`: what a route's `policy: <name>` refers to.
     pub name: String,
+    /// The policy file it was read from.
     pub file: PathBuf,
+    /// The blocks the file holds.
     pub spec: PolicySpec,
 }
 
@@ -488,12 +557,16 @@ pub struct NamedPolicy {
 /// The policy crate compiles and evaluates it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicySpec {
+    /// The `allow:`/`deny:` blocks; a request is let in by an allow that holds and no deny.
     pub blocks: Vec<PolicyBlock>,
 }
 
+/// Whether a policy block lets the request in or keeps it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
+    /// `allow:`: lets the request in when its rule holds (and no `deny:` holds).
     Allow,
+    /// `deny:`: keeps the request out when its rule holds; wins over every `allow:`.
     Deny,
 }
 
@@ -504,13 +577,18 @@ pub enum Action {
 /// called NAND"). Note that PPL's `nor` is *not* the Boolean NOR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LogicalOp {
+    /// `and`: every child holds.
     And,
+    /// `or`: at least one child holds.
     Or,
+    /// `not`: no child holds (Boolean NOR).
     Not,
+    /// `nor`: not every child holds (Boolean NAND).
     Nor,
 }
 
 impl LogicalOp {
+    /// The PPL keyword, as written (`and`, `or`, `not`, `nor`).
     pub fn keyword(self) -> &'static str {
         match self {
             LogicalOp::And => "and",
@@ -526,29 +604,40 @@ impl LogicalOp {
 /// one `or` of the operators.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyBlock {
+    /// `allow` or `deny`.
     pub action: Action,
+    /// The condition under the block's key.
     pub rule: Condition,
+    /// Where the `allow:`/`deny:` key was written.
     pub origin: Origin,
 }
 
 /// A logical operator over conditions, or one criterion. Nests to any depth.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Condition {
+    /// `and:`/`or:`/`not:`/`nor:` over a list of conditions.
     Op {
+        /// The operator.
         op: LogicalOp,
+        /// The conditions it combines, in the order written.
         children: Vec<Condition>,
+        /// Where the operator was written.
         origin: Origin,
     },
+    /// A single criterion, like `domain: {is: example.com}`.
     Criterion(Criterion),
 }
 
 /// One criterion, like `domain: {is: example.com}`, with where it was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Criterion {
+    /// What is tested, and how.
     pub kind: CriterionKind,
+    /// Where the criterion's name was written.
     pub origin: Origin,
 }
 
+/// The criteria of PPL that Gatehouse supports, each with its matcher.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CriterionKind {
     /// `accept: true`: always matches.
@@ -566,7 +655,12 @@ pub enum CriterionKind {
     /// The person's groups (a list).
     Groups(ListMatcher),
     /// `claim/<name>`: the values of an ID-token or directory claim (a list).
-    Claim { name: String, matcher: ListMatcher },
+    Claim {
+        /// The claim's name, after `claim/`.
+        name: String,
+        /// How the claim's values are matched.
+        matcher: ListMatcher,
+    },
     /// The request method (upper-case).
     HttpMethod(StringMatcher),
     /// The request path.
@@ -600,16 +694,24 @@ impl CriterionKind {
 /// A PPL string matcher: every operator given must hold (Pomerium ANDs them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StringMatcher {
+    /// The operators (a bare value is one `is`).
     pub ops: Vec<StringOp>,
 }
 
+/// One operator of a PPL string matcher, applied to a single value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StringOp {
+    /// `is`: the value equals this.
     Is(String),
+    /// `starts_with`: the value starts with this.
     StartsWith(String),
+    /// `ends_with`: the value ends with this.
     EndsWith(String),
+    /// `contains`: the value contains this.
     Contains(String),
+    /// `in`: the value equals one of these.
     In(Vec<String>),
+    /// `not_in`: the value equals none of these.
     NotIn(Vec<String>),
 }
 
@@ -624,15 +726,19 @@ pub enum ListOp {
     Exclude(String),
 }
 
+/// The matcher of a list criterion (groups, claims): every operator given must hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListMatcher {
+    /// The operators (a bare value is one `has`).
     pub ops: Vec<ListOp>,
 }
 
 /// Days as a bit set (bit 0 = Monday … bit 6 = Sunday), in a time zone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DaysOfWeek {
+    /// The days that match: bit 0 = Monday … bit 6 = Sunday.
     pub days: u8,
+    /// `timezone` (default UTC): the zone the day is taken in.
     pub timezone: TimeZone,
 }
 
@@ -640,8 +746,11 @@ pub struct DaysOfWeek {
 /// (either bound may be absent).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TimeOfDay {
+    /// `timezone` (required): the zone the time of day is taken in.
     pub timezone: TimeZone,
+    /// `after`: the window opens after this (exclusive). `None`: from midnight.
     pub after: Option<u32>,
+    /// `before`: the window closes at this (exclusive). `None`: until midnight.
     pub before: Option<u32>,
 }
 
@@ -649,7 +758,9 @@ pub struct TimeOfDay {
 /// with the name it was written as.
 #[derive(Clone)]
 pub struct TimeZone {
+    /// The name as written (`Europe/Paris`); two zones are equal when their names are.
     pub name: String,
+    /// The zone's rules, for converting the request time.
     pub zone: jiff::tz::TimeZone,
 }
 
@@ -667,6 +778,7 @@ impl TimeZone {
         })
     }
 
+    /// UTC: the zone of `day_of_week` when none is given.
     pub fn utc() -> Self {
         TimeZone {
             name: "UTC".into(),

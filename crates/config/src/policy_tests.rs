@@ -39,6 +39,7 @@ use crate::{ConfigError, Origin, Url};
 pub struct PolicyTestFile {
     /// The config to test against (`config:`, relative to the test file), if named.
     pub config: Option<PathBuf>,
+    /// `cases:`, in file order.
     pub cases: Vec<Case>,
 }
 
@@ -47,6 +48,7 @@ pub struct PolicyTestFile {
 pub struct Case {
     /// `name:`, or `case N` (1-based).
     pub name: String,
+    /// The request the case makes (`url`, `email`, `groups`, …).
     pub request: Request,
     /// `expect: allow` (else `deny`).
     pub allow: bool,
@@ -64,11 +66,15 @@ pub struct Request {
     pub url: String,
     /// The identity provider's user id (`sub`).
     pub user: String,
+    /// The person's email address (`email:`).
     pub email: String,
+    /// Whether the identity provider verified it (`email_verified:`, default true).
     pub email_verified: bool,
+    /// The person's groups (`groups:`).
     pub groups: Vec<String>,
     /// Other claims by name, each with its values, in the order given.
     pub claims: Vec<(String, Vec<String>)>,
+    /// The HTTP method (`method:`, default `GET`).
     pub method: String,
     /// When the request arrives; `None` for whenever it is decided.
     pub at: Option<SystemTime>,

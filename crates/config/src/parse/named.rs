@@ -43,7 +43,7 @@ pub(super) fn directory(ctx: &mut Ctx<'_>, setting: &Setting<'_>) -> Option<Path
 }
 
 /// Whether `file` is a policy file (and not a policy test file, a hidden or a swap file).
-pub fn is_policy_file(file: &Path) -> bool {
+pub(super) fn is_policy_file(file: &Path) -> bool {
     let Some(name) = file.file_name().and_then(|n| n.to_str()) else {
         return false;
     };

@@ -28,7 +28,7 @@ pub(super) struct Ctx<'e> {
 }
 
 impl<'e> Ctx<'e> {
-    pub fn new(file: &Path, env: &'e dyn Lookup) -> Self {
+    pub(super) fn new(file: &Path, env: &'e dyn Lookup) -> Self {
         let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
         Ctx {
             file: Arc::from(file),
@@ -42,7 +42,7 @@ impl<'e> Ctx<'e> {
     }
 
     /// The file as a whole (line 0): for keys that are missing rather than wrong.
-    pub fn whole_file(&self) -> Origin {
+    pub(super) fn whole_file(&self) -> Origin {
         Origin::File {
             file: self.file.clone(),
             line: 0,
@@ -50,7 +50,7 @@ impl<'e> Ctx<'e> {
         }
     }
 
-    pub fn at(&self, marker: Option<&Marker>) -> Origin {
+    pub(super) fn at(&self, marker: Option<&Marker>) -> Origin {
         match marker {
             Some(m) => Origin::File {
                 file: self.file.clone(),
@@ -63,7 +63,7 @@ impl<'e> Ctx<'e> {
 
     /// Where a node starts. A block mapping's own marker points past its first key, so a
     /// mapping is placed at whichever comes first: its marker or its first key.
-    pub fn node_origin(&self, node: &Node) -> Origin {
+    pub(super) fn node_origin(&self, node: &Node) -> Origin {
         let start = node.span().start().copied();
         let start = match node.as_mapping().and_then(|m| m.keys().next()) {
             Some(key) => match (start, key.span().start().copied()) {
@@ -79,16 +79,16 @@ impl<'e> Ctx<'e> {
         self.at(start.as_ref())
     }
 
-    pub fn error(&mut self, origin: Origin, message: impl Into<String>) {
+    pub(super) fn error(&mut self, origin: Origin, message: impl Into<String>) {
         self.errors.push(ConfigError::new(origin, message));
     }
 
-    pub fn warn(&mut self, origin: Origin, message: impl Into<String>) {
+    pub(super) fn warn(&mut self, origin: Origin, message: impl Into<String>) {
         self.warnings.push(ConfigError::new(origin, message));
     }
 
     /// Reports `Err(message)` as `path: message` at `origin`.
-    pub fn check<T>(
+    pub(super) fn check<T>(
         &mut self,
         origin: &Origin,
         path: &str,
@@ -105,14 +105,14 @@ impl<'e> Ctx<'e> {
 
     /// All problems, in the order an operator reads a file: by file, line and column, then
     /// the environment variables.
-    pub fn into_errors(mut self) -> ConfigErrors {
+    pub(super) fn into_errors(mut self) -> ConfigErrors {
         sort(&mut self.errors);
         ConfigErrors {
             errors: self.errors,
         }
     }
 
-    pub fn take_warnings(&mut self) -> Vec<ConfigError> {
+    pub(super) fn take_warnings(&mut self) -> Vec<ConfigError> {
         let mut warnings = std::mem::take(&mut self.warnings);
         sort(&mut warnings);
         warnings
@@ -121,7 +121,7 @@ impl<'e> Ctx<'e> {
     // === keys ===
 
     /// An unknown key, with the closest known one when it is close enough.
-    pub fn unknown_key(&mut self, entry: &Entry<'_>, parent: &str, candidates: &[&str]) {
+    pub(super) fn unknown_key(&mut self, entry: &Entry<'_>, parent: &str, candidates: &[&str]) {
         let place = if parent.is_empty() {
             String::new()
         } else {
@@ -140,7 +140,11 @@ impl<'e> Ctx<'e> {
     /// Reads the setting `names[0]` (its Pomerium alias, if any, is `names[1]`), from its
     /// upper-case environment variable if set (Pomerium behaviour: the environment wins),
     /// else from the file. Giving both a name and its alias in one place is an error.
-    pub fn setting<'n>(&mut self, fields: &mut Fields<'n>, names: &[&str]) -> Option<Setting<'n>> {
+    pub(super) fn setting<'n>(
+        &mut self,
+        fields: &mut Fields<'n>,
+        names: &[&str],
+    ) -> Option<Setting<'n>> {
         let mut from_env: Vec<(String, String)> = Vec::new();
         for name in names {
             let var = name.to_ascii_uppercase();
@@ -187,7 +191,7 @@ impl<'e> Ctx<'e> {
 
     /// The text of a scalar, after `${VAR}` interpolation. `None` (with an error pushed) for
     /// a list, a map or a missing variable. A YAML null (`key:`, `~`) is the empty string.
-    pub fn scalar(&mut self, path: &str, node: &Node, origin: &Origin) -> Option<Text> {
+    pub(super) fn scalar(&mut self, path: &str, node: &Node, origin: &Origin) -> Option<Text> {
         let scalar = match node {
             Node::Scalar(s) => s,
             Node::Sequence(_) => {
@@ -220,7 +224,12 @@ impl<'e> Ctx<'e> {
 
     /// Replaces `${VAR}` through the lookup; `$${` is a literal `${`. Never puts a value in
     /// a message.
-    pub fn interpolate(&mut self, path: &str, text: &str, origin: &Origin) -> Option<String> {
+    pub(super) fn interpolate(
+        &mut self,
+        path: &str,
+        text: &str,
+        origin: &Origin,
+    ) -> Option<String> {
         match interpolate(text, self.env) {
             Ok(value) => Some(value),
             Err(problems) => {
@@ -245,7 +254,7 @@ impl<'e> Ctx<'e> {
         }
     }
 
-    pub fn text(&mut self, setting: &Setting<'_>) -> Option<Text> {
+    pub(super) fn text(&mut self, setting: &Setting<'_>) -> Option<Text> {
         match &setting.src {
             Source::File(entry) => self.scalar(&setting.path, entry.node, &entry.origin),
             Source::Env(value) => Some(Text {
@@ -256,7 +265,7 @@ impl<'e> Ctx<'e> {
     }
 
     /// A non-empty value: an empty one is reported as `path must not be empty`.
-    pub fn non_empty(&mut self, setting: &Setting<'_>) -> Option<Text> {
+    pub(super) fn non_empty(&mut self, setting: &Setting<'_>) -> Option<Text> {
         let text = self.text(setting)?;
         if text.value.trim().is_empty() {
             self.error(text.origin, format!("{}: must not be empty", setting.path));
@@ -267,7 +276,7 @@ impl<'e> Ctx<'e> {
 
     /// A list: a YAML sequence of single values, or one string split by `split` (the form
     /// environment variables always take: `ALLOWED_DOMAINS=a.com,b.com`).
-    pub fn list(
+    pub(super) fn list(
         &mut self,
         setting: &Setting<'_>,
         split: fn(&str) -> Vec<&str>,
@@ -331,7 +340,7 @@ impl<'e> Ctx<'e> {
 
     /// `true` or `false` (any case). YAML 1.1's `yes`/`on` are refused: they read as
     /// strings in YAML 1.2 and in Pomerium.
-    pub fn flag(&mut self, setting: &Setting<'_>) -> Option<bool> {
+    pub(super) fn flag(&mut self, setting: &Setting<'_>) -> Option<bool> {
         let text = self.text(setting)?;
         match text.value.trim().to_ascii_lowercase().as_str() {
             "true" => Some(true),
@@ -373,7 +382,7 @@ pub(super) struct Fields<'n> {
 }
 
 impl<'n> Fields<'n> {
-    pub fn new(ctx: &Ctx<'_>, parent: &str, map: &'n MarkedMappingNode) -> Self {
+    pub(super) fn new(ctx: &Ctx<'_>, parent: &str, map: &'n MarkedMappingNode) -> Self {
         let entries = map
             .iter()
             .map(|(key, node)| {
@@ -399,7 +408,7 @@ impl<'n> Fields<'n> {
         Fields { entries }
     }
 
-    pub fn take(&mut self, key: &str) -> Option<Entry<'n>> {
+    pub(super) fn take(&mut self, key: &str) -> Option<Entry<'n>> {
         self.entries
             .iter_mut()
             .find(|e| e.as_ref().is_some_and(|e| e.key == key))?
@@ -407,7 +416,7 @@ impl<'n> Fields<'n> {
     }
 
     /// The keys nobody took.
-    pub fn rest(self) -> impl Iterator<Item = Entry<'n>> {
+    pub(super) fn rest(self) -> impl Iterator<Item = Entry<'n>> {
         self.entries.into_iter().flatten()
     }
 }
@@ -426,7 +435,7 @@ pub(super) struct Setting<'n> {
 }
 
 impl<'n> Setting<'n> {
-    pub fn file(entry: Entry<'n>) -> Self {
+    pub(super) fn file(entry: Entry<'n>) -> Self {
         Setting {
             path: entry.path.clone(),
             origin: entry.origin.clone(),
@@ -434,7 +443,7 @@ impl<'n> Setting<'n> {
         }
     }
 
-    pub fn is_env(&self) -> bool {
+    pub(super) fn is_env(&self) -> bool {
         matches!(self.src, Source::Env(_))
     }
 }
