@@ -66,12 +66,14 @@ const RETRY_AFTER: Duration = Duration::from_secs(5);
 /// The service account's key cannot sign (found when Gatehouse prepares, so `check` says it).
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceAccountKeyError {
+    /// The key is not an RSA private key in PEM, or does not sign.
     #[error(
         "idp_service_account: the key's `private_key` is not an RSA private key Gatehouse can \
          sign with (Google service-account keys are RSA, PKCS#8 `BEGIN PRIVATE KEY`); create a \
          new JSON key for the service account in the Google Cloud console"
     )]
     NotRsa,
+    /// The HTTP client could not be built.
     #[error("idp_service_account: cannot make an HTTP client: {0}")]
     Http(String),
 }
@@ -79,29 +81,46 @@ pub enum ServiceAccountKeyError {
 /// Why one lookup failed. Messages hold no key, assertion or token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DirectoryError {
+    /// No answer from the token URL.
     #[error("cannot reach the token endpoint: {0}")]
     TokenEndpoint(String),
+    /// The token URL answered with an error status.
     #[error("the token endpoint refused the service account (HTTP {status}): {error}")]
-    TokenRefused { status: u16, error: String },
-    #[error("the token endpoint's answer did not parse")]
-    TokenMalformed,
-    #[error("cannot reach the directory: {0}")]
-    Unreachable(String),
-    #[error("the directory answered HTTP {status} for {key}: {error}")]
-    Refused {
+    TokenRefused {
+        /// The HTTP status.
         status: u16,
-        key: String,
+        /// Its error, reduced to plain words safe to log.
         error: String,
     },
+    /// The token URL's answer did not parse, or holds no access token.
+    #[error("the token endpoint's answer did not parse")]
+    TokenMalformed,
+    /// No answer from the directory.
+    #[error("cannot reach the directory: {0}")]
+    Unreachable(String),
+    /// The directory answered with an error status.
+    #[error("the directory answered HTTP {status} for {key}: {error}")]
+    Refused {
+        /// The HTTP status.
+        status: u16,
+        /// The user id or group email whose groups were asked for.
+        key: String,
+        /// Its error, reduced to plain words safe to log.
+        error: String,
+    },
+    /// The directory's answer for this user id or group email did not parse.
     #[error("the directory's answer for {0} did not parse")]
     Malformed(String),
+    /// Over [`MAX_GROUPS`] groups or [`MAX_CALLS`] calls: refused rather than cut short.
     #[error(
         "the person is in too many groups to follow (over {MAX_GROUPS} groups or {MAX_CALLS} \
          directory calls); not using a shortened list"
     )]
     TooMany,
+    /// The lookup took longer than this (`idp_refresh_directory_timeout`).
     #[error("the lookup took longer than idp_refresh_directory_timeout ({0:?})")]
     Timeout(Duration),
+    /// The assertion could not be signed.
     #[error("cannot sign the assertion: {0}")]
     Sign(String),
 }
@@ -130,15 +149,23 @@ impl std::fmt::Debug for AssertionSigner {
 /// The assertion's claims (RFC 7523 section 3, with Google's `scope`).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct AssertionClaims {
+    /// The service account's `client_email`.
     pub iss: String,
+    /// The admin the service account acts as.
     pub sub: String,
+    /// Always [`SCOPE`].
     pub scope: String,
+    /// The token URL.
     pub aud: String,
+    /// Issued at (Unix seconds).
     pub iat: u64,
+    /// Expiry (Unix seconds), an hour after `iat`.
     pub exp: u64,
 }
 
 impl AssertionSigner {
+    /// A signer for the service account in `cfg`, acting as its `impersonate_user`. `Err`
+    /// unless its key signs: it signs one assertion here, so a bad key fails at start.
     pub fn new(cfg: &DirectoryConfig) -> Result<Self, ServiceAccountKeyError> {
         let sa = &cfg.service_account;
         let key = EncodingKey::from_rsa_pem(sa.private_key.expose().as_bytes())
@@ -190,10 +217,13 @@ pub fn token_request_body(assertion: &str) -> String {
 /// One group as the Directory API lists it (other fields are ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Group {
+    /// The group's unique id (empty if absent).
     #[serde(default)]
     pub id: String,
+    /// The group's email address (empty if absent).
     #[serde(default)]
     pub email: String,
+    /// The group's display name (empty if absent).
     #[serde(default)]
     pub name: String,
 }
@@ -201,8 +231,10 @@ pub struct Group {
 /// One page of `groups.list`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct GroupPage {
+    /// The groups on this page (none when the field is absent).
     #[serde(default)]
     pub groups: Vec<Group>,
+    /// `nextPageToken`: asks for the next page; absent or empty on the last.
     #[serde(rename = "nextPageToken", default)]
     pub next_page_token: Option<String>,
 }
@@ -348,15 +380,21 @@ pub fn group_names(groups: &[Group]) -> Vec<String> {
 /// groups from `last_success` (if any) are too old to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unavailable {
+    /// The first failed lookup since the last success.
     pub since: SystemTime,
+    /// When the directory last gave this person's groups (in this process), if ever.
     pub last_success: Option<SystemTime>,
 }
 
 /// How long each state lasts.
 #[derive(Debug, Clone, Copy)]
 pub struct Ttls {
+    /// Groups younger than this are used with no refresh (`idp_refresh_directory_interval`).
     pub refresh: Duration,
+    /// Groups up to this old are still used when the directory does not answer
+    /// (`idp_directory_max_stale`).
     pub max_stale: Duration,
+    /// The longest one lookup may take (`idp_refresh_directory_timeout`).
     pub timeout: Duration,
 }
 
@@ -407,7 +445,9 @@ pub enum Lookup {
     /// Older, but within the stale limit: use them. With `refresh`, the caller starts a
     /// background refresh (and reports it with `succeeded`/`failed`).
     Stale {
+        /// The last groups the directory gave.
         groups: Arc<[String]>,
+        /// Whether this caller starts the refresh (one at a time per person).
         refresh: bool,
     },
     /// Nothing usable: fetch now and wait (holding the lock, one fetch at a time).
@@ -425,6 +465,7 @@ pub struct GroupCache {
 }
 
 impl GroupCache {
+    /// An empty cache with these lifetimes.
     pub fn new(ttls: Ttls) -> Self {
         GroupCache {
             ttls,
@@ -507,6 +548,8 @@ impl GroupCache {
         self.entry(user, now).fetch.clone()
     }
 
+    /// Records a successful fetch: `groups` are fresh as of `now`, and any failure or
+    /// refresh in progress is forgotten.
     pub fn succeeded(&mut self, user: &str, groups: Arc<[String]>, now: SystemTime) {
         let e = self.entry(user, now);
         e.known = Some((groups, now));
@@ -529,10 +572,12 @@ impl GroupCache {
         }
     }
 
+    /// How many people the cache has an entry for.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether the cache has no entries.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -574,6 +619,9 @@ impl std::fmt::Debug for Directory {
 }
 
 impl Directory {
+    /// A client for `cfg` with an empty cache. `Err` if the service account's key does not
+    /// sign or no HTTP client can be made. Nothing is fetched here, and its HTTP client
+    /// never follows redirects.
     pub fn new(cfg: &DirectoryConfig) -> Result<Self, ServiceAccountKeyError> {
         let signer = AssertionSigner::new(cfg)?;
         // No redirects: a token or a group list is only ever taken from the URL configured.

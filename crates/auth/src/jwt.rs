@@ -12,10 +12,12 @@ use sha2::{Digest, Sha256};
 /// Why the signing key could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SigningKeyError {
+    /// Not an EC P-256 private key in PEM (PKCS#8 or SEC1).
     #[error(
         "signing_key is not an EC P-256 private key in PEM (PKCS#8 `BEGIN PRIVATE KEY` or SEC1 `BEGIN EC PRIVATE KEY`); make one with `gatehouse keygen`"
     )]
     NotP256Pem,
+    /// The key parsed but could not be turned into a signing key or JWK.
     #[error("signing key could not be encoded: {0}")]
     Encode(String),
 }
@@ -23,16 +25,27 @@ pub enum SigningKeyError {
 /// Claims of the identity JWT (Pomerium's names).
 #[derive(Debug, Serialize)]
 pub struct IdentityClaims<'a> {
+    /// Issuer: the route host the JWT is sent for.
     pub iss: &'a str,
+    /// Audience: the route host the JWT is sent for.
     pub aud: &'a str,
+    /// The IdP's subject for the person.
     pub sub: &'a str,
+    /// The person's email address.
     pub email: &'a str,
+    /// Pomerium's `user` claim: the IdP subject again.
     pub user: &'a str,
+    /// The person's groups ([`crate::VerifiedIdentity::groups`]).
     pub groups: &'a [String],
+    /// The person's display name; left out when the IdP gave none.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub name: Option<&'a str>,
+    /// Issued at (Unix seconds).
     pub iat: u64,
+    /// Expiry (Unix seconds); [`crate::Auth::identity_jwt`] caps it at
+    /// [`crate::IDENTITY_JWT_TTL_SECS`] after `iat` and at the session's end.
     pub exp: u64,
+    /// Random token id.
     pub jti: &'a str,
 }
 
@@ -87,6 +100,7 @@ impl IdentitySigner {
         Ok(IdentitySigner { key, kid, jwks })
     }
 
+    /// The key id: the public key's RFC 7638 thumbprint, in each JWT header and the JWKS.
     pub fn kid(&self) -> &str {
         &self.kid
     }

@@ -21,6 +21,8 @@
 //! assert!(sealer.open("_other", &sealed).is_err());
 //! ```
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod directory;
 pub mod jwt;
 pub mod oidc;
@@ -78,8 +80,10 @@ pub fn random_token(bytes: usize) -> String {
 /// Why a setup value was refused at start.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthSetupError {
+    /// `signing_key` is not a usable EC P-256 private key.
     #[error(transparent)]
     SigningKey(#[from] SigningKeyError),
+    /// The OIDC client could not be set up (the issuer is not a URL, or no HTTP client).
     #[error(transparent)]
     Oidc(#[from] OidcError),
 }
@@ -87,18 +91,26 @@ pub enum AuthSetupError {
 /// Why a callback from the IdP was refused. Each is shown to the person as "Sign-in failed".
 #[derive(Debug, thiserror::Error)]
 pub enum CallbackError {
+    /// The request has no login cookie: no sign-in was started in this browser, or it ended.
     #[error("no sign-in is in progress in this browser (the login cookie is missing)")]
     LoginCookieMissing,
+    /// The login cookie did not open, or opened but does not hold a login.
     #[error("the login cookie was refused: {0}")]
     LoginCookieRefused(UnsealError),
+    /// The sign-in began more than [`LOGIN_TTL_SECS`] ago.
     #[error("the sign-in took too long (over {} minutes)", LOGIN_TTL_SECS / 60)]
     LoginExpired,
+    /// The callback's `state` is not the one in this browser's login cookie (compared in
+    /// constant time): the callback belongs to another sign-in.
     #[error("the state parameter does not match this browser's sign-in")]
     StateMismatch,
+    /// The IdP answered with `error`; holds its code, cut to 64 characters of `[A-Za-z0-9_]`.
     #[error("the identity provider reported an error: {0}")]
     IdpError(String),
+    /// The callback has neither `error` nor a non-empty `code`.
     #[error("the callback has no authorization code")]
     NoCode,
+    /// Redeeming the code or checking the ID token failed.
     #[error(transparent)]
     Oidc(#[from] OidcError),
 }
@@ -106,16 +118,28 @@ pub enum CallbackError {
 /// Why a handoff token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandoffRejected {
+    /// The token did not open (tampered, or not sealed as a handoff with this secret).
     #[error("handoff token refused: {0}")]
     Unseal(UnsealError),
+    /// The token opened but does not hold a handoff.
     #[error("handoff token does not decode")]
     Garbled,
+    /// The token, or the session it carries, has expired.
     #[error("handoff token expired")]
     Expired,
+    /// The token was made for another route host.
     #[error("handoff token is for host {expected:?}, not {found:?}")]
-    WrongHost { expected: String, found: String },
+    WrongHost {
+        /// The host the token was made for.
+        expected: String,
+        /// The host it was opened on.
+        found: String,
+    },
+    /// The token was already used (in this process).
     #[error("handoff token was already used")]
     Replayed,
+    /// The browser's `<cookie>_handoff` cookie is missing or does not match the token's
+    /// binding.
     #[error("handoff token belongs to a sign-in started in another browser")]
     NotThisBrowser,
 }
@@ -123,6 +147,7 @@ pub enum HandoffRejected {
 /// A finished sign-in.
 #[derive(Debug)]
 pub struct LoginDone {
+    /// The new session, for the session cookie.
     pub session: Session,
     /// Where to go now (checked against the routes when the login started).
     pub return_url: String,
@@ -139,8 +164,11 @@ pub fn handoff_binding(nonce: &str) -> String {
 
 /// Identity and its cryptography for one configuration.
 pub struct Auth {
+    /// Reads and writes the session cookie.
     pub session: SessionCodec,
+    /// The OIDC relying party for the configured IdP.
     pub oidc: Oidc,
+    /// Signs the identity JWTs and holds their JWKS.
     pub signer: IdentitySigner,
     login: Sealer,
     handoff: Sealer,
@@ -207,6 +235,10 @@ impl std::fmt::Debug for Auth {
 }
 
 impl Auth {
+    /// Everything for `config`: a key for each sealed value and the CSRF key, all derived
+    /// from the cookie secret, the signing key (a random one for this process when
+    /// `signing_key` is not set) and the OIDC client. Nothing is fetched here: discovery
+    /// waits for the first sign-in.
     pub fn new(config: &Config) -> Result<Self, AuthSetupError> {
         let secret = config.cookie.secret.expose();
         let signer = match &config.signing_key {
@@ -412,6 +444,8 @@ impl Auth {
             .seal("sign-out", &serde_json::to_vec(&r).unwrap_or_default())
     }
 
+    /// Opens a request made by [`Auth::seal_sign_out`]. `None` if it does not open, does not
+    /// decode or has expired.
     pub fn open_sign_out(&self, token: &str, now: UnixTime) -> Option<SignOutRequest> {
         let json = self.signout.open("sign-out", token).ok()?;
         let r: SignOutRequest = serde_json::from_slice(&json).ok()?;

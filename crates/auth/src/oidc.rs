@@ -35,6 +35,7 @@ const LEEWAY_SECS: i64 = 60;
 /// Non-standard claims Gatehouse reads from the ID token.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ExtraClaims {
+    /// The `groups` claim, for IdPs that send one (Google does not: see [`crate::directory`]).
     #[serde(default)]
     pub groups: Option<Vec<String>>,
 }
@@ -60,22 +61,42 @@ type GatehouseIdToken = IdToken<
 /// Why a sign-in failed. Messages never contain codes, tokens or secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
+    /// The issuer is not a URL, or its discovery document or JWKS could not be fetched.
     #[error("could not fetch the identity provider's discovery document from {issuer}: {reason}")]
-    Discovery { issuer: String, reason: String },
+    Discovery {
+        /// The configured issuer.
+        issuer: String,
+        /// What went wrong, with its causes.
+        reason: String,
+    },
+    /// The `redirect_uri` given is not a URL.
     #[error("redirect_uri {0:?} is not a valid URL")]
     BadRedirectUri(String),
+    /// The token endpoint refused the code; holds its OAuth `error` and description.
     #[error("the identity provider refused the authorization code: {0}")]
     CodeRefused(String),
+    /// The token endpoint is not in the discovery document, could not be reached, or its
+    /// answer did not parse (the answer itself is never included: it may hold tokens).
     #[error("could not reach the identity provider's token endpoint: {0}")]
     TokenEndpoint(String),
+    /// The token response has no `id_token`.
     #[error("the token response has no ID token (is the `openid` scope requested?)")]
     NoIdToken,
+    /// The `id_token` does not parse as a JWT.
     #[error("the ID token is not a well-formed JWT")]
     MalformedIdToken,
+    /// The ID token failed a check: signature, `iss`, `aud`, `exp`, `iat` or `nonce`.
     #[error("ID token refused: {0}")]
     IdTokenRefused(String),
+    /// The ID token's `azp` names another client.
     #[error("ID token refused: azp {found:?} is not this client ({expected:?})")]
-    AzpMismatch { expected: String, found: String },
+    AzpMismatch {
+        /// This client's id.
+        expected: String,
+        /// The token's `azp`.
+        found: String,
+    },
+    /// The ID token has no `email` claim.
     #[error("the identity provider returned no email address; request the `email` scope")]
     NoEmail,
 }
@@ -83,11 +104,17 @@ pub enum OidcError {
 /// What a verified ID token says about the person.
 #[derive(Debug, Clone)]
 pub struct SignedIn {
+    /// The issuer that signed the ID token (`iss`).
     pub iss: String,
+    /// The IdP's subject for the person (`sub`).
     pub sub: String,
+    /// The `email` claim (a token without one is refused).
     pub email: String,
+    /// The `email_verified` claim; `false` when absent.
     pub email_verified: bool,
+    /// The `name` claim, if any.
     pub name: Option<String>,
+    /// The `groups` claim; empty when absent.
     pub groups: Vec<String>,
 }
 
@@ -119,6 +146,8 @@ impl std::fmt::Debug for Oidc {
 }
 
 impl Oidc {
+    /// A relying party for the issuer and client in `cfg`. Nothing is fetched here: the
+    /// discovery document is fetched at first use. Its HTTP client never follows redirects.
     pub fn new(cfg: &IdpConfig) -> Result<Self, OidcError> {
         let issuer = IssuerUrl::new(cfg.issuer.as_str().trim_end_matches('/').to_string())
             .map_err(|e| OidcError::Discovery {
@@ -152,6 +181,7 @@ impl Oidc {
         })
     }
 
+    /// The issuer URL, without a trailing `/`.
     pub fn issuer(&self) -> &str {
         self.issuer.as_str()
     }
@@ -408,8 +438,11 @@ impl Oidc {
 /// The secrets of one sign-in attempt (stored sealed in the login cookie).
 #[derive(Debug, Clone)]
 pub struct Begun {
+    /// The `state` sent to the IdP; the callback must bring it back.
     pub state: String,
+    /// The `nonce` sent to the IdP; the ID token must carry it.
     pub nonce: String,
+    /// The PKCE S256 verifier, sent with the code so only this sign-in can redeem it.
     pub pkce_verifier: String,
 }
 

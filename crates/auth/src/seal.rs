@@ -22,12 +22,17 @@ const HEADER_LEN: usize = 2 + NONCE_LEN;
 /// Why a sealed value was refused. None of these carries the value itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum UnsealError {
+    /// Not base64url, or too short to hold a header and a tag.
     #[error("not a sealed value (bad encoding or too short)")]
     Malformed,
+    /// The format version byte is not 1; holds the byte found.
     #[error("sealed with format version {0}, this build reads version 1")]
     UnknownVersion(u8),
+    /// No key of this sealer has this key id (another secret, or another purpose); holds it.
     #[error("sealed with a key this server does not have (key id {0})")]
     UnknownKey(u8),
+    /// The AES-GCM tag does not verify under any key with this id: the value was changed,
+    /// or sealed under another name.
     #[error("authentication tag does not verify (tampered, or sealed under another name)")]
     Tampered,
 }

@@ -16,15 +16,21 @@ pub struct Session {
     pub sid: String,
     /// The IdP's subject (`sub`).
     pub sub: String,
+    /// The person's email address, from the ID token.
     pub email: String,
+    /// The ID token's `email_verified` (`false` when it did not say).
     pub email_verified: bool,
+    /// The person's display name, if the IdP gave one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The ID token's `groups` claim ([`VerifiedIdentity::groups`] gives the groups in use).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub groups: Vec<String>,
     /// The issuer that signed the person in.
     pub iss: String,
+    /// When the person signed in.
     pub iat: UnixTime,
+    /// When the session ends: from then on its cookie is refused.
     pub exp: UnixTime,
 }
 
@@ -58,9 +64,11 @@ impl VerifiedIdentity {
             None => &self.session.groups,
         }
     }
+    /// The verified session.
     pub fn session(&self) -> &Session {
         &self.session
     }
+    /// The person's email address.
     pub fn email(&self) -> &str {
         &self.session.email
     }
@@ -73,12 +81,16 @@ impl VerifiedIdentity {
 /// Why a session cookie was not accepted (each means: sign in again).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SessionRejected {
+    /// No session cookie, or a chunked one with a chunk missing or a bad count.
     #[error("no session cookie")]
     Missing,
+    /// The cookie did not open.
     #[error("session cookie refused: {0}")]
     Unseal(#[from] UnsealError),
+    /// The cookie opened but does not hold a session.
     #[error("session cookie does not decode")]
     Garbled,
+    /// The session is past its `exp`.
     #[error("session expired")]
     Expired,
 }
@@ -112,6 +124,7 @@ impl SessionCodec {
         Ok(VerifiedIdentity::new(session))
     }
 
+    /// The session cookie's name (that of its first chunk).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -151,8 +164,11 @@ pub fn is_own_cookie(name: &str, cookie_name: &[u8]) -> bool {
 /// survives a restart and works across replicas.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoginState {
+    /// The `state` sent to the IdP; the callback's must match it.
     pub state: String,
+    /// The `nonce` sent to the IdP; the ID token must carry it.
     pub nonce: String,
+    /// The PKCE verifier, sent with the code.
     pub pkce_verifier: String,
     /// Where to go after sign-in (checked against the routes before it was stored).
     pub return_url: String,
@@ -162,19 +178,23 @@ pub struct LoginState {
     /// the handoff so only the browser that started the sign-in can use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<String>,
+    /// When the login stops being accepted ([`crate::LOGIN_TTL_SECS`] after it began).
     pub exp: UnixTime,
 }
 
 /// A one-time token that carries a fresh session from the authenticate host to a route host.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Handoff {
+    /// The session to set on the route host.
     pub session: Session,
     /// The route host this handoff is for (another host refuses it).
     pub host: String,
+    /// Where to send the browser on the route host once the session is set.
     pub return_url: String,
     /// Hash of the `<cookie>_handoff` cookie the route host set on the browser that started
     /// the sign-in ([`crate::handoff_binding`]).
     pub binding: String,
+    /// When the token stops being accepted ([`crate::HANDOFF_TTL_SECS`] after it was made).
     pub exp: UnixTime,
     /// Unique id, remembered until `exp` so the token works once.
     pub jti: String,
@@ -183,8 +203,10 @@ pub struct Handoff {
 /// Asks the authenticate host to end its own session too (sealed, short-lived).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SignOutRequest {
+    /// Where the authenticate host sends the browser afterwards.
     pub return_url: String,
     /// The session being ended: the authenticate host ends its own only if it is the same.
     pub sid: String,
+    /// When the request stops being accepted ([`crate::HANDOFF_TTL_SECS`] after it was made).
     pub exp: UnixTime,
 }
