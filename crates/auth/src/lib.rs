@@ -1,7 +1,7 @@
 //! Gatehouse authentication: who is this request from?
 //!
 //! This crate owns everything about identity and its cryptography, and nothing about HTTP
-//! routing or Pingora (DESIGN.md, "Parts and their seams"):
+//! routing or Pingora (docs/design.md, "Crates and their seams"):
 //! - OIDC sign-in ([`oidc`]): discovery, code flow with PKCE S256 + `state` + `nonce`, and
 //!   the full ID-token check;
 //! - sealed values ([`seal`]): AES-256-GCM cookies bound to their name, chunked when large;

@@ -1,5 +1,5 @@
 //! Sealed values: AES-256-GCM with a random 96-bit nonce and the value's name as associated
-//! data (DESIGN.md, "Decisions already made").
+//! data (docs/design.md, "Decisions the code relies on").
 //!
 //! Layout, base64url without padding: `version (1) | key id (1) | nonce (12) | ciphertext+tag`.
 //! Each purpose (session, login state, handoff, …) uses its own key derived from the
