@@ -51,8 +51,12 @@ const DENIED_V6: &[&str] = &[
 /// One allowed destination, resolved.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Allow {
+    /// The network's address (a host's resolved address, for a name).
     pub addr: IpAddr,
+    /// The prefix length: 32 or 128 for one address.
     pub prefix: u8,
+    /// The one port allowed (TCP or UDP), or `None` for every port. A host name without a
+    /// port allows 443.
     pub port: Option<u16>,
 }
 
@@ -105,10 +109,12 @@ impl Firewall {
         })
     }
 
+    /// The table's name, `gatehouse_<first uid>_<last uid>` (in the `inet` family).
     pub fn table(&self) -> &str {
         &self.table
     }
 
+    /// The pool's `egress.allow` entries, resolved, for the start-up log line.
     pub fn allowed(&self) -> &[Allow] {
         &self.allow
     }

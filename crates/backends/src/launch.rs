@@ -63,9 +63,13 @@ pub struct LaunchSpec {
     pub home: PathBuf,
     /// The only TCP port the backend may bind.
     pub port: u16,
+    /// `RLIMIT_NPROC`: processes the uid may have (per person when isolated).
     pub processes: u64,
+    /// `RLIMIT_DATA`: the data segment's size, in bytes.
     pub memory_bytes: u64,
+    /// `RLIMIT_NOFILE`: open file descriptors.
     pub open_files: u64,
+    /// Written to `/proc/self/oom_score_adj` ([`BACKEND_OOM_SCORE_ADJ`]).
     pub oom_score_adj: i32,
     /// Landlock must apply fully (`true`), or as far as the kernel allows.
     pub landlock_required: bool,
@@ -76,8 +80,11 @@ pub struct LaunchSpec {
 /// Why a launch failed, as the launcher prints it.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
+    /// The home cannot be used (exit code [`HOME_REFUSED`]); the text says what is in the
+    /// way.
     #[error("home refused: {0}")]
     HomeRefused(String),
+    /// Any other step failed (exit code [`LAUNCH_FAILED`]); the text names the step.
     #[error("{0}")]
     Failed(String),
 }

@@ -39,6 +39,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(missing_docs, unreachable_pub)]
+
 pub mod firewall;
 pub mod launch;
 mod person;
@@ -62,11 +64,13 @@ use process::{Process, SpawnFailure};
 /// plus the knobs that only tests and tuning change.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
+    /// The operator's settings for the pool (name, command, ports, limits, data root...).
     pub pool: BackendPool,
     /// SIGTERM → SIGKILL.
     pub stop_grace: Duration,
     /// How often idle and exit checks run.
     pub check_interval: Duration,
+    /// How a backend that keeps failing is started again.
     pub restart: RestartPolicy,
     /// Gatehouse's own binary, run as `backend-launch` and `backend-reap` ([`launch`]).
     pub launcher: PathBuf,
@@ -82,6 +86,8 @@ pub struct PoolSettings {
 pub struct RestartPolicy {
     /// Wait before the n-th restart in a row: `base * 2^(n-1)`, at most `max_delay`.
     pub base_delay: Duration,
+    /// The longest wait between restarts; also how long a backend must stay up for its
+    /// failures to stop counting.
     pub max_delay: Duration,
     /// Failures in a row after which the backend is no longer started on its own.
     pub max_failures: u32,
@@ -144,26 +150,62 @@ impl PoolSettings {
 /// proxy picks the page from the variant.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BackendError {
+    /// `max_backends` are running and none could be stopped to make room (each holds a
+    /// lease or has a busy session).
     #[error("pool {pool} is full: {running} backends running, none idle to stop (max_backends)")]
-    PoolFull { pool: String, running: usize },
+    PoolFull {
+        /// The pool's name.
+        pool: String,
+        /// How many backends are running.
+        running: usize,
+    },
+    /// Every port of the pool's range is taken.
     #[error("pool {pool} has no free port in {first}-{last}")]
-    NoFreePort { pool: String, first: u16, last: u16 },
+    NoFreePort {
+        /// The pool's name.
+        pool: String,
+        /// The first port of the range.
+        first: u16,
+        /// The last port of the range (inclusive).
+        last: u16,
+    },
+    /// A new person needs a uid and every uid of the pool's range owns another person's
+    /// directory.
     #[error("pool {pool} has no free uid in its uid range")]
-    NoFreeUid { pool: String },
+    NoFreeUid {
+        /// The pool's name.
+        pool: String,
+    },
+    /// The backend could not be started; the text says why (the command could not run, the
+    /// process exited or was not ready within `start_timeout`, ...).
     #[error("backend failed to start: {0}")]
     StartFailed(String),
+    /// The backend failed `max_failures` times in a row and is not started on its own any
+    /// more, until [`Supervisor::restart`].
     #[error(
         "backend failed {failures} times in a row, last: {last}; not restarting on its own (restart it from the user page)"
     )]
-    Crashing { failures: u32, last: String },
+    Crashing {
+        /// Failures in a row.
+        failures: u32,
+        /// The last failure, in words.
+        last: String,
+    },
+    /// The person's data directory could not be prepared for the backend.
     #[error("the data directory {dir} cannot be prepared: {error}")]
-    DataDir { dir: String, error: String },
+    DataDir {
+        /// The directory, as a path.
+        dir: String,
+        /// What went wrong.
+        error: String,
+    },
     /// The person's home has a link (or a file) where one of its own directories belongs.
     #[error("the home cannot be used: {0}")]
     HomeRefused(String),
     /// The pool's firewall table could not be installed, so no backend may start.
     #[error("network confinement is not in place: {0}")]
     Unconfined(String),
+    /// [`Supervisor::stop_all`] has run: no backend starts any more.
     #[error("Gatehouse is shutting down")]
     ShuttingDown,
 }
@@ -176,6 +218,7 @@ pub struct Lease {
 }
 
 impl Lease {
+    /// The loopback port the backend listens on.
     pub fn port(&self) -> u16 {
         self.port
     }
@@ -203,16 +246,24 @@ impl std::fmt::Debug for Lease {
 /// What the user page shows about a person's backend.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
+    /// No backend runs (none started yet, or it stopped or exited).
     Stopped,
+    /// A start is under way.
     Starting,
+    /// The backend is up.
     Running {
+        /// When it started.
         since: SystemTime,
+        /// Its last use: when a lease on it was last taken or given back.
         last_activity: SystemTime,
+        /// Leases held now: requests and streams open on it.
         open_requests: usize,
     },
     /// Refused after repeated failures; `restart` clears it.
     Crashing {
+        /// Failures in a row.
         failures: u32,
+        /// The last failure, in words.
         last: String,
     },
 }
@@ -220,21 +271,32 @@ pub enum Status {
 /// Counters for logs and metrics.
 #[derive(Debug, Default)]
 pub struct Counters {
+    /// Backends started and ready.
     pub starts: AtomicU64,
+    /// Starts that failed (spawn, readiness, data directory or home refused).
     pub start_failures: AtomicU64,
+    /// Running backends that exited on their own.
     pub crashes: AtomicU64,
+    /// Backends stopped for being idle for `idle_timeout`.
     pub idle_stops: AtomicU64,
+    /// How long the last successful start took, spawn to ready, in milliseconds.
     pub last_start_ms: AtomicU64,
 }
 
 /// A plain copy of the counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CountersSnapshot {
+    /// Backends running at the time of the snapshot.
     pub running: usize,
+    /// See [`Counters::starts`].
     pub starts: u64,
+    /// See [`Counters::start_failures`].
     pub start_failures: u64,
+    /// See [`Counters::crashes`].
     pub crashes: u64,
+    /// See [`Counters::idle_stops`].
     pub idle_stops: u64,
+    /// See [`Counters::last_start_ms`].
     pub last_start_ms: u64,
 }
 
@@ -352,6 +414,7 @@ impl Supervisor {
         }
     }
 
+    /// The settings the supervisor was made with.
     pub fn settings(&self) -> &PoolSettings {
         &self.inner.settings
     }
@@ -929,6 +992,7 @@ impl Supervisor {
         }
     }
 
+    /// The pool's counters now, with the number of running backends (for metrics).
     pub fn counters(&self) -> CountersSnapshot {
         let c = &self.inner.counters;
         let running = {

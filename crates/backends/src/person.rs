@@ -33,6 +33,7 @@ impl PersonId {
         PersonId(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
     }
 
+    /// The id as 32 lower-case hex digits: the name of the person's directory and pid file.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -93,7 +94,9 @@ impl fmt::Debug for Password {
 /// XDG directories inside it.
 #[derive(Debug, Clone)]
 pub struct PersonDir {
+    /// The pool's `data_root`, which holds every person's directory.
     pub root: PathBuf,
+    /// This person's directory, `<data_root>/<id>`: the backend's `HOME`.
     pub home: PathBuf,
     name: String,
 }

@@ -14,8 +14,9 @@ use gatehouse_config::{BackendPool, Confinement, Origin};
 pub struct Host {
     /// Gatehouse's effective uid.
     pub euid: u32,
-    /// `/etc/passwd` and `/etc/group`.
+    /// The text of `/etc/passwd`, to find users in a pool's uid range.
     pub passwd: String,
+    /// The text of `/etc/group`, to find groups in a pool's uid range.
     pub group: String,
     /// Why nftables cannot be used here, if it cannot.
     pub nftables: Result<(), String>,
@@ -47,7 +48,9 @@ impl Host {
 /// What the checks found: errors refuse the config, warnings are logged and printed.
 #[derive(Debug, Default)]
 pub struct Findings {
+    /// Problems that refuse the config: where in the config, and what is wrong.
     pub errors: Vec<(Origin, String)>,
+    /// Problems that are only reported: where in the config, and what is wrong.
     pub warnings: Vec<(Origin, String)>,
 }
 

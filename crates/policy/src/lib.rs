@@ -31,6 +31,8 @@
 //! assert_eq!(decision.reason().code(), "not-allowed");
 //! ```
 
+#![warn(missing_docs, unreachable_pub)]
+
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -51,7 +53,11 @@ pub use person::{Person, Request, STANDARD_CLAIMS};
 pub struct Facts<'a> {
     /// The IdP's user id (`sub`), for `user`.
     pub user: &'a str,
+    /// The person's email address as the IdP gave it, for `email`, `domain` and the route
+    /// shortcuts `allowed_users` and `allowed_domains`.
     pub email: &'a str,
+    /// Whether the IdP verified `email`. When it did not, email rules never help the
+    /// request (see the crate docs).
     pub email_verified: bool,
     /// The person's groups (ID-token `groups` claim or the directory), for `groups`.
     pub groups: &'a [String],
@@ -87,13 +93,19 @@ impl<'a> Facts<'a> {
 /// One claim: its name and its value(s).
 #[derive(Debug, Clone, Copy)]
 pub struct Claim<'a> {
+    /// The claim's name, as a `claim/<name>` criterion names it.
     pub name: &'a str,
+    /// What the claim holds.
     pub values: ClaimValues<'a>,
 }
 
+/// A claim's value: one string, or a list. `claim/<name>` criteria match either; `is`
+/// holds for a list only when it has exactly that one value.
 #[derive(Debug, Clone, Copy)]
 pub enum ClaimValues<'a> {
+    /// A single string (`sub`, `email`, `email_verified` as `"true"`/`"false"`, ...).
     One(&'a str),
+    /// A list of strings (`groups`, and every claim beyond the standard ones).
     Many(&'a [String]),
 }
 
@@ -102,14 +114,18 @@ pub enum ClaimValues<'a> {
 /// The outcome, always with its reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
+    /// Let the request through.
     Allow(Reason),
+    /// Refuse the request.
     Deny(Reason),
 }
 
 impl Decision {
+    /// Whether the request may go through.
     pub fn is_allow(&self) -> bool {
         matches!(self, Decision::Allow(_))
     }
+    /// Why it was allowed or denied.
     pub fn reason(&self) -> &Reason {
         match self {
             Decision::Allow(r) | Decision::Deny(r) => r,
@@ -123,28 +139,47 @@ pub enum Reason {
     /// `allow_any_authenticated_user: true`.
     AnyAuthenticatedUser,
     /// `allowed_domains` (route or top level).
-    DomainAllowed { domain: String },
+    DomainAllowed {
+        /// The listed domain that matched (lower-case, as compiled).
+        domain: String,
+    },
     /// `allowed_users`.
-    EmailAllowed { email: String },
+    EmailAllowed {
+        /// The listed address that matched (lower-case, as compiled).
+        email: String,
+    },
     /// `allowed_groups`.
-    GroupAllowed { group: String },
+    GroupAllowed {
+        /// The listed group the person is a member of.
+        group: String,
+    },
     /// An `allow` block of the route's `policy` matched (0-based `block`). `criterion`
     /// describes the criterion that decided it when one did (an `or` that matched on it, or
     /// a lone criterion), and is `None` when the block matched as a whole (several criteria
     /// under `and`, or a `not`/`nor`).
     AllowBlockMatched {
+        /// Which block of the route's `policy` matched, counting from 0.
         block: usize,
+        /// The deciding criterion in words, when a single one decided.
         criterion: Option<Arc<str>>,
     },
     /// A `deny` block matched; fields as for `AllowBlockMatched`.
     DenyBlockMatched {
+        /// Which block of the route's `policy` matched, counting from 0.
         block: usize,
+        /// The deciding criterion in words, when a single one decided.
         criterion: Option<Arc<str>>,
     },
     /// Nothing allowed, and the address is not verified, so email rules could not admit.
-    EmailNotVerified { email: String },
+    EmailNotVerified {
+        /// The person's unverified address.
+        email: String,
+    },
     /// Nothing allowed this person.
-    NotAllowed { email: String },
+    NotAllowed {
+        /// The person's address, for the message.
+        email: String,
+    },
     /// The route has no rule that lets anyone in.
     NoPolicy,
     /// The route lets anyone in, signed in or not (`allow_public_unauthenticated_access`);
@@ -153,7 +188,10 @@ pub enum Reason {
     /// The route's rules use groups, and the person's groups could not be looked up: the
     /// directory has not answered since `since` and the last groups it gave are too old
     /// (or there are none). Fail closed: see [`Policy::evaluate_groups_unavailable`].
-    GroupsUnavailable { since: SystemTime },
+    GroupsUnavailable {
+        /// Since when the directory's lookups of this person have failed.
+        since: SystemTime,
+    },
 }
 
 impl Reason {
@@ -439,7 +477,9 @@ impl Policy {
 pub struct TraceLine {
     /// Nesting depth: 0 for route shortcuts and blocks, 1 for their criteria, and so on.
     pub depth: usize,
+    /// Whether this rule, block or criterion matched the request.
     pub matched: bool,
+    /// What it is, in words (e.g. `rule 1 (deny)`, or a criterion as it applied).
     pub text: String,
 }
 
@@ -448,6 +488,7 @@ pub struct TraceLine {
 /// for operators; the request path never builds one.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Trace {
+    /// The lines, in evaluation order; `depth` gives the nesting.
     pub lines: Vec<TraceLine>,
 }
 

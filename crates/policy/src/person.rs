@@ -35,6 +35,8 @@ pub const STANDARD_CLAIMS: [&str; 6] = ["sub", "email", "email_verified", "name"
 pub struct Person<'a> {
     /// The identity provider's user id: the `sub` claim, and what `user` criteria match.
     pub sub: &'a str,
+    /// The person's email address (the `email` claim): what `email` and `domain` criteria,
+    /// `allowed_users` and `allowed_domains` match.
     pub email: &'a str,
     /// Whether the identity provider verified `email` (the `email_verified` claim is
     /// `"true"` or `"false"`).

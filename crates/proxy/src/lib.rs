@@ -41,6 +41,8 @@
 //! against the machine: backend confinement, secret files), `reload`, `streams`, `metrics`,
 //! `tls`.
 
+#![warn(missing_docs, unreachable_pub)]
+
 mod endpoints;
 mod flow;
 mod host;
@@ -90,6 +92,7 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// How many routes the config defines.
     pub fn routes(&self) -> usize {
         self.live.state.load().routes.len()
     }
@@ -99,8 +102,11 @@ impl Prepared {
 /// a reload), the open streams and the metrics.
 #[derive(Debug)]
 pub struct Live {
+    /// The routes, policies and settings serving now; a reload stores a new one.
     pub state: ArcSwap<State>,
+    /// Long-lived responses open now, so a reload or sign-out can end them.
     pub streams: streams::Streams,
+    /// Gatehouse's metrics, served on `metrics_address`.
     pub metrics: metrics::Metrics,
     /// One supervisor per `backends:` pool, made once at start: a reload swaps the routes
     /// that name them, never the running backends (pool settings are restart-only).
@@ -108,6 +114,8 @@ pub struct Live {
 }
 
 impl Live {
+    /// Serving `state` with `backends`, no streams open, and the start counted as a
+    /// successful load in the metrics.
     pub fn new(state: State, backends: Vec<Supervisor>) -> Self {
         let metrics = metrics::Metrics::default();
         metrics.loaded(true);

@@ -73,6 +73,7 @@ impl ProxyHttp for HttpsRedirect {
 /// The metrics listener (`metrics_address`): `GET /metrics` in the Prometheus text format,
 /// 404 for anything else. Nothing is proxied.
 pub struct MetricsEndpoint {
+    /// Where the metrics are read from (shared with the proxy service).
     pub live: Arc<Live>,
 }
 

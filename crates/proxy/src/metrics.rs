@@ -9,13 +9,17 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// The `result` label of [`Metrics::config_reloads`].
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
+    /// `success` or `failure`.
     pub result: &'static str,
 }
 
+/// The `pool` label of the backend metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PoolLabel {
+    /// The pool's name (config `backends.<name>`).
     pub pool: String,
 }
 
@@ -136,6 +140,7 @@ impl Metrics {
         }
     }
 
+    /// Records a reload's outcome: counted by result, and as a load ([`Metrics::loaded`]).
     pub fn reloaded(&self, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.config_reloads

@@ -11,12 +11,18 @@ use html_escape::{encode_double_quoted_attribute as attr, encode_text as text};
 /// A response Gatehouse writes itself (never reaches an upstream).
 #[derive(Debug)]
 pub struct Page {
+    /// The HTTP status code.
     pub status: u16,
+    /// Response headers, names in lower case, written in this order.
     pub headers: Vec<(&'static str, String)>,
+    /// The response body.
     pub body: Bytes,
 }
 
 impl Page {
+    /// A page in Gatehouse's layout, with its security headers (CSP, no framing, no-store).
+    /// `title` is escaped here; `body_html` is written as is, so its values must be escaped
+    /// already.
     pub fn html(status: u16, title: &str, body_html: &str) -> Page {
         let html = format!(
             "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -46,6 +52,7 @@ footer{{margin-top:1.5rem;color:#7a8391;font-size:.85rem}}</style></head>\
         }
     }
 
+    /// A JSON answer (for scripts), not cached.
     pub fn json(status: u16, value: &serde_json::Value) -> Page {
         Page {
             status,
@@ -58,6 +65,7 @@ footer{{margin-top:1.5rem;color:#7a8391;font-size:.85rem}}</style></head>\
         }
     }
 
+    /// A plain-text answer, not cached.
     pub fn text(status: u16, body: &'static str) -> Page {
         Page {
             status,
@@ -69,6 +77,7 @@ footer{{margin-top:1.5rem;color:#7a8391;font-size:.85rem}}</style></head>\
         }
     }
 
+    /// A redirect to `location` (`status` 302, 303, 308...), with an empty body.
     pub fn redirect(status: u16, location: &str) -> Page {
         Page {
             status,
@@ -80,6 +89,7 @@ footer{{margin-top:1.5rem;color:#7a8391;font-size:.85rem}}</style></head>\
         }
     }
 
+    /// The page with one more header.
     pub fn with_header(mut self, name: &'static str, value: String) -> Page {
         self.headers.push((name, value));
         self
@@ -144,6 +154,7 @@ fn bad_request(message: &str) -> Page {
     Page::html(400, "Bad request", &format!("<p>{}</p>", text(message)))
 }
 
+/// The page after signing out, with a link to sign in again.
 pub fn signed_out() -> Page {
     Page::html(
         200,
@@ -152,12 +163,19 @@ pub fn signed_out() -> Page {
     )
 }
 
+/// What the user page (`/.gatehouse/`) shows about the signed-in person.
 pub struct UserView<'a> {
+    /// The person's email address.
     pub email: &'a str,
+    /// Their display name, when the identity provider gave one.
     pub name: Option<&'a str>,
+    /// The identity provider's user id (`sub`).
     pub user: &'a str,
+    /// Their groups (shown as "(none)" when empty).
     pub groups: &'a [String],
+    /// When the session ends, already formatted (RFC 3339).
     pub expires: String,
+    /// The CSRF token for the page's sign-out and restart forms.
     pub csrf: &'a str,
     /// The person's backend on each pool, when the config has pools.
     pub backends: Vec<BackendView>,
@@ -218,6 +236,8 @@ fn backend_unavailable(status: u16, what: &str, request_id: &str) -> Page {
     )
 }
 
+/// The user page: the person's session, their backends with a restart button each, and
+/// a sign-out button.
 pub fn user_page(v: &UserView<'_>) -> Page {
     let groups = if v.groups.is_empty() {
         "(none)".to_string()

@@ -43,6 +43,7 @@ const SETTLE: Duration = Duration::from_millis(200);
 pub struct RestartOnly(Vec<(&'static str, u64)>);
 
 impl RestartOnly {
+    /// The restart-only settings of `c`, digested.
     pub fn of(c: &Config) -> Self {
         fn digest(v: impl Hash) -> u64 {
             let mut h = DefaultHasher::new();
@@ -201,7 +202,9 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
 /// The files a reload reads: the config file and the named-policy directory.
 #[derive(Debug, Clone)]
 pub struct Watched {
+    /// The config file.
     pub config_path: PathBuf,
+    /// The config's `policies_dir`, when it names one.
     pub policies_dir: Option<PathBuf>,
 }
 
@@ -300,9 +303,12 @@ impl Drop for WatchTask {
 /// Watches the files and waits for `SIGHUP`; reloads on either. A Pingora background
 /// service, so it stops with the server.
 pub struct Reloader {
+    /// The serving state a reload replaces.
     pub live: Arc<Live>,
     /// Absolute paths (the watcher reports absolute paths).
     pub watched: Watched,
+    /// The restart-only settings Gatehouse started with: a reload that changes one warns
+    /// that it takes effect only at the next start.
     pub started_with: RestartOnly,
 }
 

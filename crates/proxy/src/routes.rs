@@ -8,13 +8,18 @@ use gatehouse_config::Route;
 /// What a route matches on, taken from its config.
 #[derive(Debug, Clone)]
 pub struct RouteMatcher {
+    /// The `from` host, lower-case, without a port.
     pub host: String,
+    /// The `from` port: the route matches only that port. `None`: any port.
     pub port: Option<u16>,
+    /// `prefix:`: the path must start with this.
     pub prefix: Option<String>,
+    /// `path:`: the path must equal this.
     pub path: Option<String>,
 }
 
 impl RouteMatcher {
+    /// What `r` matches on.
     pub fn from_route(r: &Route) -> Self {
         RouteMatcher {
             host: r.from.host.clone(),
@@ -49,6 +54,7 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
+    /// The table of `matchers`, in config order (a route's index is its position).
     pub fn new(matchers: Vec<RouteMatcher>) -> Self {
         RouteTable { matchers }
     }

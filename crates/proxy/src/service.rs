@@ -24,6 +24,7 @@ use crate::upstream::{self, COMPRESSION_LEVEL, compressible};
 
 /// Gatehouse's proxy service.
 pub struct Gatehouse {
+    /// The state it serves with, shared with the reloader and the metrics listener.
     pub live: Arc<Live>,
 }
 

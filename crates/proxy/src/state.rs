@@ -17,13 +17,22 @@ use crate::routes::RouteTable;
 /// A route, ready to serve.
 #[derive(Debug)]
 pub struct RouteState {
+    /// The route's `from`: scheme, host and port it serves.
     pub from: RouteFrom,
     /// `from` + prefix/path, for logs and pages.
     pub label: String,
+    /// Where its requests go.
     pub target: Target,
+    /// `pass_identity_headers`: send the signed identity JWT (`X-Pomerium-Jwt-Assertion`)
+    /// and the `X-Pomerium-Claim-*` headers upstream.
     pub pass_identity_headers: bool,
+    /// Send the client's `Host` upstream instead of the upstream's own. Always true for a
+    /// per-person backend route.
     pub preserve_host_header: bool,
+    /// `allow_public_unauthenticated_access`: no sign-in and no policy. Never true for a
+    /// per-person backend route.
     pub public: bool,
+    /// The route's rules, compiled.
     pub policy: Policy,
 }
 
@@ -39,8 +48,11 @@ pub enum Target {
 /// A resolved `to:` URL.
 #[derive(Debug)]
 pub struct StaticUpstream {
+    /// The upstream's address, resolved when the config was loaded.
     pub addr: SocketAddr,
+    /// Whether to speak TLS to it (an `https` URL).
     pub tls: bool,
+    /// The name to send in TLS SNI and verify the certificate against: the URL's host.
     pub sni: String,
     /// `Host` sent upstream unless `preserve_host_header`.
     pub host: String,
@@ -49,7 +61,9 @@ pub struct StaticUpstream {
 /// The authenticate host (`authenticate_service_url`).
 #[derive(Debug, Clone)]
 pub struct AuthHost {
+    /// Its host name, lower-case, without a port.
     pub host: String,
+    /// Its explicit port; `None` serves it on any port.
     pub port: Option<u16>,
     /// `https://auth.example.com` (with `:port` when not the default).
     pub origin: String,
@@ -58,21 +72,29 @@ pub struct AuthHost {
 /// Cookie attributes from the config.
 #[derive(Debug, Clone)]
 pub struct CookieSettings {
+    /// `cookie.domain`: the `Domain` of the session cookie, so it is sent to every
+    /// subdomain. `None`: host-only.
     pub domain: Option<String>,
+    /// `cookie.same_site`: the `SameSite` of the session cookie.
     pub same_site: SameSite,
 }
 
 /// Everything a request needs, built once from the config.
 #[derive(Debug)]
 pub struct State {
+    /// The routes, in config order.
     pub routes: Vec<RouteState>,
+    /// Finds the route for a request: its answer indexes `routes`.
     pub table: RouteTable,
     /// Kept across reloads (sign-in state, keys, one-time tokens).
     pub auth: Arc<Auth>,
     /// Google Workspace groups (`idp_service_account`). Its cache outlives a config reload:
     /// carry it into the new state with `Directory::carry_over`.
     pub directory: Option<Arc<Directory>>,
+    /// The authenticate host, when `authenticate_service_url` is set; otherwise sign-in
+    /// happens on each route's own host.
     pub auth_host: Option<AuthHost>,
+    /// Attributes of the session cookie.
     pub cookie: CookieSettings,
     /// Whether the main listener is TLS (for the default port of a Host without one).
     pub tls: bool,

@@ -21,20 +21,29 @@ use gatehouse_auth::VerifiedIdentity;
 /// One open stream and what is needed to decide it again.
 #[derive(Debug)]
 pub struct OpenStream {
+    /// The signed-in person it was admitted for (with their groups).
     pub identity: VerifiedIdentity,
+    /// The request's host, as routes match it (lower-case, no port).
     pub host: String,
+    /// The request's port, as routes match it (from `Host`, else the main listener's
+    /// default).
     pub port: u16,
+    /// The request path, without the query.
     pub path: String,
+    /// The request method.
     pub method: String,
     /// The route label it was admitted on, for the log.
     pub route: String,
+    /// The socket to shut down to end it.
     pub upstream: UpstreamSocket,
 }
 
 /// The upstream socket of a request: its descriptor and its kernel cookie.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamSocket {
+    /// The file descriptor, as Pingora holds it.
     pub fd: RawFd,
+    /// The socket's `SO_COOKIE`: it tells whether `fd` still names the same socket.
     pub cookie: u64,
 }
 
@@ -64,20 +73,24 @@ pub struct Streams {
 }
 
 impl Streams {
+    /// Adds `stream`; the id returned removes it.
     pub fn register(&self, stream: OpenStream) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.lock().insert(id, stream);
         id
     }
 
+    /// Forgets the stream `id` (its response ended); nothing happens if it is gone already.
     pub fn remove(&self, id: u64) {
         self.lock().remove(&id);
     }
 
+    /// How many streams are open now.
     pub fn len(&self) -> usize {
         self.lock().len()
     }
 
+    /// Whether no stream is open.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
