@@ -1,4 +1,4 @@
-//! Gatehouse's supervisor of per-person OpenCode servers (issue 5, DESIGN.md "backends").
+//! Gatehouse's supervisor of per-person OpenCode servers (issue 5, docs/design.md "Crates and their seams").
 //!
 //! Each signed-in person gets their own backend process, started on their first request and
 //! stopped when idle. The proxy asks [`Supervisor::ensure`] for the person's backend and gets
@@ -7,7 +7,7 @@
 //! an idle stop never cuts a stream.
 //!
 //! This crate must not know HTTP routing or Pingora: it only hands out addresses. It speaks
-//! HTTP to a backend for two questions only (health and "is an agent busy"), in [`probe`].
+//! HTTP to a backend for two questions only (health and "is an agent busy"), in `probe`.
 //!
 //! What it promises:
 //! - one process per person at a time; concurrent first requests start exactly one;
