@@ -142,6 +142,11 @@ const NON_CANONICAL = [
   '/a%30',
   '/.gatehouse/../secret',
   '/x/..?y=1',
+  // Path parameters and NUL (issue 11): `/public/..;/admin` is `/admin` to Tomcat.
+  '/public/..;/admin',
+  '/admin;jsessionid=x',
+  '/a%3Bb',
+  '/file%00.txt',
 ];
 
 function assertRefusedPath(r, path, msg) {
@@ -338,10 +343,16 @@ const SPOOF = {
   'X-Forwarded-Port': '6666',
   'X-Forwarded-Prefix': '/evil-prefix',
   'X-Forwarded-Server': 'evil.test',
+  // Underscore spellings of the forwarding headers and URL rewrites (issue 11).
+  X_Forwarded_For: '203.0.113.9',
+  X_Forwarded_Host: 'evil.test',
+  'X-Original-URL': '/evil-prefix/admin',
+  X_Rewrite_URL: '/evil-prefix/admin',
 };
 
 function assertNoSpoofReached(h, where) {
-  const underscored = Object.keys(h).filter((k) => /^x_(pomerium|gatehouse)_/.test(k));
+  const underscored = Object.keys(h).filter((k) => /^x_(pomerium|gatehouse|forwarded|rewrite|original|real)_/.test(k));
+  assert.equal(h['x-original-url'], undefined, `${where}: X-Original-URL reached the upstream`);
   assert.deepEqual(underscored, [], `${where}: underscore identity headers reached the upstream`);
   assert.equal(h.forwarded, undefined, `${where}: Forwarded reached the upstream`);
   assert.equal(h['x-forwarded-port'] === '6666', false, `${where}: X-Forwarded-Port reached the upstream`);

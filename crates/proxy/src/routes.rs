@@ -200,7 +200,9 @@ mod tests {
 /// or of an unreserved character (RFC 3986 2.3 says those are never to be escaped).
 pub fn is_canonical_path(path: &str) -> bool {
     let bytes = path.as_bytes();
-    if bytes.first() != Some(&b'/') || bytes.contains(&b'\\') {
+    // `;` starts a path parameter that some servers strip before routing
+    // (`/public/..;/admin` is `/admin` to Tomcat): refuse it, as a backslash (issue 11).
+    if bytes.first() != Some(&b'/') || bytes.contains(&b'\\') || bytes.contains(&b';') {
         return false;
     }
     if path.contains("//") {
@@ -222,7 +224,9 @@ pub fn is_canonical_path(path: &str) -> bool {
                 return false;
             };
             let decoded = (h * 16 + l) as u8;
-            if decoded.is_ascii_alphanumeric() || b"-._~/\\".contains(&decoded) {
+            // An escape that needs none, an escaped separator, a NUL (C strings end there) or
+            // an escaped `;` (a path parameter after decoding).
+            if decoded.is_ascii_alphanumeric() || b"-._~/\\\0;".contains(&decoded) {
                 return false;
             }
             i += 3;
@@ -278,6 +282,13 @@ mod canonical_tests {
             "/bad%zz",
             "/trail%",
             "/trail%4",
+            "/public/..;/admin",
+            "/admin;jsessionid=x",
+            "/a;",
+            "/a%3Bb",
+            "/a%3bb",
+            "/file%00.txt",
+            "/%00",
         ] {
             assert!(!is_canonical_path(p), "{p:?}");
         }

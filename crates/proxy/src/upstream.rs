@@ -60,14 +60,11 @@ pub(crate) fn prepare_request(
     let spoofed: Vec<http::HeaderName> = req
         .headers
         .keys()
-        .filter(|k| is_identity_header(k.as_str()))
+        .filter(|k| is_identity_header(k.as_str()) || is_client_forwarding_header(k.as_str()))
         .cloned()
         .collect();
     for name in spoofed {
         req.remove_header(&name);
-    }
-    for name in CLIENT_FORWARDING_HEADERS {
-        req.remove_header(name);
     }
     // 2. Gatehouse's own cookies never reach an upstream.
     if req.headers.contains_key(http::header::COOKIE) {
@@ -147,16 +144,34 @@ pub(crate) fn is_identity_header(name: &str) -> bool {
     starts(b"x-pomerium-") || starts(b"x-gatehouse-")
 }
 
-/// Headers a client could use to lie to the upstream about where a request came from.
-/// Gatehouse sets `X-Forwarded-For`/`-Proto`/`-Host` itself and removes these.
-pub(crate) const CLIENT_FORWARDING_HEADERS: [&str; 6] = [
+/// Headers a client could use to lie to the upstream about where a request came from or
+/// which URL it asked for. Gatehouse sets `X-Forwarded-For`/`-Proto`/`-Host` itself.
+const CLIENT_FORWARDING_HEADERS: [&str; 11] = [
     "forwarded",
     "x-real-ip",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
     "x-forwarded-port",
     "x-forwarded-prefix",
     "x-forwarded-server",
     "x-forwarded-ssl",
+    // Rewrites honoured by some frameworks (Symfony, IIS): a path the route never checked.
+    "x-original-url",
+    "x-rewrite-url",
 ];
+
+/// Whether a client-sent header is one of [`CLIENT_FORWARDING_HEADERS`], in any letter
+/// case and in underscore spelling too (`X_Forwarded_For`: CGI-style upstreams read it as
+/// `X-Forwarded-For`).
+pub(crate) fn is_client_forwarding_header(name: &str) -> bool {
+    CLIENT_FORWARDING_HEADERS.iter().any(|h| {
+        h.len() == name.len()
+            && h.bytes()
+                .zip(name.bytes())
+                .all(|(a, b)| b.to_ascii_lowercase() == a || (b == b'_' && a == b'-'))
+    })
+}
 
 /// The `Cookie` header without Gatehouse's own cookies, byte for byte otherwise
 /// (non-UTF-8 cookies of other apps pass unchanged). `None` if nothing is left.
@@ -229,6 +244,25 @@ pub(crate) fn compressible(resp: &ResponseHeader) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn forwarding_and_rewrite_headers_are_recognised_in_any_spelling() {
+        for h in [
+            "forwarded",
+            "X-Forwarded-For",
+            "x_forwarded_for",
+            "X_FORWARDED_HOST",
+            "x-real-ip",
+            "X_Real_IP",
+            "x-original-url",
+            "X_Rewrite_URL",
+        ] {
+            assert!(is_client_forwarding_header(h), "{h}");
+        }
+        for h in ["x-forwarded", "x-forwarded-forx", "accept", "x-request-id"] {
+            assert!(!is_client_forwarding_header(h), "{h}");
+        }
+    }
 
     #[test]
     fn identity_headers_are_recognised_in_any_spelling() {
