@@ -50,7 +50,8 @@ export function gatehouseConfig({ port, redirectPort, certs, idp, upstream, clie
         policy: [{ allow: { or: [{ email: { is: 'bob@example.com' } }] } }],
       },
     ],
-    ...extra,
+    // `extra` may need the stack's parts (a route to the upstream): then it is a function.
+    ...(typeof extra === 'function' ? extra({ upstream, idp }) : extra),
   };
 }
 

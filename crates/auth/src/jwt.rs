@@ -31,8 +31,12 @@ pub struct IdentityClaims<'a> {
     pub aud: &'a str,
     /// The IdP's subject for the person.
     pub sub: &'a str,
-    /// The person's email address.
+    /// The person's email address, as the identity provider gave it.
     pub email: &'a str,
+    /// Whether the identity provider verified `email`. Upstreams must not take an
+    /// unverified address as the person's (Gatehouse then sends no
+    /// `X-Pomerium-Claim-Email` header).
+    pub email_verified: bool,
     /// Pomerium's `user` claim: the IdP subject again.
     pub user: &'a str,
     /// The person's groups ([`crate::VerifiedIdentity::groups`]).
@@ -137,6 +141,7 @@ mod tests {
         let s = IdentitySigner::generate().unwrap();
         let groups = vec!["a".to_string()];
         let claims = IdentityClaims {
+            email_verified: true,
             iss: "h",
             aud: "h",
             sub: "alice",

@@ -506,6 +506,7 @@ impl Auth {
                 aud: host,
                 sub: &s.sub,
                 email: &s.email,
+                email_verified: s.email_verified,
                 user: &s.sub,
                 groups: id.groups(),
                 name: s.name.as_deref(),

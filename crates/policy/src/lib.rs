@@ -703,6 +703,11 @@ impl Check {
             Check::Method(t) => t.matches(f.method),
             Check::Path(t) => t.matches(f.path),
             Check::Groups(ops) => list_matches(ops, Values::Many(f.groups)),
+            // `claim/email` speaks for the address as `email` does: an unverified one never
+            // helps a request (issue 11).
+            Check::Claim(name, ops) if &**name == "email" => address(f, action, positive, || {
+                list_matches(ops, Values::One(f.email))
+            }),
             Check::Claim(name, ops) => {
                 let values = match f.claims.iter().find(|c| c.name == &**name) {
                     Some(Claim {

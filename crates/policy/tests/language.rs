@@ -426,6 +426,24 @@ fn list_matchers_on_groups_and_claims() {
             req(ALICE),
             true,
         ),
+        (
+            "claim/email admits a verified address",
+            "{allow: {or: ['claim/email': alice@example.com]}}",
+            req(ALICE),
+            true,
+        ),
+        (
+            "claim/email never admits an unverified address (as `email` does not)",
+            "{allow: {or: ['claim/email': alice@example.com]}}",
+            req(ALICE).unverified(),
+            false,
+        ),
+        (
+            "claim/email in a deny block still refuses an unverified address",
+            "[{allow: {or: [authenticated_user: true]}}, {deny: {or: ['claim/email': alice@example.com]}}]",
+            req(ALICE).unverified(),
+            false,
+        ),
     ]);
 }
 

@@ -208,7 +208,11 @@ pub(crate) fn add_identity_headers(
             return Error::e_explain(ErrorType::InternalError, "identity JWT signing failed");
         }
     }
-    req.insert_header("x-pomerium-claim-email", claim_header_value(&s.email))?;
+    // An address the identity provider has not verified does not speak for the person: the
+    // header is left out and the JWT says `email_verified: false` (issue 11).
+    if s.email_verified {
+        req.insert_header("x-pomerium-claim-email", claim_header_value(&s.email))?;
+    }
     req.insert_header("x-pomerium-claim-user", claim_header_value(&s.sub))?;
     req.insert_header(
         "x-pomerium-claim-groups",
