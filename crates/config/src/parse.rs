@@ -419,6 +419,24 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
                 ctx.warn(origin, message);
             }
         }
+        // Any Google account (a gmail.com one too) passes `allow_any_authenticated_user`, and
+        // a backend route hands each a shell on this host (issue 11).
+        if route.allow_any_authenticated_user
+            && matches!(route.to, crate::Upstream::Backend(_))
+            && idp
+                .as_ref()
+                .is_some_and(|i| i.provider == IdpProvider::Google)
+        {
+            ctx.warn(
+                route.origin.clone(),
+                format!(
+                    "routes[{}]: `allow_any_authenticated_user` with `to_backend` on Google: \
+                     anyone with any Google account gets their own assistant, with a shell on \
+                     this host; use `allowed_domains` (your Workspace domain) instead",
+                    route.index
+                ),
+            );
+        }
         if !access.grants_someone && allowed_domains.is_empty() && allowed_groups.is_empty() {
             ctx.warn(
                 route.origin.clone(),

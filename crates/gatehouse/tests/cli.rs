@@ -533,3 +533,37 @@ fn a_root_gatehouse_refuses_a_pool_without_uids() {
     }
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[test]
+fn group_rules_on_google_without_the_directory_are_an_error() {
+    // Google's ID tokens carry no groups: a deny on a group would never fire (fails open).
+    let dir = std::env::temp_dir().join(format!("gatehouse-cli-google-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("make the test dir");
+    let file = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &file,
+        "insecure_server: true\nidp_provider: google\nidp_client_id: x\n\
+         idp_client_secret: ${IDP_SECRET}\ncookie_secret: ${COOKIE_SECRET}\n\
+         allowed_domains: [example.com]\nroutes:\n  - from: https://a.example.com\n    \
+         to: http://127.0.0.1:9\n    policy:\n      - allow: {or: [{domain: {is: example.com}}]}\n      \
+         - deny: {or: [{groups: {has: contractors@example.com}}]}\n",
+    )
+    .expect("write the config");
+    let out = gatehouse()
+        .args(["check", "--config"])
+        .arg(&file)
+        .env("IDP_SECRET", "s")
+        .env("COOKIE_SECRET", SECRET)
+        .output()
+        .expect("run gatehouse check");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:8:5: routes[0]: its rules use groups",
+            file.display()
+        )) && stderr.contains("idp_service_account"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

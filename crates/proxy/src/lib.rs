@@ -222,7 +222,7 @@ fn prepare_with(
     let built = build_routes(config, &backends)
         .map_err(|mut e| errors.append(&mut e))
         .ok();
-    let directory = directory(config, &mut errors, &mut notes);
+    let directory = directory(config, &mut errors);
 
     let tls = if config.insecure_server {
         None
@@ -302,28 +302,29 @@ fn prepare_with(
 }
 
 /// The Google directory client (`idp_service_account`), whose key must sign; with Google
-/// and no service account, a note when a route's rules use groups (they never match).
+/// and no service account, an error for each route whose rules use groups.
 pub(crate) fn directory(
     config: &Config,
     errors: &mut Vec<ConfigError>,
-    notes: &mut Vec<String>,
 ) -> Option<gatehouse_auth::directory::Directory> {
     let Some(d) = &config.directory else {
         if config.idp.provider == gatehouse_config::IdpProvider::Google {
-            let grouped: Vec<String> = config
-                .routes
-                .iter()
-                .filter(|r| {
-                    Policy::for_route(r, &config.allowed_domains, &config.allowed_groups)
-                        .uses_groups()
-                })
-                .map(|r| format!("routes[{}]", r.index))
-                .collect();
-            if !grouped.is_empty() {
-                notes.push(format!(
-                    "{} use groups, but Google sign-in gives none without idp_service_account \
-                     (Google's ID tokens carry no groups), so those group rules never match",
-                    grouped.join(", ")
+            // Google's ID tokens carry no groups: without the directory a group rule never
+            // matches, so a `deny` on a group would never fire (fails open). An error, not a
+            // note (issue 11).
+            for r in config.routes.iter().filter(|r| {
+                Policy::for_route(r, &config.allowed_domains, &config.allowed_groups).uses_groups()
+            }) {
+                errors.push(ConfigError::new(
+                    r.origin.clone(),
+                    format!(
+                        "routes[{}]: its rules use groups, but Google sign-in gives no groups \
+                         without idp_service_account (Google's ID tokens carry none), so they \
+                         would never match and a deny on a group would never fire; set \
+                         idp_service_account (see README, \"Google Workspace groups\") or \
+                         remove the group rules",
+                        r.index
+                    ),
                 ));
             }
         }

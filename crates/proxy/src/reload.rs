@@ -147,16 +147,12 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
         Err(errors) => return fail(errors),
     };
     let mut errors = Vec::new();
-    let mut notes = Vec::new();
-    let directory = crate::directory(&config, &mut errors, &mut notes);
+    let directory = crate::directory(&config, &mut errors);
     if !errors.is_empty() {
         return fail(errors);
     }
     for w in &config.warnings {
         tracing::warn!(target: "gatehouse::reload", "{w}");
-    }
-    for n in &notes {
-        tracing::warn!(target: "gatehouse::reload", "{n}");
     }
     let changed = started_with.changed(&RestartOnly::of(&config));
     if !changed.is_empty() {

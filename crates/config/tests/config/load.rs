@@ -1171,3 +1171,41 @@ routes:
         config.literal_secrets
     );
 }
+
+#[test]
+fn any_google_account_with_a_shell_is_warned_about() {
+    let text = with_secret(
+        "\
+idp_provider: google
+idp_client_id: gatehouse-test
+idp_client_secret: file-client-secret
+backends:
+  assistant:
+routes:
+  - from: https://assistant.example.com
+    to_backend: assistant
+    allow_any_authenticated_user: true
+",
+    );
+    let config =
+        load_str(Path::new("gatehouse.yaml"), &text, &env(&[])).unwrap_or_else(|e| panic!("{e}"));
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    assert!(
+        warnings.iter().any(|w| w.starts_with("gatehouse.yaml:8:5: routes[0]: `allow_any_authenticated_user` with `to_backend` on Google")
+            && w.contains("any Google account")),
+        "{warnings:?}"
+    );
+    // With the Workspace domain instead: no such warning.
+    let text = text.replace(
+        "allow_any_authenticated_user: true",
+        "allowed_domains: [example.com]",
+    );
+    let config =
+        load_str(Path::new("gatehouse.yaml"), &text, &env(&[])).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        !config
+            .warnings
+            .iter()
+            .any(|w| w.to_string().contains("any Google account"))
+    );
+}
