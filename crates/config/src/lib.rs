@@ -330,6 +330,10 @@ pub struct Route {
     pub pass_identity_headers: bool,
     /// `preserve_host_header`: send the client's Host upstream instead of `to`'s host.
     pub preserve_host_header: bool,
+    /// `cors_allow_preflight` (Pomerium's key, default false): the upstream serves other
+    /// sites. CORS preflights (`OPTIONS` with `Access-Control-Request-Method`) pass without
+    /// sign-in, and signed-in cross-site writes are not refused.
+    pub cors_allow_preflight: bool,
     /// `allow_public_unauthenticated_access` (default false): anyone, without signing in.
     pub allow_public_unauthenticated_access: bool,
     /// `allow_any_authenticated_user` (default false): anyone who has signed in.

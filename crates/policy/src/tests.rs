@@ -24,6 +24,7 @@ fn route() -> Route {
         to: gatehouse_config::Upstream::Url(Url::parse("http://127.0.0.1:1").unwrap()),
         pass_identity_headers: false,
         preserve_host_header: false,
+        cors_allow_preflight: false,
         allow_public_unauthenticated_access: false,
         allow_any_authenticated_user: false,
         allowed_domains: vec![],

@@ -16,7 +16,9 @@ use gatehouse_policy::{Decision, Person};
 use crate::endpoints;
 use crate::pages::{self, Page, request_id};
 use crate::refusal::{Outcome, Refusal};
-use crate::request::{cross_origin_write, gatehouse_path, is_navigation, request_cookies};
+use crate::request::{
+    cross_origin_write, gatehouse_path, is_cors_preflight, is_navigation, request_cookies,
+};
 use crate::routes::{is_canonical_path, split_host};
 use crate::signin;
 use crate::state::{RouteState, State, Target, person_id};
@@ -133,6 +135,12 @@ pub(crate) async fn decide(
         ctx.outcome = Some(Outcome::Public);
         return Step::Continue;
     }
+    // A CORS preflight carries no cookie by design; the upstream answers it on routes that
+    // serve other sites (`cors_allow_preflight`, as in Pomerium).
+    if route.cross_site_allowed && gh.is_none() && is_cors_preflight(req) {
+        ctx.outcome = Some(Outcome::Allowed("cors-preflight"));
+        return Step::Continue;
+    }
 
     let jar = request_cookies(req);
     match gh {
@@ -177,11 +185,14 @@ pub(crate) async fn decide(
     match decision {
         Decision::Allow(reason) => {
             ctx.outcome = Some(Outcome::Allowed(reason.code()));
+            // The session cookie rides along on another site's request, so a cross-site
+            // write (or WebSocket) is refused on every signed-in route, unless the route
+            // says its upstream serves other sites (issue 11).
+            let cross_site = !route.cross_site_allowed
+                && cross_origin_write(req, &format!("{scheme}://{authority}"));
             let step = match &route.target {
-                Target::Backend(_)
-                    if cross_origin_write(req, &format!("{scheme}://{authority}")) =>
-                {
-                    tracing::info!(user = %identity.email(), method = %req.method, "cross-origin request to a backend refused");
+                _ if cross_site => {
+                    tracing::info!(user = %identity.email(), method = %req.method, route = %route.label, "cross-origin request refused");
                     refuse(ctx, Refusal::CrossOrigin)
                 }
                 Target::Backend(_) => Step::Backend,

@@ -94,6 +94,12 @@ pub(crate) fn cross_origin_write(req: &RequestHeader, route_origin: &str) -> boo
     header("sec-fetch-site") == Some("cross-site")
 }
 
+/// A CORS preflight: `OPTIONS` with `Access-Control-Request-Method` (browsers send it
+/// without cookies).
+pub(crate) fn is_cors_preflight(req: &RequestHeader) -> bool {
+    req.method == Method::OPTIONS && req.headers.contains_key("access-control-request-method")
+}
+
 /// Whether a browser is navigating to a page (rather than a script calling the API).
 pub(crate) fn is_navigation(req: &RequestHeader) -> bool {
     if req.method != Method::GET || is_api_request(req) {

@@ -29,6 +29,8 @@ pub struct RouteState {
     /// Send the client's `Host` upstream instead of the upstream's own. Always true for a
     /// per-person backend route.
     pub preserve_host_header: bool,
+    /// Cross-site requests are the upstream's business (`cors_allow_preflight`).
+    pub cross_site_allowed: bool,
     /// `allow_public_unauthenticated_access`: no sign-in and no policy. Never true for a
     /// per-person backend route.
     pub public: bool,
@@ -209,6 +211,7 @@ pub fn build_routes(
             target,
             pass_identity_headers: r.pass_identity_headers,
             preserve_host_header,
+            cross_site_allowed: r.cors_allow_preflight,
             public,
             policy: Policy::for_route(r, &config.allowed_domains, &config.allowed_groups),
         });

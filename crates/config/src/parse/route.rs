@@ -16,6 +16,7 @@ const ROUTE_KEYS: &[&str] = &[
     "path",
     "pass_identity_headers",
     "preserve_host_header",
+    "cors_allow_preflight",
     "allow_public_unauthenticated_access",
     "allow_any_authenticated_user",
     "allowed_domains",
@@ -142,6 +143,7 @@ fn route(
     };
     let (pass_identity_headers, _) = flag(ctx, "pass_identity_headers");
     let (preserve_host_header, _) = flag(ctx, "preserve_host_header");
+    let (cors_allow_preflight, _) = flag(ctx, "cors_allow_preflight");
     let (public, public_at) = flag(ctx, "allow_public_unauthenticated_access");
     let (any_user, _) = flag(ctx, "allow_any_authenticated_user");
 
@@ -245,6 +247,7 @@ fn route(
             to: to?,
             pass_identity_headers,
             preserve_host_header,
+            cors_allow_preflight,
             allow_public_unauthenticated_access: public,
             allow_any_authenticated_user: any_user,
             allowed_domains,

@@ -40,6 +40,9 @@ routes:
             - groups: {has: admins}
   - from: https://assistant.example.com
     to_backend: assistant
+  - from: https://cors.example.com
+    to: http://127.0.0.1:9004
+    cors_allow_preflight: true
 ";
 
 /// The state and the backend pools, as `serve` would build them (no socket is opened).
@@ -304,4 +307,64 @@ async fn own_forms_ask_for_their_body_and_unknown_pages_are_404() {
         ))
         .await;
     assert_eq!(respond(step).status, 404);
+}
+
+#[tokio::test]
+async fn cross_site_writes_are_refused_on_static_routes_too_unless_the_route_serves_other_sites() {
+    let f = Flow::new();
+    let cookie = f.cookie("alice@example.com", &[]);
+    let evil = [
+        ("cookie", cookie.as_str()),
+        ("origin", "https://evil.example"),
+    ];
+    let (step, ctx) = f
+        .run(request("POST", "https://app.example.com/transfer", &evil))
+        .await;
+    assert_eq!(respond(step).status, 403);
+    assert_eq!(ctx.outcome.map(Outcome::code), Some("cross-origin"));
+    // A cross-site WebSocket upgrade (a GET) counts as a write.
+    let ws = [
+        ("cookie", cookie.as_str()),
+        ("origin", "https://evil.example"),
+        ("upgrade", "websocket"),
+    ];
+    let (step, _) = f
+        .run(request("GET", "https://app.example.com/socket", &ws))
+        .await;
+    assert_eq!(respond(step).status, 403);
+    // A cross-site GET is a plain link: it passes.
+    let (step, _) = f
+        .run(request("GET", "https://app.example.com/", &evil))
+        .await;
+    assert!(matches!(step, Step::Continue), "{step:?}");
+    // `cors_allow_preflight`: the upstream decides about other sites.
+    let (step, _) = f
+        .run(request("POST", "https://cors.example.com/api", &evil))
+        .await;
+    assert!(matches!(step, Step::Continue), "{step:?}");
+    let preflight = [
+        ("origin", "https://evil.example"),
+        ("access-control-request-method", "POST"),
+    ];
+    let (step, ctx) = f
+        .run(request(
+            "OPTIONS",
+            "https://cors.example.com/api",
+            &preflight,
+        ))
+        .await;
+    assert!(
+        matches!(step, Step::Continue),
+        "a preflight needs no session: {step:?}"
+    );
+    assert_eq!(ctx.outcome.map(Outcome::code), Some("cors-preflight"));
+    // Without the key a preflight is a signed-out request like any other.
+    let (step, _) = f
+        .run(request(
+            "OPTIONS",
+            "https://app.example.com/api",
+            &[preflight[0], preflight[1], JSON],
+        ))
+        .await;
+    assert_eq!(respond(step).status, 401);
 }
