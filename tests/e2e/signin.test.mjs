@@ -395,3 +395,11 @@ test('plain HTTP on the redirect port answers 308 to https with the same path, n
   assert.doesNotMatch(r.body, /Hello|x-pomerium/i);
   assert.equal(s.upstream.hits(), hits);
 });
+
+test('the redirect port answers only for hosts Gatehouse serves: another name gets 404, no redirect', async () => {
+  const r = await request(`http://elsewhere.localhost:${gh.redirectPort}/x`);
+  assert.equal(r.status, 404, `status ${r.status} ${r.location ?? ''}`);
+  assert.ok(!r.location, `redirected to ${r.location}`);
+  const health = await request(`http://elsewhere.localhost:${gh.redirectPort}/.gatehouse/health`);
+  assert.equal(health.status, 200, 'health answers on any host');
+});

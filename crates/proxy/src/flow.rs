@@ -90,6 +90,9 @@ pub(crate) async fn decide(
     req: &RequestHeader,
     ctx: &mut Ctx,
 ) -> Step {
+    if header_bytes(req) > MAX_HEADER_BYTES {
+        return refuse(ctx, Refusal::HeadersTooLarge);
+    }
     let authority = req
         .headers
         .get(http::header::HOST)
@@ -293,6 +296,20 @@ pub(crate) async fn backend_step(st: &State, req: &RequestHeader, ctx: &mut Ctx)
 pub(crate) fn refuse(ctx: &mut Ctx, refusal: Refusal) -> Step {
     ctx.outcome = Some(Outcome::from(&refusal));
     Step::Respond(pages::refusal(&refusal))
+}
+
+/// The largest request header block (names and values) Gatehouse passes on: room for a
+/// session in its largest chunked form (8 chunks of ~3.5 KB) and the upstream's own cookies,
+/// far below what would let one request tie up memory (issue 11).
+pub(crate) const MAX_HEADER_BYTES: usize = 48 * 1024;
+
+/// The size of the request's header block, as names and values.
+fn header_bytes(req: &RequestHeader) -> usize {
+    req.headers
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri.path_and_query().map_or(0, |p| p.as_str().len())
 }
 
 /// The label of the request's route, for logs (`-` when none matched).

@@ -21,11 +21,14 @@ use crate::routes::split_host;
 use crate::service::{Gatehouse, write_page};
 use crate::{Live, Prepared, reload};
 
-/// The plain-HTTP listener (`http_redirect_addr`): a permanent redirect to https, and
-/// nothing else (health checks excepted).
+/// The plain-HTTP listener (`http_redirect_addr`): a permanent redirect to https for the
+/// hosts Gatehouse serves, and nothing else (health checks excepted). Another host gets 404,
+/// so the listener is no open redirector for names that merely resolve here.
 pub struct HttpsRedirect {
     /// The https port to send people to (omitted from URLs when 443).
     pub https_port: u16,
+    /// The serving state, for the hosts that have a route (or are the authenticate host).
+    pub live: Arc<Live>,
 }
 
 #[async_trait]
@@ -45,7 +48,9 @@ impl ProxyHttp for HttpsRedirect {
             .get(http::header::HOST)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
+        let st = self.live.state.load();
         let page = match split_host(authority) {
+            Some((host, _)) if !st.serves_host(&host) => pages::refusal(&Refusal::NoRoute { host }),
             Some((host, _)) => {
                 let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
                 let port = if self.https_port == 443 {
@@ -180,6 +185,7 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
             &server.configuration,
             HttpsRedirect {
                 https_port: prepared.address.port(),
+                live: Arc::clone(&prepared.live),
             },
             "gatehouse-redirect",
         );

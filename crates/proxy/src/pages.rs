@@ -350,6 +350,11 @@ fn no_such_page(name: &str) -> Page {
 pub(crate) fn refusal(r: &Refusal) -> Page {
     match r {
         Refusal::BadHost => bad_request("The request has no valid Host header."),
+        Refusal::HeadersTooLarge => Page::html(
+            431,
+            "Request headers too large",
+            "<p>This request's headers (often its cookies) are larger than Gatehouse accepts. Clear this site's cookies and try again.</p>",
+        ),
         Refusal::UnusualPath => bad_request(
             "This address has an unusual form (an empty, \".\" or \"..\" segment, a backslash, or an escaped character that needs no escaping). Use the plain form of the address.",
         ),

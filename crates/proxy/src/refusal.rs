@@ -14,6 +14,8 @@ use gatehouse_policy::Reason;
 pub(crate) enum Refusal {
     /// No usable `Host` header.
     BadHost,
+    /// The request's header block is larger than [`crate::flow::MAX_HEADER_BYTES`].
+    HeadersTooLarge,
     /// A path with empty, `.` or `..` segments, a backslash, or a needless escape.
     UnusualPath,
     /// No route for this host (and port, and path).
@@ -74,6 +76,7 @@ impl Refusal {
     pub(crate) fn code(&self) -> &'static str {
         match self {
             Refusal::BadHost => "bad-host",
+            Refusal::HeadersTooLarge => "headers-too-large",
             Refusal::UnusualPath => "unusual-path",
             Refusal::NoRoute { .. } => "no-route",
             Refusal::PolicyDenied { reason, .. } => reason.code(),
@@ -138,6 +141,7 @@ mod tests {
     fn codes_are_stable_and_distinct() {
         let all = [
             Refusal::BadHost,
+            Refusal::HeadersTooLarge,
             Refusal::UnusualPath,
             Refusal::NoRoute { host: "x".into() },
             Refusal::CrossOrigin,

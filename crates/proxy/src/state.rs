@@ -103,6 +103,12 @@ pub struct State {
 }
 
 impl State {
+    /// Whether some route (on any port and path), or the authenticate service, has `host`.
+    pub(crate) fn serves_host(&self, host: &str) -> bool {
+        self.routes.iter().any(|r| r.from.host == host)
+            || self.auth_host.as_ref().is_some_and(|a| a.host == host)
+    }
+
     pub(crate) fn is_auth_host(&self, host: &str, port: u16) -> bool {
         self.auth_host
             .as_ref()

@@ -368,3 +368,28 @@ async fn cross_site_writes_are_refused_on_static_routes_too_unless_the_route_ser
         .await;
     assert_eq!(respond(step).status, 401);
 }
+
+#[tokio::test]
+async fn an_oversized_header_block_is_refused_with_431() {
+    let f = Flow::new();
+    let big = "a".repeat(64 * 1024);
+    let (step, ctx) = f
+        .run(request(
+            "GET",
+            "https://public.example.com/",
+            &[("x-big", &big)],
+        ))
+        .await;
+    assert_eq!(respond(step).status, 431);
+    assert_eq!(ctx.outcome.map(Outcome::code), Some("headers-too-large"));
+    // A session in its largest form still fits.
+    let cookie = format!("_pomerium={}", "b".repeat(28 * 1024));
+    let (step, _) = f
+        .run(request(
+            "GET",
+            "https://public.example.com/",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+    assert!(matches!(step, Step::Continue), "{step:?}");
+}
