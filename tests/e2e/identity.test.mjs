@@ -86,3 +86,10 @@ test('with cors_allow_preflight the upstream decides: cross-site POST and prefli
   assert.equal(preflight.status, 200, `a preflight without a session: ${preflight.status}`);
   assert.equal(s.upstream.hits(), hits + 2);
 });
+
+test('a 64 KB header gets a 431 page and never reaches the upstream', async () => {
+  const hits = s.upstream.hits();
+  const r = await s.client().request(s.gh.main.url(CORS, '/x'), { headers: { 'x-big': 'a'.repeat(64 * 1024) } });
+  assert.equal(r.status, 431, `status ${r.status}`);
+  assert.equal(s.upstream.hits(), hits);
+});
