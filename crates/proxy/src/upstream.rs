@@ -135,13 +135,22 @@ pub(crate) fn strip_own_set_cookies(resp: &mut ResponseHeader, ctx: &Ctx) -> Res
 /// `X_Pomerium_Claim_Email` and `X-Pomerium-Claim-Email` as the same variable.
 pub(crate) fn is_identity_header(name: &str) -> bool {
     let n = name.as_bytes();
-    let starts = |prefix: &[u8]| {
-        n.len() >= prefix.len()
-            && n.iter()
-                .zip(prefix)
-                .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
-    };
-    starts(b"x-pomerium-") || starts(b"x-gatehouse-")
+    [b"x-pomerium-".as_slice(), b"x-gatehouse-"]
+        .iter()
+        .any(|prefix| {
+            n.get(..prefix.len())
+                .is_some_and(|head| spelled_as(head, prefix))
+        })
+}
+
+/// Whether a header name is `canonical` (lower case, with `-`) in any letter case, with `_`
+/// for `-` allowed: the spellings an upstream may treat as the same header.
+fn spelled_as(name: &[u8], canonical: &[u8]) -> bool {
+    name.len() == canonical.len()
+        && name
+            .iter()
+            .zip(canonical)
+            .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
 }
 
 /// Headers a client could use to lie to the upstream about where a request came from or
@@ -165,12 +174,9 @@ const CLIENT_FORWARDING_HEADERS: [&str; 11] = [
 /// case and in underscore spelling too (`X_Forwarded_For`: CGI-style upstreams read it as
 /// `X-Forwarded-For`).
 pub(crate) fn is_client_forwarding_header(name: &str) -> bool {
-    CLIENT_FORWARDING_HEADERS.iter().any(|h| {
-        h.len() == name.len()
-            && h.bytes()
-                .zip(name.bytes())
-                .all(|(a, b)| b.to_ascii_lowercase() == a || (b == b'_' && a == b'-'))
-    })
+    CLIENT_FORWARDING_HEADERS
+        .iter()
+        .any(|h| spelled_as(name.as_bytes(), h.as_bytes()))
 }
 
 /// The `Cookie` header without Gatehouse's own cookies, byte for byte otherwise
