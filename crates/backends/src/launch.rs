@@ -41,6 +41,24 @@ pub const LAUNCH_SUBCOMMAND: &str = "backend-launch";
 /// The subcommand of the `gatehouse` binary that runs [`reap_main`].
 pub const REAP_SUBCOMMAND: &str = "backend-reap";
 
+/// What starts the launcher's one line on stderr when it fails.
+fn launch_prefix() -> String {
+    format!("gatehouse {LAUNCH_SUBCOMMAND}: ")
+}
+
+/// The reason in a launcher's stderr line for [`HOME_REFUSED`] (the supervisor keeps the
+/// last lines of a failed start's stderr, joined by ` | `): the text after the prefix the
+/// launcher writes, or the line as it is.
+pub(crate) fn home_refusal_reason(stderr_tail: &str) -> String {
+    let last = stderr_tail.rsplit(" | ").next().unwrap_or_default();
+    let prefix = format!(
+        "{}{}",
+        launch_prefix(),
+        LaunchError::HomeRefused(String::new())
+    );
+    last.strip_prefix(&prefix).unwrap_or(last).to_string()
+}
+
 /// Exit code: the person's home holds a link (or a file) where one of its own directories
 /// should be. The backend is not started; the person sees a page saying so.
 pub const HOME_REFUSED: i32 = 65;
@@ -113,7 +131,7 @@ pub fn launch_main(spec_json: &str) -> i32 {
         Ok(never) => match never {},
         Err(e) => e,
     };
-    eprintln!("gatehouse {LAUNCH_SUBCOMMAND}: {e}");
+    eprintln!("{}{e}", launch_prefix());
     e.code()
 }
 
@@ -364,6 +382,19 @@ mod tests {
         };
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<LaunchSpec>(&json).unwrap(), spec);
+    }
+
+    #[test]
+    fn a_home_refusal_is_read_back_from_the_line_the_launcher_writes() {
+        let line = format!(
+            "{}{}",
+            launch_prefix(),
+            LaunchError::HomeRefused("/h/.local is a link (to /usr)".into())
+        );
+        assert_eq!(
+            home_refusal_reason(&format!("earlier output | {line}")),
+            "/h/.local is a link (to /usr)"
+        );
     }
 
     #[test]

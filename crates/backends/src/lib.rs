@@ -325,8 +325,9 @@ struct Inner {
     /// Whether backends run as their own uid (Gatehouse is root and `uids` is set).
     isolate: bool,
     shutting_down: std::sync::atomic::AtomicBool,
-    /// Set when the firewall could not be installed: starts are refused with this.
-    unconfined: Mutex<Option<String>>,
+    /// Set (once, at set-up) when the firewall could not be installed: starts are refused
+    /// with this. Read on every `ensure`, so a lock-free cell.
+    unconfined: std::sync::OnceLock<String>,
     epoch: Instant,
 }
 
@@ -408,7 +409,7 @@ impl Supervisor {
                 counters: Counters::default(),
                 isolate,
                 shutting_down: false.into(),
-                unconfined: Mutex::new(None),
+                unconfined: std::sync::OnceLock::new(),
                 epoch: Instant::now(),
             }),
         }
@@ -520,7 +521,7 @@ impl Supervisor {
                 }
                 Err(e) => {
                     tracing::error!(pool = %s.pool.name, error = %e, "cannot install the backends' firewall; no backend will start");
-                    *lock(&self.inner.unconfined) = Some(e);
+                    let _ = self.inner.unconfined.set(e);
                 }
             }
         }
@@ -555,8 +556,8 @@ impl Supervisor {
             if self.inner.shutting_down.load(Ordering::Acquire) {
                 return Err(BackendError::ShuttingDown);
             }
-            if let Some(why) = lock(&self.inner.unconfined).clone() {
-                return Err(BackendError::Unconfined(why));
+            if let Some(why) = self.inner.unconfined.get() {
+                return Err(BackendError::Unconfined(why.clone()));
             }
             let wait = {
                 let mut st = lock(&slot.state);
@@ -577,14 +578,12 @@ impl Supervisor {
                         }
                     }
                 }
+                if let (Phase::Stopped, Some(why)) = (&st.phase, &st.refused) {
+                    return Err(BackendError::HomeRefused(why.clone()));
+                }
                 match &st.phase {
                     Phase::Running(_) => continue,
                     Phase::Starting(rx) => rx.clone(),
-                    Phase::Stopped if st.refused.is_some() => {
-                        return Err(BackendError::HomeRefused(
-                            st.refused.clone().unwrap_or_default(),
-                        ));
-                    }
                     Phase::Stopped => {
                         let delay = match self.inner.settings.restart.delay(st.failures) {
                             Some(d) => d,
@@ -689,14 +688,7 @@ impl Supervisor {
                             code: Some(launch::HOME_REFUSED),
                             stderr,
                             ..
-                        } => BackendError::HomeRefused(
-                            stderr
-                                .rsplit(" | ")
-                                .next()
-                                .unwrap_or_default()
-                                .trim_start_matches("gatehouse backend-launch: home refused: ")
-                                .to_string(),
-                        ),
+                        } => BackendError::HomeRefused(launch::home_refusal_reason(&stderr)),
                         f => BackendError::StartFailed(f.to_string()),
                     })
                 }
