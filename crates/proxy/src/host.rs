@@ -18,9 +18,10 @@ pub(crate) struct HostPlan {
     pub warnings: Vec<String>,
 }
 
-/// Checks `config`'s pools and secret files on `host`, and builds each pool's settings
-/// (launcher, Landlock requirement, firewall). Problems are pushed on `errors`.
-pub(crate) fn plan(config: &Config, host: &Host, errors: &mut Vec<ConfigError>) -> HostPlan {
+/// Checks `config`'s pools and secret files on this machine, and builds each pool's
+/// settings (launcher, Landlock requirement, firewall). Problems are pushed on `errors`.
+/// Without pools there is nothing to check, and the machine is not probed (`nft`).
+pub(crate) fn plan(config: &Config, errors: &mut Vec<ConfigError>) -> HostPlan {
     let mut warnings = Vec::new();
     if config.backends.is_empty() {
         return HostPlan {
@@ -28,6 +29,7 @@ pub(crate) fn plan(config: &Config, host: &Host, errors: &mut Vec<ConfigError>) 
             warnings,
         };
     }
+    let host = &Host::current();
     secret_files(config, errors);
     let findings = preflight::check(&config.backends, host);
     errors.extend(

@@ -178,22 +178,16 @@ impl Live {
 /// the request-time state. All problems are reported together, each at its config position.
 /// For the offline tools (`policy explain`, `policy test`): the machine is not checked.
 pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
-    prepare_with(config, None)
+    prepare_with(config, false)
 }
 
 /// [`prepare`], plus the checks against this machine that `check` and `serve` make: the
 /// backend pools' isolation and confinement, and Gatehouse's secret files (issue 9).
 pub fn prepare_to_serve(config: &Config) -> Result<Prepared, ConfigErrors> {
-    prepare_with(
-        config,
-        Some(&gatehouse_backends::preflight::Host::current()),
-    )
+    prepare_with(config, true)
 }
 
-fn prepare_with(
-    config: &Config,
-    host: Option<&gatehouse_backends::preflight::Host>,
-) -> Result<Prepared, ConfigErrors> {
+fn prepare_with(config: &Config, check_host: bool) -> Result<Prepared, ConfigErrors> {
     let mut errors: Vec<ConfigError> = Vec::new();
     let mut notes = Vec::new();
 
@@ -206,17 +200,16 @@ fn prepare_with(
     };
 
     // One supervisor per pool, shared by every route that names it.
-    let pools = match host {
-        Some(host) => {
-            let plan = host::plan(config, host, &mut errors);
-            notes.extend(plan.warnings);
-            plan.pools
-        }
-        None => config
+    let pools = if check_host {
+        let plan = host::plan(config, &mut errors);
+        notes.extend(plan.warnings);
+        plan.pools
+    } else {
+        config
             .backends
             .iter()
             .map(|pool| PoolSettings::from_pool(pool.clone()))
-            .collect(),
+            .collect()
     };
     let backends: Vec<Supervisor> = pools.into_iter().map(Supervisor::new).collect();
     let built = build_routes(config, &backends)
