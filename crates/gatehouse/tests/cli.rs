@@ -468,6 +468,22 @@ fn serve(config: &Path) -> (Option<i32>, String) {
     )
 }
 
+/// `gatehouse check --config <config>` with the secrets the test configs take from the
+/// environment; its exit code and stderr.
+fn check_with_secrets(config: &Path) -> (Option<i32>, String) {
+    let out = gatehouse()
+        .args(["check", "--config"])
+        .arg(config)
+        .env("IDP_SECRET", "s")
+        .env("COOKIE_SECRET", SECRET)
+        .output()
+        .expect("run gatehouse check");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 fn is_root() -> bool {
     nix::unistd::Uid::effective().is_root()
 }
@@ -499,14 +515,7 @@ fn serve_refuses_a_readable_config_with_a_literal_secret_when_backends_run() {
     );
     // The same secret from the environment is fine at 0644.
     let file = pool_config(&dir, 0o644, "${COOKIE_SECRET}", uids);
-    let out = gatehouse()
-        .args(["check", "--config"])
-        .arg(&file)
-        .env("IDP_SECRET", "s")
-        .env("COOKIE_SECRET", SECRET)
-        .output()
-        .expect("run gatehouse check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (_, stderr) = check_with_secrets(&file);
     assert!(!stderr.contains("literally"), "{stderr}");
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
@@ -549,15 +558,8 @@ fn group_rules_on_google_without_the_directory_are_an_error() {
          - deny: {or: [{groups: {has: contractors@example.com}}]}\n",
     )
     .expect("write the config");
-    let out = gatehouse()
-        .args(["check", "--config"])
-        .arg(&file)
-        .env("IDP_SECRET", "s")
-        .env("COOKIE_SECRET", SECRET)
-        .output()
-        .expect("run gatehouse check");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let (code, stderr) = check_with_secrets(&file);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(&format!(
             "{}:8:5: routes[0]: its rules use groups",
