@@ -255,20 +255,13 @@ pub fn prepare_home_dirs(home: &Path) -> Result<(), LaunchError> {
 
 /// Landlock: TCP bind only on `spec.port`; no abstract Unix sockets or signals outside.
 fn confine_network(spec: &LaunchSpec) -> Result<(), LaunchError> {
-    use landlock::{
-        ABI, Access, AccessNet, CompatLevel, Compatible, NetPort, Ruleset, RulesetAttr,
-        RulesetCreatedAttr, RulesetStatus, Scope,
-    };
+    use landlock::{AccessNet, CompatLevel, NetPort, RulesetCreatedAttr, RulesetStatus};
     let level = if spec.landlock_required {
         CompatLevel::HardRequirement
     } else {
         CompatLevel::BestEffort
     };
-    let status = Ruleset::default()
-        .set_compatibility(level)
-        .handle_access(AccessNet::BindTcp)
-        .and_then(|r| r.scope(Scope::from_all(ABI::V6)))
-        .and_then(|r| r.create())
+    let status = ruleset(level)
         .and_then(|r| r.add_rule(NetPort::new(spec.port, AccessNet::BindTcp)))
         .and_then(|r| r.restrict_self())
         .map_err(|e| LaunchError::Failed(format!("Landlock: {e}")))?;
@@ -281,15 +274,23 @@ fn confine_network(spec: &LaunchSpec) -> Result<(), LaunchError> {
     Ok(())
 }
 
-/// Whether this kernel can enforce the launcher's Landlock rules fully: creates (without
-/// applying) the same ruleset. `Err` says what is missing.
-pub fn landlock_check() -> Result<(), String> {
-    use landlock::{ABI, Access, AccessNet, CompatLevel, Compatible, Ruleset, RulesetAttr, Scope};
+/// The launcher's ruleset before its one rule: TCP bind handled (so denied but for the
+/// rule added), and the ABI 6 scopes (abstract Unix sockets, signals).
+fn ruleset(
+    level: landlock::CompatLevel,
+) -> Result<landlock::RulesetCreated, landlock::RulesetError> {
+    use landlock::{ABI, Access, AccessNet, Compatible, Ruleset, RulesetAttr, Scope};
     Ruleset::default()
-        .set_compatibility(CompatLevel::HardRequirement)
+        .set_compatibility(level)
         .handle_access(AccessNet::BindTcp)
         .and_then(|r| r.scope(Scope::from_all(ABI::V6)))
         .and_then(|r| r.create())
+}
+
+/// Whether this kernel can enforce the launcher's Landlock rules fully: creates (without
+/// applying) the same ruleset. `Err` says what is missing.
+pub fn landlock_check() -> Result<(), String> {
+    ruleset(landlock::CompatLevel::HardRequirement)
         .map(|_| ())
         .map_err(|e| format!("Landlock (ABI 6: TCP bind rules and scopes) is not available: {e}"))
 }
