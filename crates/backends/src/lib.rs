@@ -354,6 +354,20 @@ struct SlotState {
     /// The home was refused ([`BackendError::HomeRefused`]): no start is tried again until
     /// a restart (retrying cannot help; the operator must look).
     refused: Option<String>,
+    /// The previous backend is still being stopped (its group signalled, its uid reaped,
+    /// its port closed): a new start waits for `true`, or the reaper would end it too.
+    stopping: Option<watch::Receiver<bool>>,
+}
+
+impl SlotState {
+    /// Marks the slot stopped while its old process is being put down; the caller sends
+    /// `true` on the returned sender once that is done.
+    fn begin_stop(&mut self) -> watch::Sender<bool> {
+        let (tx, rx) = watch::channel(false);
+        self.phase = Phase::Stopped;
+        self.stopping = Some(rx);
+        tx
+    }
 }
 
 enum Phase {
@@ -539,6 +553,7 @@ impl Supervisor {
                         failures: 0,
                         last_failure: None,
                         refused: None,
+                        stopping: None,
                     }),
                     active: AtomicUsize::new(0),
                     last_activity_ms: AtomicU64::new(0),
@@ -601,9 +616,14 @@ impl Supervisor {
                             .unwrap_or_else(Instant::now);
                         let (tx, rx) = watch::channel(None);
                         st.phase = Phase::Starting(rx.clone());
+                        let stopping = st.stopping.take();
                         let this = self.clone();
                         let slot = slot.clone();
                         tokio::spawn(async move {
+                            if let Some(mut done) = stopping {
+                                // An Err only means the stopper is gone: nothing to wait for.
+                                let _ = done.wait_for(|d| *d).await;
+                            }
                             tokio::time::sleep_until(not_before.into()).await;
                             let result = this.start(&slot).await;
                             let _ = tx.send(Some(result));
@@ -881,23 +901,24 @@ impl Supervisor {
     /// Stops `running` if it is still the slot's backend and no lease is held. Returns
     /// whether it stopped it.
     async fn stop_if_unused(&self, slot: &Arc<Slot>, running: &Arc<Running>, why: &str) -> bool {
-        {
+        let stopped = {
             let mut st = lock(&slot.state);
             let current = matches!(&st.phase, Phase::Running(r) if Arc::ptr_eq(r, running));
             if !current || slot.active.load(Ordering::Acquire) > 0 {
                 return false;
             }
-            st.phase = Phase::Stopped;
-        }
+            st.begin_stop()
+        };
         running.process.stop(self.inner.settings.stop_grace).await;
         self.close_port(running.process.uid, running.process.port)
             .await;
+        let _ = stopped.send(true);
         tracing::info!(pool = %self.inner.settings.pool.name, person = %slot.id, reason = why, "backend stopped");
         true
     }
 
     fn record_crash(&self, slot: &Slot, st: &mut SlotState, running: &Arc<Running>, status: &str) {
-        st.phase = Phase::Stopped;
+        let stopped = st.begin_stop();
         st.failures += 1;
         let what = format!("exited ({status})");
         st.last_failure = Some((Instant::now(), what.clone()));
@@ -911,6 +932,7 @@ impl Supervisor {
             running.process.stop(Duration::ZERO).await;
             this.close_port(running.process.uid, running.process.port)
                 .await;
+            let _ = stopped.send(true);
         });
     }
 
@@ -920,17 +942,18 @@ impl Supervisor {
         let slot = self.slot(id);
         let running = {
             let mut st = lock(&slot.state);
-            match std::mem::replace(&mut st.phase, Phase::Stopped) {
-                Phase::Running(r) => Some(r),
-                other => {
-                    st.phase = other;
-                    None
+            match &st.phase {
+                Phase::Running(r) => {
+                    let r = r.clone();
+                    Some((r, st.begin_stop()))
                 }
+                _ => None,
             }
         };
-        if let Some(r) = running {
+        if let Some((r, stopped)) = running {
             r.process.stop(self.inner.settings.stop_grace).await;
             self.close_port(r.process.uid, r.process.port).await;
+            let _ = stopped.send(true);
             tracing::info!(pool = %self.inner.settings.pool.name, person = %id, reason = "requested", "backend stopped");
         }
     }
