@@ -143,10 +143,14 @@ export async function startGatehouse(config, { env = {}, readyTimeoutMs = 30_000
   let redirectPort;
   if (typeof config === 'string') {
     yaml = config;
+    // The state store goes in this run's own directory unless the test names one.
+    if (yamlTopLevel(yaml, 'state_dir') === undefined) yaml += '\nstate_dir: state\n';
     port = portOf(yamlTopLevel(yaml, 'address'));
     redirectPort = portOf(yamlTopLevel(yaml, 'http_redirect_addr'));
   } else {
     const cfg = { ...config };
+    // The state store goes in this run's own directory unless the test names one.
+    if (cfg.state_dir === undefined) cfg.state_dir = 'state';
     if (!cfg.address) cfg.address = `127.0.0.1:${await freePort()}`;
     if (cfg.http_redirect_addr === undefined) cfg.http_redirect_addr = `127.0.0.1:${await freePort()}`;
     port = portOf(cfg.address);

@@ -28,6 +28,7 @@ pub mod jwt;
 pub mod oidc;
 pub mod seal;
 pub mod session;
+pub mod store;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -48,6 +49,7 @@ pub use session::{
     Handoff, LoginState, Session, SessionCodec, SessionRejected, SignOutRequest, UnixTime,
     VerifiedIdentity,
 };
+use store::{StateStore, StoreError};
 
 /// How long a login may take between the redirect to the IdP and the callback.
 pub const LOGIN_TTL_SECS: u64 = 600;
@@ -57,8 +59,6 @@ pub const HANDOFF_TTL_SECS: u64 = 60;
 pub const IDENTITY_JWT_TTL_SECS: u64 = 300;
 /// How long one signed identity JWT is reused for the same session and host.
 pub const IDENTITY_JWT_REUSE_SECS: u64 = 60;
-/// The most one-time values (handoff ids, sign-in bindings) remembered per kind.
-const ONCE_REMEMBERED_MAX: usize = 100_000;
 /// The most identity JWTs kept for reuse (expired ones are dropped first).
 const JWT_CACHE_MAX: usize = 10_000;
 
@@ -107,6 +107,9 @@ pub enum CallbackError {
     /// The IdP answered with `error`; holds its code, cut to 64 characters of `[A-Za-z0-9_]`.
     #[error("the identity provider reported an error: {0}")]
     IdpError(String),
+    /// This sign-in's `state` was already used by an earlier callback (a replay).
+    #[error("this sign-in was already completed or tried once; start again")]
+    StateUsed,
     /// The callback has neither `error` nor a non-empty `code`.
     #[error("the callback has no authorization code")]
     NoCode,
@@ -135,7 +138,10 @@ pub enum HandoffRejected {
         /// The host it was opened on.
         found: String,
     },
-    /// The token was already used (in this process).
+    /// The session it carries was ended (signed out) since it was made.
+    #[error("handoff token carries a session that was signed out")]
+    Revoked,
+    /// The token was already used.
     #[error("handoff token was already used")]
     Replayed,
     /// The browser's `<cookie>_handoff` cookie is missing or does not match the token's
@@ -153,6 +159,11 @@ pub struct LoginDone {
     pub return_url: String,
     /// Two-host flow: the browser binding to put into the handoff.
     pub binding: Option<String>,
+}
+
+/// The key of a person in the store's "not before" table: issuer and subject.
+fn person_key(iss: &str, sub: &str) -> String {
+    format!("{iss} {sub}")
 }
 
 /// The binding stored in a handoff for a browser holding `<cookie>_handoff = nonce`:
@@ -177,45 +188,10 @@ pub struct Auth {
     login_cookie: String,
     handoff_cookie: String,
     session_ttl: u64,
-    handoffs_used: OnceSet,
-    bindings_used: OnceSet,
+    /// Revoked sessions, "not before" times and one-time values ([`store`]).
+    store: Arc<dyn StateStore>,
     /// Identity JWTs already signed, by session id and host (see [`Auth::identity_jwt`]).
     jwt_cache: Mutex<HashMap<String, CachedJwt>>,
-}
-
-/// Values that may be used once each until they expire (per process).
-struct OnceSet {
-    what: &'static str,
-    used: Mutex<HashMap<String, UnixTime>>,
-}
-
-impl OnceSet {
-    fn new(what: &'static str) -> Self {
-        OnceSet {
-            what,
-            used: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// `true` the first time `key` is seen (it is then remembered until `until`).
-    fn first_use(&self, key: &str, until: UnixTime, now: UnixTime) -> bool {
-        let Ok(mut used) = self.used.lock() else {
-            return false;
-        };
-        if used.len() >= ONCE_REMEMBERED_MAX {
-            used.retain(|_, exp| *exp > now);
-        }
-        if used.len() >= ONCE_REMEMBERED_MAX {
-            // Only reachable by minting these faster than they expire. Each is bound to one
-            // browser, so forgetting them only reopens replay in that same browser.
-            tracing::warn!(
-                what = self.what,
-                "one-time memory full; forgetting values still valid"
-            );
-            used.clear();
-        }
-        used.insert(key.to_string(), until).is_none()
-    }
 }
 
 struct CachedJwt {
@@ -237,9 +213,10 @@ impl std::fmt::Debug for Auth {
 impl Auth {
     /// Everything for `config`: a key for each sealed value and the CSRF key, all derived
     /// from the cookie secret, the signing key (a random one for this process when
-    /// `signing_key` is not set) and the OIDC client. Nothing is fetched here: discovery
+    /// `signing_key` is not set), the OIDC client, and the state store that makes sessions
+    /// revocable and one-time values single-use. Nothing is fetched here: discovery
     /// waits for the first sign-in.
-    pub fn new(config: &Config) -> Result<Self, AuthSetupError> {
+    pub fn new(config: &Config, store: Arc<dyn StateStore>) -> Result<Self, AuthSetupError> {
         let secret = config.cookie.secret.expose();
         let signer = match &config.signing_key {
             Some(pem) => IdentitySigner::from_pem(pem.expose())?,
@@ -264,8 +241,7 @@ impl Auth {
             login_cookie: format!("{}_login", config.cookie.name),
             handoff_cookie: format!("{}_handoff", config.cookie.name),
             session_ttl: config.cookie.expire.as_secs().max(1),
-            handoffs_used: OnceSet::new("handoff"),
-            bindings_used: OnceSet::new("sign-in binding"),
+            store,
             jwt_cache: Mutex::new(HashMap::new()),
         })
     }
@@ -284,8 +260,59 @@ impl Auth {
     /// A sign-in link works once, so a link leaked after use (history, a shared screenshot)
     /// can't be replayed by someone else to mint a handoff that browser would accept.
     pub fn claim_binding(&self, binding: &str, now: UnixTime) -> bool {
-        self.bindings_used
-            .first_use(binding, now + LOGIN_TTL_SECS, now)
+        self.once("sign-in link", binding, now + LOGIN_TTL_SECS, now)
+    }
+
+    /// `true` the first time; `false` when seen before, or when the store cannot record it
+    /// (refusing is the only safe answer then: the store never forgets to make room).
+    fn once(&self, kind: &str, key: &str, until: UnixTime, now: UnixTime) -> bool {
+        match self.store.first_use(kind, key, until, now) {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::error!(error = %e, kind, "cannot record a one-time value; refusing it");
+                false
+            }
+        }
+    }
+
+    /// The verified session from the request's cookies, or why there is none: it must
+    /// open, be unexpired, not have been ended by sign-out, and have begun after the
+    /// person's "not before" time.
+    pub fn verify_session<'a>(
+        &self,
+        get: impl Fn(&str) -> Option<&'a str>,
+        now: UnixTime,
+    ) -> Result<VerifiedIdentity, SessionRejected> {
+        let id = self.session.decode(get, now)?;
+        self.check_not_revoked(id.session(), now)?;
+        Ok(id)
+    }
+
+    fn check_not_revoked(&self, s: &Session, now: UnixTime) -> Result<(), SessionRejected> {
+        if self.store.session_revoked(&s.sid, now) {
+            return Err(SessionRejected::Revoked);
+        }
+        if self
+            .store
+            .not_before(&person_key(&s.iss, &s.sub))
+            .is_some_and(|nb| s.iat < nb)
+        {
+            return Err(SessionRejected::Revoked);
+        }
+        Ok(())
+    }
+
+    /// Sign-out: the session is refused from now on, in every browser and on every host
+    /// that holds it, also after a restart, until it would have expired anyway.
+    pub fn end_session(&self, s: &Session, now: UnixTime) -> Result<(), StoreError> {
+        self.store.revoke_session(&s.sid, s.exp, now)
+    }
+
+    /// "Sign out of every browser": every session of this person that began by now is
+    /// refused from now on (they sign in again to get a new one).
+    pub fn end_every_session(&self, iss: &str, sub: &str, now: UnixTime) -> Result<(), StoreError> {
+        // `iat` has whole seconds: a session begun in this same second is ended too.
+        self.store.set_not_before(&person_key(iss, sub), now + 1)
     }
 
     /// Starts a sign-in. Returns the IdP URL to redirect to, and the sealed login cookie value.
@@ -331,6 +358,11 @@ impl Auth {
         let state = query.get("state").map(String::as_str).unwrap_or("");
         if !bool::from(state.as_bytes().ct_eq(login.state.as_bytes())) {
             return Err(CallbackError::StateMismatch);
+        }
+        // Single-use: a copied login cookie replayed with made-up codes must not drive
+        // calls to the token endpoint. Used before the code is even looked at.
+        if !self.once("sign-in state", &login.state, login.exp, now) {
+            return Err(CallbackError::StateUsed);
         }
         if let Some(err) = query.get("error") {
             let short: String = err
@@ -397,8 +429,7 @@ impl Auth {
     /// `binding_cookie` (the `<cookie>_handoff` value set when it was sent to sign in).
     /// Refused if the cookie does not match: a handoff taken from one browser and opened in
     /// another would otherwise sign the second one in as the first (login CSRF). Works once
-    /// per process (a replica that did not see it used would accept it within its 60 s, but
-    /// only in the same browser).
+    /// (the store remembers it), and not once its session was signed out.
     pub fn open_handoff(
         &self,
         token: &str,
@@ -427,7 +458,10 @@ impl Auth {
         if h.binding.is_empty() || !bool::from(expected.as_bytes().ct_eq(h.binding.as_bytes())) {
             return Err(HandoffRejected::NotThisBrowser);
         }
-        if !self.handoffs_used.first_use(&h.jti, h.exp, now) {
+        if self.check_not_revoked(&h.session, now).is_err() {
+            return Err(HandoffRejected::Revoked);
+        }
+        if !self.once("handoff", &h.jti, h.exp, now) {
             return Err(HandoffRejected::Replayed);
         }
         Ok((VerifiedIdentity::new(h.session), h.return_url))

@@ -93,6 +93,9 @@ pub enum SessionRejected {
     /// The session is past its `exp`.
     #[error("session expired")]
     Expired,
+    /// The session was ended by sign-out, or began before the person's "not before" time.
+    #[error("session was signed out")]
+    Revoked,
 }
 
 /// Reads and writes the session cookie (chunked when large).

@@ -200,6 +200,11 @@ pub struct Config {
     pub literal_secrets: Vec<(String, Origin)>,
     /// `log_level` (default `info`).
     pub log_level: String,
+    /// `state_dir`: the state store's directory (revoked sessions, one-time values),
+    /// default `state` beside the first pool's `data_root` (`/var/lib/gatehouse/state`).
+    pub state_dir: PathBuf,
+    /// Where `state_dir` was set ([`Origin::Default`] when it was not), for its errors.
+    pub state_dir_origin: Origin,
     /// Non-fatal notes (deprecated or ignored keys), shown by `check` and logged at start.
     pub warnings: Vec<ConfigError>,
 }
@@ -258,8 +263,13 @@ pub enum SameSite {
 /// The session cookie (`cookie_*`). Gatehouse always sets `HttpOnly` and `Secure`.
 #[derive(Debug)]
 pub struct CookieConfig {
-    /// `cookie_name`, default `_pomerium`.
+    /// `cookie_name`, default `_pomerium` (`__Host-gatehouse` with `cookie_host_prefix`).
+    /// With `cookie_host_prefix`, it begins with `__Host-`.
     pub name: String,
+    /// `cookie_host_prefix` (or a `cookie_name` that begins with `__Host-`): the cookies
+    /// are `__Host-` cookies, which the browser takes only from this exact host over HTTPS,
+    /// so a sibling subdomain cannot set them (cookie tossing). Never with `domain`.
+    pub host_prefix: bool,
     /// `cookie_secret`: exactly 32 bytes after base64 decoding.
     pub secret: Secret<[u8; 32]>,
     /// `cookie_expire`, default 14h.

@@ -47,6 +47,8 @@ const TOP_KEYS: &[&[&str]] = &[
     &["cookie_same_site"],
     &["cookie_http_only"],
     &["cookie_secure"],
+    &["cookie_host_prefix"],
+    &["state_dir"],
     &["signing_key"],
     &["allowed_domains"],
     &["allowed_groups"],
@@ -81,6 +83,11 @@ const TOP_IGNORED: &[&str] = &[
 
 const GOOGLE_ISSUER: &str = "https://accounts.google.com";
 const DEFAULT_COOKIE_NAME: &str = "_pomerium";
+/// The cookie name with `cookie_host_prefix` and no `cookie_name`.
+const DEFAULT_HOST_COOKIE_NAME: &str = "__Host-gatehouse";
+const HOST_PREFIX: &str = "__Host-";
+/// `state_dir` without pools (with pools: `state` beside the first one's `data_root`).
+const DEFAULT_STATE_DIR: &str = "/var/lib/gatehouse/state";
 const DEFAULT_COOKIE_EXPIRE: Duration = Duration::from_secs(14 * 60 * 60);
 const DEFAULT_SCOPES: &[&str] = &["openid", "email", "profile"];
 const DEFAULT_PORT: u16 = 443;
@@ -348,6 +355,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         take("cookie_same_site"),
         take("cookie_http_only"),
         take("cookie_secure"),
+        take("cookie_host_prefix"),
     );
 
     let signing_key = signing_key_setting.and_then(|s| {
@@ -397,6 +405,20 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
     let (backends, pool_names) = match fields.take("backends") {
         Some(entry) => backend::pools(ctx, &entry),
         None => (Vec::new(), Vec::new()),
+    };
+    let state_dir = match take("state_dir") {
+        Some(s) => ctx.non_empty(&s).map(|t| {
+            let p = std::path::PathBuf::from(t.value);
+            (if p.is_relative() { ctx.dir.join(p) } else { p }, t.origin)
+        }),
+        None => Some((
+            backends
+                .first()
+                .and_then(|p: &crate::BackendPool| p.data_root.parent())
+                .map(|d| d.join("state"))
+                .unwrap_or_else(|| std::path::PathBuf::from(DEFAULT_STATE_DIR)),
+            Origin::Default,
+        )),
     };
     let routes = match fields.take("routes") {
         Some(entry) => route::routes(ctx, &entry, &pool_names),
@@ -492,6 +514,8 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         backends,
         literal_secrets,
         log_level,
+        state_dir: state_dir.as_ref()?.0.clone(),
+        state_dir_origin: state_dir?.1,
         warnings,
     })
 }
@@ -752,13 +776,24 @@ fn cookie(
     same_site: Option<Setting<'_>>,
     http_only: Option<Setting<'_>>,
     secure: Option<Setting<'_>>,
+    host_prefix: Option<Setting<'_>>,
 ) -> Option<CookieConfig> {
+    let prefix_asked = host_prefix.and_then(|s| ctx.flag(&s)).unwrap_or(false);
     let name = match name {
         Some(s) => ctx
             .non_empty(&s)
-            .and_then(|t| ctx.check(&t.origin, &s.path, values::cookie_name(t.value.trim()))),
+            .and_then(|t| ctx.check(&t.origin, &s.path, values::cookie_name(t.value.trim())))
+            .map(|n| {
+                if prefix_asked && !n.starts_with(HOST_PREFIX) {
+                    format!("{HOST_PREFIX}{n}")
+                } else {
+                    n
+                }
+            }),
+        None if prefix_asked => Some(DEFAULT_HOST_COOKIE_NAME.to_string()),
         None => Some(DEFAULT_COOKIE_NAME.to_string()),
     };
+    let host_prefix = prefix_asked || name.as_ref().is_some_and(|n| n.starts_with(HOST_PREFIX));
     let secret = match secret {
         Some(s) => ctx.text(&s).and_then(|t: Text| {
             if t.value.trim().is_empty() {
@@ -784,7 +819,22 @@ fn cookie(
         if t.value.trim().is_empty() {
             return None;
         }
-        ctx.check(&t.origin, &s.path, values::cookie_domain(&t.value))
+        let d = ctx.check(&t.origin, &s.path, values::cookie_domain(&t.value))?;
+        if host_prefix {
+            ctx.error(
+                t.origin,
+                format!(
+                    "{}: a `__Host-` cookie (cookie_host_prefix: true, or a cookie_name that \
+                     begins with `__Host-`) cannot carry a Domain, so it cannot be shared \
+                     with other hosts; remove cookie_domain (each route host then gets its \
+                     own session, through authenticate_service_url) or set \
+                     cookie_host_prefix: false",
+                    s.path
+                ),
+            );
+            return None;
+        }
+        Some(d)
     });
     let same_site = match same_site {
         Some(s) => ctx
@@ -812,5 +862,6 @@ fn cookie(
         expire: expire?,
         domain,
         same_site: same_site?,
+        host_prefix,
     })
 }

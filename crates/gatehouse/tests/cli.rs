@@ -569,3 +569,96 @@ fn group_rules_on_google_without_the_directory_are_an_error() {
     );
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+/// A config without pools whose state store is `state_dir`, on an address already taken
+/// (so a serve that got past the store would stop at once instead of running).
+fn store_config(dir: &Path, state_dir: &Path, taken: u16) -> PathBuf {
+    std::fs::create_dir_all(dir).expect("make the test dir");
+    let file = dir.join("gatehouse.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "address: 127.0.0.1:{taken}\ninsecure_server: true\nidp_provider: oidc\n\
+             idp_provider_url: http://127.0.0.1:9\nidp_client_id: x\n\
+             idp_client_secret: ${{IDP_SECRET}}\ncookie_secret: {SECRET}\n\
+             allowed_domains: [example.com]\nstate_dir: {}\nroutes:\n\
+             \x20 - from: https://a.example.com\n    to: http://127.0.0.1:9\n",
+            state_dir.display()
+        ),
+    )
+    .expect("write the config");
+    file
+}
+
+#[test]
+fn serve_refuses_a_state_store_that_is_not_a_database() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-cli-store-{}", std::process::id()));
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let db = state.join("gatehouse.sqlite3");
+    std::fs::write(&db, vec![b'x'; 4096]).expect("write junk");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let (code, stderr) = serve(&store_config(&dir, &state, port));
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("state_dir: state store {}", db.display()))
+            && stderr.contains("not a Gatehouse state database")
+            && stderr.contains("move the file aside")
+            && stderr.contains("nothing was started"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&db).expect("read").len(),
+        4096,
+        "the damaged file is left as it was, for inspection"
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
+fn serve_refuses_a_state_dir_it_cannot_write() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-cli-ro-{}", std::process::id()));
+    let state = dir.join("state");
+    std::fs::create_dir_all(&state).expect("mkdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let config = store_config(&dir, &state, port);
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    }
+    // Root writes anywhere its mode bits say no, so the directory is made read-only the way
+    // a read-only volume is: a read-only bind mount, in a mount namespace of its own.
+    let mut cmd = if is_root() {
+        let mut c = Command::new("unshare");
+        c.args(["--mount", "sh", "-c"])
+            .arg(r#"mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@""#)
+            .arg("sh")
+            .arg(&state)
+            .arg(env!("CARGO_BIN_EXE_gatehouse"));
+        c
+    } else {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o500)).expect("chmod");
+        Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+    };
+    let out = cmd
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env("IDP_SECRET", "s")
+        .output()
+        .expect("run gatehouse serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:9:12: state_dir: state store {}",
+            config.display(),
+            state.display()
+        )) && stderr.contains("cannot write the database")
+            && stderr.contains("make the directory writable"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -23,6 +23,8 @@ use crate::state::{State, person_id};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum FormAction {
     SignOut,
+    /// Sign-out of every session of this person, in every browser.
+    SignOutEverywhere,
     RestartBackend,
 }
 
@@ -42,6 +44,8 @@ pub(crate) fn page(
         "backend/restart" if post => return Step::ReadForm(FormAction::RestartBackend),
         "sign_out" if post => return Step::ReadForm(FormAction::SignOut),
         "sign_out" => user_page(st, backends, id),
+        "sign_out_everywhere" if post => return Step::ReadForm(FormAction::SignOutEverywhere),
+        "sign_out_everywhere" => user_page(st, backends, id),
         other => return refuse(ctx, Refusal::NoSuchPage { name: other.into() }),
     })
 }
@@ -91,7 +95,7 @@ pub(crate) async fn submit(
     if !origin_ok || !token_ok {
         tracing::info!(user = %s.email, origin_ok, token_ok, action = ?action, "form refused: missing or wrong CSRF token");
         let refusal = Refusal::FormNotConfirmed {
-            sign_out: action == FormAction::SignOut,
+            sign_out: action != FormAction::RestartBackend,
         };
         ctx.outcome = Some(Outcome::from(&refusal));
         return pages::refusal(&refusal);
@@ -109,9 +113,26 @@ pub(crate) async fn submit(
             sup.restart(&person).await;
             Page::redirect(303, "/.gatehouse/")
         }
-        FormAction::SignOut => {
+        FormAction::SignOut | FormAction::SignOutEverywhere => {
+            let everywhere = action == FormAction::SignOutEverywhere;
+            // Recorded first: the cookie may have been copied, and the browser may not
+            // delete it. If it cannot be recorded, say so rather than pretend.
+            let t = now();
+            let recorded = if everywhere {
+                st.auth.end_every_session(&s.iss, &s.sub, t)
+            } else {
+                st.auth.end_session(s, t)
+            };
+            if let Err(e) = recorded {
+                tracing::error!(user = %s.email, error = %e, "sign-out could not be recorded");
+                let refusal = Refusal::SignOutNotRecorded {
+                    request_id: pages::request_id(),
+                };
+                ctx.outcome = Some(Outcome::from(&refusal));
+                return pages::refusal(&refusal);
+            }
             let ended = live.end_person_streams(&s.iss, &s.sub);
-            tracing::info!(user = %s.email, streams_ended = ended, "signed out");
+            tracing::info!(user = %s.email, streams_ended = ended, everywhere, "signed out");
             // Pools that say so also stop the person's backend.
             let person = person_id(id);
             for sup in live
@@ -125,7 +146,7 @@ pub(crate) async fn submit(
             let signed_out = format!("{scheme}://{}/.gatehouse/signed_out", ctx.authority);
             let location = match &st.auth_host {
                 Some(a) => {
-                    let token = st.auth.seal_sign_out(&signed_out, &s.sid, now());
+                    let token = st.auth.seal_sign_out(&signed_out, &s.sid, t);
                     format!("{}/.gatehouse/sign_out?token={token}", a.origin)
                 }
                 None => signed_out,

@@ -17,7 +17,8 @@ use crate::endpoints;
 use crate::pages::{self, Page, request_id};
 use crate::refusal::{Outcome, Refusal};
 use crate::request::{
-    cross_origin_write, gatehouse_path, is_cors_preflight, is_navigation, request_cookies,
+    cross_origin_write, duplicated_cookie, gatehouse_path, is_cors_preflight, is_navigation,
+    request_cookies,
 };
 use crate::routes::{is_canonical_path, split_host};
 use crate::signin;
@@ -146,6 +147,12 @@ pub(crate) async fn decide(
     }
 
     let jar = request_cookies(req);
+    if let Some(name) = duplicated_cookie(&jar, |n| st.auth.session.is_own_cookie(n)) {
+        tracing::warn!(cookie = name, host = %host, "a Gatehouse cookie came twice (cookie tossing?); refused");
+        let refusal = Refusal::DuplicateCookie { name: name.into() };
+        ctx.outcome = Some(Outcome::from(&refusal));
+        return Step::Respond(st.with_cleared_cookies(pages::refusal(&refusal)));
+    }
     match gh {
         Some("callback") => {
             return Step::Respond(signin::route_callback(st, req, &jar, &host).await);

@@ -174,27 +174,76 @@ impl Live {
     }
 }
 
+/// What a config is prepared for: each step adds checks (and side effects) to the last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    /// `policy explain`, `policy test`: the machine is not looked at.
+    Offline,
+    /// `check`: also the checks against this machine, but nothing is created.
+    Check,
+    /// `serve`: also opens (or creates) the state store in `state_dir`.
+    Serve,
+}
+
 /// Checks what the config crate cannot (certificates, keys, upstream addresses) and builds
 /// the request-time state. All problems are reported together, each at its config position.
-/// For the offline tools (`policy explain`, `policy test`): the machine is not checked.
+/// For the offline tools (`policy explain`, `policy test`): the machine is not checked, and
+/// the state store lives in memory.
 pub fn prepare(config: &Config) -> Result<Prepared, ConfigErrors> {
-    prepare_with(config, false)
+    prepare_with(config, Purpose::Offline)
 }
 
-/// [`prepare`], plus the checks against this machine that `check` and `serve` make: the
-/// backend pools' isolation and confinement, and Gatehouse's secret files (issue 9).
+/// [`prepare`], plus the checks against this machine that `check` makes: the backend
+/// pools' isolation and confinement, and Gatehouse's secret files (issue 9).
+pub fn prepare_to_check(config: &Config) -> Result<Prepared, ConfigErrors> {
+    prepare_with(config, Purpose::Check)
+}
+
+/// [`prepare_to_check`], and the state store opened from `state_dir` (created if missing;
+/// a damaged or unwritable one is an error).
 pub fn prepare_to_serve(config: &Config) -> Result<Prepared, ConfigErrors> {
-    prepare_with(config, true)
+    prepare_with(config, Purpose::Serve)
 }
 
-fn prepare_with(config: &Config, check_host: bool) -> Result<Prepared, ConfigErrors> {
+fn open_store(
+    config: &Config,
+    purpose: Purpose,
+) -> Result<Arc<dyn gatehouse_auth::store::StateStore>, ConfigError> {
+    use gatehouse_auth::store::SqliteStore;
+    let store = if purpose == Purpose::Serve {
+        SqliteStore::open(&config.state_dir, gatehouse_auth::now())
+    } else {
+        SqliteStore::in_memory()
+    };
+    match store {
+        Ok(s) => Ok(Arc::new(s)),
+        Err(e) => Err(ConfigError::new(
+            config.state_dir_origin.clone(),
+            match config.state_dir_origin {
+                gatehouse_config::Origin::Default => {
+                    format!("state_dir (not set, so the default): {e}")
+                }
+                _ => format!("state_dir: {e}"),
+            },
+        )),
+    }
+}
+
+fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErrors> {
+    let check_host = purpose != Purpose::Offline;
     let mut errors: Vec<ConfigError> = Vec::new();
     let mut notes = Vec::new();
 
-    let auth = match Auth::new(config) {
-        Ok(a) => Some(a),
+    let auth = match open_store(config, purpose) {
+        Ok(store) => match Auth::new(config, store) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                errors.push(ConfigError::new(config.idp.origin.clone(), e.to_string()));
+                None
+            }
+        },
         Err(e) => {
-            errors.push(ConfigError::new(config.idp.origin.clone(), e.to_string()));
+            errors.push(e);
             None
         }
     };

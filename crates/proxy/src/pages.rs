@@ -97,8 +97,14 @@ footer{{margin-top:1.5rem;color:#7a8391;font-size:.85rem}}</style></head>\
 }
 
 fn sign_out_form(csrf: &str, label: &str) -> String {
+    post_form("sign_out", csrf, label)
+}
+
+/// A button that posts to `/.gatehouse/<action>` with the session's CSRF token.
+fn post_form(action: &str, csrf: &str, label: &str) -> String {
     format!(
-        "<form method=\"post\" action=\"/.gatehouse/sign_out\"><input type=\"hidden\" name=\"csrf_token\" value=\"{}\"><button type=\"submit\">{}</button></form>",
+        "<form method=\"post\" action=\"/.gatehouse/{}\"><input type=\"hidden\" name=\"csrf_token\" value=\"{}\"><button type=\"submit\">{}</button></form>",
+        attr(action),
         attr(csrf),
         text(label)
     )
@@ -236,8 +242,8 @@ fn backend_unavailable(status: u16, what: &str, request_id: &str) -> Page {
     )
 }
 
-/// The user page: the person's session, their backends with a restart button each, and
-/// a sign-out button.
+/// The user page: the person's session, their backends with a restart button each, a
+/// sign-out button, and one that signs them out of every browser.
 pub fn user_page(v: &UserView<'_>) -> Page {
     let groups = if v.groups.is_empty() {
         "(none)".to_string()
@@ -248,14 +254,15 @@ pub fn user_page(v: &UserView<'_>) -> Page {
         200,
         "Your session",
         &format!(
-            "<dl><dt>Email</dt><dd>{}</dd><dt>Name</dt><dd>{}</dd><dt>User</dt><dd class=\"mono\">{}</dd><dt>Groups</dt><dd>{}</dd><dt>Session ends</dt><dd>{}</dd></dl>{}{}",
+            "<dl><dt>Email</dt><dd>{}</dd><dt>Name</dt><dd>{}</dd><dt>User</dt><dd class=\"mono\">{}</dd><dt>Groups</dt><dd>{}</dd><dt>Session ends</dt><dd>{}</dd></dl>{}{}{}",
             text(v.email),
             text(v.name.unwrap_or("")),
             text(v.user),
             text(&groups),
             text(&v.expires),
             backends_section(v),
-            sign_out_form(v.csrf, "Sign out")
+            sign_out_form(v.csrf, "Sign out"),
+            post_form("sign_out_everywhere", v.csrf, "Sign out of every browser")
         ),
     )
 }
@@ -355,6 +362,11 @@ pub(crate) fn refusal(r: &Refusal) -> Page {
             "Request headers too large",
             "<p>This request's headers (often its cookies) are larger than Gatehouse accepts. Clear this site's cookies and try again.</p>",
         ),
+        Refusal::DuplicateCookie { name } => bad_request(&format!(
+            "Your browser sent two cookies named {name}. Another site under the same domain \
+             may have set one to take over your session here, so Gatehouse accepts neither. \
+             Clear this site's cookies (and those of its parent domain), then sign in again."
+        )),
         Refusal::UnusualPath => bad_request(
             "This address has an unusual form (an empty, \".\" or \"..\" segment, a backslash, or an escaped character that needs no escaping). Use the plain form of the address.",
         ),
@@ -390,6 +402,11 @@ pub(crate) fn refusal(r: &Refusal) -> Page {
         Refusal::SignOutLinkInvalid => {
             bad_request("This sign-out link is not valid (it may have expired).")
         }
+        Refusal::SignOutNotRecorded { request_id } => upstream_error(
+            500,
+            "Gatehouse could not record your sign-out, so your session is still valid. Try again; if it keeps failing, tell your administrator.",
+            request_id,
+        ),
         Refusal::IdpUnreachable { request_id } => upstream_error(
             502,
             "Gatehouse cannot reach the identity provider to sign you in. Try again in a moment.",

@@ -16,6 +16,9 @@ pub(crate) enum Refusal {
     BadHost,
     /// The request's header block is larger than [`crate::flow::MAX_HEADER_BYTES`].
     HeadersTooLarge,
+    /// One of Gatehouse's own cookies came more than once (cookie tossing, or a leftover
+    /// from before `cookie_domain` changed).
+    DuplicateCookie { name: String },
     /// A path with empty, `.` or `..` segments, a backslash, or a needless escape.
     UnusualPath,
     /// No route for this host (and port, and path).
@@ -47,6 +50,8 @@ pub(crate) enum Refusal {
     SignInLinkUsed,
     /// A sign-out link that is not valid (expired, forged).
     SignOutLinkInvalid,
+    /// A sign-out could not be written to the state store (the session is still valid).
+    SignOutNotRecorded { request_id: String },
     /// The identity provider could not be reached to start a sign-in.
     IdpUnreachable { request_id: String },
     /// The person's backend is starting (a browser navigation; the page reloads itself).
@@ -77,6 +82,8 @@ impl Refusal {
         match self {
             Refusal::BadHost => "bad-host",
             Refusal::HeadersTooLarge => "headers-too-large",
+            Refusal::DuplicateCookie { .. } => "duplicate-cookie",
+            Refusal::SignOutNotRecorded { .. } => "sign-out-not-recorded",
             Refusal::UnusualPath => "unusual-path",
             Refusal::NoRoute { .. } => "no-route",
             Refusal::PolicyDenied { reason, .. } => reason.code(),
@@ -142,6 +149,10 @@ mod tests {
         let all = [
             Refusal::BadHost,
             Refusal::HeadersTooLarge,
+            Refusal::DuplicateCookie { name: "x".into() },
+            Refusal::SignOutNotRecorded {
+                request_id: "r".into(),
+            },
             Refusal::UnusualPath,
             Refusal::NoRoute { host: "x".into() },
             Refusal::CrossOrigin,

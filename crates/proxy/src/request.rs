@@ -47,10 +47,32 @@ pub(crate) fn cookie_name(part: &[u8]) -> &[u8] {
         .trim_ascii()
 }
 
+/// The value of the cookie `name`, for Gatehouse's own cookies: `None` when it is missing
+/// and also when the request carries it more than once. A second value is how cookie
+/// tossing looks (a sibling subdomain or an upstream's script set one with `Domain=` the
+/// parent or a longer `Path`, which the browser sends first); no value is trusted then.
 pub(crate) fn cookie_lookup<'a>(
     jar: &'a [(String, String)],
 ) -> impl Fn(&str) -> Option<&'a str> + 'a {
-    move |name| jar.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    move |name| {
+        let mut values = jar
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
+        let first = values.next()?;
+        values.next().is_none().then_some(first)
+    }
+}
+
+/// The first of Gatehouse's own cookies (`own` says which names are) that the request
+/// carries more than once, if any.
+pub(crate) fn duplicated_cookie(
+    jar: &[(String, String)],
+    own: impl Fn(&[u8]) -> bool,
+) -> Option<&str> {
+    jar.iter().enumerate().find_map(|(i, (k, _))| {
+        (own(k.as_bytes()) && jar[..i].iter().any(|(j, _)| j == k)).then_some(k.as_str())
+    })
 }
 
 pub(crate) fn query_map(query: Option<&str>) -> HashMap<String, String> {
@@ -240,6 +262,27 @@ mod tests {
                 ("b".into(), "2".into()),
                 ("c".into(), "3".into())
             ]
+        );
+    }
+
+    #[test]
+    fn an_own_cookie_sent_twice_has_no_value() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        // A tossed `_pomerium` (Domain=parent, Path=/session) comes first, then ours.
+        r.append_header("cookie", "_pomerium=tossed; other=1; _pomerium=ours")
+            .unwrap();
+        let jar = request_cookies(&r);
+        assert_eq!(cookie_lookup(&jar)("_pomerium"), None);
+        assert_eq!(cookie_lookup(&jar)("other"), Some("1"));
+        let own = |n: &[u8]| n.starts_with(b"_pomerium");
+        assert_eq!(duplicated_cookie(&jar, own), Some("_pomerium"));
+        let mut once = RequestHeader::build("GET", b"/", None).unwrap();
+        once.append_header("cookie", "_pomerium=a; _pomerium_login=b; x=1; x=2")
+            .unwrap();
+        assert_eq!(
+            duplicated_cookie(&request_cookies(&once), own),
+            None,
+            "another app's duplicates are its own business"
         );
     }
 }

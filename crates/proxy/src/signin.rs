@@ -13,7 +13,9 @@ use gatehouse_config::SameSite;
 
 use crate::pages::{self, Page, request_id};
 use crate::refusal::Refusal;
-use crate::request::{cookie_lookup, is_api_request, query_map, request_cookies};
+use crate::request::{
+    cookie_lookup, duplicated_cookie, is_api_request, query_map, request_cookies,
+};
 use crate::state::State;
 
 impl State {
@@ -64,17 +66,26 @@ impl State {
         out
     }
 
-    /// Set-Cookie headers that delete the session (every chunk) and the login cookie.
+    /// Set-Cookie headers that delete the session (every chunk, also a host-only copy left
+    /// from before `cookie_domain` was set) and the login cookie.
     pub(crate) fn clear_session_cookies(&self) -> Vec<String> {
-        let mut out: Vec<String> = self
-            .auth
-            .session
-            .chunk_names()
-            .map(|chunk| self.set_cookie(&chunk, "", 0, self.cookie.same_site, true))
-            .collect();
+        let mut out: Vec<String> = Vec::new();
+        for chunk in self.auth.session.chunk_names() {
+            out.push(self.set_cookie(&chunk, "", 0, self.cookie.same_site, true));
+            if self.cookie.domain.is_some() {
+                out.push(self.set_cookie(&chunk, "", 0, self.cookie.same_site, false));
+            }
+        }
         out.push(self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false));
         out.push(self.set_cookie(self.auth.handoff_cookie_name(), "", 0, SameSite::Lax, false));
         out
+    }
+
+    /// `page` with every Gatehouse cookie this host can delete deleted.
+    pub(crate) fn with_cleared_cookies(&self, page: Page) -> Page {
+        self.clear_session_cookies()
+            .into_iter()
+            .fold(page, |p, c| p.with_header("set-cookie", c))
     }
 
     /// `return_url` is acceptable only if it is a URL of a configured route.
@@ -127,9 +138,10 @@ impl State {
         }
     }
 
-    /// The identity from the session cookie, if it verifies and has not expired.
+    /// The identity from the session cookie, if it verifies, has not expired and was not
+    /// signed out.
     pub(crate) fn identity(&self, jar: &[(String, String)]) -> Option<VerifiedIdentity> {
-        match self.auth.session.decode(cookie_lookup(jar), now()) {
+        match self.auth.verify_session(cookie_lookup(jar), now()) {
             Ok(id) => Some(id),
             Err(gatehouse_auth::SessionRejected::Missing) => None,
             Err(e) => {
@@ -317,6 +329,11 @@ pub(crate) async fn authenticate_host(
     };
     let query = query_map(req.uri.query());
     let jar = request_cookies(req);
+    if let Some(name) = duplicated_cookie(&jar, |n| st.auth.session.is_own_cookie(n)) {
+        tracing::warn!(cookie = name, host = %auth_host.host, "a Gatehouse cookie came twice (cookie tossing?); refused");
+        let refusal = Refusal::DuplicateCookie { name: name.into() };
+        return st.with_cleared_cookies(pages::refusal(&refusal));
+    }
     let t = now();
     if path == "/oauth2/callback" {
         return match st
@@ -386,9 +403,12 @@ pub(crate) async fn authenticate_host(
             let mut page = Page::redirect(302, &target);
             // End this host's session only if it is the one being signed out, so a
             // sign-out link can't be used to sign someone else out.
+            // (Read without the revocation check: that session was just signed out.)
             if st
-                .identity(&jar)
-                .is_some_and(|id| id.session().sid == req.sid)
+                .auth
+                .session
+                .decode(cookie_lookup(&jar), t)
+                .is_ok_and(|id| id.session().sid == req.sid)
             {
                 for c in st.clear_session_cookies() {
                     page = page.with_header("set-cookie", c);

@@ -92,3 +92,8 @@ fn criteria_that_can_never_match_are_warnings_with_a_fix() {
     let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
     assert_golden(name, &format!("{}\n", warnings.join("\n")));
 }
+
+#[test]
+fn a_host_prefixed_cookie_with_a_domain_is_refused() {
+    check("cookie-host-prefix-with-domain", &[]);
+}

@@ -391,7 +391,9 @@ fn every_supported_key_is_read() {
          idp_client_id: cid\n\
          idp_client_secret: cs\n\
          idp_scopes: [openid, email]\n\
-         cookie_name: __Host-gh\n\
+         cookie_name: gh\n\
+         cookie_host_prefix: false\n\
+         state_dir: run/state\n\
          cookie_secret: AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8\n\
          cookie_expire: 1h30m\n\
          cookie_domain: .Example.com\n\
@@ -424,7 +426,9 @@ fn every_supported_key_is_read() {
         Some("[::]:80".parse().expect("addr"))
     );
     assert_eq!(config.idp.issuer.as_str(), "http://127.0.0.1:9000/");
-    assert_eq!(config.cookie.name, "__Host-gh");
+    assert_eq!(config.cookie.name, "gh");
+    assert!(!config.cookie.host_prefix);
+    assert_eq!(config.state_dir, Path::new("run/state"));
     assert_eq!(config.cookie.expire, Duration::from_secs(5400));
     assert_eq!(config.cookie.domain.as_deref(), Some(".example.com"));
     assert_eq!(config.cookie.same_site, SameSite::Strict);
@@ -455,7 +459,7 @@ fn every_supported_key_is_read() {
     assert_eq!(
         messages_of(&config.warnings),
         [
-            "config.yaml:21:9: routes[0].to: lists 2 upstreams, but load balancing is not supported yet; only the \
+            "config.yaml:23:9: routes[0].to: lists 2 upstreams, but load balancing is not supported yet; only the \
          first is used"
         ]
     );
@@ -1208,4 +1212,56 @@ routes:
             .iter()
             .any(|w| w.to_string().contains("any Google account"))
     );
+}
+
+#[test]
+fn cookie_host_prefix_names_the_cookies_host_only() {
+    let plain = ok(&with_secret(MINIMAL), &[]);
+    assert_eq!(plain.cookie.name, "_pomerium", "Pomerium's name by default");
+    assert!(!plain.cookie.host_prefix);
+    let prefixed = ok(
+        &with_secret(&format!("cookie_host_prefix: true\n{MINIMAL}")),
+        &[],
+    );
+    assert_eq!(prefixed.cookie.name, "__Host-gatehouse");
+    assert!(prefixed.cookie.host_prefix);
+    let named = ok(
+        &with_secret(&format!(
+            "cookie_host_prefix: true\ncookie_name: gh\n{MINIMAL}"
+        )),
+        &[],
+    );
+    assert_eq!(named.cookie.name, "__Host-gh");
+    let written = ok(
+        &with_secret(&format!("cookie_name: __Host-gh\n{MINIMAL}")),
+        &[],
+    );
+    assert!(
+        written.cookie.host_prefix,
+        "a __Host- name is a host-only cookie too"
+    );
+}
+
+#[test]
+fn state_dir_defaults_beside_the_first_pools_data_root() {
+    let without_pools = ok(&with_secret(MINIMAL), &[]);
+    assert_eq!(
+        without_pools.state_dir,
+        Path::new("/var/lib/gatehouse/state")
+    );
+    let with_pool = ok(
+        &with_secret(
+            "idp_client_id: gatehouse-test\n\
+             idp_client_secret: s\n\
+             allowed_domains: [example.com]\n\
+             backends:\n\
+             \x20 opencode:\n\
+             \x20   data_root: /srv/gh/homes\n\
+             routes:\n\
+             \x20 - from: https://app.example.com\n\
+             \x20   to_backend: opencode\n",
+        ),
+        &[],
+    );
+    assert_eq!(with_pool.state_dir, Path::new("/srv/gh/state"));
 }

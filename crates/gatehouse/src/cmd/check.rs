@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 /// Exit 0 with a summary (and the warnings) when the config is valid, 1 when not.
 pub fn run(path: &Path) -> ExitCode {
-    let (config, prepared) = match super::load_to_serve(path) {
+    let (config, prepared) = match super::load_to_check(path) {
         Ok(x) => x,
         Err(code) => return code,
     };

@@ -19,7 +19,12 @@ fn load(path: &Path, fail: u8) -> Result<(Config, Prepared), ExitCode> {
     load_with(path, fail, gatehouse_proxy::prepare)
 }
 
-/// [`load`] with the checks against this machine (`check`, `serve`).
+/// [`load`] with the checks against this machine (`check`).
+fn load_to_check(path: &Path) -> Result<(Config, Prepared), ExitCode> {
+    load_with(path, 1, gatehouse_proxy::prepare_to_check)
+}
+
+/// [`load_to_check`], and the state store opened (`serve`).
 fn load_to_serve(path: &Path) -> Result<(Config, Prepared), ExitCode> {
     load_with(path, 1, gatehouse_proxy::prepare_to_serve)
 }

@@ -1,0 +1,474 @@
+//! The state store: the little that must outlive a request and a restart (docs/design.md,
+//! "The state store"). Sessions stay sealed cookies; the store holds only what makes them
+//! revocable, and the values that may be used once:
+//!
+//! - session ids ended by sign-out, each until the session would have expired;
+//! - a per-person "not before" time: sessions that began earlier are refused;
+//! - one-time values (sign-in `state`, handoff ids, sign-in links), each until it expires.
+//!
+//! [`StateStore`] is the interface; [`SqliteStore`] the embedded SQLite database in
+//! `state_dir` that implements it. A shared SQL database for several replicas would be a
+//! second implementation. Nothing is evicted before it expires: a store that cannot
+//! remember refuses (a one-time value is then treated as used), it never forgets to make
+//! room.
+//!
+//! ```
+//! use gatehouse_auth::store::{SqliteStore, StateStore};
+//! let store = SqliteStore::in_memory().unwrap();
+//! assert!(store.first_use("state", "abc", 2000, 1000).unwrap());
+//! assert!(!store.first_use("state", "abc", 2000, 1001).unwrap());
+//! store.revoke_session("sid1", 5000, 1000).unwrap();
+//! assert!(store.session_revoked("sid1", 1001));
+//! assert!(!store.session_revoked("sid1", 5000));
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+use rusqlite::{Connection, params};
+use rusqlite_migration::{M, Migrations};
+
+use crate::UnixTime;
+
+/// The database file's name inside `state_dir`.
+pub const DB_FILE: &str = "gatehouse.sqlite3";
+
+/// What must be remembered across requests, restarts and (with a shared implementation)
+/// replicas. Reads are on the request path and must be quick; writes happen on sign-in and
+/// sign-out.
+pub trait StateStore: Send + Sync + fmt::Debug {
+    /// Records that the session `sid` was ended: refused from now until `until` (when the
+    /// session would have expired anyway).
+    fn revoke_session(&self, sid: &str, until: UnixTime, now: UnixTime) -> Result<(), StoreError>;
+    /// Whether the session `sid` was ended (and its record has not yet expired).
+    fn session_revoked(&self, sid: &str, now: UnixTime) -> bool;
+    /// Ends every session of `person` that began before `at`.
+    fn set_not_before(&self, person: &str, at: UnixTime) -> Result<(), StoreError>;
+    /// The time before which `person`'s sessions are refused, if one was set.
+    fn not_before(&self, person: &str) -> Option<UnixTime>;
+    /// `Ok(true)` the first time `key` of this `kind` is seen; it is then remembered until
+    /// `until`, so every later call before then answers `Ok(false)`.
+    fn first_use(
+        &self,
+        kind: &str,
+        key: &str,
+        until: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Why the store could not be opened or written, with what to do about it.
+#[derive(Debug, thiserror::Error)]
+#[error("state store {path}: {problem}; {fix}")]
+pub struct StoreError {
+    /// The directory or file concerned.
+    pub path: PathBuf,
+    /// What went wrong.
+    pub problem: String,
+    /// What the operator should do.
+    pub fix: &'static str,
+}
+
+const FIX_WRITABLE: &str = "make the directory writable by the user Gatehouse runs as (it keeps it at mode 0700), or set `state_dir` to one that is";
+const FIX_CORRUPT: &str = "stop Gatehouse, move the file aside (keep it for inspection) and start again; since the sessions it had ended would then be accepted again, also change `cookie_secret`, which ends every session";
+const FIX_NEWER: &str =
+    "it was written by a newer Gatehouse: run that version, or restore the file from a backup";
+const FIX_RETRY: &str = "check the disk (space, errors); Gatehouse refuses what it cannot record";
+
+/// The schema, one migration per version (`PRAGMA user_version` counts them). Only ever
+/// append: a released migration is never edited.
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![M::up(
+        "CREATE TABLE revoked_sessions (
+             sid TEXT PRIMARY KEY NOT NULL,
+             until INTEGER NOT NULL
+         ) STRICT;
+         CREATE TABLE person_not_before (
+             person TEXT PRIMARY KEY NOT NULL,
+             not_before INTEGER NOT NULL
+         ) STRICT;
+         CREATE TABLE used_once (
+             kind TEXT NOT NULL,
+             key TEXT NOT NULL,
+             until INTEGER NOT NULL,
+             PRIMARY KEY (kind, key)
+         ) STRICT;
+         CREATE INDEX used_once_until ON used_once (until);
+         CREATE INDEX revoked_sessions_until ON revoked_sessions (until);",
+    )])
+}
+
+/// The embedded store: one SQLite file in `state_dir`, for one Gatehouse process. Reads
+/// come from a copy in memory (loaded at open, kept in step with every write), so the
+/// request path never waits on the disk; writes go to the file first and count only once
+/// committed.
+pub struct SqliteStore {
+    path: PathBuf,
+    db: Mutex<Connection>,
+    cache: RwLock<Cache>,
+}
+
+#[derive(Default)]
+struct Cache {
+    revoked: HashMap<String, UnixTime>,
+    not_before: HashMap<String, UnixTime>,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens (or creates) the store in `dir`: the directory is made mode 0700 (and brought
+    /// back to it if it was looser), the database checked and migrated. Every way this can
+    /// fail is an error naming the path and the fix; nothing falls back to memory.
+    pub fn open(dir: &Path, now: UnixTime) -> Result<Self, StoreError> {
+        let dir_err = |problem: String| StoreError {
+            path: dir.to_path_buf(),
+            problem,
+            fix: FIX_WRITABLE,
+        };
+        match std::fs::metadata(dir) {
+            Ok(m) if !m.is_dir() => {
+                return Err(StoreError {
+                    path: dir.to_path_buf(),
+                    problem: "is not a directory".into(),
+                    fix: "set `state_dir` to a directory (Gatehouse creates it if missing)",
+                });
+            }
+            Ok(m) => {
+                if m.permissions().mode() & 0o077 != 0 {
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                        .map_err(|e| dir_err(format!("cannot make it mode 0700: {e}")))?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| dir_err(format!("cannot create it: {e}")))?;
+            }
+            Err(e) => return Err(dir_err(format!("cannot read it: {e}"))),
+        }
+        let path = dir.join(DB_FILE);
+        let conn = Connection::open(&path).map_err(|e| classify(&path, &e))?;
+        Self::ready(path, conn, now)
+    }
+
+    /// A store that lives in memory for this process only (tests, `policy` tools, `check`).
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let path = PathBuf::from(":memory:");
+        let conn = Connection::open_in_memory().map_err(|e| classify(&path, &e))?;
+        Self::ready(path, conn, 0)
+    }
+
+    fn ready(path: PathBuf, mut conn: Connection, now: UnixTime) -> Result<Self, StoreError> {
+        let err = |e: rusqlite::Error| classify(&path, &e);
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        // Before anything else: a file that is not a database, or a damaged one, says so.
+        let check: String = conn
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(err)?;
+        if check != "ok" {
+            return Err(StoreError {
+                path: path.clone(),
+                problem: format!("the database is damaged ({check})"),
+                fix: FIX_CORRUPT,
+            });
+        }
+        // WAL: readers never wait for the writer; FULL: a committed sign-out survives a
+        // power cut (they are rare, the fsync is cheap).
+        let _: String = conn
+            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+            .map_err(err)?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(err)?;
+        migrations().to_latest(&mut conn).map_err(|e| match e {
+            rusqlite_migration::Error::RusqliteError { err: e, .. } => classify(&path, &e),
+            rusqlite_migration::Error::MigrationDefinition(d) => StoreError {
+                path: path.clone(),
+                problem: format!("its schema is not one this Gatehouse knows ({d})"),
+                fix: FIX_NEWER,
+            },
+            other => StoreError {
+                path: path.clone(),
+                problem: format!("cannot bring its schema up to date ({other})"),
+                fix: FIX_CORRUPT,
+            },
+        })?;
+        let store = SqliteStore {
+            path,
+            db: Mutex::new(conn),
+            cache: RwLock::new(Cache::default()),
+        };
+        store.load(now)?;
+        Ok(store)
+    }
+
+    /// Fills the in-memory copy from the file, dropping what has expired.
+    fn load(&self, now: UnixTime) -> Result<(), StoreError> {
+        let db = self.conn()?;
+        let err = |e: rusqlite::Error| classify(&self.path, &e);
+        db.execute("DELETE FROM revoked_sessions WHERE until <= ?1", [now])
+            .map_err(err)?;
+        db.execute("DELETE FROM used_once WHERE until <= ?1", [now])
+            .map_err(err)?;
+        let pairs = |sql: &str| -> Result<HashMap<String, UnixTime>, StoreError> {
+            let mut stmt = db.prepare(sql).map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))
+                .map_err(err)?;
+            rows.map(|row| row.map_err(err)).collect()
+        };
+        let cache = Cache {
+            revoked: pairs("SELECT sid, until FROM revoked_sessions")?,
+            not_before: pairs("SELECT person, not_before FROM person_not_before")?,
+        };
+        *self.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
+        Ok(())
+    }
+
+    /// The database file (`:memory:` for [`SqliteStore::in_memory`]).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, Connection>, StoreError> {
+        self.db.lock().map_err(|_| StoreError {
+            path: self.path.clone(),
+            problem: "an earlier write panicked".into(),
+            fix: "restart Gatehouse",
+        })
+    }
+
+    fn write_err(&self, e: rusqlite::Error) -> StoreError {
+        let mut err = classify(&self.path, &e);
+        if err.fix == FIX_WRITABLE || err.fix == FIX_CORRUPT {
+            return err;
+        }
+        err.fix = FIX_RETRY;
+        err
+    }
+}
+
+impl StateStore for SqliteStore {
+    fn revoke_session(&self, sid: &str, until: UnixTime, now: UnixTime) -> Result<(), StoreError> {
+        if until <= now {
+            return Ok(());
+        }
+        {
+            let db = self.conn()?;
+            let tx = db.unchecked_transaction().map_err(|e| self.write_err(e))?;
+            tx.execute("DELETE FROM revoked_sessions WHERE until <= ?1", [now])
+                .map_err(|e| self.write_err(e))?;
+            tx.execute(
+                "INSERT INTO revoked_sessions (sid, until) VALUES (?1, ?2)
+                 ON CONFLICT (sid) DO UPDATE SET until = max(until, excluded.until)",
+                params![sid, until],
+            )
+            .map_err(|e| self.write_err(e))?;
+            tx.commit().map_err(|e| self.write_err(e))?;
+        }
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        cache.revoked.retain(|_, u| *u > now);
+        let entry = cache.revoked.entry(sid.to_string()).or_insert(until);
+        *entry = (*entry).max(until);
+        Ok(())
+    }
+
+    fn session_revoked(&self, sid: &str, now: UnixTime) -> bool {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.revoked.get(sid).is_some_and(|until| now < *until)
+    }
+
+    fn set_not_before(&self, person: &str, at: UnixTime) -> Result<(), StoreError> {
+        {
+            let db = self.conn()?;
+            db.execute(
+                "INSERT INTO person_not_before (person, not_before) VALUES (?1, ?2)
+                 ON CONFLICT (person) DO UPDATE SET not_before = max(not_before, excluded.not_before)",
+                params![person, at],
+            )
+            .map_err(|e| self.write_err(e))?;
+        }
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        let entry = cache.not_before.entry(person.to_string()).or_insert(at);
+        *entry = (*entry).max(at);
+        Ok(())
+    }
+
+    fn not_before(&self, person: &str) -> Option<UnixTime> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.not_before.get(person).copied()
+    }
+
+    fn first_use(
+        &self,
+        kind: &str,
+        key: &str,
+        until: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let db = self.conn()?;
+        let tx = db.unchecked_transaction().map_err(|e| self.write_err(e))?;
+        tx.execute("DELETE FROM used_once WHERE until <= ?1", [now])
+            .map_err(|e| self.write_err(e))?;
+        let fresh = tx
+            .execute(
+                "INSERT INTO used_once (kind, key, until) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (kind, key) DO NOTHING",
+                params![kind, key, until.max(now + 1)],
+            )
+            .map_err(|e| self.write_err(e))?
+            == 1;
+        tx.commit().map_err(|e| self.write_err(e))?;
+        Ok(fresh)
+    }
+}
+
+/// A SQLite error as the operator should read it: unwritable, damaged, or other.
+fn classify(path: &Path, e: &rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    let code = e.sqlite_error_code();
+    let (problem, fix) = match code {
+        Some(ErrorCode::NotADatabase) => (
+            "the file is not a Gatehouse state database (or is damaged)".to_string(),
+            FIX_CORRUPT,
+        ),
+        Some(ErrorCode::DatabaseCorrupt) => ("the database is damaged".to_string(), FIX_CORRUPT),
+        Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
+            (format!("cannot write the database ({e})"), FIX_WRITABLE)
+        }
+        Some(ErrorCode::DiskFull) => ("the disk is full".to_string(), FIX_RETRY),
+        _ => (e.to_string(), FIX_RETRY),
+    };
+    StoreError {
+        path: path.to_path_buf(),
+        problem,
+        fix,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "gatehouse-store-{name}-{}-{}",
+            std::process::id(),
+            crate::random_token(6)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn revocations_and_not_before_survive_reopening() {
+        let dir = temp_dir("reopen");
+        {
+            let s = SqliteStore::open(&dir, 1000).unwrap();
+            s.revoke_session("ended", 2000, 1000).unwrap();
+            s.revoke_session("short", 1100, 1000).unwrap();
+            s.set_not_before("iss\nalice", 1500).unwrap();
+            assert!(s.first_use("state", "s1", 1600, 1000).unwrap());
+        }
+        let s = SqliteStore::open(&dir, 1200).unwrap();
+        assert!(s.session_revoked("ended", 1200));
+        assert!(
+            !s.session_revoked("short", 1200),
+            "an expired record is gone"
+        );
+        assert!(!s.session_revoked("other", 1200));
+        assert_eq!(s.not_before("iss\nalice"), Some(1500));
+        assert_eq!(s.not_before("iss\nbob"), None);
+        assert!(
+            !s.first_use("state", "s1", 1600, 1200).unwrap(),
+            "a used value stays used across a restart"
+        );
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_looser_directory_is_brought_back_to_0700() {
+        let dir = temp_dir("mode");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        SqliteStore::open(&dir, 1).unwrap();
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn not_before_only_moves_forward() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.set_not_before("p", 200).unwrap();
+        s.set_not_before("p", 100).unwrap();
+        assert_eq!(s.not_before("p"), Some(200));
+    }
+
+    #[test]
+    fn many_one_time_values_are_all_remembered() {
+        // The old in-memory set forgot everything once it held 10 000 values: a flood of
+        // fresh values reopened replay of the old ones. The store forgets only expired ones.
+        let s = SqliteStore::in_memory().unwrap();
+        assert!(s.first_use("handoff", "victim", 10_000, 1).unwrap());
+        for i in 0..20_000 {
+            assert!(s.first_use("handoff", &format!("k{i}"), 10_000, 2).unwrap());
+        }
+        assert!(!s.first_use("handoff", "victim", 10_000, 3).unwrap());
+        assert!(
+            s.first_use("handoff", "victim", 20_000, 10_000).unwrap(),
+            "expired values are forgotten"
+        );
+        assert!(
+            s.first_use("login", "victim", 20_000, 3).unwrap(),
+            "kinds are separate"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_with_the_fix() {
+        let dir = temp_dir("corrupt");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(DB_FILE), vec![0x42u8; 8192]).unwrap();
+        let e = SqliteStore::open(&dir, 1).unwrap_err().to_string();
+        assert!(e.contains(DB_FILE), "{e}");
+        assert!(e.contains("not a Gatehouse state database"), "{e}");
+        assert!(e.contains("move the file aside"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_store_from_a_newer_gatehouse_is_refused() {
+        let dir = temp_dir("newer");
+        SqliteStore::open(&dir, 1).unwrap();
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let e = SqliteStore::open(&dir, 1).unwrap_err().to_string();
+        assert!(e.contains("newer Gatehouse"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_in_place_of_the_directory_is_refused() {
+        let dir = temp_dir("notdir");
+        std::fs::write(&dir, b"x").unwrap();
+        let e = SqliteStore::open(&dir, 1).unwrap_err().to_string();
+        assert!(e.contains("is not a directory"), "{e}");
+        std::fs::remove_file(&dir).unwrap();
+    }
+}
