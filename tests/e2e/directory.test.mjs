@@ -116,6 +116,17 @@ test('groups from the directory (paged, nested, with a cycle) reach the upstream
   await waitForLog(gh, /user="?bob@example\.com"? decision="?not-allowed/);
 });
 
+test('Google: a consumer account registered with a work address (no hd) passes no domain rule; a Workspace account does', async () => {
+  const gh = s.gh.main;
+  // Both addresses are example.com and verified; only alice's ID token says hd=example.com.
+  const alice = await signIn(gh, 'alice', A);
+  assert.equal(alice.response.status, 200, `alice (Workspace): ${alice.response.status}`);
+  const dana = await signIn(gh, 'dana', A);
+  assert.equal(dana.response.status, 403, `dana (consumer): ${dana.response.status} ${dana.response.body.slice(0, 300)}`);
+  assert.match(dana.response.body, /dana@example\.com is not one of its domain(&#39;|')s Google Workspace accounts/);
+  await waitForLog(gh, /user="?dana@example\.com"? decision="?domain-not-verified/);
+});
+
 test('directory unreachable: the last groups serve within idp_directory_max_stale, then group routes refuse saying why, other routes keep working', async () => {
   const gh = s.gh.main;
   const { c, response } = await signIn(gh, 'alice', G); // groups fetched at sign-in

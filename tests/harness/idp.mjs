@@ -28,6 +28,9 @@ export const DEFAULT_USERS = {
     password: 'alice-pass',
     email: 'alice@example.com',
     email_verified: true,
+    // Google's Workspace domain claim: ignored by the generic OIDC provider, checked by
+    // Gatehouse's `google` one (tests/e2e/directory.test.mjs).
+    hd: 'example.com',
     name: 'Alice Example',
     groups: ['team-it', 'team-admins'],
   },
@@ -35,6 +38,7 @@ export const DEFAULT_USERS = {
     password: 'bob-pass',
     email: 'bob@example.com',
     email_verified: true,
+    hd: 'example.com',
     name: 'Bob Example',
     groups: ['team-it'],
   },
@@ -51,6 +55,14 @@ export const DEFAULT_USERS = {
     email_verified: false,
     name: 'Eve Unverified',
     groups: ['team-it'],
+  },
+  // A consumer Google account registered with a work address: verified, but no `hd`.
+  dana: {
+    password: 'dana-pass',
+    email: 'dana@example.com',
+    email_verified: true,
+    name: 'Dana Consumer',
+    groups: [],
   },
   // Enough groups that Gatehouse's session no longer fits one cookie (it is chunked).
   carol: {
@@ -129,7 +141,7 @@ export async function startIdp({ port = 0, host = '127.0.0.1', clients = [], use
     cookies: { keys: [randomBytes(32).toString('hex')] },
     claims: {
       openid: ['sub'],
-      email: ['email', 'email_verified'],
+      email: ['email', 'email_verified', 'hd'],
       profile: ['name', 'groups'],
     },
     conformIdTokenClaims: false,
@@ -151,6 +163,7 @@ export async function startIdp({ port = 0, host = '127.0.0.1', clients = [], use
             sub: id,
             email: user.email,
             email_verified: user.email_verified,
+            ...(user.hd ? { hd: user.hd } : {}),
             name: user.name,
             groups: user.groups,
           };

@@ -188,6 +188,8 @@ pub struct Auth {
     login_cookie: String,
     handoff_cookie: String,
     session_ttl: u64,
+    /// Google: an address speaks for its domain only with a matching `hd`.
+    google: bool,
     /// Revoked sessions, "not before" times and one-time values ([`store`]).
     store: Arc<dyn StateStore>,
     /// Identity JWTs already signed, by session id and host (see [`Auth::identity_jwt`]).
@@ -241,6 +243,7 @@ impl Auth {
             login_cookie: format!("{}_login", config.cookie.name),
             handoff_cookie: format!("{}_handoff", config.cookie.name),
             session_ttl: config.cookie.expire.as_secs().max(1),
+            google: config.idp.provider == gatehouse_config::IdpProvider::Google,
             store,
             jwt_cache: Mutex::new(HashMap::new()),
         })
@@ -399,6 +402,7 @@ impl Auth {
             name: s.name,
             groups: s.groups,
             iss: s.iss,
+            hd: s.hd,
             iat: now,
             exp: now + self.session_ttl,
         }
@@ -484,6 +488,30 @@ impl Auth {
         let json = self.signout.open("sign-out", token).ok()?;
         let r: SignOutRequest = serde_json::from_slice(&json).ok()?;
         (now < r.exp).then_some(r)
+    }
+
+    /// Whether the identity provider vouches that the person belongs to their address's
+    /// domain (what `domain` rules and `allowed_domains` need): a verified address, and on
+    /// Google also an `hd` (Workspace domain) that is that domain, since anyone can make a
+    /// consumer Google account with a work address (Google's own advice: check `hd`). A
+    /// `gmail.com` address needs no `hd`: Google is that domain.
+    pub fn domain_verified(&self, s: &Session) -> bool {
+        if !s.email_verified {
+            return false;
+        }
+        if !self.google {
+            return true;
+        }
+        let Some((_, domain)) = s.email.rsplit_once('@') else {
+            return false;
+        };
+        match &s.hd {
+            Some(hd) => hd.eq_ignore_ascii_case(domain),
+            None => {
+                domain.eq_ignore_ascii_case("gmail.com")
+                    || domain.eq_ignore_ascii_case("googlemail.com")
+            }
+        }
     }
 
     /// The sign-out form's CSRF token for this session.

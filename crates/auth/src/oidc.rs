@@ -38,6 +38,9 @@ pub struct ExtraClaims {
     /// The `groups` claim, for IdPs that send one (Google does not: see [`crate::directory`]).
     #[serde(default)]
     pub groups: Option<Vec<String>>,
+    /// Google's `hd`: the Workspace domain of the account (absent for consumer accounts).
+    #[serde(default)]
+    pub hd: Option<String>,
 }
 impl AdditionalClaims for ExtraClaims {}
 
@@ -116,6 +119,8 @@ pub struct SignedIn {
     pub name: Option<String>,
     /// The `groups` claim; empty when absent.
     pub groups: Vec<String>,
+    /// Google's `hd` claim (the Workspace domain), if any.
+    pub hd: Option<String>,
 }
 
 struct Provider {
@@ -431,6 +436,7 @@ impl Oidc {
                 .groups
                 .clone()
                 .unwrap_or_default(),
+            hd: claims.additional_claims().hd.clone(),
         })
     }
 }

@@ -28,6 +28,10 @@ pub struct Session {
     pub groups: Vec<String>,
     /// The issuer that signed the person in.
     pub iss: String,
+    /// Google's `hd` claim: the Workspace domain the account belongs to (none for a
+    /// consumer account, even one registered with a work address).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hd: Option<String>,
     /// When the person signed in.
     pub iat: UnixTime,
     /// When the session ends: from then on its cookie is refused.

@@ -56,6 +56,7 @@ fn signed_in() -> SignedIn {
         email_verified: true,
         name: Some("Alice".into()),
         groups: vec!["team-it".into()],
+        hd: None,
     }
 }
 
@@ -452,4 +453,36 @@ async fn a_sign_in_state_is_used_once_before_any_token_call() {
         auth.finish_login(Some(&sealed), &q, 1001).await,
         Err(CallbackError::StateUsed)
     ));
+}
+
+#[test]
+fn on_google_an_address_speaks_for_its_domain_only_with_a_matching_hd() {
+    let mut google = config([1; 32]);
+    google.idp.provider = IdpProvider::Google;
+    let g = auth(&google);
+    let session = |email: &str, hd: Option<&str>| {
+        let mut s = signed_in();
+        s.email = email.into();
+        s.hd = hd.map(str::to_string);
+        g.new_session(s, 1000)
+    };
+    assert!(g.domain_verified(&session("alice@example.com", Some("example.com"))));
+    assert!(g.domain_verified(&session("alice@example.com", Some("EXAMPLE.com"))));
+    assert!(
+        !g.domain_verified(&session("alice@example.com", None)),
+        "a consumer account registered with a work address"
+    );
+    assert!(
+        !g.domain_verified(&session("alice@example.com", Some("other.test"))),
+        "another Workspace's account"
+    );
+    assert!(g.domain_verified(&session("someone@gmail.com", None)));
+    let mut unverified = session("alice@example.com", Some("example.com"));
+    unverified.email_verified = false;
+    assert!(!g.domain_verified(&unverified));
+    // Other IdPs: a verified address speaks for its domain (they have no `hd`).
+    let oidc = auth(&config([1; 32]));
+    let mut s = signed_in();
+    s.hd = None;
+    assert!(oidc.domain_verified(&oidc.new_session(s, 1000)));
 }

@@ -87,6 +87,7 @@ fn bench(c: &mut Criterion) {
         user: "u-1",
         email: "alice@example.com",
         email_verified: true,
+        domain_verified: true,
         groups: &groups,
         claims: &claims,
         method: "POST",

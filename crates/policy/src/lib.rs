@@ -59,6 +59,10 @@ pub struct Facts<'a> {
     /// Whether the IdP verified `email`. When it did not, email rules never help the
     /// request (see the crate docs).
     pub email_verified: bool,
+    /// Whether the IdP vouches that the person belongs to their address's domain, for
+    /// `domain` and `allowed_domains`: `email_verified`, and on Google also the `hd`
+    /// (Workspace) claim naming that domain.
+    pub domain_verified: bool,
     /// The person's groups (ID-token `groups` claim or the directory), for `groups`.
     pub groups: &'a [String],
     /// Claims by name, for `claim/<name>`.
@@ -81,6 +85,7 @@ impl<'a> Facts<'a> {
             user: "",
             email,
             email_verified,
+            domain_verified: email_verified,
             groups: &[],
             claims: &[],
             method: "GET",
@@ -175,6 +180,13 @@ pub enum Reason {
         /// The person's unverified address.
         email: String,
     },
+    /// Nothing allowed, and the address's domain is not vouched for by the IdP (a Google
+    /// account outside the Workspace of its address's domain), so domain rules could not
+    /// admit.
+    DomainNotVerified {
+        /// The person's address.
+        email: String,
+    },
     /// Nothing allowed this person.
     NotAllowed {
         /// The person's address, for the message.
@@ -205,6 +217,7 @@ impl Reason {
             Reason::AllowBlockMatched { .. } => "allow-block-matched",
             Reason::DenyBlockMatched { .. } => "deny-block-matched",
             Reason::EmailNotVerified { .. } => "email-not-verified",
+            Reason::DomainNotVerified { .. } => "domain-not-verified",
             Reason::NotAllowed { .. } => "not-allowed",
             Reason::NoPolicy => "no-policy",
             Reason::PublicRoute => "public-route",
@@ -243,6 +256,10 @@ impl std::fmt::Display for Reason {
             Reason::EmailNotVerified { email } => write!(
                 f,
                 "your email address {email} is not verified by the identity provider, so email and domain rules cannot admit you"
+            ),
+            Reason::DomainNotVerified { email } => write!(
+                f,
+                "your account {email} is not one of its domain's Google Workspace accounts (a personal Google account registered with that address), so domain rules cannot admit you"
             ),
             Reason::NotAllowed { email } => {
                 write!(f, "no rule of this route allows {email}")
@@ -464,6 +481,16 @@ impl Policy {
                 email: facts.email.to_string(),
             });
         }
+        let domain_rules = !self.domains.is_empty()
+            || self
+                .blocks
+                .iter()
+                .any(|b| b.action == Action::Allow && b.rule.uses_domain());
+        if !facts.domain_verified && domain_rules {
+            return Decision::Deny(Reason::DomainNotVerified {
+                email: facts.email.to_string(),
+            });
+        }
         Decision::Deny(Reason::NotAllowed {
             email: facts.email.to_string(),
         })
@@ -520,7 +547,7 @@ impl Policy {
     /// The route's `allowed_domains` entry the person's verified address is at, if any.
     /// (One function for `evaluate` and `explain`, so the trace never disagrees.)
     fn domain_hit(&self, f: &Facts<'_>) -> Option<&String> {
-        let d = domain_of(f.email).filter(|_| f.email_verified)?;
+        let d = domain_of(f.email).filter(|_| f.domain_verified)?;
         self.domains.iter().find(|x| x.eq_ignore_ascii_case(d))
     }
 
@@ -647,6 +674,14 @@ impl Node {
         }
     }
 
+    /// Whether a `domain` criterion is in here.
+    fn uses_domain(&self) -> bool {
+        match self {
+            Node::Leaf(leaf) => matches!(leaf.check, Check::Domain(_)),
+            Node::Op { children, .. } => children.iter().any(Node::uses_domain),
+        }
+    }
+
     /// Whether the condition holds, and the criterion that decided it when it was a single
     /// one reached through `or`s (or a lone criterion under `and`). `positive` is false
     /// under an odd number of `not`/`nor`: see the crate docs on unverified addresses.
@@ -695,7 +730,7 @@ impl Check {
             Check::Accept => true,
             Check::Reject => false,
             Check::Authenticated => true,
-            Check::Domain(t) => address(f, action, positive, || {
+            Check::Domain(t) => vouched(f.domain_verified, action, positive, || {
                 domain_of(f.email).is_some_and(|d| t.matches(d))
             }),
             Check::Email(t) => address(f, action, positive, || t.matches(f.email)),
@@ -737,7 +772,13 @@ impl Check {
 /// An email-based criterion: as written for a verified address; for an unverified one, the
 /// value that cannot help the request (see the crate docs).
 fn address(f: &Facts<'_>, action: Action, positive: bool, raw: impl FnOnce() -> bool) -> bool {
-    if f.email_verified {
+    vouched(f.email_verified, action, positive, raw)
+}
+
+/// [`address`] for a fact the IdP may or may not vouch for (`verified`): when it does not,
+/// the criterion can only ever refuse.
+fn vouched(verified: bool, action: Action, positive: bool, raw: impl FnOnce() -> bool) -> bool {
+    if verified {
         return raw();
     }
     match action {

@@ -11,6 +11,7 @@
 //!     sub: "u-1",
 //!     email: "ann@example.com",
 //!     email_verified: true,
+//!     domain_verified: true,
 //!     name: None,
 //!     iss: "https://accounts.google.com",
 //!     groups: &groups,
@@ -41,6 +42,10 @@ pub struct Person<'a> {
     /// Whether the identity provider verified `email` (the `email_verified` claim is
     /// `"true"` or `"false"`).
     pub email_verified: bool,
+    /// Whether the identity provider vouches for the address's domain (`email_verified`,
+    /// and on Google the `hd` claim naming that domain): what `domain` criteria and
+    /// `allowed_domains` need.
+    pub domain_verified: bool,
     /// The display name, when the identity provider gave one. Without one there is no
     /// `name` claim (rather than an empty one).
     pub name: Option<&'a str>,
@@ -148,6 +153,7 @@ impl Request<'_> {
             user: self.person.sub,
             email: self.person.email,
             email_verified: self.person.email_verified,
+            domain_verified: self.person.domain_verified,
             groups: self.person.groups,
             claims,
             method: self.method,

@@ -432,6 +432,7 @@ fn ann<'a>(groups: &'a [String], claims: &'a [(String, Vec<String>)]) -> Person<
         sub: "u-ann",
         email: "ann@example.com",
         email_verified: true,
+        domain_verified: true,
         name: None,
         iss: "https://idp.example.com",
         groups,
@@ -594,4 +595,50 @@ fn a_public_route_reason_has_its_code() {
         Reason::PublicRoute.to_string(),
         "this route is public: anyone may use it, signed in or not"
     );
+}
+
+#[test]
+fn an_address_whose_domain_is_not_vouched_for_passes_no_domain_rule() {
+    // A consumer Google account registered with ann@example.com: her address is verified,
+    // but Google's `hd` does not name example.com.
+    let by_domain = allow_one(CriterionKind::Domain(StringMatcher {
+        ops: vec![gatehouse_config::StringOp::Is("example.com".into())],
+    }));
+    let by_email = allow_one(CriterionKind::Email(StringMatcher {
+        ops: vec![gatehouse_config::StringOp::Is("ann@example.com".into())],
+    }));
+    let at = SystemTime::UNIX_EPOCH;
+    let workspace = ann(&[], &[]);
+    let consumer = Person {
+        domain_verified: false,
+        ..workspace
+    };
+    let decide = |p: &Policy, who: Person<'_>| p.evaluate(&who.request("GET", "/", at).facts());
+    assert!(decide(&by_domain, workspace).is_allow());
+    let refused = decide(&by_domain, consumer);
+    assert_eq!(
+        refused,
+        Decision::Deny(Reason::DomainNotVerified {
+            email: "ann@example.com".into()
+        })
+    );
+    assert!(refused.reason().to_string().contains("Google Workspace"));
+    assert!(
+        decide(&by_email, consumer).is_allow(),
+        "her own address still speaks for her"
+    );
+    // A deny on the domain still fires for the unvouched account.
+    let deny_domain = Policy::from_spec(&PolicySpec {
+        blocks: vec![
+            groups_block(Action::Allow, LogicalOp::Or, CriterionKind::Accept),
+            groups_block(
+                Action::Deny,
+                LogicalOp::Or,
+                CriterionKind::Domain(StringMatcher {
+                    ops: vec![gatehouse_config::StringOp::Is("example.com".into())],
+                }),
+            ),
+        ],
+    });
+    assert!(!decide(&deny_domain, consumer).is_allow());
 }

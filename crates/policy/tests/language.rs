@@ -107,6 +107,7 @@ impl Req {
             user: self.user,
             email: self.email,
             email_verified: self.verified,
+            domain_verified: self.verified,
             groups: &self.groups,
             claims: &claims,
             method: self.method,

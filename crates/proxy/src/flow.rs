@@ -186,6 +186,7 @@ pub(crate) async fn decide(
     }
 
     let decision = decide_policy(
+        st,
         route,
         &identity,
         req.method.as_str(),
@@ -231,6 +232,7 @@ pub(crate) async fn decide(
 /// `groups_unavailable_since`: the person's directory groups could not be had (since
 /// then), so a policy that uses groups refuses.
 pub(crate) fn decide_policy(
+    st: &State,
     route: &RouteState,
     identity: &VerifiedIdentity,
     method: &str,
@@ -242,6 +244,7 @@ pub(crate) fn decide_policy(
         sub: &s.sub,
         email: &s.email,
         email_verified: s.email_verified,
+        domain_verified: st.auth.domain_verified(s),
         name: s.name.as_deref(),
         iss: &s.iss,
         groups: identity.groups(),

@@ -139,7 +139,7 @@ impl Live {
                 return None;
             }
             // The groups it was admitted with (directory groups are kept on the identity).
-            match flow::decide_policy(route, &s.identity, &s.method, &s.path, None) {
+            match flow::decide_policy(state, route, &s.identity, &s.method, &s.path, None) {
                 Decision::Allow(_) => None,
                 Decision::Deny(reason) => Some(reason.code().to_string()),
             }

@@ -77,6 +77,7 @@ impl Flow {
                 email_verified: true,
                 name: None,
                 groups: groups.iter().map(|g| g.to_string()).collect(),
+                hd: None,
             },
             gatehouse_auth::now(),
         );
