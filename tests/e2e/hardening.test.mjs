@@ -33,6 +33,7 @@ before(async () => {
       main: {},
       two: { twoHost: true },
       deny: { lazy: true },
+      capped: { extra: { max_connections_per_client: 3 } },
     },
   });
   s.specs.deny.extra = {
@@ -519,3 +520,47 @@ for (const [label, url, routeHost] of [
     assert.match(r.stderr, /route|from/i, `names the route:\n${r.stderr}`);
   });
 }
+
+/** Opens an event stream on the public route and resolves once its headers arrived. */
+function openStream(gh, path) {
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      { host: '127.0.0.1', port: gh.port, servername: P, ca: s.certs.caPem, path, headers: { host: `${P}:${gh.port}` }, agent: false },
+      (res) => resolve({ status: res.statusCode, close: () => req.destroy() }),
+    );
+    req.setTimeout(10_000, () => req.destroy(new Error('timeout opening a stream')));
+    req.on('error', (e) => (e.code === 'ECONNRESET' ? undefined : reject(e)));
+    req.end();
+  });
+}
+
+test('max_connections_per_client: past the cap one address gets 429 (never proxied); a slot frees when a stream ends', async () => {
+  const gh = s.gh.capped;
+  const streams = [];
+  for (let i = 0; i < 3; i += 1) {
+    const st = await openStream(gh, `/sse?n=100&every=100&i=${i}`);
+    assert.equal(st.status, 200, `stream ${i}`);
+    streams.push(st);
+  }
+  const hits = s.upstream.requests.length;
+  const refused = await rawGet(gh, P, '/fourth');
+  assert.equal(refused.status, 429, `the fourth request at once: ${refused.status}`);
+  assert.match(refused.body, /more requests open at once than Gatehouse allows/);
+  assert.ok(refused.headers['retry-after'], 'with Retry-After');
+  assert.ok(!s.upstream.requests.slice(hits).some((r) => r.url === '/fourth'), 'never reached the upstream');
+  for (let i = 0; i < 50 && !/too many open requests from one address/.test(gh.logs()); i += 1) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.match(gh.logs(), /too many open requests from one address/);
+  assert.match(gh.logs(), /path=\/fourth status=429 .*decision="?too-many-connections/);
+
+  streams.pop().close();
+  let after;
+  for (let i = 0; i < 50; i += 1) {
+    after = await rawGet(gh, P, '/fifth');
+    if (after.status === 200) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.equal(after.status, 200, 'room again once a stream closed');
+  for (const st of streams) st.close();
+});

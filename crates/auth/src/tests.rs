@@ -39,6 +39,7 @@ fn config(secret: [u8; 32]) -> Config {
         log_level: "info".into(),
         state_dir: "/nonexistent".into(),
         state_dir_origin: Origin::Default,
+        max_connections_per_client: 512,
         warnings: vec![],
     }
 }

@@ -203,6 +203,9 @@ pub struct Config {
     /// `state_dir`: the state store's directory (revoked sessions, one-time values),
     /// default `state` beside the first pool's `data_root` (`/var/lib/gatehouse/state`).
     pub state_dir: PathBuf,
+    /// `max_connections_per_client`: the most requests one client address may have open
+    /// at once (streams included); more get 429. Default 512.
+    pub max_connections_per_client: usize,
     /// Where `state_dir` was set ([`Origin::Default`] when it was not), for its errors.
     pub state_dir_origin: Origin,
     /// Non-fatal notes (deprecated or ignored keys), shown by `check` and logged at start.

@@ -49,6 +49,7 @@ const TOP_KEYS: &[&[&str]] = &[
     &["cookie_secure"],
     &["cookie_host_prefix"],
     &["state_dir"],
+    &["max_connections_per_client"],
     &["signing_key"],
     &["allowed_domains"],
     &["allowed_groups"],
@@ -88,6 +89,9 @@ const DEFAULT_HOST_COOKIE_NAME: &str = "__Host-gatehouse";
 const HOST_PREFIX: &str = "__Host-";
 /// `state_dir` without pools (with pools: `state` beside the first one's `data_root`).
 const DEFAULT_STATE_DIR: &str = "/var/lib/gatehouse/state";
+/// `max_connections_per_client` default: far above a person's browser tabs and scripts,
+/// far below what would let one address hold the proxy's memory.
+const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 512;
 const DEFAULT_COOKIE_EXPIRE: Duration = Duration::from_secs(14 * 60 * 60);
 const DEFAULT_SCOPES: &[&str] = &["openid", "email", "profile"];
 const DEFAULT_PORT: u16 = 443;
@@ -406,6 +410,19 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         Some(entry) => backend::pools(ctx, &entry),
         None => (Vec::new(), Vec::new()),
     };
+    let max_connections_per_client = match take("max_connections_per_client") {
+        Some(s) => ctx.non_empty(&s).and_then(|t| {
+            let parsed = match t.value.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err(format!(
+                    "`{}` must be a whole number, 1 or more (the requests one client address may have open at once; default {DEFAULT_MAX_CONNECTIONS_PER_CLIENT})",
+                    t.value
+                )),
+            };
+            ctx.check(&t.origin, &s.path, parsed)
+        }),
+        None => Some(DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
+    };
     let state_dir = match take("state_dir") {
         Some(s) => ctx.non_empty(&s).map(|t| {
             let p = std::path::PathBuf::from(t.value);
@@ -514,6 +531,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         backends,
         literal_secrets,
         log_level,
+        max_connections_per_client: max_connections_per_client?,
         state_dir: state_dir.as_ref()?.0.clone(),
         state_dir_origin: state_dir?.1,
         warnings,

@@ -47,6 +47,8 @@ pub struct Ctx {
     /// The person's backend on a `to_backend` route, held for the whole request (a stream
     /// included) so the backend counts as in use.
     pub(crate) lease: Option<Lease>,
+    /// This request's place in its client address's count ([`crate::clients`]).
+    pub(crate) client: Option<crate::clients::ClientSlot>,
 }
 
 impl Ctx {
@@ -64,6 +66,7 @@ impl Ctx {
             upstream_fd: None,
             stream: None,
             lease: None,
+            client: None,
         }
     }
 }

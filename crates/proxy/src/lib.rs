@@ -43,6 +43,7 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod clients;
 mod endpoints;
 mod flow;
 mod host;
@@ -108,6 +109,8 @@ pub struct Live {
     pub streams: streams::Streams,
     /// Gatehouse's metrics, served on `metrics_address`.
     pub metrics: metrics::Metrics,
+    /// Requests open now per client address, for `max_connections_per_client`.
+    pub clients: Arc<clients::OpenPerClient>,
     /// One supervisor per `backends:` pool, made once at start: a reload swaps the routes
     /// that name them, never the running backends (pool settings are restart-only).
     pub backends: Vec<Supervisor>,
@@ -122,6 +125,7 @@ impl Live {
         Live {
             state: ArcSwap::from_pointee(state),
             streams: streams::Streams::default(),
+            clients: Arc::default(),
             metrics,
             backends,
         }
@@ -326,6 +330,7 @@ fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErr
             same_site: config.cookie.same_site,
         },
         tls: !config.insecure_server,
+        max_connections_per_client: config.max_connections_per_client,
     };
     let watched = reload::Watched {
         config_path: reload::absolute(&config.source),

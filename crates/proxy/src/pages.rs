@@ -362,6 +362,12 @@ pub(crate) fn refusal(r: &Refusal) -> Page {
             "Request headers too large",
             "<p>This request's headers (often its cookies) are larger than Gatehouse accepts. Clear this site's cookies and try again.</p>",
         ),
+        Refusal::TooManyConnections => Page::html(
+            429,
+            "Too many open requests",
+            "<p>Your address has more requests open at once than Gatehouse allows. Close some tabs or wait for running requests to finish, then try again.</p>",
+        )
+        .with_header("retry-after", "5".into()),
         Refusal::DuplicateCookie { name } => bad_request(&format!(
             "Your browser sent two cookies named {name}. Another site under the same domain \
              may have set one to take over your session here, so Gatehouse accepts neither. \

@@ -19,6 +19,8 @@ pub(crate) enum Refusal {
     /// One of Gatehouse's own cookies came more than once (cookie tossing, or a leftover
     /// from before `cookie_domain` changed).
     DuplicateCookie { name: String },
+    /// The client address has `max_connections_per_client` requests open already.
+    TooManyConnections,
     /// A path with empty, `.` or `..` segments, a backslash, or a needless escape.
     UnusualPath,
     /// No route for this host (and port, and path).
@@ -83,6 +85,7 @@ impl Refusal {
             Refusal::BadHost => "bad-host",
             Refusal::HeadersTooLarge => "headers-too-large",
             Refusal::DuplicateCookie { .. } => "duplicate-cookie",
+            Refusal::TooManyConnections => "too-many-connections",
             Refusal::SignOutNotRecorded { .. } => "sign-out-not-recorded",
             Refusal::UnusualPath => "unusual-path",
             Refusal::NoRoute { .. } => "no-route",
@@ -150,6 +153,7 @@ mod tests {
             Refusal::BadHost,
             Refusal::HeadersTooLarge,
             Refusal::DuplicateCookie { name: "x".into() },
+            Refusal::TooManyConnections,
             Refusal::SignOutNotRecorded {
                 request_id: "r".into(),
             },

@@ -79,6 +79,7 @@ impl RestartOnly {
                 digest(c.signing_key.as_ref().map(|k| k.expose())),
             ),
             ("log_level", digest(&c.log_level)),
+            ("state_dir", digest(&c.state_dir)),
             // The running supervisors keep their settings (ports, uids, data root…).
             ("backends", digest(backend_pools(c))),
         ])
@@ -177,6 +178,8 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
         auth_host: old.auth_host.clone(),
         cookie: old.cookie.clone(),
         tls: old.tls,
+        // Takes effect for new requests at once.
+        max_connections_per_client: config.max_connections_per_client,
     });
     live.state.store(Arc::clone(&state));
     live.metrics.reloaded(true);

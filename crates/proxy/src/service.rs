@@ -155,6 +155,22 @@ impl ProxyHttp for Gatehouse {
             c.adjust_level(0);
         }
         let st = Arc::clone(&ctx.state);
+        if let Some(ip) = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip())
+        {
+            match self.live.clients.admit(ip, st.max_connections_per_client) {
+                Some(slot) => ctx.client = Some(slot),
+                None => {
+                    tracing::warn!(client = %ip, max = st.max_connections_per_client, "too many open requests from one address; refused");
+                    let refusal = Refusal::TooManyConnections;
+                    ctx.outcome = Some(Outcome::from(&refusal));
+                    write_page(session, pages::refusal(&refusal)).await?;
+                    return Ok(true);
+                }
+            }
+        }
         let mut step = flow::decide(&st, &self.live.backends, session.req_header(), ctx).await;
         loop {
             step = match step {

@@ -100,6 +100,8 @@ pub struct State {
     pub cookie: CookieSettings,
     /// Whether the main listener is TLS (for the default port of a Host without one).
     pub tls: bool,
+    /// `max_connections_per_client`.
+    pub max_connections_per_client: usize,
 }
 
 impl State {

@@ -1265,3 +1265,26 @@ fn state_dir_defaults_beside_the_first_pools_data_root() {
     );
     assert_eq!(with_pool.state_dir, Path::new("/srv/gh/state"));
 }
+
+#[test]
+fn max_connections_per_client_is_a_positive_number_with_a_default() {
+    assert_eq!(
+        ok(&with_secret(MINIMAL), &[]).max_connections_per_client,
+        512
+    );
+    let set = ok(
+        &with_secret(&format!("max_connections_per_client: 40\n{MINIMAL}")),
+        &[],
+    );
+    assert_eq!(set.max_connections_per_client, 40);
+    let e = messages(&fails(
+        &with_secret(&format!("max_connections_per_client: 0\n{MINIMAL}")),
+        &[],
+    ));
+    assert_eq!(
+        e,
+        [
+            "config.yaml:2:29: max_connections_per_client: `0` must be a whole number, 1 or more (the requests one client address may have open at once; default 512)"
+        ]
+    );
+}
