@@ -311,11 +311,13 @@ impl Auth {
         self.store.revoke_session(&s.sid, s.exp, now)
     }
 
-    /// "Sign out of every browser": every session of this person that began by now is
-    /// refused from now on (they sign in again to get a new one).
+    /// "Sign out of every browser": every session of this person that began before this
+    /// second is refused from now on (they sign in again to get a new one). A session begun
+    /// within this same second is left (`iat` has whole seconds; ending it too would send a
+    /// browser that signs in again at once round the IdP until the second is over): the
+    /// caller ends the session it was asked from with [`Auth::end_session`].
     pub fn end_every_session(&self, iss: &str, sub: &str, now: UnixTime) -> Result<(), StoreError> {
-        // `iat` has whole seconds: a session begun in this same second is ended too.
-        self.store.set_not_before(&person_key(iss, sub), now + 1)
+        self.store.set_not_before(&person_key(iss, sub), now)
     }
 
     /// Starts a sign-in. Returns the IdP URL to redirect to, and the sealed login cookie value.

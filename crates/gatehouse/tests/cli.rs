@@ -131,6 +131,10 @@ fn keygen_prints_a_usable_secret_and_key() {
         .lines()
         .find_map(|l| l.strip_prefix("signing_key: "))
         .unwrap();
+    assert!(
+        text.lines().any(|l| l == "cookie_host_prefix: true"),
+        "{text}"
+    );
     let dir = std::env::temp_dir().join(format!("gatehouse-keygen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("g.yaml");
@@ -152,16 +156,15 @@ fn keygen_prints_a_usable_secret_and_key() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+    // keygen's whole output pasted into a config works as it is.
     std::fs::write(
         &cfg,
-        "idp_provider: oidc\nidp_provider_url: http://127.0.0.1:9\nidp_client_id: a\nidp_client_secret: b\nroutes:\n  - from: https://a.test\n    to: http://127.0.0.1:1\n    allow_any_authenticated_user: true\n",
+        format!("{text}idp_provider: oidc\nidp_provider_url: http://127.0.0.1:9\nidp_client_id: a\nidp_client_secret: b\nroutes:\n  - from: https://a.test\n    to: http://127.0.0.1:1\n    allow_any_authenticated_user: true\n"),
     )
     .unwrap();
     let good = gatehouse()
         .args(["check", "--config"])
         .arg(&cfg)
-        .env("COOKIE_SECRET", secret)
-        .env("SIGNING_KEY", key)
         .output()
         .unwrap();
     assert!(

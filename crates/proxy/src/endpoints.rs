@@ -119,7 +119,9 @@ pub(crate) async fn submit(
             // delete it. If it cannot be recorded, say so rather than pretend.
             let t = now();
             let recorded = if everywhere {
-                st.auth.end_every_session(&s.iss, &s.sub, t)
+                st.auth
+                    .end_every_session(&s.iss, &s.sub, t)
+                    .and_then(|()| st.auth.end_session(s, t))
             } else {
                 st.auth.end_session(s, t)
             };

@@ -123,6 +123,9 @@ pub(crate) async fn decide(
 
     // The authenticate host (two-host flow).
     if st.is_auth_host(&host, port) {
+        if let Some(step) = tossed_cookie(st, &request_cookies(req), &host, ctx) {
+            return step;
+        }
         return Step::Respond(signin::authenticate_host(st, req, path, gh).await);
     }
 
@@ -150,11 +153,8 @@ pub(crate) async fn decide(
     }
 
     let jar = request_cookies(req);
-    if let Some(name) = duplicated_cookie(&jar, |n| st.auth.session.is_own_cookie(n)) {
-        tracing::warn!(cookie = name, host = %host, "a Gatehouse cookie came twice (cookie tossing?); refused");
-        let refusal = Refusal::DuplicateCookie { name: name.into() };
-        ctx.outcome = Some(Outcome::from(&refusal));
-        return Step::Respond(st.with_cleared_cookies(pages::refusal(&refusal)));
+    if let Some(step) = tossed_cookie(st, &jar, &host, ctx) {
+        return step;
     }
     match gh {
         Some("callback") => {
@@ -306,6 +306,18 @@ pub(crate) async fn backend_step(st: &State, req: &RequestHeader, ctx: &mut Ctx)
 }
 
 /// Answers with the refusal's page, recording its code for the access log.
+/// One of Gatehouse's own cookies sent more than once ([`duplicated_cookie`]): refused with
+/// a page that deletes what this host can delete.
+fn tossed_cookie(st: &State, jar: &[(String, String)], host: &str, ctx: &mut Ctx) -> Option<Step> {
+    let name = duplicated_cookie(jar, |n| st.auth.session.is_own_cookie(n))?;
+    tracing::warn!(cookie = name, host = %host, "a Gatehouse cookie came twice (cookie tossing?); refused");
+    let refusal = Refusal::DuplicateCookie { name: name.into() };
+    ctx.outcome = Some(Outcome::from(&refusal));
+    Some(Step::Respond(
+        st.with_cleared_cookies(pages::refusal(&refusal)),
+    ))
+}
+
 pub(crate) fn refuse(ctx: &mut Ctx, refusal: Refusal) -> Step {
     ctx.outcome = Some(Outcome::from(&refusal));
     Step::Respond(pages::refusal(&refusal))

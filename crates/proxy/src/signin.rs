@@ -13,9 +13,7 @@ use gatehouse_config::SameSite;
 
 use crate::pages::{self, Page, request_id};
 use crate::refusal::Refusal;
-use crate::request::{
-    cookie_lookup, duplicated_cookie, is_api_request, query_map, request_cookies,
-};
+use crate::request::{cookie_lookup, is_api_request, query_map, request_cookies};
 use crate::state::State;
 
 impl State {
@@ -329,11 +327,6 @@ pub(crate) async fn authenticate_host(
     };
     let query = query_map(req.uri.query());
     let jar = request_cookies(req);
-    if let Some(name) = duplicated_cookie(&jar, |n| st.auth.session.is_own_cookie(n)) {
-        tracing::warn!(cookie = name, host = %auth_host.host, "a Gatehouse cookie came twice (cookie tossing?); refused");
-        let refusal = Refusal::DuplicateCookie { name: name.into() };
-        return st.with_cleared_cookies(pages::refusal(&refusal));
-    }
     let t = now();
     if path == "/oauth2/callback" {
         return match st

@@ -1,4 +1,5 @@
-//! `gatehouse keygen`: a new random `cookie_secret` and `signing_key`.
+//! `gatehouse keygen`: a new random `cookie_secret` and `signing_key`, and
+//! `cookie_host_prefix: true` (the safe default for a new config), ready to paste.
 
 use std::process::ExitCode;
 
@@ -15,6 +16,10 @@ pub fn run() -> ExitCode {
                 base64::engine::general_purpose::STANDARD.encode(secret)
             );
             println!("signing_key: {key}");
+            println!(
+                "# __Host- cookies: no other subdomain can set or overwrite them (drop this line to keep Pomerium's _pomerium, or to use cookie_domain)"
+            );
+            println!("cookie_host_prefix: true");
             ExitCode::SUCCESS
         }
         Err(e) => {
