@@ -135,6 +135,7 @@ fn keygen_prints_a_usable_secret_and_key() {
         text.lines().any(|l| l == "cookie_host_prefix: true"),
         "{text}"
     );
+    assert!(key.len() > 100, "a PEM key, base64: {key}");
     let dir = std::env::temp_dir().join(format!("gatehouse-keygen-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let cfg = dir.join("g.yaml");
