@@ -46,8 +46,8 @@ pub use jwt::{IdentityClaims, IdentitySigner, SigningKeyError};
 pub use oidc::{Oidc, OidcError, SignedIn};
 use seal::{Sealer, UnsealError};
 pub use session::{
-    Handoff, LoginState, Session, SessionCodec, SessionRejected, SignOutRequest, UnixTime,
-    VerifiedIdentity,
+    Handoff, LoginState, SESSION_VERSION, Session, SessionCodec, SessionRejected, SignOutRequest,
+    UnixTime, VerifiedIdentity,
 };
 use store::{StateStore, StoreError};
 
@@ -110,6 +110,12 @@ pub enum CallbackError {
     /// This sign-in's `state` was already used by an earlier callback (a replay).
     #[error("this sign-in was already completed or tried once; start again")]
     StateUsed,
+    /// The state store could not record the sign-in's `state` (so it could not be made
+    /// single-use): refused.
+    #[error(
+        "Gatehouse could not record this sign-in (its state store failed); try again, and tell your administrator if it keeps failing"
+    )]
+    NotRecorded,
     /// The callback has neither `error` nor a non-empty `code`.
     #[error("the callback has no authorization code")]
     NoCode,
@@ -287,6 +293,10 @@ impl Auth {
         now: UnixTime,
     ) -> Result<VerifiedIdentity, SessionRejected> {
         let id = self.session.decode(get, now)?;
+        if self.google && id.session().v < 1 {
+            // Made before `hd` was recorded: a domain rule would refuse a Workspace account.
+            return Err(SessionRejected::Outdated);
+        }
         self.check_not_revoked(id.session(), now)?;
         Ok(id)
     }
@@ -366,8 +376,16 @@ impl Auth {
         }
         // Single-use: a copied login cookie replayed with made-up codes must not drive
         // calls to the token endpoint. Used before the code is even looked at.
-        if !self.once("sign-in state", &login.state, login.exp, now) {
-            return Err(CallbackError::StateUsed);
+        match self
+            .store
+            .first_use("sign-in state", &login.state, login.exp, now)
+        {
+            Ok(true) => {}
+            Ok(false) => return Err(CallbackError::StateUsed),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot record a sign-in state; refusing the sign-in");
+                return Err(CallbackError::NotRecorded);
+            }
         }
         if let Some(err) = query.get("error") {
             let short: String = err
@@ -407,6 +425,7 @@ impl Auth {
             hd: s.hd,
             iat: now,
             exp: now + self.session_ttl,
+            v: SESSION_VERSION,
         }
     }
 

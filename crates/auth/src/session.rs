@@ -36,7 +36,15 @@ pub struct Session {
     pub iat: UnixTime,
     /// When the session ends: from then on its cookie is refused.
     pub exp: UnixTime,
+    /// What this session records ([`SESSION_VERSION`] for new ones; 0 for sessions made
+    /// before the field existed). A session older than what the checks need is sent to sign
+    /// in again (without a page) rather than judged on facts it does not hold.
+    #[serde(default)]
+    pub v: u8,
 }
+
+/// The session version new sessions get. 1: Google's `hd` is recorded (issue 11).
+pub const SESSION_VERSION: u8 = 1;
 
 /// A session that came out of a cookie or handoff that verified and has not expired.
 /// Only this crate can make one, so an unchecked identity can never reach an upstream.
@@ -100,6 +108,10 @@ pub enum SessionRejected {
     /// The session was ended by sign-out, or began before the person's "not before" time.
     #[error("session was signed out")]
     Revoked,
+    /// The session was made by an earlier Gatehouse and lacks a fact the checks need (a
+    /// Google session without `hd`): signing in again makes a complete one.
+    #[error("session is from an earlier version; signing in again")]
+    Outdated,
 }
 
 /// Reads and writes the session cookie (chunked when large).

@@ -490,3 +490,46 @@ fn on_google_an_address_speaks_for_its_domain_only_with_a_matching_hd() {
     s.hd = None;
     assert!(oidc.domain_verified(&oidc.new_session(s, 1000)));
 }
+
+#[test]
+fn a_google_session_from_before_hd_was_recorded_signs_in_again() {
+    let mut google = config([1; 32]);
+    google.idp.provider = IdpProvider::Google;
+    let g = auth(&google);
+    let mut old = g.new_session(signed_in(), 1000);
+    old.v = 0;
+    let cookies = g.session.encode(&old);
+    let get = |n: &str| {
+        cookies
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        g.verify_session(get, 1001).unwrap_err(),
+        SessionRejected::Outdated
+    );
+    let new = g.session.encode(&g.new_session(signed_in(), 1000));
+    assert!(
+        g.verify_session(
+            |n| new.iter().find(|(k, _)| k == n).map(|(_, v)| v.as_str()),
+            1001
+        )
+        .is_ok()
+    );
+    // Another IdP has no `hd`: its old sessions stay good.
+    let o = auth(&config([1; 32]));
+    let mut old = o.new_session(signed_in(), 1000);
+    old.v = 0;
+    let cookies = o.session.encode(&old);
+    assert!(
+        o.verify_session(
+            |n| cookies
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str()),
+            1001
+        )
+        .is_ok()
+    );
+}
