@@ -308,7 +308,7 @@ impl Auth {
         if self
             .store
             .not_before(&person_key(&s.iss, &s.sub))
-            .is_some_and(|nb| s.iat < nb)
+            .is_some_and(|ended_through| s.iat <= ended_through)
         {
             return Err(SessionRejected::Revoked);
         }
@@ -321,11 +321,10 @@ impl Auth {
         self.store.revoke_session(&s.sid, s.exp, now)
     }
 
-    /// "Sign out of every browser": every session of this person that began before this
-    /// second is refused from now on (they sign in again to get a new one). A session begun
-    /// within this same second is left (`iat` has whole seconds; ending it too would send a
-    /// browser that signs in again at once round the IdP until the second is over): the
-    /// caller ends the session it was asked from with [`Auth::end_session`].
+    /// "Sign out of every browser": every session of this person begun up to now (this
+    /// second included) is refused from now on, in every browser. A sign-in after it, even
+    /// within the same second, gets a session dated after it ([`Auth::new_session`]), so it
+    /// works at once.
     pub fn end_every_session(&self, iss: &str, sub: &str, now: UnixTime) -> Result<(), StoreError> {
         self.store.set_not_before(&person_key(iss, sub), now)
     }
@@ -412,8 +411,14 @@ impl Auth {
         })
     }
 
-    /// A fresh session for a person who just signed in.
+    /// A fresh session for a person who just signed in. Its `iat` is now, or the second
+    /// after the person last signed out of every browser if that was this same second
+    /// (`iat` has whole seconds, and a session dated that second counts as ended).
     pub fn new_session(&self, s: SignedIn, now: UnixTime) -> Session {
+        let iat = match self.store.not_before(&person_key(&s.iss, &s.sub)) {
+            Some(ended_through) if ended_through >= now => ended_through + 1,
+            _ => now,
+        };
         Session {
             sid: random_token(16),
             sub: s.sub,
@@ -423,7 +428,7 @@ impl Auth {
             groups: s.groups,
             iss: s.iss,
             hd: s.hd,
-            iat: now,
+            iat,
             exp: now + self.session_ttl,
             v: SESSION_VERSION,
         }

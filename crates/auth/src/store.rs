@@ -45,9 +45,10 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     fn revoke_session(&self, sid: &str, until: UnixTime, now: UnixTime) -> Result<(), StoreError>;
     /// Whether the session `sid` was ended (and its record has not yet expired).
     fn session_revoked(&self, sid: &str, now: UnixTime) -> bool;
-    /// Ends every session of `person` that began before `at`.
+    /// Records that `person`'s sessions begun at or before `at` (whole seconds) are ended.
+    /// Only ever moves forward.
     fn set_not_before(&self, person: &str, at: UnixTime) -> Result<(), StoreError>;
-    /// The time before which `person`'s sessions are refused, if one was set.
+    /// The time through which `person`'s sessions are refused, if one was set.
     fn not_before(&self, person: &str) -> Option<UnixTime>;
     /// `Ok(true)` the first time `key` of this `kind` is seen; it is then remembered until
     /// `until`, so every later call before then answers `Ok(false)`.

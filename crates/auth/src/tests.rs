@@ -379,10 +379,10 @@ fn a_signed_out_session_is_refused_until_it_would_have_expired() {
 }
 
 #[test]
-fn ending_every_session_refuses_those_begun_before_only() {
+fn ending_every_session_refuses_every_one_begun_up_to_then() {
     let auth = auth(&config([1; 32]));
     let a = auth.new_session(signed_in(), 1000);
-    let b = auth.new_session(signed_in(), 1499);
+    let b = auth.new_session(signed_in(), 1500);
     let mut bob = signed_in();
     bob.sub = "bob".into();
     let c = auth.new_session(bob, 1000);
@@ -403,14 +403,18 @@ fn ending_every_session_refuses_those_begun_before_only() {
     assert_eq!(
         check(&b).unwrap_err(),
         SessionRejected::Revoked,
-        "begun the second before"
+        "begun in the same second, before the click"
     );
     assert!(check(&c).is_ok(), "another person's session is untouched");
     let again = auth.new_session(signed_in(), 1500);
+    assert_eq!(again.iat, 1501, "dated after the click");
     assert!(
         check(&again).is_ok(),
         "a sign-in right after, in the same second, works (no loop through the IdP)"
     );
+    let later = auth.new_session(signed_in(), 1600);
+    assert_eq!(later.iat, 1600);
+    assert!(check(&later).is_ok());
 }
 
 #[test]
