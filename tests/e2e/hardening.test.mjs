@@ -548,7 +548,8 @@ test('max_connections_per_client: past the cap one address gets 429 (never proxi
   assert.match(refused.body, /more requests open at once than Gatehouse allows/);
   assert.ok(refused.headers['retry-after'], 'with Retry-After');
   assert.ok(!s.upstream.requests.slice(hits).some((r) => r.url === '/fourth'), 'never reached the upstream');
-  for (let i = 0; i < 50 && !/too many open requests from one address/.test(gh.logs()); i += 1) {
+  // The access line is written after the response: wait for it.
+  for (let i = 0; i < 50 && !/path=\/fourth status=429/.test(gh.logs()); i += 1) {
     await new Promise((r) => setTimeout(r, 100));
   }
   assert.match(gh.logs(), /too many open requests from one address/);

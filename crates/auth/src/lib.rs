@@ -194,7 +194,8 @@ pub struct Auth {
     login_cookie: String,
     handoff_cookie: String,
     session_ttl: u64,
-    /// Google: an address speaks for its domain only with a matching `hd`.
+    /// `idp_provider: google`: an address speaks for its domain only with a matching `hd`
+    /// (also applied to any session Google's issuer signed, see [`Auth::is_google`]).
     google: bool,
     /// Revoked sessions, "not before" times and one-time values ([`store`]).
     store: Arc<dyn StateStore>,
@@ -293,7 +294,7 @@ impl Auth {
         now: UnixTime,
     ) -> Result<VerifiedIdentity, SessionRejected> {
         let id = self.session.decode(get, now)?;
-        if self.google && id.session().v < 1 {
+        if self.is_google(id.session()) && id.session().v < 1 {
             // Made before `hd` was recorded: a domain rule would refuse a Workspace account.
             return Err(SessionRejected::Outdated);
         }
@@ -525,7 +526,7 @@ impl Auth {
         if !s.email_verified {
             return false;
         }
-        if !self.google {
+        if !self.is_google(s) {
             return true;
         }
         let Some((_, domain)) = s.email.rsplit_once('@') else {
@@ -538,6 +539,17 @@ impl Auth {
                     || domain.eq_ignore_ascii_case("googlemail.com")
             }
         }
+    }
+
+    /// Whether Google signed this person in: the provider is `google`, or the issuer is
+    /// Google's whatever the provider is called (a Pomerium-style `idp_provider: oidc` with
+    /// Google's URL must not skip the `hd` check).
+    fn is_google(&self, s: &Session) -> bool {
+        self.google
+            || matches!(
+                s.iss.trim_end_matches('/'),
+                "https://accounts.google.com" | "accounts.google.com"
+            )
     }
 
     /// The sign-out form's CSRF token for this session.

@@ -35,6 +35,9 @@ use crate::UnixTime;
 
 /// The database file's name inside `state_dir`.
 pub const DB_FILE: &str = "gatehouse.sqlite3";
+/// The lock file in `state_dir`: one process per store (each keeps an in-memory copy of
+/// the revocations, which another process's writes would not reach).
+pub const LOCK_FILE: &str = "gatehouse.lock";
 
 /// What must be remembered across requests, restarts and (with a shared implementation)
 /// replicas. Reads are on the request path and must be quick; writes happen on sign-in and
@@ -110,6 +113,8 @@ pub struct SqliteStore {
     path: PathBuf,
     db: Mutex<Connection>,
     cache: RwLock<Cache>,
+    /// Held (an exclusive `flock`) while this store is open; `None` in memory.
+    _lock: Option<std::fs::File>,
 }
 
 #[derive(Default)]
@@ -159,9 +164,31 @@ impl SqliteStore {
             }
             Err(e) => return Err(dir_err(format!("cannot read it: {e}"))),
         }
+        let lock_path = dir.join(LOCK_FILE);
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| dir_err(format!("cannot create {LOCK_FILE}: {e}")))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError {
+                    path: dir.to_path_buf(),
+                    problem: "another Gatehouse process has this store open".into(),
+                    fix: "stop the other process, or give this one its own `state_dir` (several replicas need a shared store, see README \"State store\")",
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(dir_err(format!("cannot lock {LOCK_FILE}: {e}")));
+            }
+        }
         let path = dir.join(DB_FILE);
         let conn = Connection::open(&path).map_err(|e| classify(&path, &e))?;
-        Self::ready(path, conn, now)
+        let mut store = Self::ready(path, conn, now)?;
+        store._lock = Some(lock);
+        Ok(store)
     }
 
     /// A store that lives in memory for this process only (tests, `policy` tools, `check`).
@@ -210,6 +237,7 @@ impl SqliteStore {
             path,
             db: Mutex::new(conn),
             cache: RwLock::new(Cache::default()),
+            _lock: None,
         };
         store.load(now)?;
         Ok(store)
@@ -320,6 +348,28 @@ impl StateStore for SqliteStore {
         now: UnixTime,
     ) -> Result<bool, StoreError> {
         let db = self.conn()?;
+        // One-time values are written on every sign-in step, by anyone who can load a
+        // sign-in link: no fsync for them (WAL keeps them across a crash of Gatehouse; a
+        // power cut may lose the last ones, which expire within minutes anyway).
+        // Revocations keep `FULL`.
+        db.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(|e| self.write_err(e))?;
+        let fresh = self.insert_once(&db, kind, key, until, now);
+        db.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| self.write_err(e))?;
+        fresh
+    }
+}
+
+impl SqliteStore {
+    fn insert_once(
+        &self,
+        db: &Connection,
+        kind: &str,
+        key: &str,
+        until: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
         let tx = db.unchecked_transaction().map_err(|e| self.write_err(e))?;
         tx.execute("DELETE FROM used_once WHERE until <= ?1", [now])
             .map_err(|e| self.write_err(e))?;
@@ -398,6 +448,20 @@ mod tests {
         );
         let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_the_same_store() {
+        let dir = temp_dir("lock");
+        let first = SqliteStore::open(&dir, 1).unwrap();
+        let e = SqliteStore::open(&dir, 1).unwrap_err().to_string();
+        assert!(
+            e.contains("another Gatehouse process has this store open"),
+            "{e}"
+        );
+        drop(first);
+        SqliteStore::open(&dir, 1).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -488,8 +488,13 @@ fn on_google_an_address_speaks_for_its_domain_only_with_a_matching_hd() {
     let mut unverified = session("alice@example.com", Some("example.com"));
     unverified.email_verified = false;
     assert!(!g.domain_verified(&unverified));
-    // Other IdPs: a verified address speaks for its domain (they have no `hd`).
+    // Google's issuer under `idp_provider: oidc` is Google all the same.
     let oidc = auth(&config([1; 32]));
+    let mut consumer = signed_in();
+    consumer.iss = "https://accounts.google.com".into();
+    consumer.hd = None;
+    assert!(!oidc.domain_verified(&oidc.new_session(consumer, 1000)));
+    // Other IdPs: a verified address speaks for its domain (they have no `hd`).
     let mut s = signed_in();
     s.hd = None;
     assert!(oidc.domain_verified(&oidc.new_session(s, 1000)));

@@ -660,7 +660,7 @@ fn serve_refuses_a_state_dir_it_cannot_write() {
             "{}:9:12: state_dir: state store {}",
             config.display(),
             state.display()
-        )) && stderr.contains("cannot write the database")
+        )) && stderr.contains("cannot create gatehouse.lock: Read-only file system")
             && stderr.contains("make the directory writable"),
         "{stderr}"
     );

@@ -3,7 +3,8 @@
 //! closes; each HTTP/2 stream on its own). Past `max_connections_per_client`, a request is
 //! answered 429 at once, so one address cannot tie up the proxy's memory and upstream
 //! connections for everyone. The address is the TCP peer's (a load balancer in front makes
-//! every client one address: raise the cap there).
+//! every client one address: raise the cap there); an IPv6 peer counts by its /64, the
+//! block one subscriber usually holds.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -25,6 +26,7 @@ pub(crate) struct ClientSlot {
 impl OpenPerClient {
     /// Counts a new request from `ip`, unless it already has `max` open.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let ip = client_key(ip);
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         let n = open.entry(ip).or_insert(0);
         if *n >= max {
@@ -42,6 +44,21 @@ impl OpenPerClient {
     fn open(&self, ip: IpAddr) -> usize {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
         open.get(&ip).copied().unwrap_or(0)
+    }
+}
+
+/// The address a request counts against: IPv4 as it is, IPv6 by its /64 (IPv4-mapped
+/// IPv6 as the IPv4 address).
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
     }
 }
 
@@ -76,6 +93,17 @@ mod tests {
         drop(first);
         assert_eq!(counts.open(a), 1);
         assert!(counts.admit(a, 2).is_some(), "room again once one ended");
+    }
+
+    #[test]
+    fn an_ipv6_block_counts_as_one_client() {
+        let counts = Arc::new(OpenPerClient::default());
+        let one: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let same_block: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        let other_block: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let _a = counts.admit(one, 1).unwrap();
+        assert!(counts.admit(same_block, 1).is_none());
+        assert!(counts.admit(other_block, 1).is_some());
     }
 
     #[test]

@@ -70,9 +70,12 @@ pub(crate) fn duplicated_cookie(
     jar: &[(String, String)],
     own: impl Fn(&[u8]) -> bool,
 ) -> Option<&str> {
-    jar.iter().enumerate().find_map(|(i, (k, _))| {
-        (own(k.as_bytes()) && jar[..i].iter().any(|(j, _)| j == k)).then_some(k.as_str())
-    })
+    // A set, not a scan per cookie: a header may hold thousands of names.
+    let mut seen = std::collections::HashSet::new();
+    jar.iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| own(k.as_bytes()))
+        .find(|k| !seen.insert(*k))
 }
 
 pub(crate) fn query_map(query: Option<&str>) -> HashMap<String, String> {
