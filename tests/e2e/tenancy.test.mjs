@@ -99,7 +99,8 @@ describe('the tenancy boundary, from the person\'s own agent shell', { skip: !IS
   });
 
   test('Gatehouse\'s environment and memory are closed to the shell', async () => {
-    const r = await shell(s, alice, `cat /proc/${s.gh.main.pid}/environ; echo "rc=$?"; cat /proc/${s.gh.main.pid}/maps >/dev/null; echo "rc=$?"`);
+    // stderr joins stdout in the command itself: OpenCode's shell output may not carry it.
+    const r = await shell(s, alice, `cat /proc/${s.gh.main.pid}/environ 2>&1; echo "rc=$?"; cat /proc/${s.gh.main.pid}/maps 2>&1 >/dev/null; echo "rc=$?"`);
     assert.match(r.output, /Permission denied/);
     assert.doesNotMatch(r.output, /rc=0/);
     assert.doesNotMatch(r.output, /COOKIE|SECRET|PATH=/);
