@@ -6,6 +6,7 @@ import { after, before, test } from 'node:test';
 import * as jose from 'jose';
 import { chromium } from 'playwright-core';
 
+import { newPage as newBrowserPage, signInWithBrowser } from '../harness/browser.mjs';
 import { startStack } from '../harness/stack.mjs';
 
 const A = 'assistant.localhost';
@@ -26,22 +27,10 @@ after(async () => {
   await s?.stop();
 });
 
-async function newPage() {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true });
-  const page = await context.newPage();
-  const visited = [];
-  page.on('request', (req) => { if (req.isNavigationRequest()) visited.push(req.url()); });
-  return { context, page, visited };
-}
+const newPage = () => newBrowserPage(browser);
 
 /** Go to `url`, sign in on the IdP's form, wait to be back at `url`. */
-async function signIn(page, url, user, password) {
-  await page.goto(url);
-  await page.waitForURL((u) => u.href.startsWith(`${s.idp.issuer}/interaction/`), { timeout: 15_000 });
-  await page.fill('input[name="login"]', user);
-  await page.fill('input[name="password"]', password);
-  await Promise.all([page.waitForURL((u) => u.href === url, { timeout: 15_000 }), page.click('button[type="submit"]')]);
-}
+const signIn = (page, url, user, password) => signInWithBrowser(page, s.idp.issuer, url, user, password);
 
 test('browser: alice signs in through the IdP page and lands on the exact URL she asked for, with verified identity headers', async () => {
   const { context, page } = await newPage();

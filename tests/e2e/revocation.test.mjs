@@ -13,6 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
+import { newPage as newBrowserPage, signInWithBrowser } from '../harness/browser.mjs';
 import { Client } from '../harness/client.mjs';
 import { runCheck, toYaml } from '../harness/gatehouse.mjs';
 import {
@@ -156,22 +157,10 @@ function assertDuplicateRefusal(r, name, { deleted = ['_pomerium'], msg = '' } =
   }
 }
 
-async function newPage() {
-  const context = await browser.newContext({ ignoreHTTPSErrors: true });
-  const page = await context.newPage();
-  const visited = [];
-  page.on('request', (req) => { if (req.isNavigationRequest()) visited.push(req.url()); });
-  return { context, page, visited };
-}
+const newPage = () => newBrowserPage(browser);
 
 /** Go to `url`, sign in on the IdP's form, wait to be back at `url`. */
-async function browserSignIn(page, url, user, password) {
-  await page.goto(url);
-  await page.waitForURL((u) => u.href.startsWith(`${s.idp.issuer}/interaction/`), { timeout: 15_000 });
-  await page.fill('input[name="login"]', user);
-  await page.fill('input[name="password"]', password);
-  await Promise.all([page.waitForURL((u) => u.href === url, { timeout: 15_000 }), page.click('button[type="submit"]')]);
-}
+const browserSignIn = (page, url, user, password) => signInWithBrowser(page, s.idp.issuer, url, user, password);
 
 /** fetch() from inside the page, as the app's own script would (the browser adds its cookies). */
 function pageFetchStatus(page, p) {

@@ -123,10 +123,11 @@ pub(crate) async fn decide(
 
     // The authenticate host (two-host flow).
     if st.is_auth_host(&host, port) {
-        if let Some(step) = tossed_cookie(st, &request_cookies(req), &host, ctx) {
+        let jar = request_cookies(req);
+        if let Some(step) = tossed_cookie(st, &jar, &host, ctx) {
             return step;
         }
-        return Step::Respond(signin::authenticate_host(st, req, path, gh).await);
+        return Step::Respond(signin::authenticate_host(st, req, &jar, path, gh).await);
     }
 
     // Route match.

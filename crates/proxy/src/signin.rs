@@ -13,7 +13,7 @@ use gatehouse_config::SameSite;
 
 use crate::pages::{self, Page, request_id};
 use crate::refusal::Refusal;
-use crate::request::{cookie_lookup, is_api_request, query_map, request_cookies};
+use crate::request::{cookie_lookup, is_api_request, query_map};
 use crate::state::State;
 
 impl State {
@@ -317,6 +317,7 @@ pub(crate) async fn route_callback(
 pub(crate) async fn authenticate_host(
     st: &State,
     req: &RequestHeader,
+    jar: &[(String, String)],
     path: &str,
     gh: Option<&str>,
 ) -> Page {
@@ -326,11 +327,10 @@ pub(crate) async fn authenticate_host(
         });
     };
     let query = query_map(req.uri.query());
-    let jar = request_cookies(req);
     let t = now();
     if path == "/oauth2/callback" {
         return match st
-            .finish_login(&jar, &query, &format!("{}/", auth_host.origin))
+            .finish_login(jar, &query, &format!("{}/", auth_host.origin))
             .await
         {
             Ok(done) => {
@@ -347,7 +347,7 @@ pub(crate) async fn authenticate_host(
                 tracing::info!(user = %s.email, "signed in");
                 st.groups_at_sign_in(&s).await;
                 let mut page = handoff_redirect(st, &s, &target, &binding, t);
-                for c in st.session_cookies(&s, &jar, t) {
+                for c in st.session_cookies(&s, jar, t) {
                     page = page.with_header("set-cookie", c);
                 }
                 page.with_header(
@@ -377,7 +377,7 @@ pub(crate) async fn authenticate_host(
                 return pages::refusal(&Refusal::SignInLinkUsed);
             }
             // Already signed in at the authenticate host: hand the session over directly.
-            if let Some(id) = st.identity(&jar) {
+            if let Some(id) = st.identity(jar) {
                 return handoff_redirect(st, id.session(), &target, binding, t);
             }
             let redirect_uri = format!("{}/oauth2/callback", auth_host.origin);
@@ -400,7 +400,7 @@ pub(crate) async fn authenticate_host(
             if st
                 .auth
                 .session
-                .decode(cookie_lookup(&jar), t)
+                .decode(cookie_lookup(jar), t)
                 .is_ok_and(|id| id.session().sid == req.sid)
             {
                 for c in st.clear_session_cookies() {
