@@ -203,6 +203,12 @@ pub struct Config {
     /// `state_dir`: the state store's directory (revoked sessions, one-time values),
     /// default `state` beside the first pool's `data_root` (`/var/lib/gatehouse/state`).
     pub state_dir: PathBuf,
+    /// `relay_address`: where the LLM relay listens (loopback only; default
+    /// `127.0.0.1:4100`). Used when a pool has `relay`.
+    pub relay_address: SocketAddr,
+    /// `provider_key_secret`: the master secret of persistent provider keys; `None`:
+    /// derived from `cookie_secret` (a purpose of its own).
+    pub provider_key_secret: Option<Secret<[u8; 32]>>,
     /// `max_connections_per_client`: the most requests one client address may have open
     /// at once (streams included); more get 429. Default 512.
     pub max_connections_per_client: usize,
@@ -275,6 +281,9 @@ pub struct CookieConfig {
     pub host_prefix: bool,
     /// `cookie_secret`: exactly 32 bytes after base64 decoding.
     pub secret: Secret<[u8; 32]>,
+    /// `cookie_secret_previous`: earlier secrets, still accepted to open what they sealed
+    /// (sessions, stored provider keys) after a rotation; never used to seal.
+    pub previous_secrets: Vec<Secret<[u8; 32]>>,
     /// `cookie_expire`, default 14h.
     pub expire: Duration,
     /// `cookie_domain`: the cookie's `Domain` attribute. `None`: a host-only cookie.
@@ -426,6 +435,8 @@ pub struct BackendPool {
     pub confinement: Confinement,
     /// `stop_on_sign_out` (default false): signing out also stops the person's backend.
     pub stop_on_sign_out: bool,
+    /// `relay`: the LLM providers whose keys Gatehouse keeps and relays (issue 12).
+    pub relay: Option<RelaySettings>,
     /// Where `backends.<name>` was written (the built-in default for [`Self::with_defaults`]).
     pub origin: Origin,
 }
@@ -553,9 +564,78 @@ impl BackendPool {
             egress: Vec::new(),
             confinement: Confinement::Required,
             stop_on_sign_out: false,
+            relay: None,
             origin: Origin::Default,
         }
     }
+}
+
+/// `backends.<pool>.relay`: the person's provider keys stay in Gatehouse; the backend gets
+/// a relay address and a token of its own instead (docs/relay.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelaySettings {
+    /// `keys`: where a person's keys are kept.
+    pub keys: KeyMode,
+    /// `rate_limit`: relay requests one person may make per minute (default 120).
+    pub rate_limit: u32,
+    /// `providers`: the providers relayed, in config order.
+    pub providers: Vec<RelayProvider>,
+    /// Where `relay:` was written.
+    pub origin: Origin,
+}
+
+impl RelaySettings {
+    /// The provider with OpenCode's id `id`.
+    pub fn provider(&self, id: &str) -> Option<&RelayProvider> {
+        self.providers.iter().find(|p| p.id == id)
+    }
+}
+
+/// Where a person's provider keys are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyMode {
+    /// `ephemeral` (default): sealed in a cookie of the browser that entered it, and in
+    /// memory while the person is active.
+    Ephemeral,
+    /// `persistent`: encrypted (AES-256-GCM, per-person key) in the state store.
+    Persistent,
+}
+
+impl KeyMode {
+    /// The word the config uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyMode::Ephemeral => "ephemeral",
+            KeyMode::Persistent => "persistent",
+        }
+    }
+}
+
+/// One relayed provider (`relay.providers.<id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayProvider {
+    /// OpenCode's provider id (`openai`, `anthropic`, or the operator's own).
+    pub id: String,
+    /// Which API paths are relayed and how the key is sent.
+    pub style: ProviderStyle,
+    /// `base_url`: the provider's real API base, like `https://api.openai.com/v1`.
+    pub base_url: Url,
+    /// `auth_header`: the header that carries the key (lower case).
+    pub auth_header: String,
+    /// `auth_prefix`: written before the key in that header (`Bearer ` for OpenAI style).
+    pub auth_prefix: String,
+    /// Where the provider was written.
+    pub origin: Origin,
+}
+
+/// A provider API's shape: the paths relayed and the key header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderStyle {
+    /// OpenAI and compatible APIs: `Authorization: Bearer`, `/chat/completions`,
+    /// `/completions`, `/responses`, `/embeddings`, `/models`.
+    OpenAi,
+    /// Anthropic: `x-api-key`, `/messages`, `/messages/count_tokens`, `/models`.
+    Anthropic,
 }
 
 /// A policy file in `policies_dir`: `<name>.yaml` holds the same list of `allow:`/`deny:`

@@ -7,6 +7,7 @@ mod lint;
 mod named;
 mod node;
 mod policy;
+mod relay;
 mod route;
 mod values;
 
@@ -42,6 +43,7 @@ const TOP_KEYS: &[&[&str]] = &[
     &["idp_scopes", "identity_provider_scopes"],
     &["cookie_name"],
     &["cookie_secret"],
+    &["cookie_secret_previous"],
     &["cookie_expire"],
     &["cookie_domain"],
     &["cookie_same_site"],
@@ -50,6 +52,8 @@ const TOP_KEYS: &[&[&str]] = &[
     &["cookie_host_prefix"],
     &["state_dir"],
     &["max_connections_per_client"],
+    &["relay_address"],
+    &["provider_key_secret"],
     &["signing_key"],
     &["allowed_domains"],
     &["allowed_groups"],
@@ -92,6 +96,8 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/gatehouse/state";
 /// `max_connections_per_client` default: far above a person's browser tabs and scripts,
 /// far below what would let one address hold the proxy's memory.
 const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 512;
+/// `relay_address` default port: just below the default backend ports (4101-4199).
+const DEFAULT_RELAY_PORT: u16 = 4100;
 const DEFAULT_COOKIE_EXPIRE: Duration = Duration::from_secs(14 * 60 * 60);
 const DEFAULT_SCOPES: &[&str] = &["openid", "email", "profile"];
 const DEFAULT_PORT: u16 = 443;
@@ -324,6 +330,8 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
     };
     let client_secret = secret("idp_client_secret");
     let cookie_secret = secret("cookie_secret");
+    let previous_secrets = secret("cookie_secret_previous");
+    let provider_key_secret = secret("provider_key_secret");
     let signing_key_setting = secret("signing_key");
     let service_account = secret("idp_service_account");
 
@@ -361,6 +369,42 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         take("cookie_secure"),
         take("cookie_host_prefix"),
     );
+    let previous_secrets: Vec<Secret<[u8; 32]>> = match previous_secrets {
+        Some(s) => ctx
+            .list(&s, split_commas)
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|t| ctx.check(&t.origin, &s.path, values::cookie_secret(&t.value)))
+            .map(Secret::new)
+            .collect(),
+        None => Vec::new(),
+    };
+    let provider_key_secret = provider_key_secret.and_then(|s| {
+        let t = ctx.non_empty(&s)?;
+        ctx.check(&t.origin, &s.path, values::cookie_secret(&t.value))
+            .map(Secret::new)
+    });
+    let relay_address = match take("relay_address") {
+        Some(s) => addr(ctx, &s).and_then(|a| {
+            if a.ip().is_loopback() {
+                Some(a)
+            } else {
+                ctx.error(
+                    s.origin.clone(),
+                    format!(
+                        "{}: `{a}` is not a loopback address; the relay must only be reachable \
+                         from this host's backends (like `127.0.0.1:4100`)",
+                        s.path
+                    ),
+                );
+                None
+            }
+        }),
+        None => Some(SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            DEFAULT_RELAY_PORT,
+        )),
+    };
 
     let signing_key = signing_key_setting.and_then(|s| {
         let t = ctx.non_empty(&s)?;
@@ -520,7 +564,12 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         authenticate_service_url,
         idp: idp?,
         directory,
-        cookie: cookie?,
+        cookie: cookie.map(|mut c| {
+            c.previous_secrets = previous_secrets;
+            c
+        })?,
+        relay_address: relay_address?,
+        provider_key_secret,
         signing_key,
         allowed_domains,
         allowed_groups,
@@ -881,5 +930,6 @@ fn cookie(
         domain,
         same_site: same_site?,
         host_prefix,
+        previous_secrets: Vec::new(),
     })
 }

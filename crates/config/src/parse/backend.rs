@@ -38,6 +38,7 @@ const POOL_KEYS: &[&str] = &[
     "egress",
     "confinement",
     "stop_on_sign_out",
+    "relay",
 ];
 
 const LIMIT_KEYS: &[&str] = &["processes", "memory", "open_files"];
@@ -137,10 +138,9 @@ fn pool(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<BackendPool> {
     let start_timeout = duration(ctx, &mut fields, "start_timeout", defaults.start_timeout);
     let max_starting = count(ctx, &mut fields, "max_starting");
     let max_backends = count(ctx, &mut fields, "max_backends");
-    let env = fields
-        .take("env")
-        .map(|e| env(ctx, &e))
-        .unwrap_or(Some(Vec::new()));
+    let env_entry = fields.take("env");
+    let env_origin = env_entry.as_ref().map(|e| e.origin.clone());
+    let env = env_entry.map(|e| env(ctx, &e)).unwrap_or(Some(Vec::new()));
     let uids = fields.take("uids").map(Setting::file).map(|s| {
         range(ctx, &s, "uids", "200000-200999", |a: u32, b| {
             if a == 0 {
@@ -214,6 +214,10 @@ fn pool(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<BackendPool> {
         .map(Setting::file)
         .and_then(|s| ctx.flag(&s))
         .unwrap_or(false);
+    let relay = fields.take("relay").map(|e| super::relay::relay(ctx, &e));
+    if let (Some(Some(_)), Some(env)) = (&relay, &env) {
+        relay_config_content(ctx, &path, env, env_origin);
+    }
     for rest in fields.rest() {
         ctx.unknown_key(&rest, &path, POOL_KEYS);
     }
@@ -257,8 +261,42 @@ fn pool(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<BackendPool> {
         egress: egress?,
         confinement: confinement.unwrap_or_default(),
         stop_on_sign_out,
+        relay: match relay {
+            Some(r) => Some(r?),
+            None => None,
+        },
         origin: entry.key_origin.clone(),
     })
+}
+
+/// With a relay, Gatehouse merges its provider entries into the pool's
+/// `OPENCODE_CONFIG_CONTENT`, which must then be a JSON object.
+fn relay_config_content(
+    ctx: &mut Ctx<'_>,
+    path: &str,
+    env: &[(String, String)],
+    origin: Option<crate::Origin>,
+) {
+    let Some((_, content)) = env.iter().find(|(k, _)| k == "OPENCODE_CONFIG_CONTENT") else {
+        return;
+    };
+    let problem = match serde_json::from_str::<serde_json::Value>(content) {
+        Ok(serde_json::Value::Object(o)) => match o.get("provider") {
+            None | Some(serde_json::Value::Object(_)) => return,
+            Some(_) => "its `provider` is not an object".to_string(),
+        },
+        Ok(_) => "it is not a JSON object".to_string(),
+        Err(e) => format!("it is not JSON ({e})"),
+    };
+    let origin = origin.unwrap_or_else(|| ctx.whole_file());
+    ctx.error(
+        origin,
+        format!(
+            "{path}.env.OPENCODE_CONFIG_CONTENT: {problem}; with `relay`, Gatehouse merges its \
+             provider entries into this OpenCode config, so it must be a JSON object like \
+             `{{\"model\": \"openai/gpt-4o\"}}`"
+        ),
+    );
 }
 
 /// `command:` a list (`[opencode, serve, --port, "{port}"]`) or one string split on spaces.
