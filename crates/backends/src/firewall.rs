@@ -109,6 +109,21 @@ impl Firewall {
         })
     }
 
+    /// Also lets the pool's backends reach Gatehouse's LLM relay at `addr` (issue 12): the
+    /// one Gatehouse address a backend may connect to.
+    pub fn with_relay(mut self, addr: std::net::SocketAddr) -> Self {
+        let prefix = if addr.is_ipv4() { 32 } else { 128 };
+        self.allow.insert(
+            0,
+            Allow {
+                addr: addr.ip(),
+                prefix,
+                port: Some(addr.port()),
+            },
+        );
+        self
+    }
+
     /// The table's name, `gatehouse_<first uid>_<last uid>` (in the `inet` family).
     pub fn table(&self) -> &str {
         &self.table

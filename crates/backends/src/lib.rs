@@ -47,6 +47,7 @@ mod person;
 pub mod preflight;
 mod probe;
 mod process;
+pub mod relay;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -57,7 +58,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{Semaphore, watch};
 
 pub use gatehouse_config::BackendPool;
-pub use person::{Password, PersonDir, PersonId};
+pub use person::{Password, PersonDir, PersonId, RELAY_TOKEN_PREFIX, RelayToken};
 use process::{Process, SpawnFailure};
 
 /// One pool as the supervisor runs it: the operator's settings (config `backends.<name>`)
@@ -79,6 +80,9 @@ pub struct PoolSettings {
     pub landlock_required: bool,
     /// The pool's nftables table, when outbound connections are confined.
     pub firewall: Option<Arc<firewall::Firewall>>,
+    /// `http://<relay_address>` when the pool relays LLM providers (`relay:`): each
+    /// backend's OpenCode config points the relayed providers there.
+    pub relay_url: Option<String>,
 }
 
 /// How a crashing backend is restarted (a value, not code in the loop: DESIGN/STYLE §8).
@@ -142,6 +146,7 @@ impl PoolSettings {
             // The running binary is Gatehouse itself, which has the launcher subcommands.
             launcher: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             firewall: None,
+            relay_url: None,
         }
     }
 }
@@ -298,6 +303,16 @@ pub struct CountersSnapshot {
     pub idle_stops: u64,
     /// See [`Counters::last_start_ms`].
     pub last_start_ms: u64,
+}
+
+/// Whose backend holds a relay token ([`Supervisor::relay_holder`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayHolder {
+    /// The backend's person.
+    pub person: PersonId,
+    /// The uid the backend runs as; `None` when the pool does not isolate (every backend
+    /// runs as Gatehouse's own uid, so the relay cannot tell backends apart by socket).
+    pub uid: Option<u32>,
 }
 
 // === impl Supervisor ===
@@ -995,6 +1010,28 @@ impl Supervisor {
     /// Whether the person's backend answers now (no start needed).
     pub fn is_running(&self, id: &PersonId) -> bool {
         matches!(self.status(id), Status::Running { .. })
+    }
+
+    /// The running backend that was started with relay token `token` (issue 12): its person
+    /// and uid. `None` for an unknown token, or one whose backend is stopped or stopping:
+    /// a token dies with its process.
+    pub fn relay_holder(&self, token: &str) -> Option<RelayHolder> {
+        let slots: Vec<Arc<Slot>> = lock(&self.inner.pool).slots.values().cloned().collect();
+        slots.iter().find_map(|slot| {
+            let st = lock(&slot.state);
+            match &st.phase {
+                Phase::Running(r)
+                    if r.process.has_exited().is_none()
+                        && r.process.relay_token.as_ref().is_some_and(|t| t.matches(token)) =>
+                {
+                    Some(RelayHolder {
+                        person: slot.id.clone(),
+                        uid: r.process.uid,
+                    })
+                }
+                _ => None,
+            }
+        })
     }
 
     /// The pid of the person's running backend (tests, user page).

@@ -90,6 +90,40 @@ impl fmt::Debug for Password {
     }
 }
 
+/// The token one backend process presents to Gatehouse's LLM relay instead of a provider
+/// key (issue 12): `ghr_` and 32 random bytes, new for every spawn, worthless anywhere but
+/// the relay and only while that process runs. The backend's person can read it (it is in
+/// the backend's environment); that is fine, it opens nothing but their own relay.
+#[derive(Clone)]
+pub struct RelayToken(String);
+
+/// What every relay token begins with, so logs, scanners and the relay can tell them apart.
+pub const RELAY_TOKEN_PREFIX: &str = "ghr_";
+
+impl RelayToken {
+    pub(crate) fn random() -> Self {
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        RelayToken(format!("{RELAY_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+    }
+
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether `presented` is this token, in time that does not depend on where they differ.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.as_bytes().ct_eq(presented.as_bytes()).into()
+    }
+}
+
+impl fmt::Debug for RelayToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
 /// Where a person's backend keeps its files: `<data_root>/<id>/`, used as `HOME`, with the
 /// XDG directories inside it.
 #[derive(Debug, Clone)]

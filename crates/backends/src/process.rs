@@ -16,7 +16,7 @@ use tokio::process::Command;
 use tokio::sync::watch;
 
 use crate::launch::{self, LaunchSpec};
-use crate::person::{Password, PersonDir, PersonId};
+use crate::person::{Password, PersonDir, PersonId, RelayToken};
 use crate::{PoolSettings, probe};
 
 /// The stdout line OpenCode prints once it answers requests.
@@ -28,6 +28,8 @@ pub(crate) struct Process {
     pub port: u16,
     pub uid: Option<u32>,
     pub password: Password,
+    /// The token this process presents to the LLM relay, when its pool has one.
+    pub relay_token: Option<RelayToken>,
     /// `Some(description)` once the process has exited.
     pub exited: watch::Receiver<Option<String>>,
     pid_file: PathBuf,
@@ -99,6 +101,24 @@ pub(crate) async fn spawn(
             .collect(),
     };
     let spec = serde_json::to_string(&spec).map_err(|e| SpawnFailure::Spawn(e.to_string()))?;
+    // With a relay: a token of this process's own, and the relayed providers pointed at
+    // Gatehouse in the OpenCode config (merged into the operator's).
+    let mut env: Vec<(String, String)> = settings.pool.env.clone();
+    let relay_token = match (&settings.pool.relay, &settings.relay_url) {
+        (Some(relay), Some(url)) => {
+            let token = RelayToken::random();
+            let operator = env
+                .iter()
+                .find(|(k, _)| k == "OPENCODE_CONFIG_CONTENT")
+                .map(|(_, v)| v.as_str());
+            let content = crate::relay::opencode_config(operator, relay, url, token.expose())
+                .map_err(SpawnFailure::Spawn)?;
+            env.retain(|(k, _)| k != "OPENCODE_CONFIG_CONTENT");
+            env.push(("OPENCODE_CONFIG_CONTENT".into(), content));
+            Some(token)
+        }
+        _ => None,
+    };
     let mut cmd = Command::new(&settings.launcher);
     cmd.arg(launch::LAUNCH_SUBCOMMAND)
         .arg(spec)
@@ -112,7 +132,7 @@ pub(crate) async fn spawn(
         .env("OPENCODE_DISABLE_MODELS_FETCH", "1")
         .env("OPENCODE_DISABLE_AUTOUPDATE", "1")
         .env("npm_config_registry", "http://127.0.0.1:9/")
-        .envs(settings.pool.env.iter().map(|(k, v)| (k, v)))
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("OPENCODE_SERVER_PASSWORD", password.expose())
         .env("GATEHOUSE_BACKEND_PORT", &port_text)
         .stdin(Stdio::null())
@@ -179,6 +199,7 @@ pub(crate) async fn spawn(
         port,
         uid,
         password,
+        relay_token,
         exited: exit_rx,
         pid_file,
         launcher: settings.launcher.clone(),

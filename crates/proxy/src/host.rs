@@ -49,8 +49,14 @@ pub(crate) fn plan(config: &Config, errors: &mut Vec<ConfigError>) -> HostPlan {
         .iter()
         .map(|pool| {
             let mut settings = PoolSettings::from_pool(pool.clone());
+            if pool.relay.is_some() {
+                settings.relay_url = Some(format!("http://{}", config.relay_address));
+            }
             if let (Some(range), 0, Ok(())) = (&pool.uids, host.euid, &host.nftables) {
                 match Firewall::for_pool(pool, range) {
+                    Ok(fw) if pool.relay.is_some() => {
+                        settings.firewall = Some(Arc::new(fw.with_relay(config.relay_address)));
+                    }
                     Ok(fw) => settings.firewall = Some(Arc::new(fw)),
                     Err(e) => errors.push(ConfigError::new(pool.origin.clone(), e)),
                 }

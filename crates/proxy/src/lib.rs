@@ -47,10 +47,13 @@ pub mod clients;
 mod endpoints;
 mod flow;
 mod host;
+pub mod keys;
 mod listeners;
 pub mod metrics;
+mod peer_uid;
 pub mod pages;
 mod refusal;
+pub mod relay;
 pub mod reload;
 mod request;
 pub mod routes;
@@ -86,6 +89,8 @@ pub struct Prepared {
     address: SocketAddr,
     redirect_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    /// Where the LLM relay listens, when a pool relays providers.
+    relay_addr: Option<SocketAddr>,
     watched: reload::Watched,
     started_with: reload::RestartOnly,
     /// Notes for the operator (e.g. "using a self-signed certificate").
@@ -114,12 +119,14 @@ pub struct Live {
     /// One supervisor per `backends:` pool, made once at start: a reload swaps the routes
     /// that name them, never the running backends (pool settings are restart-only).
     pub backends: Vec<Supervisor>,
+    /// People's provider keys in memory (issue 12); a reload keeps them.
+    pub keys: keys::KeyRing,
 }
 
 impl Live {
     /// Serving `state` with `backends`, no streams open, and the start counted as a
     /// successful load in the metrics.
-    pub fn new(state: State, backends: Vec<Supervisor>) -> Self {
+    pub fn new(state: State, backends: Vec<Supervisor>, keys: keys::KeyRing) -> Self {
         let metrics = metrics::Metrics::default();
         metrics.loaded(true);
         Live {
@@ -128,6 +135,7 @@ impl Live {
             clients: Arc::default(),
             metrics,
             backends,
+            keys,
         }
     }
 
@@ -337,7 +345,12 @@ fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErr
         policies_dir: config.policies_dir.as_deref().map(reload::absolute),
     };
     Ok(Prepared {
-        live: Arc::new(Live::new(state, backends)),
+        live: Arc::new(Live::new(state, backends, keys::KeyRing::new(config))),
+        relay_addr: config
+            .backends
+            .iter()
+            .any(|p| p.relay.is_some())
+            .then_some(config.relay_address),
         tls,
         address: config.address,
         redirect_addr: config.http_redirect_addr,

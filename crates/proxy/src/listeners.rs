@@ -205,6 +205,20 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
         server.add_service(metrics);
         tracing::info!(address = %m, "metrics at http://{m}/metrics");
     }
+    if let Some(addr) = prepared.relay_addr {
+        let mut relay = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            crate::relay::Relay::new(Arc::clone(&prepared.live)),
+            "gatehouse-relay",
+        );
+        relay.add_tcp(&addr.to_string());
+        server.add_service(relay);
+        server.add_service(background_service(
+            "gatehouse-relay-sweeper",
+            crate::relay::Sweeper(Arc::clone(&prepared.live)),
+        ));
+        tracing::info!(address = %addr, "LLM relay listening (loopback, for backends only)");
+    }
     server.add_service(pingora::services::background::background_service(
         "gatehouse-reload",
         reload::Reloader {
