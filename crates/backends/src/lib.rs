@@ -1022,7 +1022,10 @@ impl Supervisor {
             match &st.phase {
                 Phase::Running(r)
                     if r.process.has_exited().is_none()
-                        && r.process.relay_token.as_ref().is_some_and(|t| t.matches(token)) =>
+                        && r.process
+                            .relay_token
+                            .as_ref()
+                            .is_some_and(|t| t.matches(token)) =>
                 {
                     Some(RelayHolder {
                         person: slot.id.clone(),

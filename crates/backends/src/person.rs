@@ -104,7 +104,10 @@ impl RelayToken {
     pub(crate) fn random() -> Self {
         let mut bytes = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut bytes);
-        RelayToken(format!("{RELAY_TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+        RelayToken(format!(
+            "{RELAY_TOKEN_PREFIX}{}",
+            URL_SAFE_NO_PAD.encode(bytes)
+        ))
     }
 
     pub(crate) fn expose(&self) -> &str {

@@ -38,7 +38,10 @@ pub fn opencode_config(
 }
 
 /// The object under `key`, made if missing; `Err` if something else is there.
-fn object_at<'a>(map: &'a mut Map<String, Value>, key: &str) -> Result<&'a mut Map<String, Value>, String> {
+fn object_at<'a>(
+    map: &'a mut Map<String, Value>,
+    key: &str,
+) -> Result<&'a mut Map<String, Value>, String> {
     match map
         .entry(key.to_string())
         .or_insert_with(|| Value::Object(Map::new()))
@@ -77,14 +80,26 @@ mod tests {
         let operator = r#"{"model":"fake/fake-model","provider":{"fake":{"npm":"@ai-sdk/openai-compatible",
             "options":{"baseURL":"http://127.0.0.1:1/v1","timeout":5},"models":{"fake-model":{}}},
             "other":{"options":{"baseURL":"http://x"}}}}"#;
-        let out = opencode_config(Some(operator), &relay(&["fake", "openai"]), "http://127.0.0.1:4100", "ghr_t").unwrap();
+        let out = opencode_config(
+            Some(operator),
+            &relay(&["fake", "openai"]),
+            "http://127.0.0.1:4100",
+            "ghr_t",
+        )
+        .unwrap();
         let v: Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["model"], "fake/fake-model");
         assert_eq!(v["provider"]["fake"]["npm"], "@ai-sdk/openai-compatible");
         assert_eq!(v["provider"]["fake"]["options"]["timeout"], 5);
-        assert_eq!(v["provider"]["fake"]["options"]["baseURL"], "http://127.0.0.1:4100/p/fake");
+        assert_eq!(
+            v["provider"]["fake"]["options"]["baseURL"],
+            "http://127.0.0.1:4100/p/fake"
+        );
         assert_eq!(v["provider"]["fake"]["options"]["apiKey"], "ghr_t");
-        assert_eq!(v["provider"]["openai"]["options"]["baseURL"], "http://127.0.0.1:4100/p/openai");
+        assert_eq!(
+            v["provider"]["openai"]["options"]["baseURL"],
+            "http://127.0.0.1:4100/p/openai"
+        );
         // A provider the pool does not relay is left as the operator wrote it.
         assert_eq!(v["provider"]["other"]["options"]["baseURL"], "http://x");
         assert!(v["provider"]["other"]["options"].get("apiKey").is_none());
@@ -92,15 +107,27 @@ mod tests {
 
     #[test]
     fn without_an_operator_config_only_the_relay_entries_are_written() {
-        let out = opencode_config(None, &relay(&["openai"]), "http://127.0.0.1:4100/", "ghr_t").unwrap();
+        let out =
+            opencode_config(None, &relay(&["openai"]), "http://127.0.0.1:4100/", "ghr_t").unwrap();
         let v: Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["provider"]["openai"]["options"]["baseURL"], "http://127.0.0.1:4100/p/openai");
+        assert_eq!(
+            v["provider"]["openai"]["options"]["baseURL"],
+            "http://127.0.0.1:4100/p/openai"
+        );
     }
 
     #[test]
     fn a_config_that_is_not_an_object_is_refused() {
         assert!(opencode_config(Some("[1]"), &relay(&["a"]), "http://r", "t").is_err());
         assert!(opencode_config(Some("{"), &relay(&["a"]), "http://r", "t").is_err());
-        assert!(opencode_config(Some(r#"{"provider":{"a":3}}"#), &relay(&["a"]), "http://r", "t").is_err());
+        assert!(
+            opencode_config(
+                Some(r#"{"provider":{"a":3}}"#),
+                &relay(&["a"]),
+                "http://r",
+                "t"
+            )
+            .is_err()
+        );
     }
 }

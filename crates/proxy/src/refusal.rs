@@ -73,6 +73,9 @@ pub(crate) enum Refusal {
     RequestUnreadable,
     /// The request was refused while proxying (a 4xx from the proxy machinery).
     RequestRefused,
+    /// OpenCode's provider OAuth on a backend route whose pool relays providers: it would
+    /// write the provider's tokens into the backend's `auth.json` (issue 12).
+    ProviderOAuth,
     /// Anything else: the details are in the log under the request id.
     Internal { request_id: String },
 }
@@ -108,6 +111,7 @@ impl Refusal {
             Refusal::UpstreamDown { .. } => "upstream-down",
             Refusal::RequestUnreadable => "request-unreadable",
             Refusal::RequestRefused => "request-refused",
+            Refusal::ProviderOAuth => "provider-oauth-refused",
             Refusal::Internal { .. } => "internal-error",
         }
     }
@@ -191,6 +195,7 @@ mod tests {
             },
             Refusal::RequestUnreadable,
             Refusal::RequestRefused,
+            Refusal::ProviderOAuth,
             Refusal::Internal {
                 request_id: "r".into(),
             },

@@ -170,7 +170,10 @@ fn keys_page(live: &Live, pool: &str) -> String {
         .find(|r| matches!(&r.target, Target::Backend(s) if s.settings().pool.name == pool))
         .map(|r| {
             let port = r.from.port.map(|p| format!(":{p}")).unwrap_or_default();
-            format!("{}://{}{port}/.gatehouse/providers", r.from.scheme, r.from.host)
+            format!(
+                "{}://{}{port}/.gatehouse/providers",
+                r.from.scheme, r.from.host
+            )
         })
         .unwrap_or_else(|| "/.gatehouse/providers on your assistant's address".into())
 }
@@ -181,7 +184,11 @@ impl Relay {
         let req = session.req_header();
         let path = req.uri.path();
         let Some(after) = path.strip_prefix("/p/") else {
-            return Err(Refused::new(404, "unknown-provider", "not a relay path (/p/<provider>/…)"));
+            return Err(Refused::new(
+                404,
+                "unknown-provider",
+                "not a relay path (/p/<provider>/…)",
+            ));
         };
         let (provider_id, rest) = after.find('/').map_or((after, ""), |i| after.split_at(i));
         ctx.provider = Some(provider_id.to_string());
@@ -229,7 +236,11 @@ impl Relay {
                 }
                 Err(e) => {
                     tracing::error!(target: "gatehouse::relay", error = %e, "relay: cannot look up the caller's uid (sock_diag); refused");
-                    return Err(Refused::new(403, "wrong-peer", "the caller could not be checked"));
+                    return Err(Refused::new(
+                        403,
+                        "wrong-peer",
+                        "the caller could not be checked",
+                    ));
                 }
             }
         }
@@ -239,7 +250,10 @@ impl Relay {
             return Err(Refused::new(
                 403,
                 "path-not-relayed",
-                format!("the relay does not forward {} {rest} to `{provider_id}`", req.method),
+                format!(
+                    "the relay does not forward {} {rest} to `{provider_id}`",
+                    req.method
+                ),
             ));
         }
 
@@ -328,10 +342,16 @@ async fn forward(
     let base = &provider.base_url;
     let tls = base.scheme() == "https";
     let host = base.host_str().unwrap_or("").to_string();
-    let port = base.port_or_known_default().unwrap_or(if tls { 443 } else { 80 });
+    let port = base
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
     let unreachable = |why: String| {
         tracing::error!(target: "gatehouse::relay", provider = %provider.id, base_url = %base, error = %why, "relay: cannot resolve the provider's address");
-        Refused::new(502, "provider-unreachable", format!("`{}` cannot be reached: {why}", provider.id))
+        Refused::new(
+            502,
+            "provider-unreachable",
+            format!("`{}` cannot be reached: {why}", provider.id),
+        )
     };
     let addr = tokio::net::lookup_host((host.trim_matches(['[', ']']), port))
         .await
@@ -347,9 +367,17 @@ async fn forward(
         Some(p) => format!("{host}:{p}"),
         None => host.clone(),
     };
-    let auth_header = http::HeaderName::from_bytes(provider.auth_header.as_bytes())
-        .map_err(|_| Refused::new(500, "bad-config", "the provider's auth_header is not a header name"))?;
-    let mut value = Zeroizing::new(String::with_capacity(provider.auth_prefix.len() + key.len()));
+    let auth_header =
+        http::HeaderName::from_bytes(provider.auth_header.as_bytes()).map_err(|_| {
+            Refused::new(
+                500,
+                "bad-config",
+                "the provider's auth_header is not a header name",
+            )
+        })?;
+    let mut value = Zeroizing::new(String::with_capacity(
+        provider.auth_prefix.len() + key.len(),
+    ));
     value.push_str(&provider.auth_prefix);
     value.push_str(&key);
     Ok(Forward {
@@ -388,7 +416,11 @@ impl ProxyHttp for Relay {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RelayCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RelayCtx,
+    ) -> Result<Box<HttpPeer>> {
         let Some(f) = &ctx.forward else {
             return Error::e_explain(ErrorType::InternalError, "relay: no provider chosen");
         };
@@ -427,8 +459,12 @@ impl ProxyHttp for Relay {
             .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "relay: upstream path"))?;
         req.set_uri(uri);
         req.insert_header(http::header::HOST, f.host.as_str())?;
-        let mut value = http::HeaderValue::from_str(&f.auth_value)
-            .or_else(|_| Error::e_explain(ErrorType::InvalidHTTPHeader, "relay: the key is not a header value"))?;
+        let mut value = http::HeaderValue::from_str(&f.auth_value).or_else(|_| {
+            Error::e_explain(
+                ErrorType::InvalidHTTPHeader,
+                "relay: the key is not a header value",
+            )
+        })?;
         value.set_sensitive(true);
         req.insert_header(f.auth_header.clone(), value)?;
         Ok(())
@@ -484,15 +520,21 @@ fn model_of(body: &[u8]) -> Option<String> {
     struct M {
         model: Option<String>,
     }
-    serde_json::from_slice::<M>(body).ok()?.model.map(|m| m.chars().take(100).collect())
+    serde_json::from_slice::<M>(body)
+        .ok()?
+        .model
+        .map(|m| m.chars().take(100).collect())
 }
 
 /// Whether the person has a backend running (or starting) in any pool: their keys stay in
 /// memory while they do.
 pub(crate) fn active(backends: &[Supervisor], person: &PersonId) -> bool {
-    backends
-        .iter()
-        .any(|s| !matches!(s.status(person), gatehouse_backends::Status::Stopped | gatehouse_backends::Status::Crashing { .. }))
+    backends.iter().any(|s| {
+        !matches!(
+            s.status(person),
+            gatehouse_backends::Status::Stopped | gatehouse_backends::Status::Crashing { .. }
+        )
+    })
 }
 
 /// Wipes from memory the keys of people none of whose backends runs (an idle stop, a
@@ -515,9 +557,7 @@ impl pingora::services::background::BackgroundService for Sweeper {
                 _ = shutdown.changed() => return,
             }
             let live = &self.0;
-            let wiped = live
-                .keys
-                .sweep(|p| active(&live.backends, p), SWEEP_GRACE);
+            let wiped = live.keys.sweep(|p| active(&live.backends, p), SWEEP_GRACE);
             if wiped > 0 {
                 tracing::info!(target: "gatehouse::relay", people = wiped, "provider keys wiped from memory: no backend of theirs runs");
             }
@@ -551,14 +591,19 @@ mod tests {
             (Anthropic, Method::POST, "/chat/completions", false),
             (Anthropic, Method::GET, "/models", true),
         ] {
-            assert_eq!(allowed(style, &method, path), ok, "{style:?} {method} {path}");
+            assert_eq!(
+                allowed(style, &method, path),
+                ok,
+                "{style:?} {method} {path}"
+            );
         }
     }
 
     #[test]
     fn the_model_is_read_from_the_body_and_nothing_else() {
         assert_eq!(
-            model_of(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"secret"}]}"#).as_deref(),
+            model_of(br#"{"model":"gpt-4o","messages":[{"role":"user","content":"secret"}]}"#)
+                .as_deref(),
             Some("gpt-4o")
         );
         assert_eq!(model_of(b"{\"messages\":[]}"), None);

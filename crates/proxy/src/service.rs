@@ -41,6 +41,22 @@ async fn read_form(session: &mut Session) -> Result<HashMap<String, String>> {
     Ok(form_urlencoded::parse(&body).into_owned().collect())
 }
 
+/// The request body, up to `max` bytes (`None` if larger). Zeroized when dropped: it may
+/// hold a provider key.
+async fn read_body(
+    session: &mut Session,
+    max: usize,
+) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>> {
+    let mut body = zeroize::Zeroizing::new(Vec::new());
+    while let Some(chunk) = session.read_request_body().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 pub(crate) async fn write_page(session: &mut Session, page: Page) -> Result<u16> {
     let mut resp = ResponseHeader::build(page.status, Some(page.headers.len() + 1))?;
     for (k, v) in page.headers {
@@ -171,7 +187,7 @@ impl ProxyHttp for Gatehouse {
                 }
             }
         }
-        let mut step = flow::decide(&st, &self.live.backends, session.req_header(), ctx).await;
+        let mut step = flow::decide(&st, &self.live, session.req_header(), ctx).await;
         loop {
             step = match step {
                 Step::Continue => return Ok(false),
@@ -186,6 +202,17 @@ impl ProxyHttp for Gatehouse {
                     Step::Respond(endpoints::submit(&st, &self.live, req, action, &form, ctx).await)
                 }
                 Step::Backend => flow::backend_step(&st, session.req_header(), ctx).await,
+                Step::ReadKeyBody(what) => {
+                    // Read here, never proxied: the key must not reach the backend.
+                    let body = read_body(session, crate::providers::MAX_BODY_BYTES).await?;
+                    let req = session.req_header();
+                    Step::Respond(match body {
+                        Some(b) => crate::providers::submit(&st, &self.live, req, what, &b, ctx),
+                        None => {
+                            Page::json(413, &serde_json::json!({"error": "the body is too large"}))
+                        }
+                    })
+                }
             };
         }
     }

@@ -17,7 +17,7 @@ use crate::request::{cookie_lookup, is_api_request, query_map};
 use crate::state::State;
 
 impl State {
-    fn set_cookie(
+    pub(crate) fn set_cookie(
         &self,
         name: &str,
         value: &str,
@@ -76,6 +76,9 @@ impl State {
         }
         out.push(self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false));
         out.push(self.set_cookie(self.auth.handoff_cookie_name(), "", 0, SameSite::Lax, false));
+        // The provider keys this browser holds (issue 12) go with the session.
+        let keys = format!("{}_keys", self.auth.session.name());
+        out.push(self.key_cookie(&keys, "", 0));
         out
     }
 

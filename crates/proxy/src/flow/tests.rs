@@ -48,7 +48,7 @@ routes:
 /// The state and the backend pools, as `serve` would build them (no socket is opened).
 struct Flow {
     state: Arc<State>,
-    backends: Vec<gatehouse_backends::Supervisor>,
+    live: Arc<crate::Live>,
 }
 
 impl Flow {
@@ -62,7 +62,7 @@ impl Flow {
         let prepared = crate::prepare(&config).unwrap_or_else(|e| panic!("{e}"));
         Flow {
             state: prepared.live.state.load_full(),
-            backends: prepared.live.backends.clone(),
+            live: Arc::clone(&prepared.live),
         }
     }
 
@@ -91,7 +91,7 @@ impl Flow {
 
     async fn run(&self, req: RequestHeader) -> (Step, Ctx) {
         let mut ctx = Ctx::new(Arc::clone(&self.state));
-        let step = decide(&self.state, &self.backends, &req, &mut ctx).await;
+        let step = decide(&self.state, &self.live, &req, &mut ctx).await;
         (step, ctx)
     }
 }
