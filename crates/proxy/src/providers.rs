@@ -578,6 +578,6 @@ mod tests {
 
     #[test]
     fn only_the_last_four_characters_are_shown() {
-        assert_eq!(last4("sk-live-abcd"), "abcd");
+        assert_eq!(crate::keys::last4("sk-live-abcd"), "abcd");
     }
 }

@@ -26,6 +26,9 @@ allowed_domains: [example.com]
 backends:
   assistant:
     command: [opencode, serve, --port, '{port}']
+    relay:
+      providers:
+        fake: {style: openai, base_url: 'http://127.0.0.1:9/v1'}
 routes:
   - from: https://app.example.com
     to: http://127.0.0.1:9001
@@ -208,7 +211,7 @@ async fn backend_route_asks_for_the_persons_backend_without_starting_it() {
     assert!(matches!(step, Step::Backend), "{step:?}");
     assert!(ctx.identity.is_some() && ctx.lease.is_none());
     assert!(
-        !f.backends[0].is_running(&gatehouse_backends::PersonId::new(
+        !f.live.backends[0].is_running(&gatehouse_backends::PersonId::new(
             "http://127.0.0.1:9",
             "sub-alice@example.com"
         ))
@@ -393,4 +396,92 @@ async fn an_oversized_header_block_is_refused_with_431() {
         ))
         .await;
     assert!(matches!(step, Step::Continue), "{step:?}");
+}
+
+
+/// Issue 12: OpenCode's provider dialog on a relaying pool's route is Gatehouse's to answer.
+#[tokio::test]
+async fn opencodes_auth_calls_are_answered_here_and_its_provider_oauth_refused() {
+    let f = Flow::new();
+    let cookie = f.cookie("alice@example.com", &[]);
+    let (step, _) = f
+        .run(request(
+            "PUT",
+            "https://assistant.example.com/auth/fake?directory=/x",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+    assert!(
+        matches!(&step, Step::ReadKeyBody(crate::providers::KeyRequest::OpencodeAuth(p)) if p == "fake"),
+        "{step:?}"
+    );
+    for path in ["/provider/openai/oauth/authorize", "/provider/anthropic/oauth/callback"] {
+        let (step, ctx) = f
+            .run(request(
+                "POST",
+                &format!("https://assistant.example.com{path}"),
+                &[("cookie", &cookie)],
+            ))
+            .await;
+        assert_eq!(respond(step).status, 403, "{path}");
+        assert_eq!(ctx.outcome.map(Outcome::code), Some("provider-oauth-refused"));
+    }
+    // Other OpenCode calls still go to the backend.
+    let (step, _) = f
+        .run(request(
+            "GET",
+            "https://assistant.example.com/provider",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+    assert!(matches!(step, Step::Backend), "{step:?}");
+    // A cross-site PUT /auth is refused before it is read.
+    let (step, _) = f
+        .run(request(
+            "PUT",
+            "https://assistant.example.com/auth/fake",
+            &[("cookie", &cookie), ("origin", "https://evil.example")],
+        ))
+        .await;
+    assert_eq!(respond(step).status, 403);
+}
+
+#[tokio::test]
+async fn the_keys_api_lists_relayed_providers_and_refuses_cross_site_changes() {
+    let f = Flow::new();
+    let cookie = f.cookie("alice@example.com", &[]);
+    let (step, _) = f
+        .run(request(
+            "GET",
+            "https://app.example.com/.gatehouse/api/providers",
+            &[("cookie", &cookie), JSON],
+        ))
+        .await;
+    let page = respond(step);
+    let v: serde_json::Value = serde_json::from_slice(&page.body).unwrap();
+    assert_eq!(v["providers"][0]["id"], "fake");
+    assert_eq!(v["providers"][0]["connected"], false);
+    assert_eq!(v["providers"][0]["mode"], "ephemeral");
+    for method in ["PUT", "DELETE"] {
+        let (step, ctx) = f
+            .run(request(
+                method,
+                "https://app.example.com/.gatehouse/api/providers/fake",
+                &[("cookie", &cookie), ("origin", "https://evil.example")],
+            ))
+            .await;
+        assert_eq!(respond(step).status, 403, "{method}");
+        assert_eq!(ctx.outcome.map(Outcome::code), Some("cross-origin"));
+    }
+    let (step, _) = f
+        .run(request(
+            "PUT",
+            "https://app.example.com/.gatehouse/api/providers/fake",
+            &[("cookie", &cookie), ("origin", "https://app.example.com")],
+        ))
+        .await;
+    assert!(
+        matches!(&step, Step::ReadKeyBody(crate::providers::KeyRequest::ApiPut(p)) if p == "fake"),
+        "{step:?}"
+    );
 }
