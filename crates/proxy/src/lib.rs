@@ -50,6 +50,7 @@ mod host;
 mod listeners;
 pub mod metrics;
 pub mod pages;
+mod peer_uid;
 mod refusal;
 pub mod reload;
 mod request;
