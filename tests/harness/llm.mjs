@@ -4,8 +4,12 @@
 //
 //   const llm = await startLlm();            // llm.url = http://127.0.0.1:PORT/v1
 //   llm.wordDelayMs = 1000;                  // slow replies (an agent that stays busy)
-//   llm.requests                             // [{ at, body }] for every completion asked
+//   llm.requests                             // [{ at, method, path, headers, body }] for every completion asked
+//   llm.seen                                 // the same for every request (models, 404s too)
 //   await llm.close();
+//
+// `headers` keeps what says who is asking: authorization, x-api-key (as received, or
+// undefined). POST /v1/messages answers Anthropic-style (streamed when `stream: true`).
 //
 // `opencodeConfig(llm)` is the OpenCode config (OPENCODE_CONFIG_CONTENT) that makes this
 // the default model, as in docs/opencode.md §5.
@@ -16,27 +20,42 @@ import { pathToFileURL } from 'node:url';
 export const REPLY = 'Hello from the stand-in LLM, streaming word by word to prove nothing is buffered.';
 
 export async function startLlm({ port = 0, host = '127.0.0.1' } = {}) {
-  const llm = { requests: [], wordDelayMs: 150, sockets: new Set() };
+  const llm = { requests: [], seen: [], wordDelayMs: 150, sockets: new Set() };
   const server = http.createServer(async (req, res) => {
     const chunks = [];
     for await (const c of req) chunks.push(c);
     const text = Buffer.concat(chunks).toString('utf8');
-    if (req.method === 'GET' && req.url.endsWith('/models')) {
-      res.writeHead(200, { 'content-type': 'application/json' });
-      res.end(JSON.stringify({ object: 'list', data: [{ id: 'fake-model', object: 'model' }] }));
-      return;
-    }
-    if (req.method !== 'POST' || !req.url.endsWith('/chat/completions')) {
-      res.writeHead(404).end();
-      return;
-    }
+    const seen = {
+      at: Date.now(),
+      method: req.method,
+      path: req.url,
+      headers: { authorization: req.headers.authorization, 'x-api-key': req.headers['x-api-key'], cookie: req.headers.cookie },
+    };
+    llm.seen.push(seen);
     let body = {};
     try {
       body = JSON.parse(text);
     } catch {
       // keep {}
     }
-    llm.requests.push({ at: Date.now(), body });
+    const pathOnly = req.url.split('?')[0];
+    const model = /\/models\/([^/]+)$/.exec(pathOnly);
+    if (req.method === 'GET' && (pathOnly.endsWith('/models') || model)) {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      const one = { id: model ? decodeURIComponent(model[1]) : 'fake-model', object: 'model' };
+      res.end(JSON.stringify(model ? one : { object: 'list', data: [one] }));
+      return;
+    }
+    if (req.method === 'POST' && pathOnly.endsWith('/messages')) {
+      llm.requests.push({ ...seen, body });
+      await anthropicReply(llm, body, res);
+      return;
+    }
+    if (req.method !== 'POST' || !pathOnly.endsWith('/chat/completions')) {
+      res.writeHead(404).end();
+      return;
+    }
+    llm.requests.push({ ...seen, body });
     const id = `chatcmpl-${llm.requests.length}`;
     const created = Math.floor(Date.now() / 1000);
     const chunk = (delta, finish = null) =>
@@ -70,6 +89,30 @@ export async function startLlm({ port = 0, host = '127.0.0.1' } = {}) {
       server.close(() => resolve());
     });
   return llm;
+}
+
+/** A minimal Anthropic Messages API answer (POST /v1/messages), streamed as its SSE events when asked. */
+async function anthropicReply(llm, body, res) {
+  const id = `msg_${llm.requests.length}`;
+  const words = REPLY.split(' ');
+  const usage = { input_tokens: 10, output_tokens: words.length };
+  if (!body.stream) {
+    res.writeHead(200, { 'content-type': 'application/json' });
+    res.end(JSON.stringify({ id, type: 'message', role: 'assistant', model: body.model ?? 'fake-model', content: [{ type: 'text', text: REPLY }], stop_reason: 'end_turn', stop_sequence: null, usage }));
+    return;
+  }
+  const event = (type, data) => `event: ${type}\ndata: ${JSON.stringify({ type, ...data })}\n\n`;
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache', connection: 'keep-alive' });
+  res.write(event('message_start', { message: { id, type: 'message', role: 'assistant', model: body.model ?? 'fake-model', content: [], stop_reason: null, stop_sequence: null, usage: { input_tokens: 10, output_tokens: 0 } } }));
+  res.write(event('content_block_start', { index: 0, content_block: { type: 'text', text: '' } }));
+  for (let i = 0; i < words.length; i += 1) {
+    if (res.destroyed) return;
+    await new Promise((r) => setTimeout(r, llm.wordDelayMs));
+    res.write(event('content_block_delta', { index: 0, delta: { type: 'text_delta', text: (i ? ' ' : '') + words[i] } }));
+  }
+  res.write(event('content_block_stop', { index: 0 }));
+  res.write(event('message_delta', { delta: { stop_reason: 'end_turn', stop_sequence: null }, usage: { output_tokens: words.length } }));
+  res.end(event('message_stop', {}));
 }
 
 /** OpenCode config that uses the stand-in as its only model (OPENCODE_CONFIG_CONTENT). */
