@@ -12,7 +12,7 @@
 //!   memory is only a cache of it.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -162,9 +162,7 @@ impl KeyRing {
     }
 
     fn cookie_hash(&self, value: &str) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        value.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(value)
     }
 
     /// The key cookie's name (`<session cookie>_keys`).

@@ -398,7 +398,6 @@ async fn an_oversized_header_block_is_refused_with_431() {
     assert!(matches!(step, Step::Continue), "{step:?}");
 }
 
-
 /// Issue 12: OpenCode's provider dialog on a relaying pool's route is Gatehouse's to answer.
 #[tokio::test]
 async fn opencodes_auth_calls_are_answered_here_and_its_provider_oauth_refused() {
@@ -415,7 +414,10 @@ async fn opencodes_auth_calls_are_answered_here_and_its_provider_oauth_refused()
         matches!(&step, Step::ReadKeyBody(crate::providers::KeyRequest::OpencodeAuth(p)) if p == "fake"),
         "{step:?}"
     );
-    for path in ["/provider/openai/oauth/authorize", "/provider/anthropic/oauth/callback"] {
+    for path in [
+        "/provider/openai/oauth/authorize",
+        "/provider/anthropic/oauth/callback",
+    ] {
         let (step, ctx) = f
             .run(request(
                 "POST",
@@ -424,7 +426,10 @@ async fn opencodes_auth_calls_are_answered_here_and_its_provider_oauth_refused()
             ))
             .await;
         assert_eq!(respond(step).status, 403, "{path}");
-        assert_eq!(ctx.outcome.map(Outcome::code), Some("provider-oauth-refused"));
+        assert_eq!(
+            ctx.outcome.map(Outcome::code),
+            Some("provider-oauth-refused")
+        );
     }
     // Other OpenCode calls still go to the backend.
     let (step, _) = f

@@ -1,0 +1,826 @@
+// The LLM relay (issue 12): people's provider keys stay in Gatehouse and reach the provider
+// only through the relay; their OpenCode holds a relay token that works nowhere else.
+// Real OpenCode, the real IdP (oidc-provider), real TLS, nftables, and the stand-in LLM
+// (tests/harness/llm.mjs), which is NOT in the pool's egress.allow: a chat can only reach
+// it through the relay. Run as root (CI does): each person's backend has a uid of its own,
+// and the relay checks the connecting socket's uid.
+//
+// Persistent mode (keys encrypted in the state store) is its own describe at the end; see
+// the note there.
+
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+
+import { agentShell, viaClient } from '../harness/agent.mjs';
+import { A, backendProcesses, backendStack, eventually, homeOf, OPENCODE } from '../harness/backends.mjs';
+import { loopbackLookup } from '../harness/client.mjs';
+import { freePort } from '../harness/gatehouse.mjs';
+import { REPLY, startLlm } from '../harness/llm.mjs';
+import { newCookieSecret } from '../harness/stack.mjs';
+
+const IS_ROOT = process.getuid?.() === 0;
+const KEY_COOKIE = '_pomerium_keys';
+const JSON_API = { accept: 'application/json' };
+const MODEL = { providerID: 'fake', modelID: 'fake-model' };
+
+if (!existsSync(OPENCODE)) {
+  throw new Error(`OpenCode binary missing at ${OPENCODE}: run tests/harness/install-deps.sh (installs npm opencode-ai)`);
+}
+
+/** A provider key nobody could guess, with a recognisable prefix (it is what we look for). */
+const newKey = (who) => `sk-test-${who}-${randomBytes(18).toString('hex')}`;
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+// ---- the stack ----
+
+/** A backend stack whose pool relays `fake` (the stand-in), with the stand-in outside egress. */
+async function relayStack(llm, { keys = 'ephemeral', pool = {}, top = {} } = {}) {
+  const relayPort = await freePort();
+  const stateDir = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-relay-state-'));
+  const s = await backendStack(
+    llm,
+    {
+      idle_timeout: '1h',
+      egress: { allow: [] },
+      relay: { keys, providers: { fake: { style: 'openai', base_url: llm.url } } },
+      ...pool,
+    },
+    {},
+    { relay_address: `127.0.0.1:${relayPort}`, state_dir: stateDir, ...top },
+  );
+  s.relayPort = relayPort;
+  s.stateDir = stateDir;
+  // Gatehouse's output of every run (a restart starts a new process with its own output).
+  s.pastLogs = [];
+  s.logs = () => s.pastLogs.join('') + s.gh.main.logs();
+  s.restart = async () => {
+    await s.gh.main.stop();
+    s.pastLogs.push(s.gh.main.logs());
+    await s.start('main');
+  };
+  const stop = s.stop;
+  s.stop = async () => {
+    await stop();
+    rmSync(stateDir, { recursive: true, force: true });
+  };
+  return s;
+}
+
+async function signedIn(s, user, c = s.client()) {
+  const { response } = await c.login(user, `${user}-pass`, s.gh.main.url(A, '/.gatehouse/'));
+  assert.equal(response.status, 200, `${user} signed in: ${response.status} ${response.body.slice(0, 300)}`);
+  return c;
+}
+
+/** A JSON request through Gatehouse on the backend route, same-origin like the web UI's. */
+const api = (s, c, method, p, body, headers = {}) =>
+  c.request(s.gh.main.url(A, p), {
+    method,
+    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
+    headers: { ...JSON_API, origin: s.origin, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
+    timeoutMs: 120_000,
+  });
+
+/** Sets the person's key for `fake` through the keys API (as the keys page's script would). */
+async function setKeyViaApi(s, c, key, provider = 'fake') {
+  const r = await api(s, c, 'PUT', `/.gatehouse/api/providers/${provider}`, { key });
+  assert.equal(r.status, 200, `PUT /.gatehouse/api/providers/${provider}: ${r.status} ${r.body.slice(0, 300)}`);
+  return r;
+}
+
+/** GET /.gatehouse/api/providers: the `fake` row. */
+async function fakeRow(s, c) {
+  const r = await api(s, c, 'GET', '/.gatehouse/api/providers');
+  assert.equal(r.status, 200, `GET /.gatehouse/api/providers: ${r.status} ${r.body.slice(0, 300)}`);
+  return r.json().providers.find((p) => p.id === 'fake');
+}
+
+/** The csrf_token of a form on the user page whose action is `action`. */
+async function userPageToken(s, c, action) {
+  const page = await c.get(s.gh.main.url(A, '/.gatehouse/'));
+  assert.equal(page.status, 200, `user page: ${page.status}`);
+  const m = new RegExp(`action="/\\.gatehouse/${action}"><input type="hidden" name="csrf_token" value="([^"]+)"`).exec(page.body);
+  assert.ok(m, `the user page has the ${action} form`);
+  return m[1];
+}
+
+async function postUserForm(s, c, action, fields = {}) {
+  const csrf = await userPageToken(s, c, action);
+  return c.post(s.gh.main.url(A, `/.gatehouse/${action}`), { csrf_token: csrf, ...fields }, { headers: { origin: s.origin } });
+}
+
+/** Runs `command` in the person's own agent shell, exactly as written; { output, exitCode }. */
+const shell = (s, c, command) => agentShell(viaClient(c, s.origin), command, { literal: true });
+
+/** The backend's OpenCode config, as its own shell sees it. */
+async function backendConfig(s, c) {
+  const r = await shell(s, c, 'printf "%s" "$OPENCODE_CONFIG_CONTENT"');
+  try {
+    return JSON.parse(r.output);
+  } catch {
+    throw new Error(`OPENCODE_CONFIG_CONTENT is no JSON: ${r.output.slice(0, 300)}`);
+  }
+}
+
+const relayTokenOf = async (s, c) => (await backendConfig(s, c)).provider?.fake?.options?.apiKey;
+
+/** Parses a raw HTTP/1.1 response (chunked or not) into { status, headers, body, json }. */
+function parseHttp(raw) {
+  const text = raw.replace(/\r/g, '');
+  const head = text.indexOf('\n\n');
+  const lines = (head < 0 ? text : text.slice(0, head)).split('\n');
+  const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(lines[0] ?? '')?.[1]);
+  const headers = {};
+  for (const l of lines.slice(1)) {
+    const i = l.indexOf(':');
+    if (i > 0) headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
+  }
+  let body = head < 0 ? '' : text.slice(head + 2);
+  if (/chunked/i.test(headers['transfer-encoding'] ?? '')) {
+    body = body.split('\n').filter((l) => !/^[0-9a-f]+$/i.test(l)).join('\n');
+  }
+  let json;
+  try {
+    json = JSON.parse(body.slice(body.indexOf('{'), body.lastIndexOf('}') + 1));
+  } catch {
+    // not JSON
+  }
+  return { status, headers, body, json };
+}
+
+/**
+ * One HTTP request to the relay from the person's own agent shell (bash /dev/tcp: the
+ * backend may have no curl). Every line of the answer is stamped with the time it arrived:
+ * { status, headers, body, json, lines: [{ at (ms), line }] }.
+ */
+async function relayFromShell(s, c, { method = 'GET', p = '/p/fake/models', token, body, header = 'authorization' } = {}) {
+  const payload = body === undefined ? '' : JSON.stringify(body);
+  const auth = token === undefined ? '' : header === 'authorization' ? `Authorization: Bearer ${token}\r\n` : `${header}: ${token}\r\n`;
+  const request = `${method} ${p} HTTP/1.1\r\nHost: 127.0.0.1:${s.relayPort}\r\n${auth}`
+    + (payload ? `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n` : '')
+    + `Connection: close\r\n\r\n${payload}`;
+  const script = `exec 3<>/dev/tcp/127.0.0.1/${s.relayPort} || { echo CONNECT-FAILED; exit 0; }
+echo ${Buffer.from(request).toString('base64')} | base64 -d >&3
+while IFS= read -r -t 30 l <&3 || [[ -n $l ]]; do printf '%s %s\\n' "$EPOCHREALTIME" "$l"; done`;
+  const r = await shell(s, c, script);
+  assert.doesNotMatch(r.output, /CONNECT-FAILED/, `the relay (127.0.0.1:${s.relayPort}) is reachable from the backend`);
+  const lines = r.output.split('\n').filter(Boolean).map((l) => {
+    const i = l.indexOf(' ');
+    return { at: Number(l.slice(0, i).replace(',', '.')) * 1000, line: l.slice(i + 1) };
+  });
+  return { ...parseHttp(lines.map((l) => l.line).join('\n')), lines, output: r.output };
+}
+
+/** A plain HTTP request to the relay from the test process itself (root). */
+function relayFromHere(s, { method = 'GET', p = '/p/fake/models', headers = {}, body } = {}) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: s.relayPort, path: p, method, headers, agent: false, timeout: 15_000 }, (res) => {
+      const chunks = [];
+      res.on('data', (d) => chunks.push(d));
+      res.on('end', () => {
+        const text = Buffer.concat(chunks).toString('utf8');
+        let json;
+        try {
+          json = JSON.parse(text);
+        } catch {
+          // not JSON
+        }
+        resolve({ status: res.statusCode, headers: res.headers, body: text, json });
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    if (body !== undefined) req.write(body);
+    req.end();
+  });
+}
+
+/** The relay's refusal: status and code, from its JSON error. */
+function assertRelayRefusal(r, status, code, msg = '') {
+  assert.equal(r.status, status, `${msg} expected ${status} ${code}, got ${r.status}: ${String(r.body).slice(0, 300)}`);
+  assert.equal(r.json?.error?.code, code, `${msg} expected code ${code}: ${String(r.body).slice(0, 300)}`);
+  assert.equal(r.json?.error?.type, 'gatehouse_relay', msg);
+}
+
+/**
+ * A chat through the person's backend (as the web UI makes one). `marker` goes in the
+ * prompt, so the stand-in's requests for this chat are told apart from any other's.
+ * Resolves to { status, body, requests (the stand-in's completions that carry the marker) }.
+ */
+async function chat(s, llm, c, marker) {
+  const created = await api(s, c, 'POST', '/session', { title: `relay ${marker}` });
+  assert.equal(created.status, 200, `POST /session: ${created.status} ${created.body.slice(0, 300)}`);
+  const r = await api(s, c, 'POST', `/session/${created.json().id}/message`, {
+    model: MODEL,
+    parts: [{ type: 'text', text: `hi ${marker}` }],
+  });
+  return { status: r.status, body: r.body, requests: llm.requests.filter((q) => JSON.stringify(q.body).includes(marker)) };
+}
+
+/** Every file under `dir` (as root) that holds one of `needles`: [ 'path: needle' ]. */
+function filesHolding(dir, needles) {
+  const found = [];
+  let files = 0;
+  const walk = (d) => {
+    let names;
+    try {
+      names = readdirSync(d);
+    } catch {
+      return;
+    }
+    for (const name of names) {
+      const p = path.join(d, name);
+      let st;
+      try {
+        st = lstatSync(p);
+      } catch {
+        continue;
+      }
+      if (st.isDirectory()) walk(p);
+      else if (st.isFile()) {
+        files += 1;
+        let buf;
+        try {
+          buf = readFileSync(p);
+        } catch {
+          continue;
+        }
+        for (const n of needles) if (buf.includes(n)) found.push(`${p}: ${n}`);
+      }
+    }
+  };
+  walk(dir);
+  return { found, files };
+}
+
+/** Every process's environ and cmdline that holds one of `needles`. */
+function processesHolding(needles) {
+  const found = [];
+  let seen = 0;
+  for (const pid of readdirSync('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    for (const f of ['environ', 'cmdline']) {
+      let buf;
+      try {
+        buf = readFileSync(`/proc/${pid}/${f}`);
+      } catch {
+        continue;
+      }
+      seen += 1;
+      for (const n of needles) if (buf.includes(n)) found.push(`/proc/${pid}/${f}: ${n}`);
+    }
+  }
+  return { found, seen };
+}
+
+/**
+ * What the person's own agent shell can print that holds `needle`: its environment, files
+ * under its home, its processes' environ and cmdline. The needle never appears in a command
+ * line (grep reads it from a pipe), so the scan does not find itself.
+ */
+async function shellFinds(s, c, needle) {
+  const n = `<(printf %s ${Buffer.from(needle).toString('base64')} | base64 -d)`;
+  const r = await shell(s, c, [
+    `env | grep -qF -f ${n} && echo "FOUND env"`,
+    `grep -rlF -f ${n} "$HOME" 2>/dev/null | sed 's/^/FOUND file /'`,
+    `for p in /proc/[0-9]*; do for f in environ cmdline; do if tr '\\0' '\\n' < "$p/$f" 2>/dev/null | grep -qF -f ${n}; then echo "FOUND $p/$f"; fi; done; done`,
+    'echo "SCANNED home files: $(find "$HOME" -type f 2>/dev/null | wc -l), readable environs: $(cat /proc/[0-9]*/environ 2>/dev/null | tr "\\0" "\\n" | grep -c "^HOME=")"',
+  ].join('\n'));
+  assert.match(r.output, /SCANNED home files: [1-9]\d*, readable environs: [1-9]/, `the scan ran: ${r.output.slice(-300)}`);
+  return r.output.split('\n').filter((l) => l.startsWith('FOUND'));
+}
+
+/** An SSE stream through Gatehouse: { events: [{ at, data }], close() }. */
+function openSse(s, c, p) {
+  const u = new URL(s.gh.main.url(A, p));
+  const stream = { events: [] };
+  const req = https.request(
+    {
+      host: u.hostname,
+      port: u.port,
+      path: u.pathname,
+      method: 'GET',
+      ca: s.certs.caPem,
+      servername: u.hostname,
+      lookup: loopbackLookup,
+      agent: false,
+      headers: { accept: 'text/event-stream', cookie: c.jar.header(u.hostname) },
+    },
+    (res) => {
+      stream.status = res.statusCode;
+      let buf = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => {
+        buf += d;
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
+          if (!data) continue;
+          try {
+            stream.events.push({ at: Date.now(), data: JSON.parse(data) });
+          } catch {
+            stream.events.push({ at: Date.now(), data });
+          }
+        }
+      });
+      res.on('error', () => {});
+    },
+  );
+  req.on('error', () => {});
+  stream.close = () => req.destroy();
+  req.end();
+  return stream;
+}
+
+/** The access line is written after the response: poll for it. */
+async function waitForLog(s, re, what = String(re)) {
+  await eventually(`log line ${what}`, () => re.test(s.logs()), { timeoutMs: 5_000, everyMs: 100 }).catch(() => {
+    const tail = s.logs().split('\n').slice(-15).join('\n');
+    assert.fail(`no log line ${what}; the log's end:\n${tail}`);
+  });
+}
+
+const logTail = (s, re = /relay|provider|key/i, n = 12) => s.logs().split('\n').filter((l) => re.test(l)).slice(-n).join('\n');
+
+// =====================================================================================
+
+describe('the LLM relay, ephemeral keys (the default)', { skip: !IS_ROOT && 'needs root (per-person uids, nftables)' }, () => {
+  let llm;
+  let s;
+  let alice;
+  let bob;
+  let aliceToken;
+  const aliceKey = newKey('alice');
+  const bobKey = newKey('bob');
+
+  before(async () => {
+    llm = await startLlm();
+    llm.wordDelayMs = 20;
+    s = await relayStack(llm);
+    [alice, bob] = await Promise.all([signedIn(s, 'alice'), signedIn(s, 'bob')]);
+  });
+  after(async () => {
+    await s?.stop();
+    await llm?.close();
+  });
+
+  test('the backend\'s OpenCode config sends the relayed provider to the relay with a relay token, keeping the operator\'s model; the stand-in itself is out of reach', async () => {
+    const cfg = await backendConfig(s, alice);
+    assert.equal(cfg.model, 'fake/fake-model', 'the operator\'s model choice is kept');
+    assert.equal(cfg.provider?.fake?.npm, '@ai-sdk/openai-compatible', 'the operator\'s provider settings are kept');
+    assert.ok(cfg.provider?.fake?.models?.['fake-model'], 'the operator\'s models are kept');
+    assert.equal(cfg.provider.fake.options.baseURL, `http://127.0.0.1:${s.relayPort}/p/fake`);
+    aliceToken = cfg.provider.fake.options.apiKey;
+    assert.match(aliceToken ?? '', /^ghr_[A-Za-z0-9_-]{43}$/, `a relay token, got ${aliceToken}`);
+    const bobToken = await relayTokenOf(s, bob);
+    assert.notEqual(bobToken, aliceToken, 'each backend has its own token');
+    // Not in egress.allow: the only way to the stand-in is the relay.
+    const u = new URL(llm.url);
+    const direct = await shell(s, alice, `if timeout 5 bash -c 'exec 3<>/dev/tcp/${u.hostname}/${u.port}' 2>/dev/null; then echo OPEN; else echo REFUSED; fi`);
+    assert.match(direct.output, /REFUSED/, 'the stand-in LLM is reachable from the backend without the relay');
+  });
+
+  test('without a key: the relay answers 401 no-key naming the keys page, and a chat never reaches the stand-in', async () => {
+    const row = await fakeRow(s, alice);
+    assert.equal(row?.connected, false, `fake is listed, not connected: ${JSON.stringify(row)}`);
+    const r = await relayFromShell(s, alice, { token: aliceToken });
+    assertRelayRefusal(r, 401, 'no-key');
+    assert.match(r.json.error.message, /\/\.gatehouse\/providers/, `the message says where to add a key: ${r.json.error.message}`);
+    const seen = llm.seen.length;
+    const c = await chat(s, llm, alice, `nokey-${randomBytes(4).toString('hex')}`);
+    assert.equal(c.requests.length, 0, 'the stand-in was asked without a key');
+    assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
+    assert.doesNotMatch(c.body, new RegExp(REPLY.split(' ').slice(0, 3).join(' ')), 'no reply without a key');
+  });
+
+  test('a key entered through the keys API reaches the stand-in as alice\'s Bearer on her chat; the page shows only its last four', async () => {
+    const r = await setKeyViaApi(s, alice, aliceKey);
+    assert.equal(r.json().last4, aliceKey.slice(-4));
+    assert.equal(r.json().mode, 'ephemeral');
+    assert.ok(!r.body.includes(aliceKey), 'the answer holds the key');
+    const cookie = r.setCookies.find((x) => x.name === KEY_COOKIE);
+    assert.ok(cookie?.value, `the key cookie ${KEY_COOKIE} is set: ${r.setCookies.map((x) => x.raw).join(' | ')}`);
+    assert.ok(cookie.attrs.httponly && cookie.attrs.secure, `HttpOnly and Secure: ${cookie.raw}`);
+    assert.ok(!cookie.value.includes(aliceKey) && !Buffer.from(cookie.value, 'base64').includes(aliceKey), 'the key cookie is sealed');
+
+    const page = await alice.get(s.gh.main.url(A, '/.gatehouse/providers'));
+    assert.equal(page.status, 200);
+    assert.match(page.body, new RegExp(`…${aliceKey.slice(-4)}`), 'the keys page shows the last four');
+    assert.ok(!page.body.includes(aliceKey.slice(0, -4)), 'the keys page shows more than the last four');
+    const user = await alice.get(s.gh.main.url(A, '/.gatehouse/'));
+    assert.match(user.body, /fake[\s\S]{0,200}connected[\s\S]{0,80}ephemeral/, 'the user page lists the provider as connected, in ephemeral mode');
+
+    const c = await chat(s, llm, alice, `alice-${randomBytes(4).toString('hex')}`);
+    assert.equal(c.status, 200, c.body.slice(0, 300));
+    assert.ok(c.requests.length >= 1, `the stand-in was asked (status ${c.status}: ${c.body.slice(0, 300)})`);
+    for (const q of c.requests) {
+      assert.equal(q.headers.authorization, `Bearer ${aliceKey}`, `alice's key as the Bearer on ${q.path}`);
+      assert.equal(q.path, '/v1/chat/completions');
+      assert.equal(q.headers.cookie, undefined, 'no cookie reaches the provider');
+    }
+    assert.ok(c.body.includes('word by word'), `the reply came back: ${c.body.slice(0, 300)}`);
+  });
+
+  test('a key entered through OpenCode\'s own dialog (PUT /auth/fake) stays in Gatehouse and reaches the stand-in as bob\'s; alice\'s chats keep alice\'s', async () => {
+    const put = await api(s, bob, 'PUT', '/auth/fake', { type: 'api', key: bobKey });
+    assert.equal(put.status, 200, `PUT /auth/fake: ${put.status} ${put.body.slice(0, 300)}`);
+    assert.equal(put.body.trim(), 'true', 'answered as OpenCode would');
+    assert.ok(put.setCookies.some((x) => x.name === KEY_COOKIE && x.value), 'the key cookie is set in bob\'s browser');
+    assert.equal((await fakeRow(s, bob))?.last4, bobKey.slice(-4), 'the keys API lists bob\'s key');
+    const authJson = path.join(homeOf(s, 'bob'), '.local/share/opencode/auth.json');
+    assert.ok(!existsSync(authJson) || !readFileSync(authJson, 'utf8').includes(bobKey), 'the key reached OpenCode\'s auth.json');
+
+    const b = await chat(s, llm, bob, `bob-${randomBytes(4).toString('hex')}`);
+    assert.ok(b.requests.length >= 1, `bob's chat reached the stand-in (status ${b.status}: ${b.body.slice(0, 300)})`);
+    for (const q of b.requests) assert.equal(q.headers.authorization, `Bearer ${bobKey}`, 'bob\'s chat carries bob\'s key');
+    const a = await chat(s, llm, alice, `alice2-${randomBytes(4).toString('hex')}`);
+    assert.ok(a.requests.length >= 1);
+    for (const q of a.requests) assert.equal(q.headers.authorization, `Bearer ${aliceKey}`, 'alice\'s chat carries alice\'s key, not bob\'s');
+    // Nothing the stand-in ever got carried a key it should not have.
+    for (const q of llm.seen) {
+      assert.ok([undefined, `Bearer ${aliceKey}`, `Bearer ${bobKey}`].includes(q.headers.authorization), `unexpected credential reached the stand-in: ${q.headers.authorization}`);
+      assert.doesNotMatch(q.headers.authorization ?? '', /ghr_|not-a-real-key/, 'a relay token or the config\'s placeholder key reached the provider');
+    }
+  });
+
+  test('the keys are found nowhere outside Gatehouse: files, processes, logs, OpenCode\'s API, or what alice\'s own agent shell can print', async () => {
+    const keys = [aliceKey, bobKey];
+    assert.ok((await fakeRow(s, alice))?.connected && (await fakeRow(s, bob))?.connected, 'both keys are set (the test looks for something that exists)');
+    assert.ok(llm.requests.some((q) => q.headers.authorization === `Bearer ${aliceKey}`), 'alice\'s key was used');
+
+    const data = filesHolding(s.dataRoot, keys);
+    assert.ok(data.files > 5, `the data root holds the backends' files (${data.files})`);
+    assert.deepEqual(data.found, [], 'a key in a file under the data root');
+    const state = filesHolding(s.stateDir, keys);
+    assert.deepEqual(state.found, [], 'a key in a file under the state directory');
+    const procs = processesHolding(keys);
+    assert.ok(procs.seen > 20);
+    assert.deepEqual(procs.found, [], 'a key in a process\'s environment or command line');
+    for (const k of keys) assert.ok(!s.logs().includes(k), 'a key in Gatehouse\'s logs');
+
+    for (const [who, c] of [['alice', alice], ['bob', bob]]) {
+      for (const p of ['/config/providers', '/provider']) {
+        const r = await api(s, c, 'GET', p);
+        assert.equal(r.status, 200, `${who} GET ${p}: ${r.status} ${r.body.slice(0, 200)}`);
+        assert.match(r.body, /"fake"/, `${who} GET ${p} lists the relayed provider`);
+        for (const k of keys) assert.ok(!r.body.includes(k), `${who}'s OpenCode hands a key back from GET ${p}`);
+      }
+    }
+
+    // The scan can find things: alice's relay token is in her environment (by design).
+    const control = await shellFinds(s, alice, aliceToken);
+    assert.ok(control.includes('FOUND env'), `the shell scan finds the relay token in the environment: ${control.join(', ')}`);
+    assert.ok(control.some((l) => /^FOUND \/proc\/\d+\/environ$/.test(l)), `and in its processes' environ: ${control.join(', ')}`);
+    for (const [who, k] of [['alice', aliceKey], ['bob', bobKey]]) {
+      assert.deepEqual(await shellFinds(s, alice, k), [], `alice's agent shell can print ${who}'s key`);
+    }
+  });
+
+  test('alice\'s relay token: refused from bob\'s uid and from the test process (wrong-peer), outside the allow-list (path-not-relayed); works from her own shell; logged without the token', async () => {
+    const own = await relayFromShell(s, alice, { token: aliceToken });
+    assert.equal(own.status, 200, `alice's own GET /p/fake/models: ${own.body.slice(0, 300)}`);
+    assert.match(own.body, /fake-model/);
+    const models = llm.seen.filter((q) => q.path === '/v1/models').at(-1);
+    assert.equal(models?.headers.authorization, `Bearer ${aliceKey}`, 'the token was replaced by alice\'s key');
+    const viaApiKey = await relayFromShell(s, alice, { token: aliceToken, header: 'x-api-key' });
+    assert.equal(viaApiKey.status, 200, `the token in x-api-key: ${viaApiKey.body.slice(0, 300)}`);
+
+    const seen = llm.seen.length;
+    const fromBob = await relayFromShell(s, bob, { token: aliceToken });
+    assertRelayRefusal(fromBob, 403, 'wrong-peer', 'alice\'s token from bob\'s agent shell:');
+    const fromBobChat = await relayFromShell(s, bob, { method: 'POST', p: '/p/fake/chat/completions', token: aliceToken, body: { model: 'fake-model', stream: false, messages: [{ role: 'user', content: 'hi' }] } });
+    assertRelayRefusal(fromBobChat, 403, 'wrong-peer', 'a completion with alice\'s token from bob\'s shell:');
+    const fromHere = await relayFromHere(s, { headers: { authorization: `Bearer ${aliceToken}` } });
+    assertRelayRefusal(fromHere, 403, 'wrong-peer', 'alice\'s token from the test process (root):');
+    const outside = await relayFromShell(s, alice, { method: 'POST', p: '/p/fake/files', token: aliceToken, body: { purpose: 'fine-tune' } });
+    assertRelayRefusal(outside, 403, 'path-not-relayed', 'POST /p/fake/files from alice\'s own shell:');
+    const sneaky = await relayFromShell(s, alice, { method: 'POST', p: '/p/fake/chat/completions/../../files', token: aliceToken, body: {} });
+    assert.ok(sneaky.status >= 400, `a dot-dot path is not relayed: ${sneaky.status}`);
+    const noToken = await relayFromShell(s, alice, {});
+    assertRelayRefusal(noToken, 401, 'unknown-token', 'no token:');
+    const guessed = await relayFromShell(s, alice, { token: `ghr_${randomBytes(32).toString('base64url').slice(0, 43)}` });
+    assertRelayRefusal(guessed, 401, 'unknown-token', 'a made-up token:');
+    assert.equal(llm.seen.length, seen, 'a refused request reached the stand-in');
+
+    await waitForLog(s, /wrong-peer|another uid/, 'the wrong-peer refusal');
+    await waitForLog(s, /path-not-relayed|style does not need/, 'the path refusal');
+    assert.ok(!s.logs().includes(aliceToken), `the relay token is in Gatehouse's logs:\n${logTail(s, new RegExp(aliceToken.slice(0, 12)))}`);
+  });
+
+  test('a streamed completion through the relay arrives token by token: raw from the shell, and as OpenCode\'s delta events through Gatehouse', async () => {
+    llm.wordDelayMs = 150;
+    try {
+      const words = REPLY.split(' ').length;
+      const raw = await relayFromShell(s, alice, {
+        method: 'POST',
+        p: '/p/fake/chat/completions',
+        token: aliceToken,
+        body: { model: 'fake-model', stream: true, messages: [{ role: 'user', content: 'stream please' }] },
+      });
+      assert.equal(raw.status, 200, raw.body.slice(0, 300));
+      const chunks = raw.lines.filter((l) => /^data: \{/.test(l.line) && /"content":"[^"]/.test(l.line));
+      assert.ok(chunks.length >= words - 1, `${chunks.length} content chunks for ${words} words`);
+      const rawSpread = chunks.at(-1).at - chunks[0].at;
+      assert.ok(rawSpread >= (words - 2) * llm.wordDelayMs * 0.6, `the relay's chunks spread over ${rawSpread.toFixed(0)} ms, not delivered at once`);
+      const gaps = chunks.slice(1).map((c, i) => c.at - chunks[i].at);
+      const bunched = gaps.filter((g) => g < llm.wordDelayMs * 0.3).length;
+      assert.ok(bunched <= gaps.length / 3, `most chunks arrive one by one (${bunched} of ${gaps.length} gaps under ${llm.wordDelayMs * 0.3} ms)`);
+
+      const events = openSse(s, alice, '/global/event');
+      await eventually('event stream open', () => events.events.length > 0);
+      const session = (await api(s, alice, 'POST', '/session', { title: 'streaming through the relay' })).json();
+      const sent = await api(s, alice, 'POST', `/session/${session.id}/prompt_async`, { model: MODEL, parts: [{ type: 'text', text: 'Say hello' }] });
+      assert.ok(sent.status === 204 || sent.status === 200, `prompt_async: ${sent.status} ${sent.body.slice(0, 200)}`);
+      const deltas = () => events.events.filter((e) => e.data?.payload?.type === 'message.part.delta' && e.data.payload.properties?.sessionID === session.id);
+      try {
+        await eventually('reply fully streamed', () => deltas().map((e) => e.data.payload.properties.delta).join('').includes('buffered'), { timeoutMs: 60_000 });
+      } finally {
+        events.close();
+      }
+      const d = deltas();
+      assert.ok(d.length >= words / 2, `${d.length} delta events for ${words} words`);
+      const spread = d.at(-1).at - d[0].at;
+      assert.ok(spread >= (words - 2) * llm.wordDelayMs * 0.5, `OpenCode's deltas spread over ${spread} ms, not delivered at once`);
+      await waitForLog(s, /gatehouse::relay.*relay.*provider="?fake.*model="?fake-model.*status=200/, 'the relay\'s audit line');
+      assert.ok(!s.logs().includes('stream please'), 'the prompt is in the logs');
+    } finally {
+      llm.wordDelayMs = 20;
+    }
+  });
+
+  test('cross-site writes change no key; OpenCode\'s provider OAuth is refused with provider-oauth-refused', async () => {
+    const evil = 'https://evil.example';
+    const csrf = /name="csrf_token" value="([^"]+)"/.exec((await alice.get(s.gh.main.url(A, '/.gatehouse/providers'))).body)?.[1];
+    assert.ok(csrf, 'the keys page has a form with a csrf_token');
+    const evilKey = newKey('evil');
+    const before = await fakeRow(s, alice);
+    assert.equal(before?.last4, aliceKey.slice(-4));
+
+    const form = await alice.post(s.gh.main.url(A, '/.gatehouse/providers'), { csrf_token: csrf, provider: 'fake', key: evilKey, action: 'set' }, { headers: { origin: evil } });
+    assert.equal(form.status, 403, `cross-site form post (set): ${form.status}`);
+    const formRemove = await alice.post(s.gh.main.url(A, '/.gatehouse/providers'), { csrf_token: csrf, provider: 'fake', action: 'remove' }, { headers: { origin: evil } });
+    assert.equal(formRemove.status, 403, `cross-site form post (remove): ${formRemove.status}`);
+    const noToken = await alice.post(s.gh.main.url(A, '/.gatehouse/providers'), { provider: 'fake', key: evilKey, action: 'set' }, { headers: { origin: s.origin } });
+    assert.equal(noToken.status, 403, `a form post without csrf_token: ${noToken.status}`);
+    const put = await api(s, alice, 'PUT', '/.gatehouse/api/providers/fake', { key: evilKey }, { origin: evil });
+    assert.equal(put.status, 403, `cross-site PUT /.gatehouse/api/providers/fake: ${put.status}`);
+    const del = await api(s, alice, 'DELETE', '/.gatehouse/api/providers/fake', undefined, { origin: evil });
+    assert.equal(del.status, 403, `cross-site DELETE /.gatehouse/api/providers/fake: ${del.status}`);
+    const auth = await alice.request(s.gh.main.url(A, '/auth/fake'), { method: 'PUT', body: JSON.stringify({ type: 'api', key: evilKey }), headers: { 'content-type': 'text/plain', origin: evil, accept: '*/*' } });
+    assert.equal(auth.status, 403, `cross-site PUT /auth/fake: ${auth.status}`);
+    const authDel = await alice.request(s.gh.main.url(A, '/auth/fake'), { method: 'DELETE', headers: { origin: evil, accept: '*/*' } });
+    assert.equal(authDel.status, 403, `cross-site DELETE /auth/fake: ${authDel.status}`);
+    for (const r of [form, formRemove, put, del, auth, authDel]) {
+      assert.ok(!r.setCookies.some((x) => x.name === KEY_COOKIE), 'a refused write set the key cookie');
+    }
+    const after = await fakeRow(s, alice);
+    assert.deepEqual(after, before, 'the key changed');
+    const c = await chat(s, llm, alice, `after-csrf-${randomBytes(4).toString('hex')}`);
+    assert.ok(c.requests.length >= 1 && c.requests.every((q) => q.headers.authorization === `Bearer ${aliceKey}`), 'alice\'s chat still carries her own key');
+
+    // Same-origin form post (the page's own): replaces the key; then back.
+    const replaced = newKey('alice-form');
+    const ok = await alice.post(s.gh.main.url(A, '/.gatehouse/providers'), { csrf_token: csrf, provider: 'fake', key: replaced, action: 'set' }, { headers: { origin: s.origin } });
+    assert.ok(ok.status === 303 || ok.status === 200, `same-origin form post: ${ok.status} ${ok.body.slice(0, 200)}`);
+    assert.equal((await fakeRow(s, alice))?.last4, replaced.slice(-4), 'the page\'s own form changes the key');
+    await setKeyViaApi(s, alice, aliceKey);
+
+    for (const [method, p] of [['GET', '/provider/openai/oauth/authorize'], ['POST', '/provider/openai/oauth/authorize'], ['POST', '/provider/fake/oauth/callback'], ['GET', '/provider/anthropic/oauth/callback?code=x']]) {
+      const r = await alice.request(s.gh.main.url(A, p), { method, headers: { origin: s.origin, accept: 'text/html' }, body: method === 'POST' ? '{}' : undefined });
+      assert.equal(r.status, 403, `${method} ${p}: ${r.status} ${r.body.slice(0, 200)}`);
+      assert.match(r.body, /\/\.gatehouse\/providers/, `${method} ${p}: the page says where to add a key instead`);
+    }
+    await waitForLog(s, /path=\/provider\/openai\/oauth\/authorize status=403 .*decision="?provider-oauth-refused/, 'the access line decision=provider-oauth-refused');
+  });
+
+  test('after alice\'s backend stopped (the Restart button), her old relay token is refused: 401 unknown-token', async () => {
+    const old = aliceToken;
+    assert.equal((await relayFromShell(s, alice, { token: old })).status, 200, 'the token works before the stop');
+    const before = backendProcesses(s.dataRoot).find((p) => p.home === homeOf(s, 'alice'));
+    const r = await postUserForm(s, alice, 'backend/restart', { pool: 'assistant' });
+    assert.ok(r.status < 400, `restart: ${r.status}`);
+    await eventually('alice\'s backend was started anew', () => {
+      const now = backendProcesses(s.dataRoot).find((p) => p.home === homeOf(s, 'alice'));
+      return now && now.pid !== before?.pid;
+    }, { timeoutMs: 30_000 });
+    aliceToken = await relayTokenOf(s, alice);
+    assert.notEqual(aliceToken, old, 'a new backend start gets a new token');
+    const stale = await relayFromShell(s, alice, { token: old });
+    assertRelayRefusal(stale, 401, 'unknown-token', 'the stopped backend\'s token from alice\'s new shell:');
+    const staleHere = await relayFromHere(s, { headers: { authorization: `Bearer ${old}` } });
+    assertRelayRefusal(staleHere, 401, 'unknown-token', 'the stopped backend\'s token from the test process:');
+    await waitForLog(s, /gatehouse::relay.*(unknown|stale).*token|refused="?unknown-token/i, 'the unknown-token log line');
+    const fresh = await relayFromShell(s, alice, { token: aliceToken });
+    assert.equal(fresh.status, 200, `the new token works: ${fresh.body.slice(0, 300)}`);
+  });
+
+  test('a Gatehouse restart wipes memory; the next request from the browser with the key cookie restores it (a new browser has none)', async () => {
+    assert.ok(alice.jar.get(A, KEY_COOKIE), 'alice\'s browser holds the key cookie');
+    await s.restart();
+    // A new browser of alice's first: nothing in memory, nothing to restore from.
+    const other = await signedIn(s, 'alice');
+    assert.equal((await fakeRow(s, other))?.connected, false, 'after a restart, memory holds no key');
+    const page = await other.get(s.gh.main.url(A, '/.gatehouse/providers'));
+    assert.match(page.body, /another browser|enter the key again/i, 'the keys page says a new browser needs the key again');
+    // alice's own browser (same session, same cookie_secret) restores it.
+    const row = await fakeRow(s, alice);
+    assert.equal(row?.connected, true, `the key cookie restored alice's key: ${JSON.stringify(row)}\n${logTail(s)}`);
+    assert.equal(row.last4, aliceKey.slice(-4));
+    aliceToken = await relayTokenOf(s, alice);
+    const c = await chat(s, llm, alice, `restored-${randomBytes(4).toString('hex')}`);
+    assert.ok(c.requests.length >= 1 && c.requests.every((q) => q.headers.authorization === `Bearer ${aliceKey}`), `the restored key reaches the stand-in: ${c.body.slice(0, 300)}`);
+  });
+
+  test('sign-out deletes the key cookie in that browser and the key from memory', async () => {
+    assert.ok(alice.jar.get(A, KEY_COOKIE), 'alice\'s browser holds the key cookie before');
+    const keyCookie = alice.jar.get(A, KEY_COOKIE);
+    const r = await postUserForm(s, alice, 'sign_out');
+    assert.ok(r.status < 400, `sign-out: ${r.status}`);
+    const cleared = r.setCookies.find((x) => x.name === KEY_COOKIE);
+    assert.ok(cleared, `sign-out sets ${KEY_COOKIE}: ${r.setCookies.map((x) => x.raw).join(' | ')}`);
+    assert.equal(cleared.attrs['max-age'], '0', `the key cookie is deleted: ${cleared.raw}`);
+    assert.equal(alice.jar.get(A, KEY_COOKIE), undefined);
+
+    alice = await signedIn(s, 'alice');
+    assert.equal((await fakeRow(s, alice))?.connected, false, 'the key is still in memory after sign-out');
+    aliceToken = await relayTokenOf(s, alice);
+    assertRelayRefusal(await relayFromShell(s, alice, { token: aliceToken }), 401, 'no-key', 'a relay call after sign-out:');
+    const c = await chat(s, llm, alice, `signed-out-${randomBytes(4).toString('hex')}`);
+    assert.equal(c.requests.length, 0, 'a chat after sign-out still reached the stand-in');
+    // The signed-out browser's key cookie, sent again with a new session, restores nothing.
+    alice.jar.set(A, KEY_COOKIE, keyCookie);
+    assert.equal((await fakeRow(s, alice))?.connected, false, 'a key cookie from the signed-out session restored the key');
+    alice.jar.delete(A, KEY_COOKIE);
+    // bob is someone else: his key stays.
+    assert.equal((await fakeRow(s, bob))?.connected, true, 'alice\'s sign-out took bob\'s key');
+  });
+
+  test('"sign out of every browser": another browser\'s key cookie does not restore the key', async () => {
+    const one = await signedIn(s, 'alice');
+    const two = await signedIn(s, 'alice');
+    const twoKey = newKey('alice-two');
+    // Browser two sets its key with the keys page's form.
+    const csrf = /name="csrf_token" value="([^"]+)"/.exec((await two.get(s.gh.main.url(A, '/.gatehouse/providers'))).body)?.[1];
+    const set = await two.post(s.gh.main.url(A, '/.gatehouse/providers'), { csrf_token: csrf, provider: 'fake', key: twoKey, action: 'set' }, { headers: { origin: s.origin } });
+    assert.ok(set.status === 303 || set.status === 200, `the keys form: ${set.status} ${set.body.slice(0, 200)}`);
+    assert.ok(two.jar.get(A, KEY_COOKIE), 'browser two holds a key cookie');
+    aliceToken = await relayTokenOf(s, two);
+    const works = await relayFromShell(s, two, { token: aliceToken });
+    assert.equal(works.status, 200, 'the key works before');
+    assert.equal(llm.seen.at(-1).headers.authorization, `Bearer ${twoKey}`);
+
+    const out = await postUserForm(s, one, 'sign_out_everywhere');
+    assert.ok(out.status < 400, `sign out of every browser: ${out.status}`);
+    const stale = two.jar.get(A, KEY_COOKIE);
+    assert.ok(stale, 'browser two still holds its key cookie (nothing told it)');
+    await signedIn(s, 'alice', two);
+    assert.equal(two.jar.get(A, KEY_COOKIE), stale, 'browser two sends its old key cookie');
+    const row = await fakeRow(s, two);
+    assert.equal(row?.connected, false, `browser two's key cookie restored the key after "sign out of every browser": ${JSON.stringify(row)}`);
+    aliceToken = await relayTokenOf(s, two);
+    const seen = llm.seen.length;
+    assertRelayRefusal(await relayFromShell(s, two, { token: aliceToken }), 401, 'no-key', 'a relay call after "sign out of every browser":');
+    assert.equal(llm.seen.length, seen);
+  });
+});
+
+// =====================================================================================
+// Persistent mode (`relay.keys: persistent`): keys AES-256-GCM encrypted in the state store
+// (<state_dir>/gatehouse.sqlite3). NOTE: this storage landed after the relay itself; while
+// crates/proxy/src/keys.rs' store functions are stubs, these tests fail on the first
+// restart (the key is gone) — that is the missing feature, not the test.
+
+/** The state store's tables whose name speaks of provider keys, with their columns. */
+function keyTables(db) {
+  const tables = execFileSync('sqlite3', [db, "SELECT name FROM sqlite_master WHERE type='table'"], { encoding: 'utf8' }).split('\n').filter(Boolean);
+  return tables
+    .filter((t) => /key|provider|secret/i.test(t))
+    .map((t) => ({
+      name: t,
+      rows: Number(execFileSync('sqlite3', [db, `SELECT count(*) FROM "${t}"`], { encoding: 'utf8' }).trim()),
+      columns: execFileSync('sqlite3', [db, `SELECT name FROM pragma_table_info('${t}')`], { encoding: 'utf8' }).split('\n').filter(Boolean),
+    }));
+}
+
+describe('the LLM relay, persistent keys (encrypted in the state store)', { skip: !IS_ROOT && 'needs root (per-person uids, nftables)' }, () => {
+  let llm;
+  let s;
+  let alice;
+  const key = newKey('persist');
+  let db;
+  const secrets = { first: undefined, second: newCookieSecret(), wrong: newCookieSecret() };
+
+  /** Restarts Gatehouse with `cookieSecret` (and `previous`); alice signs in again unless her session still opens. */
+  async function restartWith(cookieSecret, previous) {
+    s.specs.main.cookieSecret = cookieSecret;
+    if (previous) s.specs.main.extra.cookie_secret_previous = previous;
+    else delete s.specs.main.extra.cookie_secret_previous;
+    await s.restart();
+  }
+
+  /** A relay call from alice's shell with her current token. */
+  async function aliceRelay() {
+    const token = await relayTokenOf(s, alice);
+    return relayFromShell(s, alice, { token });
+  }
+
+  before(async () => {
+    llm = await startLlm();
+    llm.wordDelayMs = 20;
+    s = await relayStack(llm, { keys: 'persistent' });
+    secrets.first = s.specs.main.cookieSecret;
+    db = path.join(s.stateDir, 'gatehouse.sqlite3');
+    alice = await signedIn(s, 'alice');
+  });
+  after(async () => {
+    await s?.stop();
+    await llm?.close();
+  });
+
+  test('a key is stored only as ciphertext: it works, the store holds a row for it, no file holds the key, no key cookie is set', async () => {
+    const r = await setKeyViaApi(s, alice, key);
+    assert.equal(r.json().mode, 'persistent');
+    assert.ok(!r.setCookies.some((x) => x.name === KEY_COOKIE && x.value), 'persistent mode sets no key cookie');
+    const c = await chat(s, llm, alice, `persist-${randomBytes(4).toString('hex')}`);
+    assert.ok(c.requests.length >= 1 && c.requests.every((q) => q.headers.authorization === `Bearer ${key}`), `the key reaches the stand-in: ${c.body.slice(0, 300)}`);
+    assert.ok(existsSync(db), `the state store ${db}`);
+    const tables = keyTables(db);
+    assert.ok(tables.some((t) => t.rows >= 1), `a table of stored keys with a row: ${JSON.stringify(tables)}`);
+    assert.deepEqual(filesHolding(s.stateDir, [key]).found, [], 'the key in plaintext in the state directory');
+    assert.deepEqual(filesHolding(s.dataRoot, [key]).found, [], 'the key under the data root');
+    assert.deepEqual(processesHolding([key]).found, []);
+    assert.ok(!s.logs().includes(key), 'the key in the logs');
+  });
+
+  test('the key survives a Gatehouse restart (same secret): a chat after it carries the key; a new browser sees it connected', async () => {
+    await restartWith(secrets.first);
+    const fresh = await signedIn(s, 'alice');
+    const row = await fakeRow(s, fresh);
+    assert.equal(row?.connected, true, `after the restart, a new browser lists the key: ${JSON.stringify(row)}`);
+    assert.equal(row.mode, 'persistent');
+    assert.equal(row.last4, key.slice(-4));
+    const c = await chat(s, llm, alice, `survived-${randomBytes(4).toString('hex')}`);
+    assert.ok(c.requests.length >= 1, `after the restart, the chat reached the stand-in: ${c.body.slice(0, 400)}\n${logTail(s)}`);
+    for (const q of c.requests) assert.equal(q.headers.authorization, `Bearer ${key}`);
+  });
+
+  test('rotation: a new cookie_secret with cookie_secret_previous: [old] keeps sessions and the key; the key is re-encrypted, so it still opens once the old secret is gone', async () => {
+    await restartWith(secrets.second, [secrets.first]);
+    const page = await alice.get(s.gh.main.url(A, '/.gatehouse/'));
+    assert.equal(page.status, 200, `alice's session sealed with the old secret still opens: ${page.status}`);
+    const r = await aliceRelay();
+    assert.equal(r.status, 200, `the stored key opens after rotation: ${r.body.slice(0, 300)}\n${logTail(s)}`);
+    assert.equal(llm.seen.at(-1).headers.authorization, `Bearer ${key}`);
+
+    await restartWith(secrets.second);
+    alice = await signedIn(s, 'alice', s.client());
+    const again = await aliceRelay();
+    assert.equal(again.status, 200, `re-encrypted under the new secret: ${again.body.slice(0, 300)}\n${logTail(s)}`);
+    assert.equal(llm.seen.at(-1).headers.authorization, `Bearer ${key}`);
+  });
+
+  test('a wrong master secret: the relay answers 500 key-unreadable with a clear message, and the log names the fix', async () => {
+    await restartWith(secrets.wrong);
+    alice = await signedIn(s, 'alice', s.client());
+    const seen = llm.seen.length;
+    const r = await aliceRelay();
+    assertRelayRefusal(r, 500, 'key-unreadable', 'a key stored under another secret:');
+    assert.match(r.json.error.message, /secret|decrypt|cannot be read|unreadable/i, `a clear message: ${r.json.error.message}`);
+    assert.match(r.json.error.message, /\/\.gatehouse\/providers|again|cookie_secret|provider_key_secret/i, `the message says what to do: ${r.json.error.message}`);
+    assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
+    await waitForLog(s, /cookie_secret|provider_key_secret/, 'a log line naming the secret to fix');
+    assert.ok(!s.logs().includes(key));
+  });
+
+  test('a tampered row: the relay answers 500 key-unreadable (the right secret, a changed ciphertext)', async () => {
+    await s.gh.main.stop();
+    s.pastLogs.push(s.gh.main.logs());
+    const tables = keyTables(db).filter((t) => t.rows >= 1);
+    assert.ok(tables.length >= 1, `a table of stored keys with a row: ${JSON.stringify(keyTables(db))}`);
+    let changed = 0;
+    for (const t of tables) {
+      for (const col of t.columns) {
+        // Flip the last byte of every blob (ciphertext, nonce): the row no longer opens.
+        const n = execFileSync('sqlite3', [db, `UPDATE "${t.name}" SET "${col}" = substr("${col}", 1, length("${col}") - 1) || CASE WHEN substr("${col}", -1, 1) = X'00' THEN X'01' ELSE X'00' END WHERE typeof("${col}") = 'blob' AND length("${col}") > 0; SELECT changes();`], { encoding: 'utf8' });
+        changed += Number(n.trim());
+      }
+    }
+    assert.ok(changed >= 1, `a ciphertext blob was changed (tables ${JSON.stringify(tables)})`);
+    s.specs.main.cookieSecret = secrets.second;
+    await s.start('main');
+    alice = await signedIn(s, 'alice', s.client());
+    const seen = llm.seen.length;
+    const r = await aliceRelay();
+    assertRelayRefusal(r, 500, 'key-unreadable', 'a tampered row:');
+    assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
+  });
+});
