@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import os from 'node:os';
@@ -41,7 +41,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 // ---- the stack ----
 
 /** A backend stack whose pool relays `fake` (the stand-in), with the stand-in outside egress. */
-async function relayStack(llm, { keys = 'ephemeral', pool = {}, top = {} } = {}) {
+async function relayStack(llm, { keys = 'ephemeral', providers = {}, pool = {}, top = {} } = {}) {
   const relayPort = await freePort();
   const stateDir = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-relay-state-'));
   const s = await backendStack(
@@ -49,7 +49,7 @@ async function relayStack(llm, { keys = 'ephemeral', pool = {}, top = {} } = {})
     {
       idle_timeout: '1h',
       egress: { allow: [] },
-      relay: { keys, providers: { fake: { style: 'openai', base_url: llm.url } } },
+      relay: { keys, providers: { fake: { style: 'openai', base_url: llm.url }, ...providers } },
       ...pool,
     },
     {},
@@ -349,6 +349,12 @@ async function waitForLog(s, re, what = String(re)) {
   });
 }
 
+/** RELAY_TEST_LOGS=<dir>: keep Gatehouse's output of each describe there (for reports). */
+function dumpLogs(s, name) {
+  const dir = process.env.RELAY_TEST_LOGS;
+  if (dir && s) writeFileSync(path.join(dir, `gatehouse-${name}.log`), s.logs());
+}
+
 const logTail = (s, re = /relay|provider|key/i, n = 12) => s.logs().split('\n').filter((l) => re.test(l)).slice(-n).join('\n');
 
 // =====================================================================================
@@ -361,14 +367,17 @@ describe('the LLM relay, ephemeral keys (the default)', { skip: !IS_ROOT && 'nee
   let aliceToken;
   const aliceKey = newKey('alice');
   const bobKey = newKey('bob');
+  const claudeKey = newKey('alice-claude');
 
   before(async () => {
     llm = await startLlm();
     llm.wordDelayMs = 20;
-    s = await relayStack(llm);
+    // `claude`: an Anthropic-style provider (x-api-key), relayed to the same stand-in.
+    s = await relayStack(llm, { providers: { claude: { style: 'anthropic', base_url: llm.url } } });
     [alice, bob] = await Promise.all([signedIn(s, 'alice'), signedIn(s, 'bob')]);
   });
   after(async () => {
+    dumpLogs(s, 'ephemeral');
     await s?.stop();
     await llm?.close();
   });
@@ -381,6 +390,8 @@ describe('the LLM relay, ephemeral keys (the default)', { skip: !IS_ROOT && 'nee
     assert.equal(cfg.provider.fake.options.baseURL, `http://127.0.0.1:${s.relayPort}/p/fake`);
     aliceToken = cfg.provider.fake.options.apiKey;
     assert.match(aliceToken ?? '', /^ghr_[A-Za-z0-9_-]{43}$/, `a relay token, got ${aliceToken}`);
+    assert.equal(cfg.provider?.claude?.options?.baseURL, `http://127.0.0.1:${s.relayPort}/p/claude`, 'every relayed provider is in the config from the start');
+    assert.equal(cfg.provider.claude.options.apiKey, aliceToken);
     const bobToken = await relayTokenOf(s, bob);
     assert.notEqual(bobToken, aliceToken, 'each backend has its own token');
     // Not in egress.allow: the only way to the stand-in is the relay.
@@ -452,8 +463,33 @@ describe('the LLM relay, ephemeral keys (the default)', { skip: !IS_ROOT && 'nee
     }
   });
 
+  test('an Anthropic-style provider: no key → 401 no-key; with alice\'s key it reaches the stand-in as x-api-key on /messages only; an unknown provider → 404', async () => {
+    const body = { model: 'claude-fake', max_tokens: 50, messages: [{ role: 'user', content: 'hi' }] };
+    const none = await relayFromShell(s, alice, { method: 'POST', p: '/p/claude/messages', token: aliceToken, header: 'x-api-key', body });
+    assertRelayRefusal(none, 401, 'no-key', 'a provider with no key:');
+    assert.match(none.json.error.message, /\/\.gatehouse\/providers/, `the message says where to add a key: ${none.json.error.message}`);
+    assert.match(none.json.error.message, /claude/, 'the message names the provider');
+
+    await setKeyViaApi(s, alice, claudeKey, 'claude');
+    const r = await relayFromShell(s, alice, { method: 'POST', p: '/p/claude/messages', token: aliceToken, header: 'x-api-key', body });
+    assert.equal(r.status, 200, `POST /p/claude/messages: ${r.body.slice(0, 300)}`);
+    assert.match(r.body, /word by word/);
+    const q = llm.requests.at(-1);
+    assert.equal(q.path, '/v1/messages');
+    assert.equal(q.headers['x-api-key'], claudeKey, 'Anthropic style: the key as x-api-key');
+    assert.equal(q.headers.authorization, undefined, 'and no Authorization (the token is not passed on)');
+    const seen = llm.seen.length;
+    assertRelayRefusal(await relayFromShell(s, alice, { method: 'POST', p: '/p/claude/chat/completions', token: aliceToken, body }), 403, 'path-not-relayed', 'an OpenAI path on an Anthropic provider:');
+    assertRelayRefusal(await relayFromShell(s, alice, { method: 'POST', p: '/p/claude/messages/batches', token: aliceToken, body }), 403, 'path-not-relayed', 'message batches:');
+    assertRelayRefusal(await relayFromShell(s, alice, { p: '/p/nope/models', token: aliceToken }), 404, 'unknown-provider', 'a provider the pool does not relay:');
+    assert.equal(llm.seen.length, seen, 'a refused request reached the stand-in');
+    // bob has no claude key: alice's is not his.
+    const bobToken = await relayTokenOf(s, bob);
+    assertRelayRefusal(await relayFromShell(s, bob, { method: 'POST', p: '/p/claude/messages', token: bobToken, body }), 401, 'no-key', 'bob, who has no claude key:');
+  });
+
   test('the keys are found nowhere outside Gatehouse: files, processes, logs, OpenCode\'s API, or what alice\'s own agent shell can print', async () => {
-    const keys = [aliceKey, bobKey];
+    const keys = [aliceKey, bobKey, claudeKey];
     assert.ok((await fakeRow(s, alice))?.connected && (await fakeRow(s, bob))?.connected, 'both keys are set (the test looks for something that exists)');
     assert.ok(llm.requests.some((q) => q.headers.authorization === `Bearer ${aliceKey}`), 'alice\'s key was used');
 
@@ -480,7 +516,7 @@ describe('the LLM relay, ephemeral keys (the default)', { skip: !IS_ROOT && 'nee
     const control = await shellFinds(s, alice, aliceToken);
     assert.ok(control.includes('FOUND env'), `the shell scan finds the relay token in the environment: ${control.join(', ')}`);
     assert.ok(control.some((l) => /^FOUND \/proc\/\d+\/environ$/.test(l)), `and in its processes' environ: ${control.join(', ')}`);
-    for (const [who, k] of [['alice', aliceKey], ['bob', bobKey]]) {
+    for (const [who, k] of [['alice', aliceKey], ['bob', bobKey], ['alice (claude)', claudeKey]]) {
       assert.deepEqual(await shellFinds(s, alice, k), [], `alice's agent shell can print ${who}'s key`);
     }
   });
@@ -742,6 +778,7 @@ describe('the LLM relay, persistent keys (encrypted in the state store)', { skip
     alice = await signedIn(s, 'alice');
   });
   after(async () => {
+    dumpLogs(s, 'persistent');
     await s?.stop();
     await llm?.close();
   });

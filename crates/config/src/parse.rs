@@ -454,6 +454,41 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         Some(entry) => backend::pools(ctx, &entry),
         None => (Vec::new(), Vec::new()),
     };
+    if let Some(relay_at) = relay_address {
+        for pool in backends.iter().filter(|p| p.relay.is_some()) {
+            let origin = pool
+                .relay
+                .as_ref()
+                .map_or_else(|| pool.origin.clone(), |r| r.origin.clone());
+            if relay_at.ip().is_loopback()
+                && (pool.ports.0..=pool.ports.1).contains(&relay_at.port())
+            {
+                ctx.error(
+                    origin.clone(),
+                    format!(
+                        "backends.{}.relay: the relay's port {} (relay_address) is inside the \
+                         pool's ports {}-{}; move relay_address or the pool's ports",
+                        pool.name,
+                        relay_at.port(),
+                        pool.ports.0,
+                        pool.ports.1
+                    ),
+                );
+            }
+            if pool.isolation_none.is_some() {
+                ctx.warn(
+                    origin,
+                    format!(
+                        "backends.{}.relay with `isolation: none`: every backend runs as \
+                         Gatehouse's uid, so the relay cannot check which backend calls it; \
+                         a backend that learns another's relay token can spend that person's \
+                         key (run as root with `uids` to close this)",
+                        pool.name
+                    ),
+                );
+            }
+        }
+    }
     let max_connections_per_client = match take("max_connections_per_client") {
         Some(s) => ctx.non_empty(&s).and_then(|t| {
             let parsed = match t.value.trim().parse::<usize>() {

@@ -60,6 +60,12 @@ fn bad_backend_pools_and_to_backend_routes_are_reported() {
 }
 
 #[test]
+fn relay_mistakes_are_each_named_with_a_fix() {
+    check("bad-relay", &[]);
+    check("bad-relay-address", &[]);
+}
+
+#[test]
 fn http_issuer_on_non_loopback_host_is_refused() {
     check("http-issuer", &[]);
 }
