@@ -545,7 +545,7 @@ pub struct Sweeper(pub Arc<Live>);
 /// How often the sweeper looks, and how long a key entered before any backend started is
 /// kept (so it is not lost while the backend starts).
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
-const SWEEP_GRACE: Duration = Duration::from_secs(60);
+const SWEEP_GRACE: Duration = Duration::from_secs(10);
 
 #[async_trait]
 impl pingora::services::background::BackgroundService for Sweeper {
