@@ -8,7 +8,8 @@
 //! - the session, the in-flight login and the cross-host handoff ([`session`]);
 //! - the identity JWT and its JWKS ([`jwt`]);
 //! - Google Workspace groups from the Directory API, with their cache ([`directory`]);
-//! - the sign-out CSRF token.
+//! - the sign-out CSRF token;
+//! - people's LLM provider keys in persistent mode, encrypted at rest ([`vault`]).
 //!
 //! Only this crate can make a [`VerifiedIdentity`], and the proxy needs one to add identity
 //! headers, so an identity that was not checked can never reach an upstream.
@@ -29,6 +30,7 @@ pub mod oidc;
 pub mod seal;
 pub mod session;
 pub mod store;
+pub mod vault;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,6 +52,7 @@ pub use session::{
     UnixTime, VerifiedIdentity,
 };
 use store::{StateStore, StoreError};
+use vault::Vault;
 
 /// How long a login may take between the redirect to the IdP and the callback.
 pub const LOGIN_TTL_SECS: u64 = 600;
@@ -190,7 +193,11 @@ pub struct Auth {
     login: Sealer,
     handoff: Sealer,
     signout: Sealer,
-    csrf_key: [u8; 32],
+    /// People's provider keys in persistent mode ([`vault`]).
+    pub vault: Vault,
+    /// The sign-out form's CSRF keys: the current one first, then one per previous cookie
+    /// secret (a page loaded before a rotation still signs out).
+    csrf_keys: Vec<[u8; 32]>,
     login_cookie: String,
     handoff_cookie: String,
     session_ttl: u64,
@@ -222,31 +229,54 @@ impl std::fmt::Debug for Auth {
 impl Auth {
     /// Everything for `config`: a key for each sealed value and the CSRF key, all derived
     /// from the cookie secret, the signing key (a random one for this process when
-    /// `signing_key` is not set), the OIDC client, and the state store that makes sessions
-    /// revocable and one-time values single-use. Nothing is fetched here: discovery
+    /// `signing_key` is not set), the OIDC client, the state store that makes sessions
+    /// revocable and one-time values single-use, and the provider-key vault on the same
+    /// store. Each `cookie_secret_previous` still opens what it sealed (sessions, sign-ins
+    /// under way, handoffs, sign-out requests), so rotating the secret signs nobody out;
+    /// everything new is sealed with the current one. Nothing is fetched here: discovery
     /// waits for the first sign-in.
     pub fn new(config: &Config, store: Arc<dyn StateStore>) -> Result<Self, AuthSetupError> {
         let secret = config.cookie.secret.expose();
+        let previous: Vec<&[u8; 32]> = config
+            .cookie
+            .previous_secrets
+            .iter()
+            .map(|s| s.expose())
+            .collect();
+        let sealer = |purpose: &str| {
+            previous
+                .iter()
+                .fold(Sealer::new(secret, purpose), |s, old| {
+                    s.with_previous(old, purpose)
+                })
+        };
         let signer = match &config.signing_key {
             Some(pem) => IdentitySigner::from_pem(pem.expose())?,
             None => IdentitySigner::generate()?,
         };
-        let hk = hkdf::Hkdf::<Sha256>::new(Some(b"gatehouse-csrf-v1"), secret);
-        let mut csrf_key = [0u8; 32];
-        if hk.expand(b"sign-out", &mut csrf_key).is_err() {
-            unreachable!("HKDF output length 32 is valid");
-        }
+        let csrf_keys = std::iter::once(secret)
+            .chain(previous.iter().copied())
+            .map(|secret| {
+                let hk = hkdf::Hkdf::<Sha256>::new(Some(b"gatehouse-csrf-v1"), secret);
+                let mut csrf_key = [0u8; 32];
+                if hk.expand(b"sign-out", &mut csrf_key).is_err() {
+                    unreachable!("HKDF output length 32 is valid");
+                }
+                csrf_key
+            })
+            .collect();
         Ok(Auth {
             session: SessionCodec {
                 name: config.cookie.name.clone(),
-                sealer: Sealer::new(secret, "session"),
+                sealer: sealer("session"),
             },
             oidc: Oidc::new(&config.idp)?,
             signer,
-            login: Sealer::new(secret, "login"),
-            handoff: Sealer::new(secret, "handoff"),
-            signout: Sealer::new(secret, "sign-out"),
-            csrf_key,
+            login: sealer("login"),
+            handoff: sealer("handoff"),
+            signout: sealer("sign-out"),
+            vault: Vault::new(config, store.clone()),
+            csrf_keys,
             login_cookie: format!("{}_login", config.cookie.name),
             handoff_cookie: format!("{}_handoff", config.cookie.name),
             session_ttl: config.cookie.expire.as_secs().max(1),
@@ -552,22 +582,29 @@ impl Auth {
             )
     }
 
-    /// The sign-out form's CSRF token for this session.
+    /// The sign-out form's CSRF token for this session (made with the current secret).
     pub fn csrf_token(&self, id: &VerifiedIdentity) -> String {
-        URL_SAFE_NO_PAD.encode(self.csrf_mac(id).finalize().into_bytes())
+        URL_SAFE_NO_PAD.encode(
+            self.csrf_mac(&self.csrf_keys[0], id)
+                .finalize()
+                .into_bytes(),
+        )
     }
 
-    /// Whether `token` is this session's CSRF token (constant time).
+    /// Whether `token` is this session's CSRF token, made with the current or a previous
+    /// secret (constant time).
     pub fn check_csrf(&self, id: &VerifiedIdentity, token: &str) -> bool {
         let Ok(raw) = URL_SAFE_NO_PAD.decode(token.as_bytes()) else {
             return false;
         };
-        self.csrf_mac(id).verify_slice(&raw).is_ok()
+        self.csrf_keys
+            .iter()
+            .any(|key| self.csrf_mac(key, id).verify_slice(&raw).is_ok())
     }
 
-    fn csrf_mac(&self, id: &VerifiedIdentity) -> Hmac<Sha256> {
+    fn csrf_mac(&self, key: &[u8; 32], id: &VerifiedIdentity) -> Hmac<Sha256> {
         // HMAC takes keys of any length, so this cannot fail.
-        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.csrf_key) else {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
             unreachable!("HMAC accepts any key length");
         };
         mac.update(id.session().sid.as_bytes());

@@ -103,6 +103,13 @@ impl Sealer {
     /// Opens a value sealed under `name`. Returns `Err` if anything about it is wrong,
     /// and never returns partial plaintext.
     pub fn open(&self, name: &str, sealed: &str) -> Result<Vec<u8>, UnsealError> {
+        self.open_indexed(name, sealed).map(|(pt, _)| pt)
+    }
+
+    /// [`Sealer::open`], also saying which key opened it: `0` is the current key, `1..` the
+    /// previous ones in the order they were added. A value opened by a previous key is one
+    /// to seal again under the current key (re-encryption after a rotation).
+    pub fn open_indexed(&self, name: &str, sealed: &str) -> Result<(Vec<u8>, usize), UnsealError> {
         let raw = URL_SAFE_NO_PAD
             .decode(sealed.as_bytes())
             .map_err(|_| UnsealError::Malformed)?;
@@ -117,14 +124,14 @@ impl Sealer {
         nonce.copy_from_slice(&raw[2..HEADER_LEN]);
         let nonce = Nonce::from(nonce);
         let mut known = false;
-        for key in self.keys.iter().filter(|k| k.id == id) {
+        for (index, key) in self.keys.iter().enumerate().filter(|(_, k)| k.id == id) {
             known = true;
             let payload = Payload {
                 msg: &raw[HEADER_LEN..],
                 aad: name.as_bytes(),
             };
             if let Ok(pt) = key.cipher.decrypt(&nonce, payload) {
-                return Ok(pt);
+                return Ok((pt, index));
             }
         }
         Err(if known {
@@ -278,6 +285,22 @@ mod tests {
         );
         let dropped = Sealer::new(&K2, "session");
         assert!(dropped.open("_pomerium", &v).is_err());
+    }
+
+    #[test]
+    fn open_indexed_says_which_key_opened() {
+        let old = Sealer::new(&K1, "session");
+        let rotated = Sealer::new(&K2, "session").with_previous(&K1, "session");
+        let by_old = old.seal("n", b"a");
+        let by_new = rotated.seal("n", b"b");
+        assert_eq!(
+            rotated.open_indexed("n", &by_old).unwrap(),
+            (b"a".to_vec(), 1)
+        );
+        assert_eq!(
+            rotated.open_indexed("n", &by_new).unwrap(),
+            (b"b".to_vec(), 0)
+        );
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //!
 //! - session ids ended by sign-out, each until the session would have expired;
 //! - a per-person "not before" time: sessions that began earlier are refused;
-//! - one-time values (sign-in `state`, handoff ids, sign-in links), each until it expires.
+//! - one-time values (sign-in `state`, handoff ids, sign-in links), each until it expires;
+//! - people's LLM provider keys in persistent mode, sealed by the [`crate::vault`] (the
+//!   store never sees a key in the clear), and when each person's key for a provider last
+//!   changed (so a stale copy held in another browser's cookie can be refused).
 //!
 //! [`StateStore`] is the interface; [`SqliteStore`] the embedded SQLite database in
 //! `state_dir` that implements it. A shared SQL database for several replicas would be a
@@ -22,7 +25,7 @@
 //! assert!(!store.session_revoked("sid1", 5000));
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -62,6 +65,61 @@ pub trait StateStore: Send + Sync + fmt::Debug {
         until: UnixTime,
         now: UnixTime,
     ) -> Result<bool, StoreError>;
+
+    /// Stores a person's sealed provider key, replacing the one they had for that provider,
+    /// and records the change at `key.added_at_ms` (as [`StateStore::record_key_change`]).
+    /// Durable once it returns: the person was told the key is kept.
+    fn put_provider_key(&self, key: &StoredKey) -> Result<(), StoreError>;
+    /// Replaces the sealed text of `old`'s row with `sealed` (re-encryption under a new
+    /// secret), only if the row still holds `old.sealed`; `added_at_ms` stays. `Ok(false)`:
+    /// the row changed or went since it was read, and is left as it is.
+    fn reseal_provider_key(&self, old: &StoredKey, sealed: &str) -> Result<bool, StoreError>;
+    /// Removes `person`'s key for `provider` and records the change at `at_ms`. `Ok(true)`
+    /// if there was one.
+    fn remove_provider_key(
+        &self,
+        person: &str,
+        provider: &str,
+        at_ms: u64,
+    ) -> Result<bool, StoreError>;
+    /// `person`'s sealed key for `provider`, if one is stored.
+    fn provider_key(&self, person: &str, provider: &str) -> Option<StoredKey>;
+    /// Every sealed key of `person`, by provider id.
+    fn provider_keys(&self, person: &str) -> Vec<StoredKey>;
+    /// Every sealed key of everyone (for re-encryption after a rotation).
+    fn all_provider_keys(&self) -> Vec<StoredKey>;
+    /// Records that `person`'s key for `provider` was set or removed at `at_ms`
+    /// (milliseconds since the epoch). Only ever moves forward.
+    fn record_key_change(&self, person: &str, provider: &str, at_ms: u64)
+    -> Result<(), StoreError>;
+    /// When `person`'s key for `provider` was last set or removed, if ever.
+    fn key_changed_at(&self, person: &str, provider: &str) -> Option<u64>;
+}
+
+/// One stored provider key: the row as the store keeps it. `sealed` is the key encrypted by
+/// the [`crate::vault`] (bound to `person` and `provider`); the store never decrypts it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredKey {
+    /// The person it belongs to (their `PersonId`).
+    pub person: String,
+    /// The provider id (`relay.providers.<id>`).
+    pub provider: String,
+    /// The sealed key (base64url, see [`crate::seal`]).
+    pub sealed: String,
+    /// When the person set it, milliseconds since the epoch.
+    pub added_at_ms: u64,
+}
+
+impl fmt::Debug for StoredKey {
+    /// Without the sealed text: it is not the key, but nothing gains from printing it.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredKey")
+            .field("person", &self.person)
+            .field("provider", &self.provider)
+            .field("sealed", &format_args!("[{} chars]", self.sealed.len()))
+            .field("added_at_ms", &self.added_at_ms)
+            .finish()
+    }
 }
 
 /// Why the store could not be opened or written, with what to do about it.
@@ -81,12 +139,14 @@ const FIX_CORRUPT: &str = "stop Gatehouse, move the file aside (keep it for insp
 const FIX_NEWER: &str =
     "it was written by a newer Gatehouse: run that version, or restore the file from a backup";
 const FIX_RETRY: &str = "check the disk (space, errors); Gatehouse refuses what it cannot record";
+const FIX_ROW: &str = "stop Gatehouse, move the file aside (keep it for inspection) and start again; people then enter their provider keys again";
 
 /// The schema, one migration per version (`PRAGMA user_version` counts them). Only ever
 /// append: a released migration is never edited.
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        "CREATE TABLE revoked_sessions (
+    Migrations::new(vec![
+        M::up(
+            "CREATE TABLE revoked_sessions (
              sid TEXT PRIMARY KEY NOT NULL,
              until INTEGER NOT NULL
          ) STRICT;
@@ -102,7 +162,25 @@ fn migrations() -> Migrations<'static> {
          ) STRICT;
          CREATE INDEX used_once_until ON used_once (until);
          CREATE INDEX revoked_sessions_until ON revoked_sessions (until);",
-    )])
+        ),
+        // Issue 12: provider keys (persistent mode), sealed, and when each last changed.
+        // Change times are kept after a key is removed: that is when they matter.
+        M::up(
+            "CREATE TABLE provider_keys (
+                 person TEXT NOT NULL,
+                 provider TEXT NOT NULL,
+                 sealed TEXT NOT NULL,
+                 added_at_ms INTEGER NOT NULL,
+                 PRIMARY KEY (person, provider)
+             ) STRICT;
+             CREATE TABLE provider_key_changes (
+                 person TEXT NOT NULL,
+                 provider TEXT NOT NULL,
+                 changed_at_ms INTEGER NOT NULL,
+                 PRIMARY KEY (person, provider)
+             ) STRICT;",
+        ),
+    ])
 }
 
 /// The embedded store: one SQLite file in `state_dir`, for one Gatehouse process. Reads
@@ -121,6 +199,10 @@ pub struct SqliteStore {
 struct Cache {
     revoked: HashMap<String, UnixTime>,
     not_before: HashMap<String, UnixTime>,
+    /// Sealed provider keys: person → provider → row.
+    provider_keys: HashMap<String, BTreeMap<String, StoredKey>>,
+    /// Key change times (ms): person → provider → time.
+    key_changes: HashMap<String, HashMap<String, u64>>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -258,10 +340,55 @@ impl SqliteStore {
                 .map_err(err)?;
             rows.map(|row| row.map_err(err)).collect()
         };
-        let cache = Cache {
+        let mut cache = Cache {
             revoked: pairs("SELECT sid, until FROM revoked_sessions")?,
             not_before: pairs("SELECT person, not_before FROM person_not_before")?,
+            ..Cache::default()
         };
+        {
+            let mut stmt = db
+                .prepare("SELECT person, provider, sealed, added_at_ms FROM provider_keys")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(StoredKey {
+                        person: r.get(0)?,
+                        provider: r.get(1)?,
+                        sealed: r.get(2)?,
+                        added_at_ms: r.get(3)?,
+                    })
+                })
+                .map_err(err)?;
+            for row in rows {
+                let row = row.map_err(|e| self.row_err("provider_keys", &e))?;
+                cache
+                    .provider_keys
+                    .entry(row.person.clone())
+                    .or_default()
+                    .insert(row.provider.clone(), row);
+            }
+            let mut stmt = db
+                .prepare("SELECT person, provider, changed_at_ms FROM provider_key_changes")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, u64>(2)?,
+                    ))
+                })
+                .map_err(err)?;
+            for row in rows {
+                let (person, provider, at) =
+                    row.map_err(|e| self.row_err("provider_key_changes", &e))?;
+                cache
+                    .key_changes
+                    .entry(person)
+                    .or_default()
+                    .insert(provider, at);
+            }
+        }
         *self.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
         Ok(())
     }
@@ -277,6 +404,20 @@ impl SqliteStore {
             problem: "an earlier write panicked".into(),
             fix: "restart Gatehouse",
         })
+    }
+
+    /// A row that does not read as its table says (a negative time, text where a number
+    /// belongs): the file was changed by something other than Gatehouse.
+    fn row_err(&self, table: &str, e: &rusqlite::Error) -> StoreError {
+        let err = classify(&self.path, e);
+        if err.fix != FIX_RETRY {
+            return err;
+        }
+        StoreError {
+            path: self.path.clone(),
+            problem: format!("a row of {table} cannot be read ({e})"),
+            fix: FIX_ROW,
+        }
     }
 
     fn write_err(&self, e: rusqlite::Error) -> StoreError {
@@ -359,9 +500,160 @@ impl StateStore for SqliteStore {
             .map_err(|e| self.write_err(e))?;
         fresh
     }
+
+    fn put_provider_key(&self, key: &StoredKey) -> Result<(), StoreError> {
+        {
+            let db = self.conn()?;
+            let tx = db.unchecked_transaction().map_err(|e| self.write_err(e))?;
+            tx.execute(
+                "INSERT INTO provider_keys (person, provider, sealed, added_at_ms)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (person, provider) DO UPDATE
+                 SET sealed = excluded.sealed, added_at_ms = excluded.added_at_ms",
+                params![key.person, key.provider, key.sealed, key.added_at_ms],
+            )
+            .map_err(|e| self.write_err(e))?;
+            Self::insert_change(&tx, &key.person, &key.provider, key.added_at_ms)
+                .map_err(|e| self.write_err(e))?;
+            tx.commit().map_err(|e| self.write_err(e))?;
+        }
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        cache
+            .provider_keys
+            .entry(key.person.clone())
+            .or_default()
+            .insert(key.provider.clone(), key.clone());
+        Self::cache_change(&mut cache, &key.person, &key.provider, key.added_at_ms);
+        Ok(())
+    }
+
+    fn reseal_provider_key(&self, old: &StoredKey, sealed: &str) -> Result<bool, StoreError> {
+        let changed = {
+            let db = self.conn()?;
+            db.execute(
+                "UPDATE provider_keys SET sealed = ?4
+                 WHERE person = ?1 AND provider = ?2 AND sealed = ?3",
+                params![old.person, old.provider, old.sealed, sealed],
+            )
+            .map_err(|e| self.write_err(e))?
+                == 1
+        };
+        if changed {
+            let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(row) = cache
+                .provider_keys
+                .get_mut(&old.person)
+                .and_then(|m| m.get_mut(&old.provider))
+            {
+                row.sealed = sealed.to_string();
+            }
+        }
+        Ok(changed)
+    }
+
+    fn remove_provider_key(
+        &self,
+        person: &str,
+        provider: &str,
+        at_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let removed = {
+            let db = self.conn()?;
+            let tx = db.unchecked_transaction().map_err(|e| self.write_err(e))?;
+            let removed = tx
+                .execute(
+                    "DELETE FROM provider_keys WHERE person = ?1 AND provider = ?2",
+                    params![person, provider],
+                )
+                .map_err(|e| self.write_err(e))?
+                > 0;
+            Self::insert_change(&tx, person, provider, at_ms).map_err(|e| self.write_err(e))?;
+            tx.commit().map_err(|e| self.write_err(e))?;
+            removed
+        };
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(keys) = cache.provider_keys.get_mut(person) {
+            keys.remove(provider);
+            if keys.is_empty() {
+                cache.provider_keys.remove(person);
+            }
+        }
+        Self::cache_change(&mut cache, person, provider, at_ms);
+        Ok(removed)
+    }
+
+    fn provider_key(&self, person: &str, provider: &str) -> Option<StoredKey> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.provider_keys.get(person)?.get(provider).cloned()
+    }
+
+    fn provider_keys(&self, person: &str) -> Vec<StoredKey> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache
+            .provider_keys
+            .get(person)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn all_provider_keys(&self) -> Vec<StoredKey> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache
+            .provider_keys
+            .values()
+            .flat_map(|m| m.values().cloned())
+            .collect()
+    }
+
+    fn record_key_change(
+        &self,
+        person: &str,
+        provider: &str,
+        at_ms: u64,
+    ) -> Result<(), StoreError> {
+        {
+            let db = self.conn()?;
+            Self::insert_change(&db, person, provider, at_ms).map_err(|e| self.write_err(e))?;
+        }
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        Self::cache_change(&mut cache, person, provider, at_ms);
+        Ok(())
+    }
+
+    fn key_changed_at(&self, person: &str, provider: &str) -> Option<u64> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.key_changes.get(person)?.get(provider).copied()
+    }
 }
 
 impl SqliteStore {
+    /// Records a key change in the file; the time only moves forward (a clock set back
+    /// must not make a stale copy of a key look current).
+    fn insert_change(
+        db: &Connection,
+        person: &str,
+        provider: &str,
+        at_ms: u64,
+    ) -> Result<(), rusqlite::Error> {
+        db.execute(
+            "INSERT INTO provider_key_changes (person, provider, changed_at_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT (person, provider)
+             DO UPDATE SET changed_at_ms = max(changed_at_ms, excluded.changed_at_ms)",
+            params![person, provider, at_ms],
+        )
+        .map(|_| ())
+    }
+
+    fn cache_change(cache: &mut Cache, person: &str, provider: &str, at_ms: u64) {
+        let entry = cache
+            .key_changes
+            .entry(person.to_string())
+            .or_default()
+            .entry(provider.to_string())
+            .or_insert(at_ms);
+        *entry = (*entry).max(at_ms);
+    }
+
     fn insert_once(
         &self,
         db: &Connection,
@@ -526,6 +818,58 @@ mod tests {
         let e = SqliteStore::open(&dir, 1).unwrap_err().to_string();
         assert!(e.contains("newer Gatehouse"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_store_from_before_provider_keys_is_brought_up_to_date() {
+        let dir = temp_dir("upgrade");
+        {
+            let s = SqliteStore::open(&dir, 1).unwrap();
+            s.revoke_session("ended", 2000, 1).unwrap();
+        }
+        // Back to the first schema, as an earlier Gatehouse left it.
+        let conn = Connection::open(dir.join(DB_FILE)).unwrap();
+        conn.execute_batch(
+            "DROP TABLE provider_keys; DROP TABLE provider_key_changes; PRAGMA user_version = 1;",
+        )
+        .unwrap();
+        drop(conn);
+        let s = SqliteStore::open(&dir, 2).unwrap();
+        assert!(s.session_revoked("ended", 2), "earlier rows are kept");
+        let row = StoredKey {
+            person: "p".into(),
+            provider: "openai".into(),
+            sealed: "sealed-1".into(),
+            added_at_ms: 10,
+        };
+        s.put_provider_key(&row).unwrap();
+        assert_eq!(s.provider_key("p", "openai"), Some(row.clone()));
+        assert_eq!(s.key_changed_at("p", "openai"), Some(10));
+        assert!(s.reseal_provider_key(&row, "sealed-2").unwrap());
+        assert!(
+            !s.reseal_provider_key(&row, "sealed-3").unwrap(),
+            "only over the text it read"
+        );
+        assert_eq!(s.provider_key("p", "openai").unwrap().sealed, "sealed-2");
+        drop(s);
+        let s = SqliteStore::open(&dir, 3).unwrap();
+        assert_eq!(s.provider_key("p", "openai").unwrap().sealed, "sealed-2");
+        assert_eq!(s.all_provider_keys().len(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn key_change_times_only_move_forward_and_outlive_the_key() {
+        let s = SqliteStore::in_memory().unwrap();
+        s.record_key_change("p", "openai", 200).unwrap();
+        s.record_key_change("p", "openai", 100).unwrap();
+        assert_eq!(s.key_changed_at("p", "openai"), Some(200));
+        assert!(!s.remove_provider_key("p", "openai", 150).unwrap());
+        assert_eq!(s.key_changed_at("p", "openai"), Some(200));
+        assert!(!s.remove_provider_key("p", "openai", 300).unwrap());
+        assert_eq!(s.key_changed_at("p", "openai"), Some(300));
+        assert_eq!(s.key_changed_at("p", "anthropic"), None);
+        assert_eq!(s.key_changed_at("q", "openai"), None);
     }
 
     #[test]

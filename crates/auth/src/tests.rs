@@ -2,7 +2,7 @@ use super::*;
 use gatehouse_config::{CookieConfig, IdpConfig, IdpProvider, Origin, SameSite, Secret, Url};
 use std::time::Duration;
 
-fn config(secret: [u8; 32]) -> Config {
+pub(crate) fn config(secret: [u8; 32]) -> Config {
     Config {
         source: "test.yaml".into(),
         address: "127.0.0.1:0".parse().unwrap(),
@@ -22,6 +22,7 @@ fn config(secret: [u8; 32]) -> Config {
         cookie: CookieConfig {
             name: "_pomerium".into(),
             secret: Secret::new(secret),
+            previous_secrets: Vec::new(),
             expire: Duration::from_secs(3600),
             domain: None,
             same_site: SameSite::Lax,
@@ -39,6 +40,8 @@ fn config(secret: [u8; 32]) -> Config {
         log_level: "info".into(),
         state_dir: "/nonexistent".into(),
         state_dir_origin: Origin::Default,
+        relay_address: "127.0.0.1:4100".parse().unwrap(),
+        provider_key_secret: None,
         max_connections_per_client: 512,
         warnings: vec![],
     }
@@ -102,6 +105,63 @@ fn session_from_another_secret_is_refused() {
         decode(&b, &cookies, 1001),
         Err(SessionRejected::Unseal(_))
     ));
+}
+
+/// `cookie_secret` `secret`, with `cookie_secret_previous` `previous`.
+pub(crate) fn rotated(secret: [u8; 32], previous: &[[u8; 32]]) -> Config {
+    let mut c = config(secret);
+    c.cookie.previous_secrets = previous.iter().map(|p| Secret::new(*p)).collect();
+    c
+}
+
+#[test]
+fn a_session_sealed_with_a_previous_secret_opens_after_rotation() {
+    let old = auth(&config([1; 32]));
+    let cookies = old.session.encode(&old.new_session(signed_in(), 1000));
+    let new = auth(&rotated([2; 32], &[[1; 32]]));
+    let id = decode(&new, &cookies, 1001).unwrap();
+    assert_eq!(id.email(), "alice@example.com");
+    // New sessions are sealed with the current secret only.
+    let fresh = new.session.encode(&new.new_session(signed_in(), 1000));
+    assert!(decode(&old, &fresh, 1001).is_err());
+    assert!(decode(&auth(&config([2; 32])), &fresh, 1001).is_ok());
+    // Once the old secret is dropped, what it sealed is refused.
+    let dropped = auth(&config([2; 32]));
+    assert!(matches!(
+        decode(&dropped, &cookies, 1001),
+        Err(SessionRejected::Unseal(_))
+    ));
+}
+
+#[test]
+fn login_handoff_sign_out_and_csrf_of_a_previous_secret_work_after_rotation() {
+    let old = auth(&config([1; 32]));
+    let new = auth(&rotated([2; 32], &[[3; 32], [1; 32]]));
+    let dropped = auth(&config([2; 32]));
+
+    let login = old.login.seal(&old.login_cookie, b"{}");
+    assert!(new.login.open(&new.login_cookie, &login).is_ok());
+    assert!(dropped.login.open(&dropped.login_cookie, &login).is_err());
+
+    let s = old.new_session(signed_in(), 1000);
+    let t = old.seal_handoff(&s, "a.test", "https://a.test/", &handoff_binding("n"), 1000);
+    assert!(dropped.open_handoff(&t, "a.test", Some("n"), 1001).is_err());
+    let (id, _) = new.open_handoff(&t, "a.test", Some("n"), 1001).unwrap();
+    assert_eq!(id.email(), "alice@example.com");
+
+    let out = old.seal_sign_out("https://a.test/", &s.sid, 1000);
+    assert_eq!(new.open_sign_out(&out, 1001).unwrap().sid, s.sid);
+    assert!(dropped.open_sign_out(&out, 1001).is_none());
+
+    let id = VerifiedIdentity::new(s);
+    let token = old.csrf_token(&id);
+    assert!(new.check_csrf(&id, &token));
+    assert!(!dropped.check_csrf(&id, &token));
+    assert_ne!(
+        new.csrf_token(&id),
+        token,
+        "new tokens use the current secret"
+    );
 }
 
 #[test]
