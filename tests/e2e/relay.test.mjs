@@ -410,6 +410,7 @@ describe('the LLM relay, ephemeral keys (the default)', { skip: !IS_ROOT && 'nee
     const c = await chat(s, llm, alice, `nokey-${randomBytes(4).toString('hex')}`);
     assert.equal(c.requests.length, 0, 'the stand-in was asked without a key');
     assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
+    assert.match(c.body, /no API key|no-key|\.gatehouse\/providers/, `the chat shows the relay's message: ${c.body.slice(0, 600)}`);
     assert.doesNotMatch(c.body, new RegExp(REPLY.split(' ').slice(0, 3).join(' ')), 'no reply without a key');
   });
 
@@ -727,6 +728,30 @@ describe('the LLM relay, ephemeral keys (the default)', { skip: !IS_ROOT && 'nee
     assertRelayRefusal(await relayFromShell(s, two, { token: aliceToken }), 401, 'no-key', 'a relay call after "sign out of every browser":');
     assert.equal(llm.seen.length, seen);
   });
+
+  test('the relay limits each person\'s requests: 429 rate-limited with Retry-After past the pool\'s rate, another person unaffected', async () => {
+    alice = await signedIn(s, 'alice', alice); // "sign out of every browser" ended her session here too
+    const token = await relayTokenOf(s, alice);
+    const request = Buffer.from(`GET /p/fake/models HTTP/1.1\r\nHost: r\r\nAuthorization: Bearer ${token}\r\nConnection: close\r\n\r\n`).toString('base64');
+    const r = await shell(s, alice, `req=$(echo ${request} | base64 -d; echo x); req=\${req%x}
+for i in $(seq 1 140); do
+  exec 3<>/dev/tcp/127.0.0.1/${s.relayPort} || { echo CONNECT-FAILED; continue; }
+  printf '%s' "$req" >&3
+  tr -d '\\r' <&3 | grep -iE '^HTTP/|^retry-after:' | tr '\\n' ' '; echo
+  exec 3<&-
+done`);
+    const lines = r.output.split('\n').filter((l) => l.startsWith('HTTP/'));
+    assert.equal(lines.length, 140, `140 answers: ${r.output.slice(0, 300)}`);
+    const limited = lines.filter((l) => / 429 /.test(l));
+    assert.ok(limited.length >= 1, `no 429 after 140 requests in a row; statuses: ${[...new Set(lines.map((l) => l.slice(9, 12)))].join(',')}`);
+    assert.ok(limited.length <= 40, `the default limit (120 a minute) allows most of them: ${limited.length} refused`);
+    assert.ok(limited.every((l) => /retry-after: *\d+/i.test(l)), `every 429 has Retry-After: ${limited[0]}`);
+    const one = await relayFromShell(s, alice, { token });
+    assertRelayRefusal(one, 429, 'rate-limited', 'the next request:');
+    // bob has his own budget.
+    const bobs = await relayFromShell(s, bob, { token: await relayTokenOf(s, bob) });
+    assert.equal(bobs.status, 200, `bob is not limited by alice's requests: ${bobs.body.slice(0, 200)}`);
+  });
 });
 
 // =====================================================================================
@@ -735,16 +760,32 @@ describe('the LLM relay, ephemeral keys (the default)', { skip: !IS_ROOT && 'nee
 // crates/proxy/src/keys.rs' store functions are stubs, these tests fail on the first
 // restart (the key is gone) — that is the missing feature, not the test.
 
-/** The state store's tables whose name speaks of provider keys, with their columns. */
+/** The state store's tables that look like they hold provider keys (by name or by a provider column), with their columns. */
 function keyTables(db) {
-  const tables = execFileSync('sqlite3', [db, "SELECT name FROM sqlite_master WHERE type='table'"], { encoding: 'utf8' }).split('\n').filter(Boolean);
-  return tables
-    .filter((t) => /key|provider|secret/i.test(t))
-    .map((t) => ({
-      name: t,
-      rows: Number(execFileSync('sqlite3', [db, `SELECT count(*) FROM "${t}"`], { encoding: 'utf8' }).trim()),
-      columns: execFileSync('sqlite3', [db, `SELECT name FROM pragma_table_info('${t}')`], { encoding: 'utf8' }).split('\n').filter(Boolean),
-    }));
+  const q = (sql) => execFileSync('sqlite3', [db, sql], { encoding: 'utf8' }).split('\n').filter(Boolean);
+  return q("SELECT name FROM sqlite_master WHERE type='table'")
+    .map((t) => ({ name: t, columns: q(`SELECT name FROM pragma_table_info('${t}')`) }))
+    .filter((t) => /key|provider|secret|credential/i.test(t.name) || t.columns.some((c) => /provider/i.test(c)))
+    .map((t) => ({ ...t, rows: Number(q(`SELECT count(*) FROM "${t.name}"`)[0]) }));
+}
+
+/**
+ * Changes every stored ciphertext of `tables` by one byte (blob columns) or one character
+ * (long text columns that name no person, provider or time); returns how many values changed.
+ */
+function tamper(db, tables) {
+  let changed = 0;
+  const run = (sql) => Number(execFileSync('sqlite3', [db, `${sql}; SELECT changes();`], { encoding: 'utf8' }).trim().split('\n').at(-1));
+  for (const t of tables) {
+    for (const col of t.columns) {
+      const c = `"${col}"`;
+      changed += run(`UPDATE "${t.name}" SET ${c} = substr(${c}, 1, length(${c}) - 1) || CASE WHEN substr(${c}, -1, 1) = X'00' THEN X'01' ELSE X'00' END WHERE typeof(${c}) = 'blob' AND length(${c}) > 0`);
+      if (!/provider|person|user|email|sub|id$|_at$|at_ms|time|created|updated|mode/i.test(col)) {
+        changed += run(`UPDATE "${t.name}" SET ${c} = CASE WHEN substr(${c}, 1, 1) = 'A' THEN 'B' ELSE 'A' END || substr(${c}, 2) WHERE typeof(${c}) = 'text' AND length(${c}) >= 16`);
+      }
+    }
+  }
+  return changed;
 }
 
 describe('the LLM relay, persistent keys (encrypted in the state store)', { skip: !IS_ROOT && 'needs root (per-person uids, nftables)' }, () => {
@@ -843,14 +884,7 @@ describe('the LLM relay, persistent keys (encrypted in the state store)', { skip
     s.pastLogs.push(s.gh.main.logs());
     const tables = keyTables(db).filter((t) => t.rows >= 1);
     assert.ok(tables.length >= 1, `a table of stored keys with a row: ${JSON.stringify(keyTables(db))}`);
-    let changed = 0;
-    for (const t of tables) {
-      for (const col of t.columns) {
-        // Flip the last byte of every blob (ciphertext, nonce): the row no longer opens.
-        const n = execFileSync('sqlite3', [db, `UPDATE "${t.name}" SET "${col}" = substr("${col}", 1, length("${col}") - 1) || CASE WHEN substr("${col}", -1, 1) = X'00' THEN X'01' ELSE X'00' END WHERE typeof("${col}") = 'blob' AND length("${col}") > 0; SELECT changes();`], { encoding: 'utf8' });
-        changed += Number(n.trim());
-      }
-    }
+    const changed = tamper(db, tables);
     assert.ok(changed >= 1, `a ciphertext blob was changed (tables ${JSON.stringify(tables)})`);
     s.specs.main.cookieSecret = secrets.second;
     await s.start('main');

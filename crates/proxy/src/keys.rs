@@ -263,57 +263,85 @@ impl KeyRing {
 }
 
 /// The person's key for `provider` from the state store (persistent mode), with when it
-/// was added.
+/// was added. `Err`: the row is there but no configured secret opens it (the message says
+/// what to do).
 pub(crate) fn stored_key(
-    _auth: &gatehouse_auth::Auth,
-    _person: &PersonId,
-    _provider: &str,
+    auth: &gatehouse_auth::Auth,
+    person: &PersonId,
+    provider: &str,
 ) -> Result<Option<(Zeroizing<String>, u64)>, String> {
-    Ok(None)
+    match auth.vault.provider_key(person.as_str(), provider) {
+        Ok(Some((key, info))) => Ok(Some((key.into_inner(), info.added_at_ms))),
+        Ok(None) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The person's keys in the state store, as the keys page shows them.
-pub(crate) fn stored_views(_auth: &gatehouse_auth::Auth, _person: &PersonId) -> Vec<KeyView> {
-    Vec::new()
+pub(crate) fn stored_views(auth: &gatehouse_auth::Auth, person: &PersonId) -> Vec<KeyView> {
+    auth.vault
+        .provider_key_infos(person.as_str())
+        .into_iter()
+        .map(|i| KeyView {
+            last4: if i.readable {
+                i.last4
+            } else {
+                "(unreadable: enter it again)".into()
+            },
+            provider: i.provider,
+            added_ms: i.added_at_ms,
+            mode: KeyMode::Persistent,
+        })
+        .collect()
 }
 
 /// Stores the person's key for `provider`, encrypted (persistent mode).
 pub(crate) fn store_key(
-    _auth: &gatehouse_auth::Auth,
-    _person: &PersonId,
-    _provider: &str,
-    _key: &str,
-    _at_ms: u64,
+    auth: &gatehouse_auth::Auth,
+    person: &PersonId,
+    provider: &str,
+    key: &str,
+    at_ms: u64,
 ) -> Result<(), String> {
-    Ok(())
+    auth.vault
+        .put_provider_key(person.as_str(), provider, key, at_ms)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// Removes the person's stored key for `provider`.
 pub(crate) fn unstore_key(
-    _auth: &gatehouse_auth::Auth,
-    _person: &PersonId,
-    _provider: &str,
+    auth: &gatehouse_auth::Auth,
+    person: &PersonId,
+    provider: &str,
+    at_ms: u64,
 ) -> Result<(), String> {
-    Ok(())
+    auth.vault
+        .remove_provider_key(person.as_str(), provider, at_ms)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
-/// Records that the person's key for `provider` changed at `at_ms`.
+/// Records that the person's key for `provider` changed at `at_ms` (set or removed), so
+/// older copies in other browsers' key cookies are not restored.
 pub(crate) fn record_change(
-    _auth: &gatehouse_auth::Auth,
-    _person: &PersonId,
-    _provider: &str,
-    _at_ms: u64,
+    auth: &gatehouse_auth::Auth,
+    person: &PersonId,
+    provider: &str,
+    at_ms: u64,
 ) -> Result<(), String> {
-    Ok(())
+    auth.vault
+        .record_key_change(person.as_str(), provider, at_ms)
+        .map_err(|e| e.to_string())
 }
 
 /// When the person's key for `provider` last changed.
 pub(crate) fn changed_at(
-    _auth: &gatehouse_auth::Auth,
-    _person: &PersonId,
-    _provider: &str,
+    auth: &gatehouse_auth::Auth,
+    person: &PersonId,
+    provider: &str,
 ) -> Option<u64> {
-    None
+    auth.vault.key_changed_at(person.as_str(), provider)
 }
 
 /// The key cookie's content: the person, the session it belongs to, and the keys.

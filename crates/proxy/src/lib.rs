@@ -242,6 +242,24 @@ fn open_store(
     }
 }
 
+/// Stored provider keys sealed with a previous `cookie_secret` are sealed again under the
+/// current one (issue 12). Rows no configured secret opens are left as they are and named
+/// in the log (the vault logs each with its fix).
+fn rotate_provider_keys(auth: &Auth) {
+    match auth.vault.rotate_provider_keys() {
+        Ok(r) if r.resealed > 0 || !r.unreadable.is_empty() => tracing::warn!(
+            resealed = r.resealed,
+            unreadable = r.unreadable.len(),
+            current = r.current,
+            "stored provider keys: re-encrypted under the current secret; unreadable ones stay until their person enters the key again or the old secret is put in cookie_secret_previous"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::error!(error = %e, "stored provider keys could not be re-encrypted under the current secret; they still open with the previous one")
+        }
+    }
+}
+
 fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErrors> {
     let check_host = purpose != Purpose::Offline;
     let mut errors: Vec<ConfigError> = Vec::new();
@@ -249,7 +267,12 @@ fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErr
 
     let auth = match open_store(config, purpose) {
         Ok(store) => match Auth::new(config, store) {
-            Ok(a) => Some(a),
+            Ok(a) => {
+                if purpose == Purpose::Serve {
+                    rotate_provider_keys(&a);
+                }
+                Some(a)
+            }
             Err(e) => {
                 errors.push(ConfigError::new(config.idp.origin.clone(), e.to_string()));
                 None

@@ -398,7 +398,7 @@ fn change(
     if mode == KeyMode::Persistent {
         let stored = match key {
             Some(k) => keys::store_key(&st.auth, &person, provider, k, at),
-            None => keys::unstore_key(&st.auth, &person, provider),
+            None => keys::unstore_key(&st.auth, &person, provider, at),
         };
         if let Err(e) = stored {
             tracing::error!(user = %s.email, provider, error = %e, "a provider key could not be stored");
