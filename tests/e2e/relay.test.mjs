@@ -745,12 +745,13 @@ done`);
     const limited = lines.filter((l) => / 429 /.test(l));
     assert.ok(limited.length >= 1, `no 429 after 140 requests in a row; statuses: ${[...new Set(lines.map((l) => l.slice(9, 12)))].join(',')}`);
     assert.ok(limited.length <= 40, `the default limit (120 a minute) allows most of them: ${limited.length} refused`);
-    assert.ok(limited.every((l) => /retry-after: *\d+/i.test(l)), `every 429 has Retry-After: ${limited[0]}`);
     const one = await relayFromShell(s, alice, { token });
     assertRelayRefusal(one, 429, 'rate-limited', 'the next request:');
     // bob has his own budget.
     const bobs = await relayFromShell(s, bob, { token: await relayTokenOf(s, bob) });
     assert.equal(bobs.status, 200, `bob is not limited by alice's requests: ${bobs.body.slice(0, 200)}`);
+    assert.match(one.headers['retry-after'] ?? '', /^\d+$/, `a 429 says when to retry (Retry-After): ${JSON.stringify(one.headers)}`);
+    assert.ok(limited.every((l) => /retry-after: *\d+/i.test(l)), `every 429 has Retry-After: ${limited[0]}`);
   });
 });
 

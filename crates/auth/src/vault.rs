@@ -206,13 +206,20 @@ fn last4(key: &str) -> String {
 
 impl Vault {
     /// The vault of `config`: `provider_key_secret` as the master, or else masters derived
-    /// from `cookie_secret` (current) and `cookie_secret_previous` (previous).
+    /// from `cookie_secret` (current) and `cookie_secret_previous` (previous). With
+    /// `provider_key_secret`, the cookie-derived masters still open (never seal), so setting
+    /// it later loses no stored key.
     pub fn new(config: &Config, store: Arc<dyn StateStore>) -> Self {
         match &config.provider_key_secret {
+            // Keys stored before `provider_key_secret` was set (under the cookie-derived
+            // master) still open, and the start-up rotation moves them under it.
             Some(secret) => Vault {
                 store,
                 current: Zeroizing::new(*secret.expose()),
-                previous: Vec::new(),
+                previous: std::iter::once(&config.cookie.secret)
+                    .chain(&config.cookie.previous_secrets)
+                    .map(|s| derive_master(s.expose()))
+                    .collect(),
                 explicit: true,
             },
             None => Vault {

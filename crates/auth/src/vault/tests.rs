@@ -339,12 +339,23 @@ fn provider_key_secret_is_independent_of_the_cookie_secret() {
         msg.contains("set provider_key_secret back to the one it was sealed with"),
         "{msg}"
     );
-    // A row sealed with the cookie-derived master does not open with provider_key_secret,
-    // even when that cookie secret is still configured.
+    // A row sealed before provider_key_secret was set (cookie-derived master) still opens
+    // while that cookie secret is configured, and the rotation moves it under
+    // provider_key_secret: then another cookie secret no longer matters.
     vault(&config([1; 32]), &store)
         .put_provider_key(BOB, "openai", KEY, 1)
         .unwrap();
-    unreadable(vault(&with_secret([1; 32], [9; 32]), &store).provider_key(BOB, "openai"));
+    let v = vault(&with_secret([1; 32], [9; 32]), &store);
+    assert_eq!(
+        v.provider_key(BOB, "openai").unwrap().unwrap().0.expose(),
+        KEY
+    );
+    assert_eq!(v.rotate_provider_keys().unwrap().resealed, 1);
+    let v = vault(&with_secret([3; 32], [9; 32]), &store);
+    assert_eq!(
+        v.provider_key(BOB, "openai").unwrap().unwrap().0.expose(),
+        KEY
+    );
 }
 
 #[test]
