@@ -757,9 +757,9 @@ done`);
 
 // =====================================================================================
 // Persistent mode (`relay.keys: persistent`): keys AES-256-GCM encrypted in the state store
-// (<state_dir>/gatehouse.sqlite3). NOTE: this storage landed after the relay itself; while
-// crates/proxy/src/keys.rs' store functions are stubs, these tests fail on the first
-// restart (the key is gone) — that is the missing feature, not the test.
+// (<state_dir>/gatehouse.sqlite3, read and tampered with through the sqlite3 CLI). One stack,
+// restarted with different secrets; the tests run in order and build on each other: set a
+// key, restart, rotate, a wrong secret, a tampered row.
 
 /** The state store's tables that look like they hold provider keys (by name or by a provider column), with their columns. */
 function keyTables(db) {
@@ -771,8 +771,9 @@ function keyTables(db) {
 }
 
 /**
- * Changes every stored ciphertext of `tables` by one byte (blob columns) or one character
- * (long text columns that name no person, provider or time); returns how many values changed.
+ * Changes every stored ciphertext of `tables` by one byte (blob columns) or one character in
+ * its middle (long text columns that name no person, provider or time); returns how many
+ * values changed.
  */
 function tamper(db, tables) {
   let changed = 0;
@@ -782,7 +783,9 @@ function tamper(db, tables) {
       const c = `"${col}"`;
       changed += run(`UPDATE "${t.name}" SET ${c} = substr(${c}, 1, length(${c}) - 1) || CASE WHEN substr(${c}, -1, 1) = X'00' THEN X'01' ELSE X'00' END WHERE typeof(${c}) = 'blob' AND length(${c}) > 0`);
       if (!/provider|person|user|email|sub|id$|_at$|at_ms|time|created|updated|mode/i.test(col)) {
-        changed += run(`UPDATE "${t.name}" SET ${c} = CASE WHEN substr(${c}, 1, 1) = 'A' THEN 'B' ELSE 'A' END || substr(${c}, 2) WHERE typeof(${c}) = 'text' AND length(${c}) >= 16`);
+        // One character in the middle (the ciphertext of an encoded sealed value, not its header).
+        const mid = `(length(${c}) / 2)`;
+        changed += run(`UPDATE "${t.name}" SET ${c} = substr(${c}, 1, ${mid}) || CASE WHEN substr(${c}, ${mid} + 1, 1) = 'A' THEN 'B' ELSE 'A' END || substr(${c}, ${mid} + 2) WHERE typeof(${c}) = 'text' AND length(${c}) >= 16`);
       }
     }
   }
@@ -854,6 +857,7 @@ describe('the LLM relay, persistent keys (encrypted in the state store)', { skip
 
   test('rotation: a new cookie_secret with cookie_secret_previous: [old] keeps sessions and the key; the key is re-encrypted, so it still opens once the old secret is gone', async () => {
     await restartWith(secrets.second, [secrets.first]);
+    const rotationStart = s.gh.main.logs();
     const page = await alice.get(s.gh.main.url(A, '/.gatehouse/'));
     assert.equal(page.status, 200, `alice's session sealed with the old secret still opens: ${page.status}`);
     const r = await aliceRelay();
@@ -865,10 +869,13 @@ describe('the LLM relay, persistent keys (encrypted in the state store)', { skip
     const again = await aliceRelay();
     assert.equal(again.status, 200, `re-encrypted under the new secret: ${again.body.slice(0, 300)}\n${logTail(s)}`);
     assert.equal(llm.seen.at(-1).headers.authorization, `Bearer ${key}`);
+    // The operator is told at start that stored keys were re-encrypted.
+    assert.match(rotationStart, /re-encrypted|resealed/i, `the start with cookie_secret_previous logs the re-encryption; its log:\n${rotationStart.split('\n').slice(0, 25).join('\n')}`);
   });
 
   test('a wrong master secret: the relay answers 500 key-unreadable with a clear message, and the log names the fix', async () => {
     await restartWith(secrets.wrong);
+    const wrongStart = s.gh.main.logs();
     alice = await signedIn(s, 'alice', s.client());
     const seen = llm.seen.length;
     const r = await aliceRelay();
@@ -878,6 +885,8 @@ describe('the LLM relay, persistent keys (encrypted in the state store)', { skip
     assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
     await waitForLog(s, /cookie_secret|provider_key_secret/, 'a log line naming the secret to fix');
     assert.ok(!s.logs().includes(key));
+    // At start, before anyone asks: rows no configured secret opens are named in the log.
+    assert.match(wrongStart, /provider key[\s\S]*(unreadable|cannot be (read|decrypted))/i, `the start logs the stored keys no secret opens; its log:\n${wrongStart.split('\n').slice(0, 25).join('\n')}`);
   });
 
   test('a tampered row: the relay answers 500 key-unreadable (the right secret, a changed ciphertext)', async () => {
@@ -893,6 +902,7 @@ describe('the LLM relay, persistent keys (encrypted in the state store)', { skip
     const seen = llm.seen.length;
     const r = await aliceRelay();
     assertRelayRefusal(r, 500, 'key-unreadable', 'a tampered row:');
+    assert.match(r.json.error.message, /changed|tampered|cannot be (read|decrypted)|not a sealed key/i, `a clear message: ${r.json.error.message}`);
     assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
   });
 });

@@ -15,6 +15,8 @@ have_cmd pkg-config || need+=(pkg-config)
 # Backends' outbound connections are confined with nftables (issue 9).
 [[ -x /usr/sbin/nft ]] || need+=(nftables)
 have_pkg build-essential || need+=(build-essential)
+# The relay tests read and tamper with the state store (issue 12).
+have_cmd sqlite3    || need+=(sqlite3)
 if [[ "${GATEHOUSE_NEED_CHROMIUM:-1}" == 1 ]]; then
   [[ -x /usr/bin/chromium ]] || need+=(chromium)
 fi
