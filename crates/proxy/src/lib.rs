@@ -243,20 +243,28 @@ fn open_store(
 }
 
 /// Stored provider keys sealed with a previous `cookie_secret` are sealed again under the
-/// current one (issue 12). Rows no configured secret opens are left as they are and named
-/// in the log (the vault logs each with its fix).
-fn rotate_provider_keys(auth: &Auth) {
+/// current one (issue 12). Rows no configured secret opens are left as they are. What was
+/// done, as notes for the start-up log (logging is not set up yet when this runs).
+fn rotate_provider_keys(auth: &Auth) -> Vec<String> {
     match auth.vault.rotate_provider_keys() {
-        Ok(r) if r.resealed > 0 || !r.unreadable.is_empty() => tracing::warn!(
-            resealed = r.resealed,
-            unreadable = r.unreadable.len(),
-            current = r.current,
-            "stored provider keys: re-encrypted under the current secret; unreadable ones stay until their person enters the key again or the old secret is put in cookie_secret_previous"
-        ),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::error!(error = %e, "stored provider keys could not be re-encrypted under the current secret; they still open with the previous one")
+        Ok(r) => {
+            let mut notes = Vec::new();
+            if r.resealed > 0 {
+                notes.push(format!(
+                    "stored provider keys: {} re-encrypted under the current cookie_secret (they were sealed with one in cookie_secret_previous)",
+                    r.resealed
+                ));
+            }
+            for (person, provider) in &r.unreadable {
+                notes.push(format!(
+                    "stored provider key of person {person} for `{provider}` cannot be decrypted with any configured secret (sealed with another one, or the row was changed); it is kept as it is: put the old cookie_secret in cookie_secret_previous, or the person enters the key again"
+                ));
+            }
+            notes
         }
+        Err(e) => vec![format!(
+            "stored provider keys could not be re-encrypted under the current secret ({e}); they still open with the previous one"
+        )],
     }
 }
 
@@ -269,7 +277,7 @@ fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErr
         Ok(store) => match Auth::new(config, store) {
             Ok(a) => {
                 if purpose == Purpose::Serve {
-                    rotate_provider_keys(&a);
+                    notes.extend(rotate_provider_keys(&a));
                 }
                 Some(a)
             }

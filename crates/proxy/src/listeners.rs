@@ -208,7 +208,7 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
     if let Some(addr) = prepared.relay_addr {
         let mut relay = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,
-            crate::relay::Relay::new(Arc::clone(&prepared.live)),
+            crate::relay::Relay::new(Arc::clone(&prepared.live), prepared.address.port()),
             "gatehouse-relay",
         );
         relay.add_tcp(&addr.to_string());

@@ -226,7 +226,7 @@ pub(crate) fn submit(
                 .get("csrf_token")
                 .is_some_and(|t| st.auth.check_csrf(&id, t));
             if !origin_ok || !token_ok {
-                tracing::info!(user = %id.email(), origin_ok, token_ok, "key form refused: missing or wrong CSRF token");
+                tracing::info!(user = %id.email(), origin_ok, token_ok, "key form refused: not from Gatehouse's own page (another origin, or a missing or wrong CSRF token)");
                 let refusal = Refusal::FormNotConfirmed { sign_out: false };
                 ctx.outcome = Some(Outcome::from(&refusal));
                 return crate::pages::refusal(&refusal);

@@ -46,13 +46,16 @@ const MODEL_SCAN_BYTES: usize = 256 * 1024;
 /// The relay's Pingora service.
 pub struct Relay {
     live: Arc<Live>,
+    /// The main listener's port, for links to the keys page.
+    listen_port: u16,
     /// One limiter per pool (its `rate_limit`), keyed by person.
     limits: Vec<(String, DefaultKeyedRateLimiter<PersonId>)>,
 }
 
 impl Relay {
-    /// The relay for `live`'s pools that have `relay:`.
-    pub fn new(live: Arc<Live>) -> Self {
+    /// The relay for `live`'s pools that have `relay:`; `listen_port` is the main
+    /// listener's (for links to the keys page in its messages).
+    pub fn new(live: Arc<Live>, listen_port: u16) -> Self {
         let limits = live
             .backends
             .iter()
@@ -63,7 +66,11 @@ impl Relay {
                 Some((pool.name.clone(), RateLimiter::keyed(Quota::per_minute(n))))
             })
             .collect();
-        Relay { live, limits }
+        Relay {
+            live,
+            listen_port,
+            limits,
+        }
     }
 }
 
@@ -95,6 +102,8 @@ struct Refused {
     status: u16,
     code: &'static str,
     message: String,
+    /// Seconds, for a 429's `Retry-After`.
+    retry_after: Option<u64>,
 }
 
 impl Refused {
@@ -103,19 +112,24 @@ impl Refused {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
     /// OpenAI's and Anthropic's error shapes both carry `error.message`, which OpenCode
     /// shows to the person.
     fn page(&self) -> Page {
-        Page::json(
+        let page = Page::json(
             self.status,
             &serde_json::json!({
                 "type": "error",
                 "error": {"type": "gatehouse_relay", "code": self.code, "message": self.message},
             }),
-        )
+        );
+        match self.retry_after {
+            Some(s) => page.with_header("retry-after", s.to_string()),
+            None => page,
+        }
     }
 }
 
@@ -162,14 +176,21 @@ fn presented_token(req: &RequestHeader) -> Option<&str> {
         .find(|t| t.starts_with(RELAY_TOKEN_PREFIX))
 }
 
-/// `https://<host>/.gatehouse/providers` on a route of `pool`, for the no-key message.
-fn keys_page(live: &Live, pool: &str) -> String {
+/// `https://<host>[:port]/.gatehouse/providers` on a route of `pool`, for the no-key
+/// message. A route without a port is served on the main listener's (`listen_port`).
+fn keys_page(live: &Live, pool: &str, listen_port: u16) -> String {
     let st = live.state.load();
     st.routes
         .iter()
         .find(|r| matches!(&r.target, Target::Backend(s) if s.settings().pool.name == pool))
         .map(|r| {
-            let port = r.from.port.map(|p| format!(":{p}")).unwrap_or_default();
+            let port = r.from.port.unwrap_or(listen_port);
+            let default = if r.from.scheme == "https" { 443 } else { 80 };
+            let port = if port == default {
+                String::new()
+            } else {
+                format!(":{port}")
+            };
             format!(
                 "{}://{}{port}/.gatehouse/providers",
                 r.from.scheme, r.from.host
@@ -273,7 +294,7 @@ impl Relay {
                     wait.as_secs() + 1
                 ),
             );
-            r.status = 429;
+            r.retry_after = Some(wait.as_secs() + 1);
             return Err(r);
         }
 
@@ -284,7 +305,7 @@ impl Relay {
                 "no-key",
                 format!(
                     "no API key for `{provider_id}`: add yours at {} (or in OpenCode's provider dialog)",
-                    keys_page(&self.live, &pool.name)
+                    keys_page(&self.live, &pool.name, self.listen_port)
                 ),
             ));
         };
@@ -310,7 +331,7 @@ impl Relay {
         let st = self.live.state.load();
         match crate::keys::stored_key(&st.auth, person, provider) {
             Ok(Some((key, info))) => {
-                let email = self.live.keys.email(person).unwrap_or_default();
+                let email = self.live.keys.email(person).unwrap_or_else(|| "-".into());
                 self.live.keys.set(
                     person,
                     &email,
