@@ -90,7 +90,8 @@ test('a key entered on the keys page in Chromium reaches the provider as that pe
     assert.ok(!keyCookie.value.includes(key) && !Buffer.from(keyCookie.value, 'base64url').toString('latin1').includes(key), 'the cookie is sealed');
 
     // The assistant (its page's scripts) chats; the stand-in sees alice's key.
-    await page.goto(s.gh.main.url(A, '/global/health'));
+    // The first visit starts alice's backend (a "Starting" page that reloads itself).
+    await eventually('alice\'s backend answers', async () => (await page.goto(s.gh.main.url(A, '/global/health')))?.status() === 200, { timeoutMs: 90_000, everyMs: 1000 });
     const before = llm.requests.length;
     const marker = `browser-${randomBytes(4).toString('hex')}`;
     const r = await chatFromPage(page, marker);
