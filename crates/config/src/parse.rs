@@ -454,6 +454,33 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         Some(entry) => backend::pools(ctx, &entry),
         None => (Vec::new(), Vec::new()),
     };
+    // A person's key is kept per provider id: two pools that give one id different APIs
+    // would send a key entered for one to the other's address.
+    let mut seen: Vec<(&str, &crate::RelayProvider)> = Vec::new();
+    for pool in &backends {
+        for p in pool.relay.iter().flat_map(|r| &r.providers) {
+            match seen.iter().find(|(_, q)| q.id == p.id) {
+                Some((other, q))
+                    if q.style != p.style
+                        || q.base_url != p.base_url
+                        || q.auth_header != p.auth_header
+                        || q.auth_prefix != p.auth_prefix =>
+                {
+                    ctx.error(
+                        p.origin.clone(),
+                        format!(
+                            "backends.{}.relay.providers.{}: pool `{other}` relays `{}` with another \
+                             style, base_url or key header; a person's key is kept per provider id, \
+                             so give this one another id or the same settings",
+                            pool.name, p.id, p.id
+                        ),
+                    );
+                }
+                Some(_) => {}
+                None => seen.push((&pool.name, p)),
+            }
+        }
+    }
     if let Some(relay_at) = relay_address {
         for pool in backends.iter().filter(|p| p.relay.is_some()) {
             let origin = pool

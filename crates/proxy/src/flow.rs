@@ -176,6 +176,10 @@ pub(crate) async fn decide(
         return Step::Respond(st.start_sign_in(req, scheme, authority).await);
     };
 
+    // Provider keys this browser holds, if memory lost them (issue 12). Before any wait,
+    // so a sign-out cannot land between the session check and the restore.
+    crate::providers::restore(st, live, &jar, &identity);
+
     // Google Workspace groups: from the directory's cache, or looked up now (waiting at
     // most idp_refresh_directory_timeout), wherever they are used: the route's rules, its
     // identity headers, Gatehouse's own pages. `unavailable`: none usable; the policy fails
@@ -185,9 +189,6 @@ pub(crate) async fn decide(
         Some(directory) if needs_groups => directory.resolve(identity).await,
         _ => (identity, None),
     };
-
-    // Provider keys this browser holds, if memory lost them (issue 12).
-    crate::providers::restore(st, live, &jar, &identity);
 
     if let Some(g) = gh {
         let step = endpoints::page(st, live, req, g, &identity, ctx);
@@ -215,6 +216,10 @@ pub(crate) async fn decide(
                 _ if cross_site => {
                     tracing::info!(user = %identity.email(), method = %req.method, route = %route.label, "cross-origin request refused");
                     refuse(ctx, Refusal::CrossOrigin)
+                }
+                Target::Backend(_) if req.headers.get("service-worker").is_some() => {
+                    tracing::warn!(user = %identity.email(), path, route = %route.label, "a service worker's script on a backend route refused");
+                    refuse(ctx, Refusal::ServiceWorker)
                 }
                 Target::Backend(_) => {
                     crate::providers::intercept(st, live, req, route, &identity, ctx)

@@ -118,6 +118,30 @@ impl KeyRing {
         held.keys.insert(provider.to_string(), key);
     }
 
+    /// [`KeyRing::set`], only if no key for `provider` is held and `unchanged()` (asked
+    /// under the ring's lock, so a removal that takes the lock after it sees this key).
+    pub(crate) fn set_if(
+        &self,
+        person: &PersonId,
+        email: &str,
+        provider: &str,
+        key: HeldKey,
+        unchanged: impl FnOnce() -> bool,
+    ) {
+        let mut people = self.lock();
+        let held = people.entry(person.clone()).or_insert_with(|| Held {
+            email: email.to_string(),
+            keys: HashMap::new(),
+            restored: HashSet::new(),
+            touched: Instant::now(),
+        });
+        if held.keys.contains_key(provider) || !unchanged() {
+            return;
+        }
+        held.touched = Instant::now();
+        held.keys.insert(provider.to_string(), key);
+    }
+
     /// Drops the person's key for `provider` from memory.
     pub(crate) fn remove(&self, person: &PersonId, provider: &str) {
         if let Some(held) = self.lock().get_mut(person) {

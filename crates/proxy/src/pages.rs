@@ -44,6 +44,10 @@ footer{{margin-top:1.5rem;color:#7a8391;font-size:.85rem}}</style></head>\
                 ("cache-control", "no-store".into()),
                 ("x-content-type-options", "nosniff".into()),
                 ("x-frame-options", "DENY".into()),
+                // A backend's script on the same origin that opens a Gatehouse page (the keys
+                // page) gets no handle on it: the page is put in a browsing context group of
+                // its own (issue 12).
+                ("cross-origin-opener-policy", "same-origin".into()),
                 // Not `no-referrer`: with it, browsers send `Origin: null` on the page's own form POST.
                 ("referrer-policy", "same-origin".into()),
                 ("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'; form-action 'self' https:; frame-ancestors 'none'".into()),
@@ -404,6 +408,11 @@ pub(crate) fn refusal(r: &Refusal) -> Page {
             csrf,
         ),
         Refusal::CrossOrigin => cross_origin(),
+        Refusal::ServiceWorker => Page::html(
+            403,
+            "Request refused",
+            "<p>Gatehouse does not let a site behind it install a service worker: it could read what you type on Gatehouse's own pages.</p>",
+        ),
         Refusal::ProviderOAuth => Page::html(
             403,
             "Add an API key instead",

@@ -179,11 +179,31 @@ pub(crate) fn intercept(
         tracing::info!(user = %id.email(), path, "provider OAuth refused: the relay keeps provider keys");
         return Some(refuse(ctx, Refusal::ProviderOAuth));
     }
-    let provider = path.strip_prefix("/auth/").filter(|p| !p.contains('/'))?;
+    let provider = path
+        .strip_prefix("/auth/")
+        .map(|p| p.strip_suffix('/').unwrap_or(p))
+        .filter(|p| !p.is_empty() && !p.contains('/'))?;
+    // Checked here whatever the route says about other sites (`cors_allow_preflight`): a key
+    // set by another site would send the person's prompts to that site's account.
+    if cross_origin_write(req, &route_origin(st, ctx)) {
+        return Some(refuse(ctx, Refusal::CrossOrigin));
+    }
     match req.method {
-        Method::PUT | Method::POST => Some(Step::ReadKeyBody(KeyRequest::OpencodeAuth(
-            provider.to_string(),
-        ))),
+        Method::PUT => {
+            let json = req
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|t| t.trim_start().starts_with("application/json"));
+            Some(if json {
+                Step::ReadKeyBody(KeyRequest::OpencodeAuth(provider.to_string()))
+            } else {
+                Step::Respond(
+                    KeyError::new(415, "send the key as JSON (content-type: application/json)")
+                        .json(),
+                )
+            })
+        }
         Method::DELETE => {
             ctx.outcome = Some(Outcome::Allowed("provider-key"));
             Some(Step::Respond(
@@ -195,7 +215,11 @@ pub(crate) fn intercept(
                 },
             ))
         }
-        _ => None,
+        Method::GET | Method::HEAD => None,
+        // Any other write could carry a key to the backend: none reaches it.
+        _ => Some(Step::Respond(
+            KeyError::new(405, "use PUT to add a key or DELETE to remove it").json(),
+        )),
     }
 }
 

@@ -76,6 +76,9 @@ pub(crate) enum Refusal {
     /// OpenCode's provider OAuth on a backend route whose pool relays providers: it would
     /// write the provider's tokens into the backend's `auth.json` (issue 12).
     ProviderOAuth,
+    /// A service worker's script on a backend route: it would see every request of the
+    /// origin, Gatehouse's own pages (the keys page) included.
+    ServiceWorker,
     /// Anything else: the details are in the log under the request id.
     Internal { request_id: String },
 }
@@ -112,6 +115,7 @@ impl Refusal {
             Refusal::RequestUnreadable => "request-unreadable",
             Refusal::RequestRefused => "request-refused",
             Refusal::ProviderOAuth => "provider-oauth-refused",
+            Refusal::ServiceWorker => "service-worker-refused",
             Refusal::Internal { .. } => "internal-error",
         }
     }
@@ -196,6 +200,7 @@ mod tests {
             Refusal::RequestUnreadable,
             Refusal::RequestRefused,
             Refusal::ProviderOAuth,
+            Refusal::ServiceWorker,
             Refusal::Internal {
                 request_id: "r".into(),
             },

@@ -135,9 +135,18 @@ impl Refused {
 
 /// The methods and paths (below the provider's base URL) a style needs.
 pub(crate) fn allowed(style: ProviderStyle, method: &Method, rest: &str) -> bool {
+    // A model id as providers write them (`gpt-4o`, `claude-3-5-sonnet-20241022`,
+    // `ft:gpt-4o:org:x:id`); never `.`/`..` or an escape a provider's front end might decode
+    // into another path.
     let model_id = |r: &str| {
-        r.strip_prefix("/models/")
-            .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+        r.strip_prefix("/models/").is_some_and(|id| {
+            !id.is_empty()
+                && id != "."
+                && id != ".."
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:@-".contains(&b))
+        })
     };
     match style {
         ProviderStyle::OpenAi => match *method {
@@ -330,16 +339,22 @@ impl Relay {
         }
         let st = self.live.state.load();
         match crate::keys::stored_key(&st.auth, person, provider) {
-            Ok(Some((key, info))) => {
+            Ok(Some((key, added_ms))) => {
                 let email = self.live.keys.email(person).unwrap_or_else(|| "-".into());
-                self.live.keys.set(
+                // Cached only if the key was not removed or replaced since it was read: a
+                // removal racing this read must not bring the old key back into memory.
+                self.live.keys.set_if(
                     person,
                     &email,
                     provider,
                     HeldKey {
                         key: key.clone(),
-                        added_ms: info,
+                        added_ms,
                         mode: KeyMode::Persistent,
+                    },
+                    || {
+                        crate::keys::changed_at(&st.auth, person, provider)
+                            .is_none_or(|c| c <= added_ms)
                     },
                 );
                 Ok(Some(key))
@@ -604,6 +619,10 @@ mod tests {
             (OpenAi, Method::POST, "/fine_tuning/jobs", false),
             (OpenAi, Method::DELETE, "/models/ft-x", false),
             (OpenAi, Method::GET, "/models/a/b", false),
+            (OpenAi, Method::GET, "/models/..", false),
+            (OpenAi, Method::GET, "/models/%2e%2e", false),
+            (OpenAi, Method::GET, "/models/..%2Fadmin", false),
+            (OpenAi, Method::GET, "/models/ft:gpt-4o:org:x:1", true),
             (OpenAi, Method::POST, "/chat/completions/../files", false),
             (OpenAi, Method::POST, "/messages", false),
             (Anthropic, Method::POST, "/messages", true),

@@ -407,7 +407,7 @@ async fn opencodes_auth_calls_are_answered_here_and_its_provider_oauth_refused()
         .run(request(
             "PUT",
             "https://assistant.example.com/auth/fake?directory=/x",
-            &[("cookie", &cookie)],
+            &[("cookie", &cookie), ("content-type", "application/json")],
         ))
         .await;
     assert!(
@@ -488,5 +488,97 @@ async fn the_keys_api_lists_relayed_providers_and_refuses_cross_site_changes() {
     assert!(
         matches!(&step, Step::ReadKeyBody(crate::providers::KeyRequest::ApiPut(p)) if p == "fake"),
         "{step:?}"
+    );
+}
+
+/// Issue 12 review: what could carry a key to the backend, or read the keys page, is refused.
+#[tokio::test]
+async fn key_carrying_writes_and_service_workers_never_reach_the_backend() {
+    let f = Flow::new();
+    let cookie = f.cookie("alice@example.com", &[]);
+    let json = ("content-type", "application/json");
+    // A trailing slash is the same call.
+    let (step, _) = f
+        .run(request(
+            "PUT",
+            "https://assistant.example.com/auth/fake/",
+            &[("cookie", &cookie), json],
+        ))
+        .await;
+    assert!(matches!(step, Step::ReadKeyBody(_)), "{step:?}");
+    // Not JSON (a cross-site form's text/plain): refused, not read, not proxied.
+    let (step, _) = f
+        .run(request(
+            "PUT",
+            "https://assistant.example.com/auth/fake",
+            &[("cookie", &cookie), ("content-type", "text/plain")],
+        ))
+        .await;
+    assert_eq!(respond(step).status, 415);
+    // Other writes to /auth: refused.
+    for method in ["POST", "PATCH"] {
+        let (step, _) = f
+            .run(request(
+                method,
+                "https://assistant.example.com/auth/fake",
+                &[("cookie", &cookie), json],
+            ))
+            .await;
+        assert_eq!(respond(step).status, 405, "{method}");
+    }
+    // A service worker's script (it would see the keys page's form): refused.
+    let (step, ctx) = f
+        .run(request(
+            "GET",
+            "https://assistant.example.com/sw.js",
+            &[("cookie", &cookie), ("service-worker", "script")],
+        ))
+        .await;
+    assert_eq!(respond(step).status, 403);
+    assert_eq!(
+        ctx.outcome.map(Outcome::code),
+        Some("service-worker-refused")
+    );
+    // The same script fetched as a plain script is the backend's.
+    let (step, _) = f
+        .run(request(
+            "GET",
+            "https://assistant.example.com/sw.js",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+    assert!(matches!(step, Step::Backend), "{step:?}");
+}
+
+#[tokio::test]
+async fn gatehouse_pages_keep_other_scripts_of_the_origin_out() {
+    let f = Flow::new();
+    let cookie = f.cookie("alice@example.com", &[]);
+    let (step, _) = f
+        .run(request(
+            "GET",
+            "https://assistant.example.com/.gatehouse/providers",
+            &[("cookie", &cookie)],
+        ))
+        .await;
+    let page = respond(step);
+    assert_eq!(page.status, 200);
+    let header = |name: &str| {
+        page.headers
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header("cross-origin-opener-policy").as_deref(),
+        Some("same-origin")
+    );
+    assert!(
+        header("content-security-policy").is_some_and(|c| c.contains("frame-ancestors 'none'"))
+    );
+    let body = String::from_utf8_lossy(&page.body);
+    assert!(
+        body.contains("type=\"password\"") && body.contains("csrf_token"),
+        "{body}"
     );
 }
