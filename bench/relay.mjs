@@ -74,8 +74,8 @@ try {
     body: JSON.stringify({ key: 'sk-bench-0000' }),
   });
   if (put.status !== 200) throw new Error(`adding the key: ${put.status} ${put.body}`);
-  const health = await c.get(s.gh.main.url(A, '/global/health'), { timeoutMs: 90_000 });
-  if (health.status !== 200) throw new Error(`starting the backend: ${health.status}`);
+  const health = await c.get(s.gh.main.url(A, '/global/health'), { timeoutMs: 90_000, headers: { accept: 'application/json' } });
+  if (health.status !== 200) throw new Error(`starting the backend: ${health.status}\n${s.gh.main.logs().slice(-3000)}`);
   const [backend] = backendProcesses(s.dataRoot);
   const env = readFileSync(`/proc/${backend.pid}/environ`, 'latin1').split('\0');
   const config = JSON.parse(env.find((e) => e.startsWith('OPENCODE_CONFIG_CONTENT=')).slice(24));
