@@ -906,3 +906,54 @@ describe('the LLM relay, persistent keys (encrypted in the state store)', { skip
     assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
   });
 });
+
+// An idle stop wipes the person's keys from memory; the browser's key cookie brings them back
+// at its next request. Shown with two clients of the same session: the browser (with the key
+// cookie) and a script (the session cookie only), which can use a key only while memory
+// holds it.
+describe('the LLM relay, an idle stop', { skip: !IS_ROOT && 'needs root (per-person uids, nftables)' }, () => {
+  let llm;
+  let s;
+
+  before(async () => {
+    llm = await startLlm();
+    llm.wordDelayMs = 5;
+    s = await relayStack(llm, { pool: { idle_timeout: '3s' } });
+  });
+  after(async () => {
+    dumpLogs(s, 'idle');
+    await s?.stop();
+    await llm?.close();
+  });
+
+  test('an idle stop wipes the key from memory (a script without the key cookie gets no-key); the browser\'s key cookie restores it', async () => {
+    const browser = await signedIn(s, 'alice');
+    const key = newKey('alice-idle');
+    await setKeyViaApi(s, browser, key);
+    const script = s.client();
+    script.jar = browser.jar.clone();
+    script.jar.delete(A, KEY_COOKIE);
+    assert.ok(script.jar.get(A, '_pomerium'), 'the script has the session cookie');
+
+    // While the backend runs, memory holds the key: the script's chat carries it.
+    const first = await chat(s, llm, script, `idle-before-${randomBytes(4).toString('hex')}`);
+    assert.equal(first.requests.length, 1, `the chat reached the stand-in: ${first.body.slice(0, 300)}`);
+    assert.equal(first.requests[0].headers.authorization, `Bearer ${key}`);
+
+    // Idle: the backend stops, and the keys leave memory (the sweeper, 10 s after last use).
+    await eventually('the backend stopped on idle', () => backendProcesses(s.dataRoot).length === 0, { timeoutMs: 60_000, everyMs: 500 });
+    await eventually('the keys left memory', () => /provider keys wiped from memory/.test(s.logs()), { timeoutMs: 40_000, everyMs: 500 });
+
+    // The script (no key cookie) starts the backend again: its chat gets no key.
+    const seen = llm.seen.length;
+    const without = await chat(s, llm, script, `idle-after-${randomBytes(4).toString('hex')}`);
+    assert.equal(without.requests.length, 0, 'no key after the idle stop without the cookie');
+    assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
+    assert.match(without.body, /no API key|no-key|\.gatehouse\/providers/, `the chat shows the relay's message: ${without.body.slice(0, 400)}`);
+
+    // The browser's next request restores it from the key cookie.
+    const restored = await chat(s, llm, browser, `idle-restored-${randomBytes(4).toString('hex')}`);
+    assert.equal(restored.requests.length, 1, `the browser's chat reached the stand-in: ${restored.body.slice(0, 300)}`);
+    assert.equal(restored.requests[0].headers.authorization, `Bearer ${key}`);
+  });
+});
