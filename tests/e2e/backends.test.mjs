@@ -12,7 +12,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
-import { A, backendProcesses, backendStack, eventually, homeOf, OPENCODE } from '../harness/backends.mjs';
+import { A, backendProcesses, backendStack, eventually, homeOf, OPENCODE, openSse } from '../harness/backends.mjs';
 import { loopbackLookup } from '../harness/client.mjs';
 import { toYaml } from '../harness/gatehouse.mjs';
 import { REPLY, startLlm } from '../harness/llm.mjs';
@@ -39,64 +39,6 @@ const api = (s, c, method, p, body, headers = {}) =>
     headers: { ...JSON_API, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
     timeoutMs: 90_000,
   });
-
-/** An SSE stream through Gatehouse: { events: [{ at, data }], closed: Promise, close() }. */
-function openSse(s, c, p, headers = {}) {
-  const u = new URL(s.gh.main.url(A, p));
-  const stream = { events: [], ended: false };
-  stream.closed = new Promise((resolve, reject) => {
-    const req = https.request(
-      {
-        host: u.hostname,
-        port: u.port,
-        path: u.pathname,
-        method: 'GET',
-        ca: s.certs.caPem,
-        servername: u.hostname,
-        lookup: loopbackLookup,
-        agent: false,
-        headers: { accept: 'text/event-stream', cookie: c.jar.header(u.hostname), ...headers },
-      },
-      (res) => {
-        stream.status = res.statusCode;
-        stream.headers = res.headers;
-        let buf = '';
-        res.setEncoding('utf8');
-        res.on('data', (d) => {
-          buf += d;
-          let i;
-          while ((i = buf.indexOf('\n\n')) >= 0) {
-            const block = buf.slice(0, i);
-            buf = buf.slice(i + 2);
-            const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
-            if (data) {
-              try {
-                stream.events.push({ at: Date.now(), data: JSON.parse(data) });
-              } catch {
-                stream.events.push({ at: Date.now(), data });
-              }
-            }
-          }
-        });
-        res.on('end', () => {
-          stream.ended = true;
-          resolve('end');
-        });
-        res.on('error', () => {
-          stream.ended = true;
-          resolve('error');
-        });
-      },
-    );
-    req.on('error', (e) => {
-      stream.ended = true;
-      resolve(`error: ${e.message}`);
-    });
-    stream.close = () => req.destroy();
-    req.end();
-  });
-  return stream;
-}
 
 /** Plain HTTP to a backend port directly (no Gatehouse). */
 function direct(port, p, headers = {}) {

@@ -13,14 +13,12 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { agentShell, viaClient } from '../harness/agent.mjs';
-import { A, backendProcesses, backendStack, eventually, homeOf, OPENCODE } from '../harness/backends.mjs';
-import { loopbackLookup } from '../harness/client.mjs';
+import { A, backendProcesses, backendStack, eventually, homeOf, OPENCODE, openSse } from '../harness/backends.mjs';
 import { freePort } from '../harness/gatehouse.mjs';
 import { REPLY, startLlm } from '../harness/llm.mjs';
 import { newCookieSecret } from '../harness/stack.mjs';
@@ -295,50 +293,6 @@ async function shellFinds(s, c, needle) {
   ].join('\n'));
   assert.match(r.output, /SCANNED home files: [1-9]\d*, readable environs: [1-9]/, `the scan ran: ${r.output.slice(-300)}`);
   return r.output.split('\n').filter((l) => l.startsWith('FOUND'));
-}
-
-/** An SSE stream through Gatehouse: { events: [{ at, data }], close() }. */
-function openSse(s, c, p) {
-  const u = new URL(s.gh.main.url(A, p));
-  const stream = { events: [] };
-  const req = https.request(
-    {
-      host: u.hostname,
-      port: u.port,
-      path: u.pathname,
-      method: 'GET',
-      ca: s.certs.caPem,
-      servername: u.hostname,
-      lookup: loopbackLookup,
-      agent: false,
-      headers: { accept: 'text/event-stream', cookie: c.jar.header(u.hostname) },
-    },
-    (res) => {
-      stream.status = res.statusCode;
-      let buf = '';
-      res.setEncoding('utf8');
-      res.on('data', (d) => {
-        buf += d;
-        let i;
-        while ((i = buf.indexOf('\n\n')) >= 0) {
-          const block = buf.slice(0, i);
-          buf = buf.slice(i + 2);
-          const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
-          if (!data) continue;
-          try {
-            stream.events.push({ at: Date.now(), data: JSON.parse(data) });
-          } catch {
-            stream.events.push({ at: Date.now(), data });
-          }
-        }
-      });
-      res.on('error', () => {});
-    },
-  );
-  req.on('error', () => {});
-  stream.close = () => req.destroy();
-  req.end();
-  return stream;
 }
 
 /** The access line is written after the response: poll for it. */

@@ -7,9 +7,11 @@
 
 import { createHash } from 'node:crypto';
 import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import https from 'node:https';
 import os from 'node:os';
 import path from 'node:path';
 
+import { loopbackLookup } from './client.mjs';
 import { REPO_ROOT } from './gatehouse.mjs';
 import { opencodeConfig } from './llm.mjs';
 import { startStack } from './stack.mjs';
@@ -135,4 +137,62 @@ export async function eventually(what, check, { timeoutMs = 20_000, everyMs = 20
     if (Date.now() > deadline) throw new Error(`not true within ${timeoutMs} ms: ${what}`);
     await new Promise((r) => setTimeout(r, everyMs));
   }
+}
+
+/** An SSE stream through Gatehouse: { events: [{ at, data }], closed: Promise, close() }. */
+export function openSse(s, c, p, headers = {}) {
+  const u = new URL(s.gh.main.url(A, p));
+  const stream = { events: [], ended: false };
+  stream.closed = new Promise((resolve, reject) => {
+    const req = https.request(
+      {
+        host: u.hostname,
+        port: u.port,
+        path: u.pathname,
+        method: 'GET',
+        ca: s.certs.caPem,
+        servername: u.hostname,
+        lookup: loopbackLookup,
+        agent: false,
+        headers: { accept: 'text/event-stream', cookie: c.jar.header(u.hostname), ...headers },
+      },
+      (res) => {
+        stream.status = res.statusCode;
+        stream.headers = res.headers;
+        let buf = '';
+        res.setEncoding('utf8');
+        res.on('data', (d) => {
+          buf += d;
+          let i;
+          while ((i = buf.indexOf('\n\n')) >= 0) {
+            const block = buf.slice(0, i);
+            buf = buf.slice(i + 2);
+            const data = block.split('\n').filter((l) => l.startsWith('data:')).map((l) => l.slice(5).trim()).join('\n');
+            if (data) {
+              try {
+                stream.events.push({ at: Date.now(), data: JSON.parse(data) });
+              } catch {
+                stream.events.push({ at: Date.now(), data });
+              }
+            }
+          }
+        });
+        res.on('end', () => {
+          stream.ended = true;
+          resolve('end');
+        });
+        res.on('error', () => {
+          stream.ended = true;
+          resolve('error');
+        });
+      },
+    );
+    req.on('error', (e) => {
+      stream.ended = true;
+      resolve(`error: ${e.message}`);
+    });
+    stream.close = () => req.destroy();
+    req.end();
+  });
+  return stream;
 }

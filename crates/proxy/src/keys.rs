@@ -44,6 +44,22 @@ struct Held {
     touched: Instant,
 }
 
+impl Held {
+    /// The person's entry, made (empty) if they have none.
+    fn entry<'a>(
+        people: &'a mut HashMap<PersonId, Held>,
+        person: &PersonId,
+        email: &str,
+    ) -> &'a mut Held {
+        people.entry(person.clone()).or_insert_with(|| Held {
+            email: email.to_string(),
+            keys: HashMap::new(),
+            restored: HashSet::new(),
+            touched: Instant::now(),
+        })
+    }
+}
+
 /// What the keys page shows of a key: never the key itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct KeyView {
@@ -108,12 +124,7 @@ impl KeyRing {
     /// Holds `key` as the person's key for `provider`.
     pub(crate) fn set(&self, person: &PersonId, email: &str, provider: &str, key: HeldKey) {
         let mut people = self.lock();
-        let held = people.entry(person.clone()).or_insert_with(|| Held {
-            email: email.to_string(),
-            keys: HashMap::new(),
-            restored: HashSet::new(),
-            touched: Instant::now(),
-        });
+        let held = Held::entry(&mut people, person, email);
         held.touched = Instant::now();
         held.keys.insert(provider.to_string(), key);
     }
@@ -129,12 +140,7 @@ impl KeyRing {
         unchanged: impl FnOnce() -> bool,
     ) {
         let mut people = self.lock();
-        let held = people.entry(person.clone()).or_insert_with(|| Held {
-            email: email.to_string(),
-            keys: HashMap::new(),
-            restored: HashSet::new(),
-            touched: Instant::now(),
-        });
+        let held = Held::entry(&mut people, person, email);
         if held.keys.contains_key(provider) || !unchanged() {
             return;
         }
@@ -217,12 +223,7 @@ impl KeyRing {
         let opened = self.cookie.open(value, person, sid);
         let h = self.cookie_hash(value);
         let mut people = self.lock();
-        let held = people.entry(person.clone()).or_insert_with(|| Held {
-            email: email.to_string(),
-            keys: HashMap::new(),
-            restored: HashSet::new(),
-            touched: Instant::now(),
-        });
+        let held = Held::entry(&mut people, person, email);
         held.restored.insert(h);
         held.touched = Instant::now();
         let Some(mut c) = opened else {
@@ -317,46 +318,6 @@ pub(crate) fn stored_views(auth: &gatehouse_auth::Auth, person: &PersonId) -> Ve
             mode: KeyMode::Persistent,
         })
         .collect()
-}
-
-/// Stores the person's key for `provider`, encrypted (persistent mode).
-pub(crate) fn store_key(
-    auth: &gatehouse_auth::Auth,
-    person: &PersonId,
-    provider: &str,
-    key: &str,
-    at_ms: u64,
-) -> Result<(), String> {
-    auth.vault
-        .put_provider_key(person.as_str(), provider, key, at_ms)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// Removes the person's stored key for `provider`.
-pub(crate) fn unstore_key(
-    auth: &gatehouse_auth::Auth,
-    person: &PersonId,
-    provider: &str,
-    at_ms: u64,
-) -> Result<(), String> {
-    auth.vault
-        .remove_provider_key(person.as_str(), provider, at_ms)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
-
-/// Records that the person's key for `provider` changed at `at_ms` (set or removed), so
-/// older copies in other browsers' key cookies are not restored.
-pub(crate) fn record_change(
-    auth: &gatehouse_auth::Auth,
-    person: &PersonId,
-    provider: &str,
-    at_ms: u64,
-) -> Result<(), String> {
-    auth.vault
-        .record_key_change(person.as_str(), provider, at_ms)
-        .map_err(|e| e.to_string())
 }
 
 /// When the person's key for `provider` last changed.

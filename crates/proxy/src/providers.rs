@@ -412,7 +412,11 @@ fn change(
     let s = id.session();
     let at = now_ms();
     // Copies of the old key in other browsers' cookies are not restored after this.
-    if let Err(e) = keys::record_change(&st.auth, &person, provider, at) {
+    if let Err(e) = st
+        .auth
+        .vault
+        .record_key_change(person.as_str(), provider, at)
+    {
         tracing::error!(user = %s.email, provider, error = %e, "a provider key change could not be recorded");
         return Err(KeyError::new(
             503,
@@ -420,9 +424,14 @@ fn change(
         ));
     }
     if mode == KeyMode::Persistent {
+        let vault = &st.auth.vault;
         let stored = match key {
-            Some(k) => keys::store_key(&st.auth, &person, provider, k, at),
-            None => keys::unstore_key(&st.auth, &person, provider, at),
+            Some(k) => vault
+                .put_provider_key(person.as_str(), provider, k, at)
+                .map(|_| ()),
+            None => vault
+                .remove_provider_key(person.as_str(), provider, at)
+                .map(|_| ()),
         };
         if let Err(e) = stored {
             tracing::error!(user = %s.email, provider, error = %e, "a provider key could not be stored");
