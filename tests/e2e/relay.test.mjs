@@ -691,7 +691,7 @@ describe('the LLM relay, ephemeral keys (the default)', { skip: !IS_ROOT && 'nee
 for i in $(seq 1 140); do
   exec 3<>/dev/tcp/127.0.0.1/${s.relayPort} || { echo CONNECT-FAILED; continue; }
   printf '%s' "$req" >&3
-  tr -d '\\r' <&3 | grep -iE '^HTTP/|^retry-after:' | tr '\\n' ' '; echo
+  tr -d '\\r' <&3 | grep -ioE '^HTTP/[0-9.]+ [0-9]+|^retry-after: *[0-9]+|"code":"[a-z-]+"' | tr '\\n' ' '; echo
   exec 3<&-
 done`);
     const lines = r.output.split('\n').filter((l) => l.startsWith('HTTP/'));
@@ -699,13 +699,13 @@ done`);
     const limited = lines.filter((l) => / 429 /.test(l));
     assert.ok(limited.length >= 1, `no 429 after 140 requests in a row; statuses: ${[...new Set(lines.map((l) => l.slice(9, 12)))].join(',')}`);
     assert.ok(limited.length <= 40, `the default limit (120 a minute) allows most of them: ${limited.length} refused`);
-    const one = await relayFromShell(s, alice, { token });
-    assertRelayRefusal(one, 429, 'rate-limited', 'the next request:');
+    // (The limit refills 2 a second: a request made later through the agent shell, which
+    // takes seconds, may be let in again, so the refusals are read from the burst itself.)
+    assert.ok(limited.every((l) => /"code":"rate-limited"/.test(l)), `each 429 says rate-limited: ${limited[0]}`);
+    assert.ok(limited.every((l) => /retry-after: *\d+/i.test(l)), `every 429 has Retry-After: ${limited[0]}`);
     // bob has his own budget.
     const bobs = await relayFromShell(s, bob, { token: await relayTokenOf(s, bob) });
     assert.equal(bobs.status, 200, `bob is not limited by alice's requests: ${bobs.body.slice(0, 200)}`);
-    assert.match(one.headers['retry-after'] ?? '', /^\d+$/, `a 429 says when to retry (Retry-After): ${JSON.stringify(one.headers)}`);
-    assert.ok(limited.every((l) => /retry-after: *\d+/i.test(l)), `every 429 has Retry-After: ${limited[0]}`);
   });
 });
 

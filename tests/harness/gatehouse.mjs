@@ -22,17 +22,29 @@ export function gatehouseBin() {
   return path.resolve(REPO_ROOT, bin);
 }
 
-/** A port that was free a moment ago (listen on 0, read it, close). */
-export function freePort(host = '127.0.0.1') {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.unref();
-    srv.once('error', reject);
-    srv.listen(0, host, () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
+/**
+ * A port that was free a moment ago: a random one in 20000-29999, below the kernel's
+ * ephemeral range (32768-60999 here), so no client socket can hold it when a test starts
+ * Gatehouse again on the same port (a restart once failed for 30 s that way).
+ */
+const handedOut = new Set(); // never the same port twice in one test process
+
+export async function freePort(host = '127.0.0.1') {
+  for (let tries = 0; tries < 200; tries += 1) {
+    const port = 20000 + Math.floor(Math.random() * 10000);
+    if (handedOut.has(port)) continue;
+    const free = await new Promise((resolve) => {
+      const srv = net.createServer();
+      srv.unref();
+      srv.once('error', () => resolve(false));
+      srv.listen(port, host, () => srv.close(() => resolve(true)));
     });
-  });
+    if (free) {
+      handedOut.add(port);
+      return port;
+    }
+  }
+  throw new Error('no free port in 20000-29999');
 }
 
 // ---- a minimal YAML emitter for plain config objects (strings are always double-quoted) ----
