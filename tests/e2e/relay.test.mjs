@@ -8,6 +8,8 @@
 // Persistent mode (keys encrypted in the state store) is its own describe at the end; see
 // the note there.
 
+
+
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -16,300 +18,40 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-
 import { agentShell, viaClient } from '../harness/agent.mjs';
 import { A, backendProcesses, backendStack, eventually, homeOf, OPENCODE, openSse } from '../harness/backends.mjs';
 import { freePort } from '../harness/gatehouse.mjs';
 import { REPLY, startLlm } from '../harness/llm.mjs';
 import { newCookieSecret } from '../harness/stack.mjs';
-
-const IS_ROOT = process.getuid?.() === 0;
-const KEY_COOKIE = '_pomerium_keys';
-const JSON_API = { accept: 'application/json' };
-const MODEL = { providerID: 'fake', modelID: 'fake-model' };
-
-if (!existsSync(OPENCODE)) {
-  throw new Error(`OpenCode binary missing at ${OPENCODE}: run tests/harness/install-deps.sh (installs npm opencode-ai)`);
-}
-
-/** A provider key nobody could guess, with a recognisable prefix (it is what we look for). */
-const newKey = (who) => `sk-test-${who}-${randomBytes(18).toString('hex')}`;
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-// ---- the stack ----
-
-/** A backend stack whose pool relays `fake` (the stand-in), with the stand-in outside egress. */
-async function relayStack(llm, { keys = 'ephemeral', providers = {}, pool = {}, top = {} } = {}) {
-  const relayPort = await freePort();
-  const stateDir = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-relay-state-'));
-  const s = await backendStack(
-    llm,
-    {
-      idle_timeout: '1h',
-      egress: { allow: [] },
-      relay: { keys, providers: { fake: { style: 'openai', base_url: llm.url }, ...providers } },
-      ...pool,
-    },
-    {},
-    { relay_address: `127.0.0.1:${relayPort}`, state_dir: stateDir, ...top },
-  );
-  s.relayPort = relayPort;
-  s.stateDir = stateDir;
-  // Gatehouse's output of every run (a restart starts a new process with its own output).
-  s.pastLogs = [];
-  s.logs = () => s.pastLogs.join('') + s.gh.main.logs();
-  s.restart = async () => {
-    await s.gh.main.stop();
-    s.pastLogs.push(s.gh.main.logs());
-    await s.start('main');
-  };
-  const stop = s.stop;
-  s.stop = async () => {
-    await stop();
-    rmSync(stateDir, { recursive: true, force: true });
-  };
-  return s;
-}
-
-async function signedIn(s, user, c = s.client()) {
-  const { response } = await c.login(user, `${user}-pass`, s.gh.main.url(A, '/.gatehouse/'));
-  assert.equal(response.status, 200, `${user} signed in: ${response.status} ${response.body.slice(0, 300)}`);
-  return c;
-}
-
-/** A JSON request through Gatehouse on the backend route, same-origin like the web UI's. */
-const api = (s, c, method, p, body, headers = {}) =>
-  c.request(s.gh.main.url(A, p), {
-    method,
-    body: body === undefined ? undefined : typeof body === 'string' ? body : JSON.stringify(body),
-    headers: { ...JSON_API, origin: s.origin, ...(body === undefined ? {} : { 'content-type': 'application/json' }), ...headers },
-    timeoutMs: 120_000,
-  });
-
-/** Sets the person's key for `fake` through the keys API (as the keys page's script would). */
-async function setKeyViaApi(s, c, key, provider = 'fake') {
-  const r = await api(s, c, 'PUT', `/.gatehouse/api/providers/${provider}`, { key });
-  assert.equal(r.status, 200, `PUT /.gatehouse/api/providers/${provider}: ${r.status} ${r.body.slice(0, 300)}`);
-  return r;
-}
-
-/** GET /.gatehouse/api/providers: the `fake` row. */
-async function fakeRow(s, c) {
-  const r = await api(s, c, 'GET', '/.gatehouse/api/providers');
-  assert.equal(r.status, 200, `GET /.gatehouse/api/providers: ${r.status} ${r.body.slice(0, 300)}`);
-  return r.json().providers.find((p) => p.id === 'fake');
-}
-
-/** The csrf_token of a form on the user page whose action is `action`. */
-async function userPageToken(s, c, action) {
-  const page = await c.get(s.gh.main.url(A, '/.gatehouse/'));
-  assert.equal(page.status, 200, `user page: ${page.status}`);
-  const m = new RegExp(`action="/\\.gatehouse/${action}"><input type="hidden" name="csrf_token" value="([^"]+)"`).exec(page.body);
-  assert.ok(m, `the user page has the ${action} form`);
-  return m[1];
-}
-
-async function postUserForm(s, c, action, fields = {}) {
-  const csrf = await userPageToken(s, c, action);
-  return c.post(s.gh.main.url(A, `/.gatehouse/${action}`), { csrf_token: csrf, ...fields }, { headers: { origin: s.origin } });
-}
-
-/** Runs `command` in the person's own agent shell, exactly as written; { output, exitCode }. */
-const shell = (s, c, command) => agentShell(viaClient(c, s.origin), command, { literal: true });
-
-/** The backend's OpenCode config, as its own shell sees it. */
-async function backendConfig(s, c) {
-  const r = await shell(s, c, 'printf "%s" "$OPENCODE_CONFIG_CONTENT"');
-  try {
-    return JSON.parse(r.output);
-  } catch {
-    throw new Error(`OPENCODE_CONFIG_CONTENT is no JSON: ${r.output.slice(0, 300)}`);
-  }
-}
-
-const relayTokenOf = async (s, c) => (await backendConfig(s, c)).provider?.fake?.options?.apiKey;
-
-/** Parses a raw HTTP/1.1 response (chunked or not) into { status, headers, body, json }. */
-function parseHttp(raw) {
-  const text = raw.replace(/\r/g, '');
-  const head = text.indexOf('\n\n');
-  const lines = (head < 0 ? text : text.slice(0, head)).split('\n');
-  const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(lines[0] ?? '')?.[1]);
-  const headers = {};
-  for (const l of lines.slice(1)) {
-    const i = l.indexOf(':');
-    if (i > 0) headers[l.slice(0, i).trim().toLowerCase()] = l.slice(i + 1).trim();
-  }
-  let body = head < 0 ? '' : text.slice(head + 2);
-  if (/chunked/i.test(headers['transfer-encoding'] ?? '')) {
-    body = body.split('\n').filter((l) => !/^[0-9a-f]+$/i.test(l)).join('\n');
-  }
-  let json;
-  try {
-    json = JSON.parse(body.slice(body.indexOf('{'), body.lastIndexOf('}') + 1));
-  } catch {
-    // not JSON
-  }
-  return { status, headers, body, json };
-}
-
-/**
- * One HTTP request to the relay from the person's own agent shell (bash /dev/tcp: the
- * backend may have no curl). Every line of the answer is stamped with the time it arrived:
- * { status, headers, body, json, lines: [{ at (ms), line }] }.
- */
-async function relayFromShell(s, c, { method = 'GET', p = '/p/fake/models', token, body, header = 'authorization' } = {}) {
-  const payload = body === undefined ? '' : JSON.stringify(body);
-  const auth = token === undefined ? '' : header === 'authorization' ? `Authorization: Bearer ${token}\r\n` : `${header}: ${token}\r\n`;
-  const request = `${method} ${p} HTTP/1.1\r\nHost: 127.0.0.1:${s.relayPort}\r\n${auth}`
-    + (payload ? `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n` : '')
-    + `Connection: close\r\n\r\n${payload}`;
-  const script = `exec 3<>/dev/tcp/127.0.0.1/${s.relayPort} || { echo CONNECT-FAILED; exit 0; }
-echo ${Buffer.from(request).toString('base64')} | base64 -d >&3
-while IFS= read -r -t 30 l <&3 || [[ -n $l ]]; do printf '%s %s\\n' "$EPOCHREALTIME" "$l"; done`;
-  const r = await shell(s, c, script);
-  assert.doesNotMatch(r.output, /CONNECT-FAILED/, `the relay (127.0.0.1:${s.relayPort}) is reachable from the backend`);
-  const lines = r.output.split('\n').filter(Boolean).map((l) => {
-    const i = l.indexOf(' ');
-    return { at: Number(l.slice(0, i).replace(',', '.')) * 1000, line: l.slice(i + 1) };
-  });
-  return { ...parseHttp(lines.map((l) => l.line).join('\n')), lines, output: r.output };
-}
-
-/** A plain HTTP request to the relay from the test process itself (root). */
-function relayFromHere(s, { method = 'GET', p = '/p/fake/models', headers = {}, body } = {}) {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: s.relayPort, path: p, method, headers, agent: false, timeout: 15_000 }, (res) => {
-      const chunks = [];
-      res.on('data', (d) => chunks.push(d));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let json;
-        try {
-          json = JSON.parse(text);
-        } catch {
-          // not JSON
-        }
-        resolve({ status: res.statusCode, headers: res.headers, body: text, json });
-      });
-    });
-    req.on('timeout', () => req.destroy(new Error('timeout')));
-    req.on('error', reject);
-    if (body !== undefined) req.write(body);
-    req.end();
-  });
-}
-
-/** The relay's refusal: status and code, from its JSON error. */
-function assertRelayRefusal(r, status, code, msg = '') {
-  assert.equal(r.status, status, `${msg} expected ${status} ${code}, got ${r.status}: ${String(r.body).slice(0, 300)}`);
-  assert.equal(r.json?.error?.code, code, `${msg} expected code ${code}: ${String(r.body).slice(0, 300)}`);
-  assert.equal(r.json?.error?.type, 'gatehouse_relay', msg);
-}
-
-/**
- * A chat through the person's backend (as the web UI makes one). `marker` goes in the
- * prompt, so the stand-in's requests for this chat are told apart from any other's.
- * Resolves to { status, body, requests (the stand-in's completions that carry the marker) }.
- */
-async function chat(s, llm, c, marker) {
-  const created = await api(s, c, 'POST', '/session', { title: `relay ${marker}` });
-  assert.equal(created.status, 200, `POST /session: ${created.status} ${created.body.slice(0, 300)}`);
-  const r = await api(s, c, 'POST', `/session/${created.json().id}/message`, {
-    model: MODEL,
-    parts: [{ type: 'text', text: `hi ${marker}` }],
-  });
-  return { status: r.status, body: r.body, requests: llm.requests.filter((q) => JSON.stringify(q.body).includes(marker)) };
-}
-
-/** Every file under `dir` (as root) that holds one of `needles`: [ 'path: needle' ]. */
-function filesHolding(dir, needles) {
-  const found = [];
-  let files = 0;
-  const walk = (d) => {
-    let names;
-    try {
-      names = readdirSync(d);
-    } catch {
-      return;
-    }
-    for (const name of names) {
-      const p = path.join(d, name);
-      let st;
-      try {
-        st = lstatSync(p);
-      } catch {
-        continue;
-      }
-      if (st.isDirectory()) walk(p);
-      else if (st.isFile()) {
-        files += 1;
-        let buf;
-        try {
-          buf = readFileSync(p);
-        } catch {
-          continue;
-        }
-        for (const n of needles) if (buf.includes(n)) found.push(`${p}: ${n}`);
-      }
-    }
-  };
-  walk(dir);
-  return { found, files };
-}
-
-/** Every process's environ and cmdline that holds one of `needles`. */
-function processesHolding(needles) {
-  const found = [];
-  let seen = 0;
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
-    for (const f of ['environ', 'cmdline']) {
-      let buf;
-      try {
-        buf = readFileSync(`/proc/${pid}/${f}`);
-      } catch {
-        continue;
-      }
-      seen += 1;
-      for (const n of needles) if (buf.includes(n)) found.push(`/proc/${pid}/${f}: ${n}`);
-    }
-  }
-  return { found, seen };
-}
-
-/**
- * What the person's own agent shell can print that holds `needle`: its environment, files
- * under its home, its processes' environ and cmdline. The needle never appears in a command
- * line (grep reads it from a pipe), so the scan does not find itself.
- */
-async function shellFinds(s, c, needle) {
-  const n = `<(printf %s ${Buffer.from(needle).toString('base64')} | base64 -d)`;
-  const r = await shell(s, c, [
-    `env | grep -qF -f ${n} && echo "FOUND env"`,
-    `grep -rlF -f ${n} "$HOME" 2>/dev/null | sed 's/^/FOUND file /'`,
-    `for p in /proc/[0-9]*; do for f in environ cmdline; do if tr '\\0' '\\n' < "$p/$f" 2>/dev/null | grep -qF -f ${n}; then echo "FOUND $p/$f"; fi; done; done`,
-    'echo "SCANNED home files: $(find "$HOME" -type f 2>/dev/null | wc -l), readable environs: $(cat /proc/[0-9]*/environ 2>/dev/null | tr "\\0" "\\n" | grep -c "^HOME=")"',
-  ].join('\n'));
-  assert.match(r.output, /SCANNED home files: [1-9]\d*, readable environs: [1-9]/, `the scan ran: ${r.output.slice(-300)}`);
-  return r.output.split('\n').filter((l) => l.startsWith('FOUND'));
-}
-
-/** The access line is written after the response: poll for it. */
-async function waitForLog(s, re, what = String(re)) {
-  await eventually(`log line ${what}`, () => re.test(s.logs()), { timeoutMs: 5_000, everyMs: 100 }).catch(() => {
-    const tail = s.logs().split('\n').slice(-15).join('\n');
-    assert.fail(`no log line ${what}; the log's end:\n${tail}`);
-  });
-}
-
-/** RELAY_TEST_LOGS=<dir>: keep Gatehouse's output of each describe there (for reports). */
-function dumpLogs(s, name) {
-  const dir = process.env.RELAY_TEST_LOGS;
-  if (dir && s) writeFileSync(path.join(dir, `gatehouse-${name}.log`), s.logs());
-}
-
-const logTail = (s, re = /relay|provider|key/i, n = 12) => s.logs().split('\n').filter((l) => re.test(l)).slice(-n).join('\n');
+import {
+  IS_ROOT,
+  KEY_COOKIE,
+  JSON_API,
+  MODEL,
+  newKey,
+  sleep,
+  relayStack,
+  signedIn,
+  api,
+  setKeyViaApi,
+  fakeRow,
+  userPageToken,
+  postUserForm,
+  shell,
+  backendConfig,
+  relayTokenOf,
+  parseHttp,
+  relayFromShell,
+  relayFromHere,
+  assertRelayRefusal,
+  chat,
+  filesHolding,
+  processesHolding,
+  shellFinds,
+  waitForLog,
+  dumpLogs,
+  logTail,
+} from '../harness/relay.mjs';
 
 // =====================================================================================
 
@@ -706,208 +448,5 @@ done`);
     // bob has his own budget.
     const bobs = await relayFromShell(s, bob, { token: await relayTokenOf(s, bob) });
     assert.equal(bobs.status, 200, `bob is not limited by alice's requests: ${bobs.body.slice(0, 200)}`);
-  });
-});
-
-// =====================================================================================
-// Persistent mode (`relay.keys: persistent`): keys AES-256-GCM encrypted in the state store
-// (<state_dir>/gatehouse.sqlite3, read and tampered with through the sqlite3 CLI). One stack,
-// restarted with different secrets; the tests run in order and build on each other: set a
-// key, restart, rotate, a wrong secret, a tampered row.
-
-/** The state store's tables that look like they hold provider keys (by name or by a provider column), with their columns. */
-function keyTables(db) {
-  const q = (sql) => execFileSync('sqlite3', [db, sql], { encoding: 'utf8' }).split('\n').filter(Boolean);
-  return q("SELECT name FROM sqlite_master WHERE type='table'")
-    .map((t) => ({ name: t, columns: q(`SELECT name FROM pragma_table_info('${t}')`) }))
-    .filter((t) => /key|provider|secret|credential/i.test(t.name) || t.columns.some((c) => /provider/i.test(c)))
-    .map((t) => ({ ...t, rows: Number(q(`SELECT count(*) FROM "${t.name}"`)[0]) }));
-}
-
-/**
- * Changes every stored ciphertext of `tables` by one byte (blob columns) or one character in
- * its middle (long text columns that name no person, provider or time); returns how many
- * values changed.
- */
-function tamper(db, tables) {
-  let changed = 0;
-  const run = (sql) => Number(execFileSync('sqlite3', [db, `${sql}; SELECT changes();`], { encoding: 'utf8' }).trim().split('\n').at(-1));
-  for (const t of tables) {
-    for (const col of t.columns) {
-      const c = `"${col}"`;
-      changed += run(`UPDATE "${t.name}" SET ${c} = substr(${c}, 1, length(${c}) - 1) || CASE WHEN substr(${c}, -1, 1) = X'00' THEN X'01' ELSE X'00' END WHERE typeof(${c}) = 'blob' AND length(${c}) > 0`);
-      if (!/provider|person|user|email|sub|id$|_at$|at_ms|time|created|updated|mode/i.test(col)) {
-        // One character in the middle (the ciphertext of an encoded sealed value, not its header).
-        const mid = `(length(${c}) / 2)`;
-        changed += run(`UPDATE "${t.name}" SET ${c} = substr(${c}, 1, ${mid}) || CASE WHEN substr(${c}, ${mid} + 1, 1) = 'A' THEN 'B' ELSE 'A' END || substr(${c}, ${mid} + 2) WHERE typeof(${c}) = 'text' AND length(${c}) >= 16`);
-      }
-    }
-  }
-  return changed;
-}
-
-describe('the LLM relay, persistent keys (encrypted in the state store)', { skip: !IS_ROOT && 'needs root (per-person uids, nftables)' }, () => {
-  let llm;
-  let s;
-  let alice;
-  const key = newKey('persist');
-  let db;
-  const secrets = { first: undefined, second: newCookieSecret(), wrong: newCookieSecret() };
-
-  /** Restarts Gatehouse with `cookieSecret` (and `previous`); alice signs in again unless her session still opens. */
-  async function restartWith(cookieSecret, previous) {
-    s.specs.main.cookieSecret = cookieSecret;
-    if (previous) s.specs.main.extra.cookie_secret_previous = previous;
-    else delete s.specs.main.extra.cookie_secret_previous;
-    await s.restart();
-  }
-
-  /** A relay call from alice's shell with her current token. */
-  async function aliceRelay() {
-    const token = await relayTokenOf(s, alice);
-    return relayFromShell(s, alice, { token });
-  }
-
-  before(async () => {
-    llm = await startLlm();
-    llm.wordDelayMs = 20;
-    s = await relayStack(llm, { keys: 'persistent' });
-    secrets.first = s.specs.main.cookieSecret;
-    db = path.join(s.stateDir, 'gatehouse.sqlite3');
-    alice = await signedIn(s, 'alice');
-  });
-  after(async () => {
-    dumpLogs(s, 'persistent');
-    await s?.stop();
-    await llm?.close();
-  });
-
-  test('a key is stored only as ciphertext: it works, the store holds a row for it, no file holds the key, no key cookie is set', async () => {
-    const r = await setKeyViaApi(s, alice, key);
-    assert.equal(r.json().mode, 'persistent');
-    assert.ok(!r.setCookies.some((x) => x.name === KEY_COOKIE && x.value), 'persistent mode sets no key cookie');
-    const c = await chat(s, llm, alice, `persist-${randomBytes(4).toString('hex')}`);
-    assert.ok(c.requests.length >= 1 && c.requests.every((q) => q.headers.authorization === `Bearer ${key}`), `the key reaches the stand-in: ${c.body.slice(0, 300)}`);
-    assert.ok(existsSync(db), `the state store ${db}`);
-    const tables = keyTables(db);
-    assert.ok(tables.some((t) => t.rows >= 1), `a table of stored keys with a row: ${JSON.stringify(tables)}`);
-    assert.deepEqual(filesHolding(s.stateDir, [key]).found, [], 'the key in plaintext in the state directory');
-    assert.deepEqual(filesHolding(s.dataRoot, [key]).found, [], 'the key under the data root');
-    assert.deepEqual(processesHolding([key]).found, []);
-    assert.ok(!s.logs().includes(key), 'the key in the logs');
-  });
-
-  test('the key survives a Gatehouse restart (same secret): a chat after it carries the key; a new browser sees it connected', async () => {
-    await restartWith(secrets.first);
-    const fresh = await signedIn(s, 'alice');
-    const row = await fakeRow(s, fresh);
-    assert.equal(row?.connected, true, `after the restart, a new browser lists the key: ${JSON.stringify(row)}`);
-    assert.equal(row.mode, 'persistent');
-    assert.equal(row.last4, key.slice(-4));
-    const c = await chat(s, llm, alice, `survived-${randomBytes(4).toString('hex')}`);
-    assert.ok(c.requests.length >= 1, `after the restart, the chat reached the stand-in: ${c.body.slice(0, 400)}\n${logTail(s)}`);
-    for (const q of c.requests) assert.equal(q.headers.authorization, `Bearer ${key}`);
-  });
-
-  test('rotation: a new cookie_secret with cookie_secret_previous: [old] keeps sessions and the key; the key is re-encrypted, so it still opens once the old secret is gone', async () => {
-    await restartWith(secrets.second, [secrets.first]);
-    const rotationStart = s.gh.main.logs();
-    const page = await alice.get(s.gh.main.url(A, '/.gatehouse/'));
-    assert.equal(page.status, 200, `alice's session sealed with the old secret still opens: ${page.status}`);
-    const r = await aliceRelay();
-    assert.equal(r.status, 200, `the stored key opens after rotation: ${r.body.slice(0, 300)}\n${logTail(s)}`);
-    assert.equal(llm.seen.at(-1).headers.authorization, `Bearer ${key}`);
-
-    await restartWith(secrets.second);
-    alice = await signedIn(s, 'alice', s.client());
-    const again = await aliceRelay();
-    assert.equal(again.status, 200, `re-encrypted under the new secret: ${again.body.slice(0, 300)}\n${logTail(s)}`);
-    assert.equal(llm.seen.at(-1).headers.authorization, `Bearer ${key}`);
-    // The operator is told at start that stored keys were re-encrypted.
-    assert.match(rotationStart, /re-encrypted|resealed/i, `the start with cookie_secret_previous logs the re-encryption; its log:\n${rotationStart.split('\n').slice(0, 25).join('\n')}`);
-  });
-
-  test('a wrong master secret: the relay answers 500 key-unreadable with a clear message, and the log names the fix', async () => {
-    await restartWith(secrets.wrong);
-    const wrongStart = s.gh.main.logs();
-    alice = await signedIn(s, 'alice', s.client());
-    const seen = llm.seen.length;
-    const r = await aliceRelay();
-    assertRelayRefusal(r, 500, 'key-unreadable', 'a key stored under another secret:');
-    assert.match(r.json.error.message, /secret|decrypt|cannot be read|unreadable/i, `a clear message: ${r.json.error.message}`);
-    assert.match(r.json.error.message, /\/\.gatehouse\/providers|again|cookie_secret|provider_key_secret/i, `the message says what to do: ${r.json.error.message}`);
-    assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
-    await waitForLog(s, /cookie_secret|provider_key_secret/, 'a log line naming the secret to fix');
-    assert.ok(!s.logs().includes(key));
-    // At start, before anyone asks: rows no configured secret opens are named in the log.
-    assert.match(wrongStart, /provider key[\s\S]*(unreadable|cannot be (read|decrypted))/i, `the start logs the stored keys no secret opens; its log:\n${wrongStart.split('\n').slice(0, 25).join('\n')}`);
-  });
-
-  test('a tampered row: the relay answers 500 key-unreadable (the right secret, a changed ciphertext)', async () => {
-    await s.gh.main.stop();
-    s.pastLogs.push(s.gh.main.logs());
-    const tables = keyTables(db).filter((t) => t.rows >= 1);
-    assert.ok(tables.length >= 1, `a table of stored keys with a row: ${JSON.stringify(keyTables(db))}`);
-    const changed = tamper(db, tables);
-    assert.ok(changed >= 1, `a ciphertext blob was changed (tables ${JSON.stringify(tables)})`);
-    s.specs.main.cookieSecret = secrets.second;
-    await s.start('main');
-    alice = await signedIn(s, 'alice', s.client());
-    const seen = llm.seen.length;
-    const r = await aliceRelay();
-    assertRelayRefusal(r, 500, 'key-unreadable', 'a tampered row:');
-    assert.match(r.json.error.message, /changed|tampered|cannot be (read|decrypted)|not a sealed key/i, `a clear message: ${r.json.error.message}`);
-    assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
-  });
-});
-
-// An idle stop wipes the person's keys from memory; the browser's key cookie brings them back
-// at its next request. Shown with two clients of the same session: the browser (with the key
-// cookie) and a script (the session cookie only), which can use a key only while memory
-// holds it.
-describe('the LLM relay, an idle stop', { skip: !IS_ROOT && 'needs root (per-person uids, nftables)' }, () => {
-  let llm;
-  let s;
-
-  before(async () => {
-    llm = await startLlm();
-    llm.wordDelayMs = 5;
-    s = await relayStack(llm, { pool: { idle_timeout: '3s' } });
-  });
-  after(async () => {
-    dumpLogs(s, 'idle');
-    await s?.stop();
-    await llm?.close();
-  });
-
-  test('an idle stop wipes the key from memory (a script without the key cookie gets no-key); the browser\'s key cookie restores it', async () => {
-    const browser = await signedIn(s, 'alice');
-    const key = newKey('alice-idle');
-    await setKeyViaApi(s, browser, key);
-    const script = s.client();
-    script.jar = browser.jar.clone();
-    script.jar.delete(A, KEY_COOKIE);
-    assert.ok(script.jar.get(A, '_pomerium'), 'the script has the session cookie');
-
-    // While the backend runs, memory holds the key: the script's chat carries it.
-    const first = await chat(s, llm, script, `idle-before-${randomBytes(4).toString('hex')}`);
-    assert.equal(first.requests.length, 1, `the chat reached the stand-in: ${first.body.slice(0, 300)}`);
-    assert.equal(first.requests[0].headers.authorization, `Bearer ${key}`);
-
-    // Idle: the backend stops, and the keys leave memory (the sweeper, 10 s after last use).
-    await eventually('the backend stopped on idle', () => backendProcesses(s.dataRoot).length === 0, { timeoutMs: 60_000, everyMs: 500 });
-    await eventually('the keys left memory', () => /provider keys wiped from memory/.test(s.logs()), { timeoutMs: 40_000, everyMs: 500 });
-
-    // The script (no key cookie) starts the backend again: its chat gets no key.
-    const seen = llm.seen.length;
-    const without = await chat(s, llm, script, `idle-after-${randomBytes(4).toString('hex')}`);
-    assert.equal(without.requests.length, 0, 'no key after the idle stop without the cookie');
-    assert.equal(llm.seen.length, seen, 'nothing reached the stand-in');
-    assert.match(without.body, /no API key|no-key|\.gatehouse\/providers/, `the chat shows the relay's message: ${without.body.slice(0, 400)}`);
-
-    // The browser's next request restores it from the key cookie.
-    const restored = await chat(s, llm, browser, `idle-restored-${randomBytes(4).toString('hex')}`);
-    assert.equal(restored.requests.length, 1, `the browser's chat reached the stand-in: ${restored.body.slice(0, 300)}`);
-    assert.equal(restored.requests[0].headers.authorization, `Bearer ${key}`);
   });
 });
