@@ -30,6 +30,7 @@ fi
 
 section "end-to-end tests (node --test tests/e2e/)"
 export GATEHOUSE_BIN="${GATEHOUSE_BIN:-${CARGO_TARGET_DIR:-target}/debug/gatehouse}"
-node --test --test-concurrency=1 --test-timeout=300000 tests/e2e/
+# A file is one test to node: 10 min each (the relay files take 3-4 min on 2 cores).
+node --test --test-concurrency=1 --test-timeout=600000 tests/e2e/
 
 section "all tests passed"
