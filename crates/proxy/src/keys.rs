@@ -329,6 +329,12 @@ pub(crate) fn changed_at(
     auth.vault.key_changed_at(person.as_str(), provider)
 }
 
+/// The key cookie's name for the session cookie `session_cookie`: `<name>_keys`, so it
+/// counts as one of Gatehouse's own (never sent upstream, refused when doubled).
+pub(crate) fn cookie_name(session_cookie: &str) -> String {
+    format!("{session_cookie}_keys")
+}
+
 /// The key cookie's content: the person, the session it belongs to, and the keys.
 #[derive(Serialize, Deserialize)]
 struct KeyCookie {
@@ -369,7 +375,7 @@ impl KeyCookieCodec {
             sealer = sealer.with_previous(prev.expose(), KEY_COOKIE_PURPOSE);
         }
         KeyCookieCodec {
-            name: format!("{}_keys", config.cookie.name),
+            name: cookie_name(&config.cookie.name),
             sealer,
         }
     }

@@ -411,35 +411,24 @@ fn change(
     let person = person_id(id);
     let s = id.session();
     let at = now_ms();
-    // Copies of the old key in other browsers' cookies are not restored after this.
-    if let Err(e) = st
-        .auth
-        .vault
-        .record_key_change(person.as_str(), provider, at)
-    {
+    // The change time makes older copies of the key in other browsers' cookies stale. In
+    // persistent mode the vault writes it with the key, in the same transaction.
+    let vault = &st.auth.vault;
+    let recorded = match (mode, key) {
+        (KeyMode::Persistent, Some(k)) => vault
+            .put_provider_key(person.as_str(), provider, k, at)
+            .map(|_| ()),
+        (KeyMode::Persistent, None) => vault
+            .remove_provider_key(person.as_str(), provider, at)
+            .map(|_| ()),
+        (KeyMode::Ephemeral, _) => vault.record_key_change(person.as_str(), provider, at),
+    };
+    if let Err(e) = recorded {
         tracing::error!(user = %s.email, provider, error = %e, "a provider key change could not be recorded");
         return Err(KeyError::new(
             503,
             "the change could not be recorded; nothing changed, try again",
         ));
-    }
-    if mode == KeyMode::Persistent {
-        let vault = &st.auth.vault;
-        let stored = match key {
-            Some(k) => vault
-                .put_provider_key(person.as_str(), provider, k, at)
-                .map(|_| ()),
-            None => vault
-                .remove_provider_key(person.as_str(), provider, at)
-                .map(|_| ()),
-        };
-        if let Err(e) = stored {
-            tracing::error!(user = %s.email, provider, error = %e, "a provider key could not be stored");
-            return Err(KeyError::new(
-                503,
-                "the key could not be stored; nothing changed, try again",
-            ));
-        }
     }
     match key {
         Some(k) => live.keys.set(

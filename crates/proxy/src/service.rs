@@ -30,15 +30,12 @@ pub struct Gatehouse {
 
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
+/// One of Gatehouse's own forms; a body over [`MAX_FORM_BYTES`] is an empty form.
 async fn read_form(session: &mut Session) -> Result<HashMap<String, String>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = session.read_request_body().await? {
-        body.extend_from_slice(&chunk);
-        if body.len() > MAX_FORM_BYTES {
-            return Ok(HashMap::new());
-        }
-    }
-    Ok(form_urlencoded::parse(&body).into_owned().collect())
+    Ok(match read_body(session, MAX_FORM_BYTES).await? {
+        Some(body) => form_urlencoded::parse(&body).into_owned().collect(),
+        None => HashMap::new(),
+    })
 }
 
 /// The request body, up to `max` bytes (`None` if larger). Zeroized when dropped: it may

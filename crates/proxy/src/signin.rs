@@ -77,7 +77,7 @@ impl State {
         out.push(self.set_cookie(self.auth.login_cookie_name(), "", 0, SameSite::Lax, false));
         out.push(self.set_cookie(self.auth.handoff_cookie_name(), "", 0, SameSite::Lax, false));
         // The provider keys this browser holds (issue 12) go with the session.
-        let keys = format!("{}_keys", self.auth.session.name());
+        let keys = crate::keys::cookie_name(self.auth.session.name());
         out.push(self.key_cookie(&keys, "", 0));
         out
     }
