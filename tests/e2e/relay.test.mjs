@@ -8,39 +8,33 @@
 // Persistent mode (keys encrypted in the state store) is its own describe at the end; see
 // the note there.
 
-
-
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+
 import { randomBytes } from 'node:crypto';
-import { existsSync, lstatSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import http from 'node:http';
-import os from 'node:os';
+
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { agentShell, viaClient } from '../harness/agent.mjs';
-import { A, backendProcesses, backendStack, eventually, homeOf, OPENCODE, openSse } from '../harness/backends.mjs';
-import { freePort } from '../harness/gatehouse.mjs';
+
+import { A, backendProcesses, eventually, homeOf, openSse } from '../harness/backends.mjs';
+
 import { REPLY, startLlm } from '../harness/llm.mjs';
-import { newCookieSecret } from '../harness/stack.mjs';
+
 import {
   IS_ROOT,
   KEY_COOKIE,
-  JSON_API,
   MODEL,
   newKey,
-  sleep,
   relayStack,
   signedIn,
   api,
   setKeyViaApi,
   fakeRow,
-  userPageToken,
   postUserForm,
   shell,
   backendConfig,
   relayTokenOf,
-  parseHttp,
   relayFromShell,
   relayFromHere,
   assertRelayRefusal,
