@@ -59,7 +59,8 @@ export async function backendStack(llm, pool = {}, route = {}, top = {}) {
   const s = await startStack({
     gatehouses: {
       main: {
-        extra: {
+        // `top` may need the stack's parts (the echo upstream): then it is a function.
+        extra: (parts) => ({
           backends: {
             assistant: {
               command: [OPENCODE, 'serve', '--hostname', '127.0.0.1', '--port', '{port}'],
@@ -73,8 +74,8 @@ export async function backendStack(llm, pool = {}, route = {}, top = {}) {
             },
           },
           routes: [{ from: `https://${A}`, to_backend: 'assistant', ...route }],
-          ...top,
-        },
+          ...(typeof top === 'function' ? top(parts) : top),
+        }),
       },
     },
   });

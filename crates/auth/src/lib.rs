@@ -9,7 +9,9 @@
 //! - the identity JWT and its JWKS ([`jwt`]);
 //! - Google Workspace groups from the Directory API, with their cache ([`directory`]);
 //! - the sign-out CSRF token;
-//! - people's LLM provider keys in persistent mode, encrypted at rest ([`vault`]).
+//! - people's LLM provider keys in persistent mode, encrypted at rest ([`vault`]);
+//! - personal access tokens, kept only as hashes ([`tokens`]), and the IdP's own ID tokens
+//!   as bearer credentials ([`Oidc::verify_bearer`]).
 //!
 //! Only this crate can make a [`VerifiedIdentity`], and the proxy needs one to add identity
 //! headers, so an identity that was not checked can never reach an upstream.
@@ -30,6 +32,7 @@ pub mod oidc;
 pub mod seal;
 pub mod session;
 pub mod store;
+pub mod tokens;
 pub mod vault;
 
 use std::collections::HashMap;
@@ -208,6 +211,8 @@ pub struct Auth {
     store: Arc<dyn StateStore>,
     /// Identity JWTs already signed, by session id and host (see [`Auth::identity_jwt`]).
     jwt_cache: Mutex<HashMap<String, CachedJwt>>,
+    /// Access tokens used since their last-used times were written ([`tokens`]).
+    token_use: Mutex<HashMap<String, UnixTime>>,
 }
 
 struct CachedJwt {
@@ -283,6 +288,7 @@ impl Auth {
             google: config.idp.provider == gatehouse_config::IdpProvider::Google,
             store,
             jwt_cache: Mutex::new(HashMap::new()),
+            token_use: Mutex::new(HashMap::new()),
         })
     }
 
@@ -442,27 +448,44 @@ impl Auth {
         })
     }
 
+    /// The identity in an ID token the IdP issued, sent as a bearer on a route that accepts
+    /// them ([`Oidc::verify_bearer`]). It stands for this one request: a session id derived
+    /// from the token (so its identity JWTs are reused like a session's), valid for as long
+    /// as an identity JWT.
+    pub async fn verify_idp_bearer(
+        &self,
+        raw: &str,
+        audiences: &[String],
+        now: UnixTime,
+    ) -> Result<VerifiedIdentity, OidcError> {
+        use sha2::Digest;
+        let s = self.oidc.verify_bearer(raw, audiences).await?;
+        let digest = Sha256::digest(raw.as_bytes());
+        let sid = format!("idp:{}", URL_SAFE_NO_PAD.encode(&digest[..12]));
+        Ok(VerifiedIdentity::new(session_of(
+            s,
+            sid,
+            now,
+            now + IDENTITY_JWT_TTL_SECS,
+        )))
+    }
+
+    /// When a session or token made now begins: now, or the second after the person last
+    /// signed out of every browser if that was this same second (`iat` has whole seconds,
+    /// and one dated that second counts as ended).
+    pub(crate) fn fresh_iat(&self, iss: &str, sub: &str, now: UnixTime) -> UnixTime {
+        match self.store.not_before(&person_key(iss, sub)) {
+            Some(ended_through) if ended_through >= now => ended_through + 1,
+            _ => now,
+        }
+    }
+
     /// A fresh session for a person who just signed in. Its `iat` is now, or the second
     /// after the person last signed out of every browser if that was this same second
     /// (`iat` has whole seconds, and a session dated that second counts as ended).
     pub fn new_session(&self, s: SignedIn, now: UnixTime) -> Session {
-        let iat = match self.store.not_before(&person_key(&s.iss, &s.sub)) {
-            Some(ended_through) if ended_through >= now => ended_through + 1,
-            _ => now,
-        };
-        Session {
-            sid: random_token(16),
-            sub: s.sub,
-            email: s.email,
-            email_verified: s.email_verified,
-            name: s.name,
-            groups: s.groups,
-            iss: s.iss,
-            hd: s.hd,
-            iat,
-            exp: now + self.session_ttl,
-            v: SESSION_VERSION,
-        }
+        let iat = self.fresh_iat(&s.iss, &s.sub, now);
+        session_of(s, random_token(16), iat, now + self.session_ttl)
     }
 
     /// A one-time token carrying `session` to the route host `host`.
@@ -670,6 +693,23 @@ impl Auth {
             );
         }
         Ok(token)
+    }
+}
+
+/// The session for what an ID token said, with its id and times.
+fn session_of(s: SignedIn, sid: String, iat: UnixTime, exp: UnixTime) -> Session {
+    Session {
+        sid,
+        sub: s.sub,
+        email: s.email,
+        email_verified: s.email_verified,
+        name: s.name,
+        groups: s.groups,
+        iss: s.iss,
+        hd: s.hd,
+        iat,
+        exp,
+        v: SESSION_VERSION,
     }
 }
 

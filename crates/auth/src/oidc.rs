@@ -61,6 +61,8 @@ type GatehouseIdToken = IdToken<
     CoreJwsSigningAlgorithm,
 >;
 
+type IdClaims = openidconnect::IdTokenClaims<ExtraClaims, CoreGenderClaim>;
+
 /// Why a sign-in failed. Messages never contain codes, tokens or secrets.
 #[derive(Debug, thiserror::Error)]
 pub enum OidcError {
@@ -368,6 +370,72 @@ impl Oidc {
         Ok(signed_in)
     }
 
+    /// An ID token sent as `Authorization: Bearer` (a route with `bearer_token_format:
+    /// idp_identity_token`): verified as at sign-in (signature by the IdP's keys, issuer,
+    /// expiry, issue time, `azp`), except that there is no nonce to match, and its audience
+    /// may be this client or one of `audiences`.
+    pub async fn verify_bearer(
+        &self,
+        raw: &str,
+        audiences: &[String],
+    ) -> Result<SignedIn, OidcError> {
+        let id_token: GatehouseIdToken = raw.parse().map_err(|_| OidcError::MalformedIdToken)?;
+        let p = self.provider().await?;
+        // The error, and whether it was an unknown signing key (then the JWKS is fetched
+        // again, once, as at sign-in).
+        let check = |client: &Client| -> Result<SignedIn, (OidcError, bool)> {
+            let verifier = self
+                .verifier(client)
+                .require_audience_match(false)
+                .set_other_audience_verifier_fn(|aud| {
+                    audiences.iter().any(|a| a.as_str() == aud.as_str())
+                });
+            let claims = id_token
+                .claims(&verifier, |_: Option<&Nonce>| Ok(()))
+                .map_err(|e| {
+                    let no_key = matches!(
+                        e,
+                        ClaimsVerificationError::SignatureVerification(
+                            SignatureVerificationError::NoMatchingKey
+                        )
+                    );
+                    (OidcError::IdTokenRefused(e.to_string()), no_key)
+                })?;
+            // With the audience check relaxed above, one of the audiences must still be
+            // this client or a listed one.
+            let ours = claims.audiences().iter().any(|a| {
+                a.as_str() == self.client_id.as_str()
+                    || audiences.iter().any(|x| x.as_str() == a.as_str())
+            });
+            if !ours {
+                return Err((
+                    OidcError::IdTokenRefused("the token is for another audience".into()),
+                    false,
+                ));
+            }
+            if let Some(azp) = claims.authorized_party()
+                && azp.as_str() != self.client_id.as_str()
+                && !audiences.iter().any(|a| a.as_str() == azp.as_str())
+            {
+                return Err((
+                    OidcError::AzpMismatch {
+                        expected: self.client_id.to_string(),
+                        found: azp.to_string(),
+                    },
+                    false,
+                ));
+            }
+            signed_in(claims).map_err(|e| (e, false))
+        };
+        match check(&self.client(&p)) {
+            Err((_, true)) => {
+                let fresh = self.refresh_jwks(&p).await?;
+                check(&self.client(&fresh)).map_err(|(e, _)| e)
+            }
+            other => other.map_err(|(e, _)| e),
+        }
+    }
+
     fn verifier<'a>(&self, client: &'a Client) -> IdTokenVerifier<'a, CoreJsonWebKey> {
         use openidconnect::core::CoreJwsSigningAlgorithm as A;
         client
@@ -418,27 +486,32 @@ impl Oidc {
                 found: azp.to_string(),
             });
         }
-        let email = claims
-            .email()
-            .map(|e| e.to_string())
-            .ok_or(OidcError::NoEmail)?;
-        Ok(SignedIn {
-            iss: claims.issuer().to_string(),
-            sub: claims.subject().to_string(),
-            email,
-            email_verified: claims.email_verified().unwrap_or(false),
-            name: claims
-                .name()
-                .and_then(|n| n.get(None))
-                .map(|n| n.to_string()),
-            groups: claims
-                .additional_claims()
-                .groups
-                .clone()
-                .unwrap_or_default(),
-            hd: claims.additional_claims().hd.clone(),
-        })
+        signed_in(claims)
     }
+}
+
+/// What verified ID-token claims say about the person.
+fn signed_in(claims: &IdClaims) -> Result<SignedIn, OidcError> {
+    let email = claims
+        .email()
+        .map(|e| e.to_string())
+        .ok_or(OidcError::NoEmail)?;
+    Ok(SignedIn {
+        iss: claims.issuer().to_string(),
+        sub: claims.subject().to_string(),
+        email,
+        email_verified: claims.email_verified().unwrap_or(false),
+        name: claims
+            .name()
+            .and_then(|n| n.get(None))
+            .map(|n| n.to_string()),
+        groups: claims
+            .additional_claims()
+            .groups
+            .clone()
+            .unwrap_or_default(),
+        hd: claims.additional_claims().hd.clone(),
+    })
 }
 
 /// The secrets of one sign-in attempt (stored sealed in the login cookie).

@@ -94,6 +94,49 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     -> Result<(), StoreError>;
     /// When `person`'s key for `provider` was last set or removed, if ever.
     fn key_changed_at(&self, person: &str, provider: &str) -> Option<u64>;
+
+    /// Stores a new personal access token (its hash, never the token). Durable once it
+    /// returns: the person is then shown the token.
+    fn put_access_token(&self, token: &StoredToken) -> Result<(), StoreError>;
+    /// The token with id `id`, if it exists (expired ones included until removed).
+    fn access_token(&self, id: &str) -> Option<StoredToken>;
+    /// Every token of `person`, oldest first.
+    fn access_tokens(&self, person: &str) -> Vec<StoredToken>;
+    /// Removes `person`'s tokens: the one with id `id`, or all of them (`None`). Answers
+    /// the ids removed.
+    fn remove_access_tokens(
+        &self,
+        person: &str,
+        id: Option<&str>,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Records when tokens were last used, in one write; times only move forward.
+    fn touch_access_tokens(&self, used: &[(String, UnixTime)]) -> Result<(), StoreError>;
+}
+
+/// One personal access token as the store keeps it: who it speaks for and where, never the
+/// token itself (only the SHA-256 of its secret part, hex).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// Its public id (part of the token, shown in logs).
+    pub id: String,
+    /// The person it belongs to (`iss` and `sub`, as for "not before").
+    pub person: String,
+    /// SHA-256 of the secret part, lower-case hex.
+    pub secret_sha256: String,
+    /// The name the person gave it.
+    pub name: String,
+    /// The token's last four characters, to tell tokens apart in the list.
+    pub last4: String,
+    /// The identity it carries, as JSON ([`crate::tokens`]).
+    pub identity: String,
+    /// The route labels it may be used on.
+    pub routes: Vec<String>,
+    /// When it was made.
+    pub created: UnixTime,
+    /// When it stops working.
+    pub expires: UnixTime,
+    /// When it was last used (written in batches).
+    pub last_used: Option<UnixTime>,
 }
 
 /// One stored provider key: the row as the store keeps it. `sealed` is the key encrypted by
@@ -180,6 +223,22 @@ fn migrations() -> Migrations<'static> {
                  PRIMARY KEY (person, provider)
              ) STRICT;",
         ),
+        // Issue 13: personal access tokens, each kept as the SHA-256 of its secret only.
+        M::up(
+            "CREATE TABLE access_tokens (
+                 id TEXT PRIMARY KEY NOT NULL,
+                 person TEXT NOT NULL,
+                 secret_sha256 TEXT NOT NULL,
+                 name TEXT NOT NULL,
+                 last4 TEXT NOT NULL,
+                 identity TEXT NOT NULL,
+                 routes TEXT NOT NULL,
+                 created INTEGER NOT NULL,
+                 expires INTEGER NOT NULL,
+                 last_used INTEGER
+             ) STRICT;
+             CREATE INDEX access_tokens_person ON access_tokens (person);",
+        ),
     ])
 }
 
@@ -203,6 +262,8 @@ struct Cache {
     provider_keys: HashMap<String, BTreeMap<String, StoredKey>>,
     /// Key change times (ms): person → provider → time.
     key_changes: HashMap<String, HashMap<String, u64>>,
+    /// Personal access tokens by id.
+    tokens: HashMap<String, StoredToken>,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -333,6 +394,8 @@ impl SqliteStore {
             .map_err(err)?;
         db.execute("DELETE FROM used_once WHERE until <= ?1", [now])
             .map_err(err)?;
+        db.execute("DELETE FROM access_tokens WHERE expires <= ?1", [now])
+            .map_err(err)?;
         let pairs = |sql: &str| -> Result<HashMap<String, UnixTime>, StoreError> {
             let mut stmt = db.prepare(sql).map_err(err)?;
             let rows = stmt
@@ -387,6 +450,42 @@ impl SqliteStore {
                     .entry(person)
                     .or_default()
                     .insert(provider, at);
+            }
+        }
+        {
+            let mut stmt = db
+                .prepare(
+                    "SELECT id, person, secret_sha256, name, last4, identity, routes, created, \
+                     expires, last_used FROM access_tokens",
+                )
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        StoredToken {
+                            id: r.get(0)?,
+                            person: r.get(1)?,
+                            secret_sha256: r.get(2)?,
+                            name: r.get(3)?,
+                            last4: r.get(4)?,
+                            identity: r.get(5)?,
+                            routes: Vec::new(),
+                            created: r.get(7)?,
+                            expires: r.get(8)?,
+                            last_used: r.get(9)?,
+                        },
+                        r.get::<_, String>(6)?,
+                    ))
+                })
+                .map_err(err)?;
+            for row in rows {
+                let (mut token, routes) = row.map_err(|e| self.row_err("access_tokens", &e))?;
+                token.routes = serde_json::from_str(&routes).map_err(|e| StoreError {
+                    path: self.path.clone(),
+                    problem: format!("a row of access_tokens cannot be read ({e})"),
+                    fix: FIX_ROW,
+                })?;
+                cache.tokens.insert(token.id.clone(), token);
             }
         }
         *self.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
@@ -624,6 +723,118 @@ impl StateStore for SqliteStore {
         let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
         cache.key_changes.get(person)?.get(provider).copied()
     }
+
+    fn put_access_token(&self, t: &StoredToken) -> Result<(), StoreError> {
+        let routes = serde_json::to_string(&t.routes).unwrap_or_else(|_| "[]".into());
+        {
+            let db = self.conn()?;
+            db.execute(
+                "INSERT INTO access_tokens (id, person, secret_sha256, name, last4, identity, \
+                 routes, created, expires, last_used) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    t.id,
+                    t.person,
+                    t.secret_sha256,
+                    t.name,
+                    t.last4,
+                    t.identity,
+                    routes,
+                    t.created,
+                    t.expires,
+                    t.last_used
+                ],
+            )
+            .map_err(|e| self.write_err(e))?;
+        }
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        cache.tokens.insert(t.id.clone(), t.clone());
+        Ok(())
+    }
+
+    fn access_token(&self, id: &str) -> Option<StoredToken> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.tokens.get(id).cloned()
+    }
+
+    fn access_tokens(&self, person: &str) -> Vec<StoredToken> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<StoredToken> = cache
+            .tokens
+            .values()
+            .filter(|t| t.person == person)
+            .cloned()
+            .collect();
+        out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
+        out
+    }
+
+    fn remove_access_tokens(
+        &self,
+        person: &str,
+        id: Option<&str>,
+    ) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = {
+            let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+            cache
+                .tokens
+                .values()
+                .filter(|t| t.person == person && id.is_none_or(|i| i == t.id))
+                .map(|t| t.id.clone())
+                .collect()
+        };
+        {
+            let db = self.conn()?;
+            let tx = db.unchecked_transaction().map_err(|e| self.write_err(e))?;
+            for i in &ids {
+                tx.execute(
+                    "DELETE FROM access_tokens WHERE id = ?1 AND person = ?2",
+                    params![i, person],
+                )
+                .map_err(|e| self.write_err(e))?;
+            }
+            tx.commit().map_err(|e| self.write_err(e))?;
+        }
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        for i in &ids {
+            cache.tokens.remove(i);
+        }
+        Ok(ids)
+    }
+
+    fn touch_access_tokens(&self, used: &[(String, UnixTime)]) -> Result<(), StoreError> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        {
+            let db = self.conn()?;
+            // Last-used times are a convenience for the person, not a security record: no
+            // fsync for them.
+            db.pragma_update(None, "synchronous", "NORMAL")
+                .map_err(|e| self.write_err(e))?;
+            let written = (|| {
+                let tx = db.unchecked_transaction()?;
+                for (id, at) in used {
+                    tx.execute(
+                        "UPDATE access_tokens SET last_used = max(coalesce(last_used, 0), ?2) \
+                         WHERE id = ?1",
+                        params![id, at],
+                    )?;
+                }
+                tx.commit()
+            })();
+            db.pragma_update(None, "synchronous", "FULL")
+                .map_err(|e| self.write_err(e))?;
+            written.map_err(|e| self.write_err(e))?;
+        }
+        let mut cache = self.cache.write().unwrap_or_else(|p| p.into_inner());
+        for (id, at) in used {
+            if let Some(t) = cache.tokens.get_mut(id) {
+                t.last_used = Some(t.last_used.map_or(*at, |l| l.max(*at)));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl SqliteStore {
@@ -809,6 +1020,52 @@ mod tests {
     }
 
     #[test]
+    fn access_tokens_are_kept_listed_touched_and_removed_per_person() {
+        let dir = temp_dir("tokens");
+        let token = |id: &str, person: &str, expires: u64| StoredToken {
+            id: id.into(),
+            person: person.into(),
+            secret_sha256: "00".repeat(32),
+            name: format!("name {id}"),
+            last4: "abcd".into(),
+            identity: "{}".into(),
+            routes: vec!["https://a.example.com".into()],
+            created: 10,
+            expires,
+            last_used: None,
+        };
+        {
+            let s = SqliteStore::open(&dir, 1).unwrap();
+            s.put_access_token(&token("t1", "alice", 5000)).unwrap();
+            s.put_access_token(&token("t2", "alice", 5000)).unwrap();
+            s.put_access_token(&token("t3", "bob", 5000)).unwrap();
+            s.put_access_token(&token("old", "bob", 50)).unwrap();
+            s.touch_access_tokens(&[("t1".into(), 30), ("t1".into(), 20)])
+                .unwrap();
+            // Bob cannot remove alice's token by its id.
+            assert!(
+                s.remove_access_tokens("bob", Some("t1"))
+                    .unwrap()
+                    .is_empty()
+            );
+            assert_eq!(s.remove_access_tokens("alice", Some("t2")).unwrap(), ["t2"]);
+        }
+        let s = SqliteStore::open(&dir, 100).unwrap();
+        let alice = s.access_tokens("alice");
+        assert_eq!(alice.len(), 1);
+        assert_eq!(alice[0].last_used, Some(30), "last use only moves forward");
+        assert_eq!(alice[0].routes, ["https://a.example.com"]);
+        assert!(
+            s.access_token("old").is_none(),
+            "expired tokens go at start"
+        );
+        assert_eq!(s.remove_access_tokens("bob", None).unwrap(), ["t3"]);
+        assert!(s.access_tokens("bob").is_empty());
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_store_from_a_newer_gatehouse_is_refused() {
         let dir = temp_dir("newer");
         SqliteStore::open(&dir, 1).unwrap();
@@ -830,7 +1087,8 @@ mod tests {
         // Back to the first schema, as an earlier Gatehouse left it.
         let conn = Connection::open(dir.join(DB_FILE)).unwrap();
         conn.execute_batch(
-            "DROP TABLE provider_keys; DROP TABLE provider_key_changes; PRAGMA user_version = 1;",
+            "DROP TABLE provider_keys; DROP TABLE provider_key_changes; DROP TABLE access_tokens; \
+             PRAGMA user_version = 1;",
         )
         .unwrap();
         drop(conn);

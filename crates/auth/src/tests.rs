@@ -43,6 +43,7 @@ pub(crate) fn config(secret: [u8; 32]) -> Config {
         relay_address: "127.0.0.1:4100".parse().unwrap(),
         provider_key_secret: None,
         max_connections_per_client: 512,
+        access_token_max_expire: std::time::Duration::from_secs(90 * 86400),
         warnings: vec![],
     }
 }

@@ -212,6 +212,9 @@ pub struct Config {
     /// `max_connections_per_client`: the most requests one client address may have open
     /// at once (streams included); more get 429. Default 512.
     pub max_connections_per_client: usize,
+    /// `access_token_max_expire`: the longest a personal access token may live (default
+    /// 90 days). A new token lives 30 days unless the person picks less (or this is less).
+    pub access_token_max_expire: std::time::Duration,
     /// Where `state_dir` was set ([`Origin::Default`] when it was not), for its errors.
     pub state_dir_origin: Origin,
     /// Non-fatal notes (deprecated or ignored keys), shown by `check` and logged at start.
@@ -356,6 +359,14 @@ pub struct Route {
     /// sites. CORS preflights (`OPTIONS` with `Access-Control-Request-Method`) pass without
     /// sign-in, and signed-in cross-site writes are not refused.
     pub cors_allow_preflight: bool,
+    /// `bearer_token_format: idp_identity_token` (Pomerium's key and value; default
+    /// `default`): an `Authorization: Bearer` ID token from the configured IdP is accepted
+    /// on this route, verified as at sign-in. Otherwise a bearer that is not one of
+    /// Gatehouse's own tokens passes to the upstream untouched.
+    pub idp_identity_tokens: bool,
+    /// `idp_token_audiences`: audiences an accepted IdP ID token may have besides
+    /// `idp_client_id` (another client of the same IdP, e.g. a CLI's).
+    pub idp_token_audiences: Vec<String>,
     /// `allow_public_unauthenticated_access` (default false): anyone, without signing in.
     pub allow_public_unauthenticated_access: bool,
     /// `allow_any_authenticated_user` (default false): anyone who has signed in.

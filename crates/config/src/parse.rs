@@ -52,6 +52,7 @@ const TOP_KEYS: &[&[&str]] = &[
     &["cookie_host_prefix"],
     &["state_dir"],
     &["max_connections_per_client"],
+    &["access_token_max_expire"],
     &["relay_address"],
     &["provider_key_secret"],
     &["signing_key"],
@@ -98,6 +99,8 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/gatehouse/state";
 const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: usize = 512;
 /// `relay_address` default port: just below the default backend ports (4101-4199).
 const DEFAULT_RELAY_PORT: u16 = 4100;
+/// `access_token_max_expire` default.
+const DEFAULT_ACCESS_TOKEN_MAX_EXPIRE: Duration = Duration::from_secs(90 * 24 * 60 * 60);
 const DEFAULT_COOKIE_EXPIRE: Duration = Duration::from_secs(14 * 60 * 60);
 const DEFAULT_SCOPES: &[&str] = &["openid", "email", "profile"];
 const DEFAULT_PORT: u16 = 443;
@@ -529,6 +532,22 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         }),
         None => Some(DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
     };
+    let access_token_max_expire = match take("access_token_max_expire") {
+        Some(s) => ctx.non_empty(&s).and_then(|t| {
+            let parsed = values::duration(&t.value).and_then(|d| {
+                if d < Duration::from_secs(60 * 60) {
+                    Err(format!(
+                        "`{}` is shorter than an hour; personal access tokens need at least `1h` (default 90d)",
+                        t.value
+                    ))
+                } else {
+                    Ok(d)
+                }
+            });
+            ctx.check(&t.origin, &s.path, parsed)
+        }),
+        None => Some(DEFAULT_ACCESS_TOKEN_MAX_EXPIRE),
+    };
     let state_dir = match take("state_dir") {
         Some(s) => ctx.non_empty(&s).map(|t| {
             let p = std::path::PathBuf::from(t.value);
@@ -631,6 +650,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
             c
         })?,
         relay_address: relay_address?,
+        access_token_max_expire: access_token_max_expire?,
         provider_key_secret,
         signing_key,
         allowed_domains,

@@ -25,6 +25,8 @@ fn route() -> Route {
         pass_identity_headers: false,
         preserve_host_header: false,
         cors_allow_preflight: false,
+        idp_identity_tokens: false,
+        idp_token_audiences: vec![],
         allow_public_unauthenticated_access: false,
         allow_any_authenticated_user: false,
         allowed_domains: vec![],

@@ -26,6 +26,8 @@ pub(crate) enum FormAction {
     /// Sign-out of every session of this person, in every browser.
     SignOutEverywhere,
     RestartBackend,
+    /// The access tokens page: make or revoke tokens.
+    Tokens,
 }
 
 /// The page `name` (after `/.gatehouse/`) for a signed-in person.
@@ -38,6 +40,9 @@ pub(crate) fn page(
     ctx: &mut Ctx,
 ) -> Step {
     if let Some(step) = crate::providers::page(st, live, req, name, id, ctx) {
+        return step;
+    }
+    if let Some(step) = crate::access_tokens::page(st, live, req, name, id, ctx) {
         return step;
     }
     let post = req.method == Method::POST;
@@ -76,9 +81,13 @@ pub(crate) async fn submit(
     live: &Live,
     req: &RequestHeader,
     action: FormAction,
-    form: &HashMap<String, String>,
+    fields: &[(String, String)],
     ctx: &mut Ctx,
 ) -> Page {
+    let form: HashMap<&str, &str> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let (Some(id), Some(route)) = (
         ctx.identity.as_ref(),
         ctx.route.and_then(|i| st.routes.get(i)),
@@ -98,14 +107,15 @@ pub(crate) async fn submit(
     if !origin_ok || !token_ok {
         tracing::info!(user = %s.email, origin_ok, token_ok, action = ?action, "form refused: missing or wrong CSRF token");
         let refusal = Refusal::FormNotConfirmed {
-            sign_out: action != FormAction::RestartBackend,
+            sign_out: matches!(action, FormAction::SignOut | FormAction::SignOutEverywhere),
         };
         ctx.outcome = Some(Outcome::from(&refusal));
         return pages::refusal(&refusal);
     }
     match action {
+        FormAction::Tokens => crate::access_tokens::form_submit(st, live, fields, id, ctx),
         FormAction::RestartBackend => {
-            let pool = form.get("pool").map(String::as_str).unwrap_or("");
+            let pool = form.get("pool").copied().unwrap_or("");
             let Some(sup) = crate::pool(&live.backends, pool) else {
                 ctx.outcome = Some(Outcome::from(&Refusal::NoSuchPool));
                 return pages::refusal(&Refusal::NoSuchPool);
@@ -122,9 +132,11 @@ pub(crate) async fn submit(
             // delete it. If it cannot be recorded, say so rather than pretend.
             let t = now();
             let recorded = if everywhere {
+                // Access tokens too: "every browser" means every credential (issue 13).
                 st.auth
                     .end_every_session(&s.iss, &s.sub, t)
                     .and_then(|()| st.auth.end_session(s, t))
+                    .and_then(|()| st.auth.revoke_tokens(&s.iss, &s.sub, None).map(|_| ()))
             } else {
                 st.auth.end_session(s, t)
             };
@@ -184,6 +196,7 @@ fn user_page(st: &State, live: &Live, id: &VerifiedIdentity) -> Page {
         csrf: &st.auth.csrf_token(id),
         backends: backend_views(backends, id),
         providers: crate::providers::summary(st, live, id),
+        tokens: crate::access_tokens::summary(st, id),
     })
 }
 

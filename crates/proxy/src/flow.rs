@@ -13,6 +13,7 @@ use gatehouse_auth::VerifiedIdentity;
 use gatehouse_backends::Lease;
 use gatehouse_policy::{Decision, Person};
 
+use crate::credentials::{Credential, Presented};
 use crate::endpoints;
 use crate::pages::{self, Page, request_id};
 use crate::refusal::{Outcome, Refusal};
@@ -49,6 +50,8 @@ pub struct Ctx {
     pub(crate) lease: Option<Lease>,
     /// This request's place in its client address's count ([`crate::clients`]).
     pub(crate) client: Option<crate::clients::ClientSlot>,
+    /// What admitted the request: the cookie, an access token, an IdP token.
+    pub(crate) credential: Option<Credential>,
 }
 
 impl Ctx {
@@ -67,6 +70,7 @@ impl Ctx {
             stream: None,
             lease: None,
             client: None,
+            credential: None,
         }
     }
 }
@@ -85,6 +89,9 @@ pub(crate) enum Step {
     /// A provider key is being added or changed: read the body, then
     /// [`crate::providers::submit`].
     ReadKeyBody(crate::providers::KeyRequest),
+    /// An access token is being made through the JSON API: read the body, then
+    /// [`crate::access_tokens::api_mint`].
+    ReadTokenBody,
 }
 
 /// docs/design.md's request flow, in order: host and path checks, health, the authenticate host,
@@ -168,17 +175,69 @@ pub(crate) async fn decide(
         _ => {}
     }
 
-    let Some(identity) = st.identity(&jar) else {
-        if gh == Some("sign_out") {
-            return Step::Respond(endpoints::sign_out_without_session(st));
+    let identity = match crate::credentials::presented(req, route) {
+        Presented::Token(raw) => match st.auth.verify_token(&raw, gatehouse_auth::now()) {
+            Ok((identity, grant)) => {
+                if !grant.routes.contains(&route.label) {
+                    tracing::info!(user = %identity.email(), token_id = %grant.id, route = %route.label, "access token used on a route it was not made for; refused");
+                    return refuse(ctx, Refusal::TokenWrongRoute);
+                }
+                if gh.is_some_and(|g| g != "user") {
+                    return refuse(ctx, Refusal::TokenOnOwnPages);
+                }
+                ctx.credential = Some(Credential::Token {
+                    id: grant.id,
+                    name: grant.name,
+                });
+                identity
+            }
+            Err(e) => {
+                tracing::info!(route = %route.label, reason = %e, "access token refused");
+                return refuse(
+                    ctx,
+                    Refusal::TokenRefused {
+                        message: e.to_string(),
+                    },
+                );
+            }
+        },
+        Presented::IdpJwt(raw) => {
+            let verified = st
+                .auth
+                .verify_idp_bearer(&raw, &route.idp_token_audiences, gatehouse_auth::now())
+                .await;
+            match verified {
+                Ok(identity) if gh.is_none() => {
+                    ctx.credential = Some(Credential::IdpJwt);
+                    identity
+                }
+                Ok(_) => return refuse(ctx, Refusal::TokenOnOwnPages),
+                Err(e) => {
+                    tracing::info!(route = %route.label, reason = %e, "IdP bearer token refused");
+                    return refuse(
+                        ctx,
+                        Refusal::IdpTokenRefused {
+                            message: format!("the identity token was refused: {e}"),
+                        },
+                    );
+                }
+            }
         }
-        ctx.outcome = Some(Outcome::SignedOut);
-        return Step::Respond(st.start_sign_in(req, scheme, authority).await);
+        Presented::Nothing => {
+            let Some(identity) = st.identity(&jar) else {
+                if gh == Some("sign_out") {
+                    return Step::Respond(endpoints::sign_out_without_session(st));
+                }
+                ctx.outcome = Some(Outcome::SignedOut);
+                return Step::Respond(st.start_sign_in(req, scheme, authority).await);
+            };
+            // Provider keys this browser holds, if memory lost them (issue 12). Before any
+            // wait, so a sign-out cannot land between the session check and the restore.
+            crate::providers::restore(st, live, &jar, &identity);
+            ctx.credential = Some(Credential::Cookie);
+            identity
+        }
     };
-
-    // Provider keys this browser holds, if memory lost them (issue 12). Before any wait,
-    // so a sign-out cannot land between the session check and the restore.
-    crate::providers::restore(st, live, &jar, &identity);
 
     // Google Workspace groups: from the directory's cache, or looked up now (waiting at
     // most idp_refresh_directory_timeout), wherever they are used: the route's rules, its

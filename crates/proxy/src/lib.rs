@@ -43,7 +43,9 @@
 
 #![warn(missing_docs, unreachable_pub)]
 
+mod access_tokens;
 pub mod clients;
+mod credentials;
 mod endpoints;
 mod flow;
 mod host;
@@ -156,6 +158,19 @@ impl Live {
                 Decision::Allow(_) => None,
                 Decision::Deny(reason) => Some(reason.code().to_string()),
             }
+        })
+    }
+
+    /// Ends the open streams opened with one of the access tokens `ids` (just revoked).
+    pub(crate) fn end_token_streams(&self, ids: &[String]) -> usize {
+        if ids.is_empty() {
+            return 0;
+        }
+        self.end_streams(|s| {
+            s.token
+                .as_ref()
+                .filter(|t| ids.contains(t))
+                .map(|_| "its access token was revoked".to_string())
         })
     }
 
@@ -371,6 +386,7 @@ fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErr
         },
         tls: !config.insecure_server,
         max_connections_per_client: config.max_connections_per_client,
+        access_token_max_expire: config.access_token_max_expire,
     };
     let watched = reload::Watched {
         config_path: reload::absolute(&config.source),

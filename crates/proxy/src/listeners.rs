@@ -219,6 +219,10 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
         ));
         tracing::info!(address = %addr, "LLM relay listening (loopback, for backends only)");
     }
+    server.add_service(background_service(
+        "gatehouse-token-use",
+        crate::access_tokens::UseRecorder(Arc::clone(&prepared.live)),
+    ));
     server.add_service(pingora::services::background::background_service(
         "gatehouse-reload",
         reload::Reloader {

@@ -191,6 +191,8 @@ pub struct UserView<'a> {
     pub backends: Vec<BackendView>,
     /// Each relayed provider and whether the person's key is there (and in which mode).
     pub providers: Vec<(String, String)>,
+    /// How many personal access tokens the person has.
+    pub tokens: usize,
 }
 
 /// One line of the user page's "Your assistant" section.
@@ -231,6 +233,15 @@ fn providers_section(v: &UserView<'_>) -> String {
         "</dl><p><a class=\"button\" href=\"/.gatehouse/providers\">Manage your keys</a></p>",
     );
     out
+}
+
+fn tokens_section(v: &UserView<'_>) -> String {
+    format!(
+        "<h2>Access tokens</h2><p>For <code>opencode attach</code> and scripts: {} token{}.</p>\
+         <p><a class=\"button\" href=\"/.gatehouse/tokens\">Manage your tokens</a></p>",
+        v.tokens,
+        if v.tokens == 1 { "" } else { "s" }
+    )
 }
 
 /// Shown to a browser navigating to a per-person route while their backend starts: it
@@ -280,7 +291,7 @@ pub fn user_page(v: &UserView<'_>) -> Page {
             text(v.user),
             text(&groups),
             text(&v.expires),
-            backends_section(v) + &providers_section(v),
+            backends_section(v) + &providers_section(v) + &tokens_section(v),
             sign_out_form(v.csrf, "Sign out"),
             post_form("sign_out_everywhere", v.csrf, "Sign out of every browser")
         ),
@@ -374,6 +385,19 @@ fn no_such_page(name: &str) -> Page {
 /// The page for a refusal: the one place that chooses what a person sees when Gatehouse
 /// answers instead of the upstream. A 403 shows the policy's reason; a 502/503/504 says
 /// which part failed; a 500 shows only the request id.
+/// A refused credential: JSON for the script that sent it, and a `Bearer` challenge (never
+/// `Basic`: a browser would prompt for a password and then send it on its own).
+fn token_refused(status: u16, code: &str, message: &str) -> Page {
+    Page::json(
+        status,
+        &serde_json::json!({"error": "invalid_token", "code": code, "message": message}),
+    )
+    .with_header(
+        "www-authenticate",
+        "Bearer realm=\"gatehouse\", error=\"invalid_token\"".into(),
+    )
+}
+
 pub(crate) fn refusal(r: &Refusal) -> Page {
     match r {
         Refusal::BadHost => bad_request("The request has no valid Host header."),
@@ -408,6 +432,19 @@ pub(crate) fn refusal(r: &Refusal) -> Page {
             csrf,
         ),
         Refusal::CrossOrigin => cross_origin(),
+        Refusal::TokenRefused { message } | Refusal::IdpTokenRefused { message } => {
+            token_refused(401, r.code(), message)
+        }
+        Refusal::TokenWrongRoute => token_refused(
+            401,
+            r.code(),
+            "this access token is not valid for this route; make one for it on the user page",
+        ),
+        Refusal::TokenOnOwnPages => token_refused(
+            403,
+            r.code(),
+            "access tokens do not open Gatehouse's own pages (except /.gatehouse/user); sign in with a browser to make or revoke tokens",
+        ),
         Refusal::ServiceWorker => Page::html(
             403,
             "Request refused",

@@ -79,6 +79,14 @@ pub(crate) enum Refusal {
     /// A service worker's script on a backend route: it would see every request of the
     /// origin, Gatehouse's own pages (the keys page) included.
     ServiceWorker,
+    /// A Gatehouse access token that is malformed, unknown, revoked or expired (issue 13).
+    TokenRefused { message: String },
+    /// A valid access token used on a route it was not made for.
+    TokenWrongRoute,
+    /// An access token on Gatehouse's own pages (a token cannot make or revoke tokens).
+    TokenOnOwnPages,
+    /// An IdP ID token as bearer on a route that accepts them, which did not verify.
+    IdpTokenRefused { message: String },
     /// Anything else: the details are in the log under the request id.
     Internal { request_id: String },
 }
@@ -116,6 +124,10 @@ impl Refusal {
             Refusal::RequestRefused => "request-refused",
             Refusal::ProviderOAuth => "provider-oauth-refused",
             Refusal::ServiceWorker => "service-worker-refused",
+            Refusal::TokenRefused { .. } => "token-refused",
+            Refusal::TokenWrongRoute => "token-wrong-route",
+            Refusal::TokenOnOwnPages => "token-on-own-pages",
+            Refusal::IdpTokenRefused { .. } => "idp-token-refused",
             Refusal::Internal { .. } => "internal-error",
         }
     }
@@ -201,6 +213,14 @@ mod tests {
             Refusal::RequestRefused,
             Refusal::ProviderOAuth,
             Refusal::ServiceWorker,
+            Refusal::TokenRefused {
+                message: "x".into(),
+            },
+            Refusal::TokenWrongRoute,
+            Refusal::TokenOnOwnPages,
+            Refusal::IdpTokenRefused {
+                message: "x".into(),
+            },
             Refusal::Internal {
                 request_id: "r".into(),
             },

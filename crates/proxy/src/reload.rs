@@ -180,6 +180,7 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
         tls: old.tls,
         // Takes effect for new requests at once.
         max_connections_per_client: config.max_connections_per_client,
+        access_token_max_expire: config.access_token_max_expire,
     });
     live.state.store(Arc::clone(&state));
     live.metrics.reloaded(true);

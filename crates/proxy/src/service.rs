@@ -1,7 +1,6 @@
 //! The Pingora `ProxyHttp` implementation: each hook is a few lines that call plain
 //! functions. See the crate docs for the request flow.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -30,11 +29,12 @@ pub struct Gatehouse {
 
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
-/// One of Gatehouse's own forms; a body over [`MAX_FORM_BYTES`] is an empty form.
-async fn read_form(session: &mut Session) -> Result<HashMap<String, String>> {
+/// One of Gatehouse's own forms, its fields in order (a name may come more than once); a
+/// body over [`MAX_FORM_BYTES`] is an empty form.
+async fn read_form(session: &mut Session) -> Result<Vec<(String, String)>> {
     Ok(match read_body(session, MAX_FORM_BYTES).await? {
         Some(body) => form_urlencoded::parse(&body).into_owned().collect(),
-        None => HashMap::new(),
+        None => Vec::new(),
     })
 }
 
@@ -96,6 +96,10 @@ impl Gatehouse {
             path: req.uri.path().to_string(),
             method: req.method.to_string(),
             route: ctx_label(&ctx.state, ctx).to_string(),
+            token: match &ctx.credential {
+                Some(crate::credentials::Credential::Token { id, .. }) => Some(id.clone()),
+                _ => None,
+            },
             upstream,
         });
         ctx.stream = Some(id);
@@ -199,6 +203,21 @@ impl ProxyHttp for Gatehouse {
                     Step::Respond(endpoints::submit(&st, &self.live, req, action, &form, ctx).await)
                 }
                 Step::Backend => flow::backend_step(&st, session.req_header(), ctx).await,
+                Step::ReadTokenBody => {
+                    let body = read_body(session, crate::access_tokens::MAX_BODY_BYTES).await?;
+                    let req = session.req_header();
+                    Step::Respond(match (body, ctx.identity.as_ref()) {
+                        (Some(b), Some(id)) => {
+                            crate::access_tokens::api_mint(&st, req, &b, id, ctx)
+                        }
+                        (None, _) => {
+                            Page::json(413, &serde_json::json!({"error": "the body is too large"}))
+                        }
+                        (_, None) => {
+                            Page::json(401, &serde_json::json!({"error": "unauthenticated"}))
+                        }
+                    })
+                }
                 Step::ReadKeyBody(what) => {
                     // Read here, never proxied: the key must not reach the backend.
                     let body = read_body(session, crate::providers::MAX_BODY_BYTES).await?;
@@ -318,6 +337,11 @@ impl ProxyHttp for Gatehouse {
         let req = session.req_header();
         let route = ctx_label(&ctx.state, ctx);
         let user = ctx.identity.as_ref().map(|i| i.email()).unwrap_or("-");
+        let credential = ctx
+            .credential
+            .as_ref()
+            .map(|c| c.label())
+            .unwrap_or("-".into());
         // The path only: the query may hold an authorization code or a handoff token.
         tracing::info!(
             target: "gatehouse::access",
@@ -327,6 +351,7 @@ impl ProxyHttp for Gatehouse {
             status,
             route,
             user,
+            credential = %credential,
             decision = ctx.outcome.map(Outcome::code).unwrap_or("-"),
             bytes = session.body_bytes_sent(),
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,

@@ -31,6 +31,10 @@ pub struct RouteState {
     pub preserve_host_header: bool,
     /// Cross-site requests are the upstream's business (`cors_allow_preflight`).
     pub cross_site_allowed: bool,
+    /// `bearer_token_format: idp_identity_token`: IdP ID tokens are accepted as bearers.
+    pub idp_identity_tokens: bool,
+    /// Audiences such a token may have besides the client id.
+    pub idp_token_audiences: Vec<String>,
     /// `allow_public_unauthenticated_access`: no sign-in and no policy. Never true for a
     /// per-person backend route.
     pub public: bool,
@@ -102,6 +106,8 @@ pub struct State {
     pub tls: bool,
     /// `max_connections_per_client`.
     pub max_connections_per_client: usize,
+    /// `access_token_max_expire`: the longest a new access token may live.
+    pub access_token_max_expire: std::time::Duration,
 }
 
 impl State {
@@ -220,6 +226,8 @@ pub fn build_routes(
             pass_identity_headers: r.pass_identity_headers,
             preserve_host_header,
             cross_site_allowed: r.cors_allow_preflight,
+            idp_identity_tokens: r.idp_identity_tokens,
+            idp_token_audiences: r.idp_token_audiences.clone(),
             public,
             policy: Policy::for_route(r, &config.allowed_domains, &config.allowed_groups),
         });

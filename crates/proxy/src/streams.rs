@@ -34,6 +34,8 @@ pub struct OpenStream {
     pub method: String,
     /// The route label it was admitted on, for the log.
     pub route: String,
+    /// The access token it was opened with (its id), so revoking the token ends it.
+    pub token: Option<String>,
     /// The socket to shut down to end it.
     pub upstream: UpstreamSocket,
 }

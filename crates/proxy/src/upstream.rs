@@ -87,13 +87,20 @@ pub(crate) fn prepare_request(
     {
         req.insert_header(http::header::HOST, to.host.as_str())?;
     }
-    // 4. A per-person backend: the client's own Authorization never reaches it; the
+    // 4. No Gatehouse token reaches an upstream, nor an IdP token the route consumed
+    //    (issue 13); another app's own Authorization passes untouched.
+    crate::credentials::strip(
+        req,
+        ctx.credential == Some(crate::credentials::Credential::IdpJwt),
+        ctx.lease.is_some(),
+    )?;
+    // 5. A per-person backend: the client's own Authorization never reaches it; the
     //    backend's password (known only to Gatehouse) does, WebSocket upgrades included.
     if let Some(lease) = &ctx.lease {
         req.remove_header(&http::header::AUTHORIZATION);
         req.insert_header(http::header::AUTHORIZATION, lease.authorization())?;
     }
-    // 5. Identity.
+    // 6. Identity.
     if route.pass_identity_headers
         && let Some(id) = &ctx.identity
     {

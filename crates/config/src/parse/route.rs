@@ -17,6 +17,8 @@ const ROUTE_KEYS: &[&str] = &[
     "pass_identity_headers",
     "preserve_host_header",
     "cors_allow_preflight",
+    "bearer_token_format",
+    "idp_token_audiences",
     "allow_public_unauthenticated_access",
     "allow_any_authenticated_user",
     "allowed_domains",
@@ -146,10 +148,39 @@ fn route(
     let (cors_allow_preflight, _) = flag(ctx, "cors_allow_preflight");
     let (public, public_at) = flag(ctx, "allow_public_unauthenticated_access");
     let (any_user, _) = flag(ctx, "allow_any_authenticated_user");
+    let idp_identity_tokens = fields
+        .take("bearer_token_format")
+        .map(Setting::file)
+        .and_then(|s| {
+            let t = ctx.non_empty(&s)?;
+            let parsed = match t.value.trim() {
+                "default" => Ok(false),
+                "idp_identity_token" => Ok(true),
+                "idp_access_token" | "jwt" => Err(format!(
+                    "not supported: `{}` (Gatehouse accepts the IdP's ID tokens, which it verifies \
+                     as at sign-in: use `idp_identity_token`, or personal access tokens from the \
+                     user page)",
+                    t.value.trim()
+                )),
+                other => Err(format!(
+                    "`{other}` is not a bearer token format; use `default` (bearer tokens other \
+                     than Gatehouse's own pass to the upstream) or `idp_identity_token`"
+                )),
+            };
+            ctx.check(&t.origin, &s.path, parsed)
+        })
+        .unwrap_or(false);
 
     let allowed_domains = list(ctx, &mut fields, "allowed_domains", values::domain);
     let allowed_users = list(ctx, &mut fields, "allowed_users", values::email);
     let allowed_groups = list(ctx, &mut fields, "allowed_groups", values::group);
+    let idp_token_audiences = list(ctx, &mut fields, "idp_token_audiences", |v| {
+        if v.trim().is_empty() {
+            Err("an audience must not be empty (an IdP client id)".to_string())
+        } else {
+            Ok(v.trim().to_string())
+        }
+    });
     let (policy, policy_name) = match fields.take("policy") {
         Some(e) if matches!(e.node, Node::Scalar(_)) => match named(ctx, &e) {
             Some((name, spec)) => (Some(spec), Some(name)),
@@ -175,6 +206,15 @@ fn route(
         }
     }
 
+    if !idp_token_audiences.is_empty() && !idp_identity_tokens {
+        ctx.error(
+            origin.clone(),
+            format!(
+                "{path}: idp_token_audiences applies only with `bearer_token_format: \
+                 idp_identity_token`; add that, or remove idp_token_audiences"
+            ),
+        );
+    }
     if let Some(Upstream::Backend(_)) = &to {
         if public {
             ctx.error(
@@ -248,6 +288,8 @@ fn route(
             pass_identity_headers,
             preserve_host_header,
             cors_allow_preflight,
+            idp_identity_tokens,
+            idp_token_audiences,
             allow_public_unauthenticated_access: public,
             allow_any_authenticated_user: any_user,
             allowed_domains,
