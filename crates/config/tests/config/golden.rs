@@ -66,6 +66,11 @@ fn relay_mistakes_are_each_named_with_a_fix() {
 }
 
 #[test]
+fn bearer_token_settings_that_would_not_work_are_named_with_a_fix() {
+    check("bad-bearer-format", &[]);
+}
+
+#[test]
 fn http_issuer_on_non_loopback_host_is_refused() {
     check("http-issuer", &[]);
 }
