@@ -603,3 +603,63 @@ fn a_google_session_from_before_hd_was_recorded_signs_in_again() {
         .is_ok()
     );
 }
+
+#[test]
+fn an_access_token_speaks_for_its_person_until_expiry_revocation_or_sign_out_everywhere() {
+    use crate::tokens::TokenRejected;
+    let auth = auth(&config([1; 32]));
+    let who = test_util::identity(auth.new_session(signed_in(), 1000));
+    let routes = vec!["https://a.example.com".to_string()];
+    let minted = auth
+        .mint_token(&who, "laptop", 3600, routes.clone(), 1000)
+        .unwrap();
+    let token = minted.token.as_str();
+    let (id, grant) = auth.verify_token(token, 1001).unwrap();
+    assert_eq!(id.email(), "alice@example.com");
+    assert_eq!(id.groups(), ["team-it"]);
+    assert_eq!(grant.routes, routes);
+    assert_eq!(grant.name, "laptop");
+    // The secret part is checked, not just the id.
+    let mut tampered = token.to_string();
+    let last = if tampered.ends_with('A') { "B" } else { "A" };
+    tampered.replace_range(tampered.len() - 1.., last);
+    assert_eq!(
+        auth.verify_token(&tampered, 1001).unwrap_err(),
+        TokenRejected::Unknown
+    );
+    assert_eq!(
+        auth.verify_token(token, 4600).unwrap_err(),
+        TokenRejected::Expired
+    );
+    // The last use is listed before it is written, and after.
+    assert_eq!(auth.tokens(&who)[0].last_used, Some(1001));
+    auth.flush_token_use().unwrap();
+    assert_eq!(auth.tokens(&who)[0].last_used, Some(1001));
+    // Sign out of every browser: tokens made before are refused, one made after works.
+    auth.end_every_session("http://idp", "alice", 1002).unwrap();
+    assert_eq!(
+        auth.verify_token(token, 1003).unwrap_err(),
+        TokenRejected::SignedOut
+    );
+    let later = auth.mint_token(&who, "new", 3600, routes, 1002).unwrap();
+    assert!(auth.verify_token(later.token.as_str(), 1003).is_ok());
+    // Revoking: only the person's own tokens, by id.
+    let mut bob = signed_in();
+    bob.sub = "bob".into();
+    assert!(
+        auth.revoke_tokens(&bob.iss, &bob.sub, Some(&later.info.id))
+            .unwrap()
+            .is_empty()
+    );
+    auth.revoke_tokens("http://idp", "alice", Some(&later.info.id))
+        .unwrap();
+    assert_eq!(
+        auth.verify_token(later.token.as_str(), 1003).unwrap_err(),
+        TokenRejected::Unknown
+    );
+    assert!(
+        auth.mint_token(&who, " ", 60, vec!["x".into()], 1003)
+            .is_err()
+    );
+    assert!(auth.mint_token(&who, "x", 60, vec![], 1003).is_err());
+}

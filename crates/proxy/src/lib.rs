@@ -17,8 +17,10 @@
 //!    │    ├─ route match (routes::RouteTable)           no route   → 404 (Refusal::NoRoute)
 //!    │    ├─ JWKS (endpoints::jwks), callback (signin::route_callback), signed_out
 //!    │    ├─ public route                                          → Step::Continue
-//!    │    ├─ identity: signin (sealed session cookie)  none → login cookie + 302 to IdP
-//!    │    │                                                 (401 JSON for scripts)
+//!    │    ├─ identity: credentials::presented: a Gatehouse access token (Bearer, Basic,
+//!    │    │    ?auth_token=) or, where the route opts in, an IdP ID token → 401 JSON if bad,
+//!    │    │    or if the token is not for this route; else signin (sealed session cookie)
+//!    │    │    none → login cookie + 302 to IdP (401 JSON for scripts)
 //!    │    ├─ /.gatehouse/ pages: endpoints::page; posted forms → Step::ReadForm, then
 //!    │    │    request_filter reads the body (the only one) and calls endpoints::submit
 //!    │    ├─ flow::decide_policy → policy::evaluate   deny → 403 (Refusal::PolicyDenied)
@@ -26,7 +28,7 @@
 //!    │         flow::backend_step gets the person's backend (starting page / 503 / 504)
 //!    ├─ upstream_peer → upstream::peer: the route's `to`, or 127.0.0.1:<backend port>
 //!    ├─ upstream_request_filter → upstream::prepare_request: strip client identity
-//!    │    headers and our cookies, the backend's password replaces any client
+//!    │    headers, our cookies and our tokens (credentials::strip), the backend's password replaces any client
 //!    │    Authorization, set X-Forwarded-*, Host, identity headers + signed JWT
 //!    ├─ response_filter: streams registered (streams), upstream::strip_own_set_cookies,
 //!    │    compression of backend assets (upstream::compressible)
