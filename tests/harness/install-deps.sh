@@ -17,6 +17,8 @@ have_cmd pkg-config || need+=(pkg-config)
 have_pkg build-essential || need+=(build-essential)
 # The relay tests read and tamper with the state store (issue 12).
 have_cmd sqlite3    || need+=(sqlite3)
+# The OpenCode TUI (`opencode attach`) is driven in a detached tmux session (opencode-cli.mjs).
+have_cmd tmux       || need+=(tmux)
 if [[ "${GATEHOUSE_NEED_CHROMIUM:-1}" == 1 ]]; then
   [[ -x /usr/bin/chromium ]] || need+=(chromium)
 fi
