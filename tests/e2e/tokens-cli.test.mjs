@@ -72,7 +72,7 @@ describe('opencode run --attach and opencode attach with a token', { skip: !IS_R
     }, { timeoutMs: 30_000 });
     // Not in bob's backend.
     assert.ok(!(await texts(s, bob)).some((x) => x.session === mine.session || x.text.includes(marker)), 'bob does not see alice\'s CLI session');
-    assert.match(s.gh.main.logs(), /credential=token:cli/);
+    assert.match(s.gh.main.logs(), /credential="?token:cli/);
   });
 
   test('a wrong token makes run --attach fail at once, without hanging', async () => {

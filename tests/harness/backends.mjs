@@ -56,26 +56,27 @@ export async function backendStack(llm, pool = {}, route = {}, top = {}) {
   const dataRoot = path.join(root, 'data');
   const first = portBase;
   portBase += 10;
+  const base = {
+    backends: {
+      assistant: {
+        command: [OPENCODE, 'serve', '--hostname', '127.0.0.1', '--port', '{port}'],
+        ports: `${first}-${first + 9}`,
+        data_root: dataRoot,
+        uids: '62000-62099',
+        start_timeout: '60s',
+        env: { OPENCODE_CONFIG_CONTENT: opencodeConfig(llm) },
+        egress: { allow: [allowOf(llm.url)] },
+        ...pool,
+      },
+    },
+    routes: [{ from: `https://${A}`, to_backend: 'assistant', ...route }],
+  };
   const s = await startStack({
     gatehouses: {
       main: {
-        // `top` may need the stack's parts (the echo upstream): then it is a function.
-        extra: (parts) => ({
-          backends: {
-            assistant: {
-              command: [OPENCODE, 'serve', '--hostname', '127.0.0.1', '--port', '{port}'],
-              ports: `${first}-${first + 9}`,
-              data_root: dataRoot,
-              uids: '62000-62099',
-              start_timeout: '60s',
-              env: { OPENCODE_CONFIG_CONTENT: opencodeConfig(llm) },
-              egress: { allow: [allowOf(llm.url)] },
-              ...pool,
-            },
-          },
-          routes: [{ from: `https://${A}`, to_backend: 'assistant', ...route }],
-          ...(typeof top === 'function' ? top(parts) : top),
-        }),
+        // `top` may need the stack's parts (the echo upstream): then it is a function, and so
+        // is `extra`. Otherwise `extra` stays an object a test may change before a restart.
+        extra: typeof top === 'function' ? (parts) => ({ ...base, ...top(parts) }) : { ...base, ...top },
       },
     },
   });

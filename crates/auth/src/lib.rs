@@ -342,14 +342,23 @@ impl Auth {
         if self.store.session_revoked(&s.sid, now) {
             return Err(SessionRejected::Revoked);
         }
-        if self
-            .store
-            .not_before(&person_key(&s.iss, &s.sub))
-            .is_some_and(|ended_through| s.iat <= ended_through)
-        {
+        let ended = |key: &str| {
+            self.store
+                .not_before(key)
+                .is_some_and(|ended_through| s.iat <= ended_through)
+        };
+        if ended(&person_key(&s.iss, &s.sub)) || ended(&email_key(&s.email)) {
             return Err(SessionRejected::Revoked);
         }
         Ok(())
+    }
+
+    /// An administrator's sign-out (`gatehouse sign-out`): every session and access token
+    /// of whoever has this email address, begun up to now, is refused from now on, and
+    /// their tokens are deleted. Answers the ids of the tokens deleted.
+    pub fn sign_out_email(&self, email: &str, now: UnixTime) -> Result<Vec<String>, StoreError> {
+        self.store.set_not_before(&email_key(email), now)?;
+        self.revoke_tokens_of_email(email)
     }
 
     /// Sign-out: the session is refused from now on, in every browser and on every host
@@ -694,6 +703,12 @@ impl Auth {
         }
         Ok(token)
     }
+}
+
+/// The "not before" key of an email address (an administrator's sign-out names a person by
+/// address; sessions and tokens carry it).
+fn email_key(email: &str) -> String {
+    format!("email:{}", email.trim().to_lowercase())
 }
 
 /// The session for what an ID token said, with its id and times.

@@ -102,6 +102,8 @@ pub trait StateStore: Send + Sync + fmt::Debug {
     fn access_token(&self, id: &str) -> Option<StoredToken>;
     /// Every token of `person`, oldest first.
     fn access_tokens(&self, person: &str) -> Vec<StoredToken>;
+    /// Every token of everyone (for an administrator's sign-out by email address).
+    fn all_access_tokens(&self) -> Vec<StoredToken>;
     /// Removes `person`'s tokens: the one with id `id`, or all of them (`None`). Answers
     /// the ids removed.
     fn remove_access_tokens(
@@ -767,6 +769,11 @@ impl StateStore for SqliteStore {
             .collect();
         out.sort_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)));
         out
+    }
+
+    fn all_access_tokens(&self) -> Vec<StoredToken> {
+        let cache = self.cache.read().unwrap_or_else(|p| p.into_inner());
+        cache.tokens.values().cloned().collect()
     }
 
     fn remove_access_tokens(

@@ -663,3 +663,25 @@ fn an_access_token_speaks_for_its_person_until_expiry_revocation_or_sign_out_eve
     );
     assert!(auth.mint_token(&who, "x", 60, vec![], 1003).is_err());
 }
+
+#[test]
+fn an_administrators_sign_out_by_address_ends_sessions_and_tokens_of_that_address_only() {
+    let auth = auth(&config([1; 32]));
+    let alice = auth.new_session(signed_in(), 1000);
+    let who = test_util::identity(alice.clone());
+    let token = auth
+        .mint_token(&who, "ci", 3600, vec!["r".into()], 1000)
+        .unwrap();
+    let mut bob_in = signed_in();
+    bob_in.sub = "bob".into();
+    bob_in.email = "bob@example.com".into();
+    let bob = auth.new_session(bob_in, 1000);
+    let revoked = auth.sign_out_email("ALICE@example.com", 1100).unwrap();
+    assert_eq!(revoked, std::slice::from_ref(&token.info.id));
+    assert!(auth.check_not_revoked(&alice, 1101).is_err());
+    assert!(auth.check_not_revoked(&bob, 1101).is_ok());
+    assert!(auth.verify_token(token.token.as_str(), 1101).is_err());
+    // Signing in again afterwards works.
+    let again = auth.new_session(signed_in(), 1200);
+    assert!(auth.check_not_revoked(&again, 1201).is_ok());
+}

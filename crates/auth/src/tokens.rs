@@ -306,6 +306,25 @@ impl Auth {
         Ok(ids)
     }
 
+    /// Deletes every token whose person has the address `email` (any letter case).
+    pub(crate) fn revoke_tokens_of_email(&self, email: &str) -> Result<Vec<String>, StoreError> {
+        let email = email.trim();
+        let mut people: Vec<(String, String)> = Vec::new();
+        for t in self.store.all_access_tokens() {
+            if let Ok(who) = serde_json::from_str::<TokenIdentity>(&t.identity)
+                && who.email.eq_ignore_ascii_case(email)
+                && !people.contains(&(who.iss.clone(), who.sub.clone()))
+            {
+                people.push((who.iss, who.sub));
+            }
+        }
+        let mut ids = Vec::new();
+        for (iss, sub) in people {
+            ids.extend(self.revoke_tokens(&iss, &sub, None)?);
+        }
+        Ok(ids)
+    }
+
     /// Writes the last-used times gathered since the last call, in one write.
     pub fn flush_token_use(&self) -> Result<(), StoreError> {
         let used: HashMap<String, UnixTime> =

@@ -71,6 +71,20 @@ enum Command {
     /// Print a new random `cookie_secret` and `signing_key`, ready to paste into the config
     /// or to export as COOKIE_SECRET / SIGNING_KEY.
     Keygen,
+    /// Sign a person out everywhere, as an administrator: every session and access token of
+    /// this email address, begun up to now, is refused by the running `gatehouse serve`
+    /// (reached through the control socket in its `state_dir`), and their open streams end.
+    #[command(
+        name = "sign-out",
+        after_help = "Exit codes: 0 done; 2 the running Gatehouse \
+                            could not be reached or could not record it."
+    )]
+    SignOut {
+        #[command(flatten)]
+        config: ConfigFile,
+        /// The person's email address.
+        email: String,
+    },
     /// Internal: confine this process as one backend (session, uid, limits, Landlock) and
     /// exec it. Run by `serve` for each backend; not for people.
     #[command(name = "backend-launch", hide = true)]
@@ -149,6 +163,7 @@ fn main() -> ExitCode {
         } => cmd::serve::run(&config.path, threads, log_format),
         Command::Check { config } => cmd::check::run(&config.path),
         Command::Keygen => cmd::keygen::run(),
+        Command::SignOut { config, email } => cmd::signout::run(&config.path, &email),
         Command::BackendLaunch { spec } => cmd::backend::launch(&spec),
         Command::BackendReap { uid } => cmd::backend::reap(&uid),
         Command::Policy(PolicyCommand::Explain {

@@ -47,6 +47,7 @@
 
 mod access_tokens;
 pub mod clients;
+pub mod control;
 mod credentials;
 mod endpoints;
 mod flow;
@@ -96,6 +97,8 @@ pub struct Prepared {
     metrics_addr: Option<SocketAddr>,
     /// Where the LLM relay listens, when a pool relays providers.
     relay_addr: Option<SocketAddr>,
+    /// The control socket (`serve` only).
+    control_path: Option<std::path::PathBuf>,
     watched: reload::Watched,
     started_with: reload::RestartOnly,
     /// Notes for the operator (e.g. "using a self-signed certificate").
@@ -177,7 +180,10 @@ impl Live {
     }
 
     /// Ends the open streams `why` gives a reason for, and counts them.
-    fn end_streams(&self, why: impl FnMut(&streams::OpenStream) -> Option<String>) -> usize {
+    pub(crate) fn end_streams(
+        &self,
+        why: impl FnMut(&streams::OpenStream) -> Option<String>,
+    ) -> usize {
         let ended = self.streams.end_where(why);
         self.metrics.streams_ended.inc_by(ended as u64);
         ended
@@ -401,6 +407,8 @@ fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErr
             .iter()
             .any(|p| p.relay.is_some())
             .then_some(config.relay_address),
+        control_path: (purpose == Purpose::Serve)
+            .then(|| config.state_dir.join(control::SOCKET_FILE)),
         tls,
         address: config.address,
         redirect_addr: config.http_redirect_addr,

@@ -219,6 +219,15 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
         ));
         tracing::info!(address = %addr, "LLM relay listening (loopback, for backends only)");
     }
+    if let Some(path) = prepared.control_path.clone() {
+        server.add_service(background_service(
+            "gatehouse-control",
+            crate::control::ControlSocket {
+                live: Arc::clone(&prepared.live),
+                path,
+            },
+        ));
+    }
     server.add_service(background_service(
         "gatehouse-token-use",
         crate::access_tokens::UseRecorder(Arc::clone(&prepared.live)),

@@ -351,8 +351,8 @@ impl ProxyHttp for Gatehouse {
             status,
             route,
             user,
-            credential = %credential,
             decision = ctx.outcome.map(Outcome::code).unwrap_or("-"),
+            credential = credential.as_ref(),
             bytes = session.body_bytes_sent(),
             duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
         );

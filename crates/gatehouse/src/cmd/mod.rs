@@ -6,6 +6,7 @@ pub mod check;
 pub mod keygen;
 pub mod policy;
 pub mod serve;
+pub mod signout;
 
 use std::path::Path;
 use std::process::ExitCode;
