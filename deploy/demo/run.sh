@@ -21,6 +21,10 @@ GATEHOUSE_NEED_CHROMIUM=0 tests/harness/install-deps.sh
 
 if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
   section "cargo build -p gatehouse"
+  if [[ ! -x "$ROOT/target/debug/gatehouse" ]]; then
+    echo "The first build compiles Gatehouse and its dependencies: about 6 minutes on 2 cores."
+    echo "Later runs only rebuild what changed."
+  fi
   cargo build -p gatehouse
 fi
 BIN="${GATEHOUSE_BIN:-$ROOT/target/debug/gatehouse}"

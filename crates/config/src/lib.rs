@@ -145,7 +145,15 @@ impl Lookup for std::collections::HashMap<String, String> {
 
 /// Loads and checks the config file at `path`.
 pub fn load(path: &Path, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
-    parse::load(path, env)
+    parse::load(path, env, false)
+}
+
+/// [`load`] for the offline tools (`policy explain`, `policy test`), which decide requests
+/// without signing anyone in: secrets (`cookie_secret`, `idp_client_secret`, …) may be
+/// absent or name unset variables; placeholders stand in for the required ones. Never for
+/// `serve` or `check`.
+pub fn load_offline(path: &Path, env: &dyn Lookup) -> Result<Config, ConfigErrors> {
+    parse::load(path, env, true)
 }
 
 /// Loads config from text, as if read from the file `name` (for tests and `init`).

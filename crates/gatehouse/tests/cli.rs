@@ -385,7 +385,9 @@ fn policy_explain_exits_2_on_a_url_no_route_serves() {
 
 #[test]
 fn policy_explain_exits_2_on_a_bad_config() {
+    // Secrets are not needed offline, but the client id (not a secret) still is.
     let out = gatehouse()
+        .env_remove("IDP_CLIENT_ID")
         .args(["policy", "explain", "--config"])
         .arg(example_config())
         .arg("https://wiki.example.com/")
@@ -393,7 +395,7 @@ fn policy_explain_exits_2_on_a_bad_config() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2), "{}", show(&out));
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("COOKIE_SECRET"),
+        String::from_utf8_lossy(&out.stderr).contains("IDP_CLIENT_ID"),
         "{}",
         show(&out)
     );
@@ -665,4 +667,36 @@ fn serve_refuses_a_state_dir_it_cannot_write() {
         "{stderr}"
     );
     std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+/// The policy tools decide offline: they need no secret (issue 14, first use), while
+/// `check` still asks for them.
+#[test]
+fn policy_tools_need_no_secrets_but_check_does() {
+    let mut test = gatehouse();
+    test.env_remove("COOKIE_SECRET")
+        .env_remove("IDP_CLIENT_SECRET")
+        .env("IDP_CLIENT_ID", "id");
+    let out = test
+        .args(["policy", "test"])
+        .arg(root().join("policies"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", show(&out));
+    let mut check = gatehouse();
+    check
+        .env_remove("COOKIE_SECRET")
+        .env_remove("IDP_CLIENT_SECRET")
+        .env("IDP_CLIENT_ID", "id");
+    let out = check
+        .args(["check", "--config"])
+        .arg(example_config())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", show(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("COOKIE_SECRET"),
+        "{}",
+        show(&out)
+    );
 }

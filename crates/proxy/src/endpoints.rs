@@ -47,13 +47,13 @@ pub(crate) fn page(
     }
     let post = req.method == Method::POST;
     Step::Respond(match name {
-        "" => user_page(st, live, id),
+        "" => user_page(st, live, id, ctx.port),
         "user" => user_json(id),
         "backend/restart" if post => return Step::ReadForm(FormAction::RestartBackend),
         "sign_out" if post => return Step::ReadForm(FormAction::SignOut),
-        "sign_out" => user_page(st, live, id),
+        "sign_out" => user_page(st, live, id, ctx.port),
         "sign_out_everywhere" if post => return Step::ReadForm(FormAction::SignOutEverywhere),
-        "sign_out_everywhere" => user_page(st, live, id),
+        "sign_out_everywhere" => user_page(st, live, id, ctx.port),
         other => return refuse(ctx, Refusal::NoSuchPage { name: other.into() }),
     })
 }
@@ -184,7 +184,7 @@ pub(crate) async fn submit(
 
 /// The person's session page: who they are, their groups, when the session ends, the
 /// sign-out button, and their backends with a Restart button.
-fn user_page(st: &State, live: &Live, id: &VerifiedIdentity) -> Page {
+fn user_page(st: &State, live: &Live, id: &VerifiedIdentity, port: u16) -> Page {
     let backends: &[Supervisor] = &live.backends;
     let s = id.session();
     pages::user_page(&pages::UserView {
@@ -194,7 +194,7 @@ fn user_page(st: &State, live: &Live, id: &VerifiedIdentity) -> Page {
         groups: id.groups(),
         expires: expires_text(s.exp),
         csrf: &st.auth.csrf_token(id),
-        backends: backend_views(backends, id),
+        backends: backend_views(st, backends, id, port),
         providers: crate::providers::summary(st, live, id),
         tokens: crate::access_tokens::summary(st, id),
     })
@@ -212,12 +212,18 @@ fn user_json(id: &VerifiedIdentity) -> Page {
 }
 
 /// The user page's lines about the person's backends.
-fn backend_views(backends: &[Supervisor], id: &VerifiedIdentity) -> Vec<pages::BackendView> {
+fn backend_views(
+    st: &State,
+    backends: &[Supervisor],
+    id: &VerifiedIdentity,
+    port: u16,
+) -> Vec<pages::BackendView> {
     let person = person_id(id);
     backends
         .iter()
         .map(|sup| pages::BackendView {
             pool: sup.settings().pool.name.clone(),
+            url: assistant_url(st, &sup.settings().pool.name, port),
             state: match sup.status(&person) {
                 Status::Stopped => "stopped (starts on your next visit)".into(),
                 Status::Starting => "starting".into(),
@@ -236,6 +242,22 @@ fn backend_views(backends: &[Supervisor], id: &VerifiedIdentity) -> Vec<pages::B
             },
         })
         .collect()
+}
+
+/// The address of the first route to the pool `pool`: `scheme://host[:port]/`, with the
+/// route's own port, else this request's port unless it is the scheme's default.
+fn assistant_url(st: &State, pool: &str, port: u16) -> Option<String> {
+    let route = st.routes.iter().find(
+        |r| matches!(&r.target, crate::state::Target::Backend(s) if s.settings().pool.name == pool),
+    )?;
+    let from = &route.from;
+    let port = from.port.unwrap_or(port);
+    let default = if from.scheme == "https" { 443 } else { 80 };
+    Some(if port == default {
+        format!("{}://{}/", from.scheme, from.host)
+    } else {
+        format!("{}://{}:{port}/", from.scheme, from.host)
+    })
 }
 
 fn expires_text(exp: u64) -> String {

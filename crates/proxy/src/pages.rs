@@ -201,6 +201,9 @@ pub struct BackendView {
     pub pool: String,
     /// "running since …, last activity …", "stopped", "starting", "failing: …".
     pub state: String,
+    /// Where the person opens it: the first route to this pool (with this request's port
+    /// when the route names none).
+    pub url: Option<String>,
 }
 
 fn backends_section(v: &UserView<'_>) -> String {
@@ -210,9 +213,13 @@ fn backends_section(v: &UserView<'_>) -> String {
     let mut out = String::from("<h2>Your assistant</h2><dl>");
     for b in &v.backends {
         out.push_str(&format!(
-            "<dt>{}</dt><dd>{}<form method=\"post\" action=\"/.gatehouse/backend/restart\"><input type=\"hidden\" name=\"csrf_token\" value=\"{}\"><input type=\"hidden\" name=\"pool\" value=\"{}\"><button type=\"submit\">Restart</button></form></dd>",
+            "<dt>{}</dt><dd>{}{}<form method=\"post\" action=\"/.gatehouse/backend/restart\"><input type=\"hidden\" name=\"csrf_token\" value=\"{}\"><input type=\"hidden\" name=\"pool\" value=\"{}\"><button type=\"submit\">Restart</button></form></dd>",
             text(&b.pool),
             text(&b.state),
+            b.url.as_deref().map_or(String::new(), |u| format!(
+                "<p><a class=\"button\" href=\"{}\">Open your assistant</a></p>",
+                attr(u)
+            )),
             attr(v.csrf),
             attr(&b.pool),
         ));

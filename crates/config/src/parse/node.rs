@@ -25,6 +25,9 @@ pub(super) struct Ctx<'e> {
     pub named_policies: Vec<crate::NamedPolicy>,
     /// Policy files that had errors (already reported), by name.
     pub broken_policies: Vec<String>,
+    /// Loading for an offline tool (`policy explain`, `policy test`): secrets are not
+    /// needed, so unset ones are not errors.
+    pub offline: bool,
 }
 
 impl<'e> Ctx<'e> {
@@ -38,6 +41,7 @@ impl<'e> Ctx<'e> {
             warnings: Vec::new(),
             named_policies: Vec::new(),
             broken_policies: Vec::new(),
+            offline: false,
         }
     }
 
@@ -445,6 +449,17 @@ impl<'n> Setting<'n> {
 
     pub(super) fn is_env(&self) -> bool {
         matches!(self.src, Source::Env(_))
+    }
+
+    /// Whether every `${VAR}` in the value is set (a value from the environment always is).
+    pub(super) fn resolves(&self, env: &dyn Lookup) -> bool {
+        match &self.src {
+            Source::File(entry) => match entry.node {
+                Node::Scalar(s) => interpolate(s.as_str(), env).is_ok(),
+                _ => true,
+            },
+            Source::Env(_) => true,
+        }
     }
 }
 

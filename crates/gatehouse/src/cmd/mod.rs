@@ -16,23 +16,25 @@ use gatehouse_proxy::Prepared;
 
 /// Loads and prepares the config as `check` does; on problems prints them and returns
 /// `fail` as the exit code.
+/// Secrets may be missing: the policy tools decide offline (`gatehouse_config::load_offline`).
 fn load(path: &Path, fail: u8) -> Result<(Config, Prepared), ExitCode> {
-    load_with(path, fail, gatehouse_proxy::prepare)
+    load_with(path, fail, true, gatehouse_proxy::prepare)
 }
 
 /// [`load`] with the checks against this machine (`check`).
 fn load_to_check(path: &Path) -> Result<(Config, Prepared), ExitCode> {
-    load_with(path, 1, gatehouse_proxy::prepare_to_check)
+    load_with(path, 1, false, gatehouse_proxy::prepare_to_check)
 }
 
 /// [`load_to_check`], and the state store opened (`serve`).
 fn load_to_serve(path: &Path) -> Result<(Config, Prepared), ExitCode> {
-    load_with(path, 1, gatehouse_proxy::prepare_to_serve)
+    load_with(path, 1, false, gatehouse_proxy::prepare_to_serve)
 }
 
 fn load_with(
     path: &Path,
     fail: u8,
+    offline: bool,
     prepare: fn(&Config) -> Result<Prepared, ConfigErrors>,
 ) -> Result<(Config, Prepared), ExitCode> {
     let report = |e: ConfigErrors| {
@@ -44,7 +46,12 @@ fn load_with(
         );
         ExitCode::from(fail)
     };
-    let config = gatehouse_config::load(path, &gatehouse_config::ProcessEnv).map_err(report)?;
+    let loaded = if offline {
+        gatehouse_config::load_offline(path, &gatehouse_config::ProcessEnv)
+    } else {
+        gatehouse_config::load(path, &gatehouse_config::ProcessEnv)
+    };
+    let config = loaded.map_err(report)?;
     let prepared = prepare(&config).map_err(report)?;
     Ok((config, prepared))
 }

@@ -56,15 +56,68 @@ fn init_logging(level: &str, format: LogFormat) {
         _ => EnvFilter::new(default),
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::prelude::*;
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    let registry = tracing_subscriber::registry()
+        .with(QuietHandshakes)
+        .with(filter);
     let result = match format {
-        LogFormat::Plain => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Plain => registry.with(fmt).try_init(),
+        LogFormat::Json => registry.with(fmt.json().flatten_event(true)).try_init(),
     };
     if let Err(e) = result {
         eprintln!("gatehouse: cannot set up logging: {e}");
+    }
+}
+
+/// Pingora logs every failed TLS handshake at ERROR: a port probe, a load balancer's TCP
+/// check, a browser that does not trust the certificate yet. Those are not an operator's
+/// problem, so they go to DEBUG (target `gatehouse::tls`); Pingora's other listener errors
+/// (a failed `accept`) stay errors.
+struct QuietHandshakes;
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for QuietHandshakes {
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        // Pingora logs through the `log` bridge: its events carry the module in `log.target`.
+        if event.metadata().target() != "log" {
+            return true;
+        }
+        let mut message = Message::default();
+        event.record(&mut message);
+        if message.target == "pingora_core::services::listening"
+            && message.text.starts_with("Downstream handshake error")
+        {
+            tracing::debug!(target: "gatehouse::tls", "{}", message.text);
+            return false;
+        }
+        true
+    }
+}
+
+/// A bridged `log` event's message and target, as text.
+#[derive(Default)]
+struct Message {
+    text: String,
+    target: String,
+}
+
+impl tracing::field::Visit for Message {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "log.target" {
+            self.target = value.to_string();
+        }
+    }
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        match field.name() {
+            "message" => self.text = format!("{value:?}"),
+            "log.target" => self.target = format!("{value:?}"),
+            _ => {}
+        }
     }
 }
