@@ -376,14 +376,25 @@ impl Auth {
     }
 
     /// Starts a sign-in. Returns the IdP URL to redirect to, and the sealed login cookie value.
+    ///
+    /// `switch_account`: the person signed out to use another account, so the IdP is asked to
+    /// let them choose (Google's account chooser, `prompt=select_account`; other providers'
+    /// login form, `prompt=login`) instead of signing the same account straight back in.
     pub async fn begin_login(
         &self,
         redirect_uri: &str,
         return_url: &str,
         binding: Option<&str>,
+        switch_account: bool,
         now: UnixTime,
     ) -> Result<(String, String), OidcError> {
-        let (url, begun) = self.oidc.begin(redirect_uri).await?;
+        use openidconnect::core::CoreAuthPrompt;
+        let prompt = switch_account.then_some(if self.google {
+            CoreAuthPrompt::SelectAccount
+        } else {
+            CoreAuthPrompt::Login
+        });
+        let (url, begun) = self.oidc.begin(redirect_uri, prompt).await?;
         let state = LoginState {
             state: begun.state,
             nonce: begun.nonce,

@@ -298,13 +298,19 @@ impl Oidc {
     }
 
     /// Starts a sign-in: the IdP authorization URL, and the state to keep in the login cookie.
-    pub async fn begin(&self, redirect_uri: &str) -> Result<(String, Begun), OidcError> {
+    /// `prompt`: ask the IdP to show its account chooser (`select_account`) or its login
+    /// form (`login`) even when the browser is signed in there.
+    pub async fn begin(
+        &self,
+        redirect_uri: &str,
+        prompt: Option<openidconnect::core::CoreAuthPrompt>,
+    ) -> Result<(String, Begun), OidcError> {
         let p = self.provider().await?;
         let client = self.client(&p);
         let redirect = RedirectUrl::new(redirect_uri.to_string())
             .map_err(|_| OidcError::BadRedirectUri(redirect_uri.to_string()))?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-        let (url, state, nonce) = client
+        let mut request = client
             .authorize_url(
                 CoreAuthenticationFlow::AuthorizationCode,
                 CsrfToken::new_random,
@@ -312,8 +318,11 @@ impl Oidc {
             )
             .add_scopes(self.scopes.iter().cloned())
             .set_pkce_challenge(challenge)
-            .set_redirect_uri(Cow::Owned(redirect))
-            .url();
+            .set_redirect_uri(Cow::Owned(redirect));
+        if let Some(p) = prompt {
+            request = request.add_prompt(p);
+        }
+        let (url, state, nonce) = request.url();
         Ok((
             url.to_string(),
             Begun {

@@ -177,6 +177,13 @@ pub(crate) async fn submit(
             for c in st.clear_session_cookies() {
                 p = p.with_header("set-cookie", c);
             }
+            if form.get("switch") == Some(&"1") {
+                let name = crate::signin::switch_cookie_name(st.auth.session.name());
+                p = p.with_header(
+                    "set-cookie",
+                    st.set_cookie(&name, "1", 600, gatehouse_config::SameSite::Lax, false),
+                );
+            }
             p
         }
     }

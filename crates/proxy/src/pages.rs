@@ -104,6 +104,14 @@ fn sign_out_form(csrf: &str, label: &str) -> String {
     post_form("sign_out", csrf, label)
 }
 
+/// Sign-out whose next sign-in asks the IdP to let the person pick another account.
+fn switch_account_form(csrf: &str) -> String {
+    format!(
+        "<form method=\"post\" action=\"/.gatehouse/sign_out\"><input type=\"hidden\" name=\"csrf_token\" value=\"{}\"><input type=\"hidden\" name=\"switch\" value=\"1\"><button type=\"submit\">Sign out and switch account</button></form>",
+        attr(csrf)
+    )
+}
+
 /// A button that posts to `/.gatehouse/<action>` with the session's CSRF token.
 fn post_form(action: &str, csrf: &str, label: &str) -> String {
     format!(
@@ -142,7 +150,7 @@ fn forbidden(email: &str, reason: &str, temporary: bool, csrf: &str) -> Page {
 <p>{hint}</p>{}",
             text(email),
             text(reason),
-            sign_out_form(csrf, "Sign out and switch account")
+            switch_account_form(csrf)
         ),
     )
 }

@@ -171,6 +171,12 @@ impl State {
             )
             .with_header("www-authenticate", "Bearer realm=\"gatehouse\"".into());
         }
+        // "Sign out and switch account" left a marker: ask the IdP to let the person choose.
+        let switch_name = switch_cookie_name(self.auth.session.name());
+        let switching =
+            crate::request::cookie_lookup(&crate::request::request_cookies(req))(&switch_name)
+                .is_some();
+        let cleared = self.set_cookie(&switch_name, "", 0, SameSite::Lax, false);
         if let Some(a) = &self.auth_host {
             // Bind the coming handoff to this browser: only a browser holding this cookie
             // can open it (otherwise a handoff minted by one person could sign in another).
@@ -180,10 +186,12 @@ impl State {
             return Page::redirect(
                 302,
                 &format!(
-                    "{}/.gatehouse/sign_in?return_url={enc}&binding={binding}",
-                    a.origin
+                    "{}/.gatehouse/sign_in?return_url={enc}&binding={binding}{}",
+                    a.origin,
+                    if switching { "&switch=1" } else { "" }
                 ),
             )
+            .with_header("set-cookie", cleared)
             .with_header(
                 "set-cookie",
                 self.set_cookie(
@@ -196,7 +204,14 @@ impl State {
             );
         }
         let redirect_uri = format!("{scheme}://{authority}/.gatehouse/callback");
-        self.begin_login(&redirect_uri, &return_url, None).await
+        let page = self
+            .begin_login(&redirect_uri, &return_url, None, switching)
+            .await;
+        if switching {
+            page.with_header("set-cookie", cleared)
+        } else {
+            page
+        }
     }
 
     async fn begin_login(
@@ -204,10 +219,11 @@ impl State {
         redirect_uri: &str,
         return_url: &str,
         binding: Option<&str>,
+        switch_account: bool,
     ) -> Page {
         match self
             .auth
-            .begin_login(redirect_uri, return_url, binding, now())
+            .begin_login(redirect_uri, return_url, binding, switch_account, now())
             .await
         {
             Ok((idp_url, login_cookie)) => Page::redirect(302, &idp_url).with_header(
@@ -384,7 +400,8 @@ pub(crate) async fn authenticate_host(
                 return handoff_redirect(st, id.session(), &target, binding, t);
             }
             let redirect_uri = format!("{}/oauth2/callback", auth_host.origin);
-            st.begin_login(&redirect_uri, target.as_str(), Some(binding))
+            let switching = query.get("switch").is_some_and(|v| v == "1");
+            st.begin_login(&redirect_uri, target.as_str(), Some(binding), switching)
                 .await
         }
         Some("sign_out") => {
@@ -434,4 +451,10 @@ fn handoff_redirect(
         302,
         &format!("{origin}/.gatehouse/callback?handoff={token}"),
     )
+}
+
+/// The cookie "Sign out and switch account" leaves for the next sign-in on this host
+/// (`<cookie_name>_switch`, ten minutes).
+pub(crate) fn switch_cookie_name(session_cookie: &str) -> String {
+    format!("{session_cookie}_switch")
 }
