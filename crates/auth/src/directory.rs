@@ -648,6 +648,15 @@ impl Directory {
         })
     }
 
+    /// For readiness: an access token for the directory can be had (from the cache while it
+    /// is valid, else from the token endpoint now). `Err` says what is wrong.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.access_token()
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("the Google directory cannot be reached: {e}"))
+    }
+
     /// For a config reload: `self` (new settings) keeps the groups `previous` knows when
     /// both read the same directory as the same admin, so nobody waits for a lookup again.
     pub fn carry_over(mut self, previous: &Directory) -> Self {

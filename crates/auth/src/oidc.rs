@@ -188,6 +188,30 @@ impl Oidc {
         })
     }
 
+    /// For readiness: the discovery document and keys are cached (fetched now if not), and
+    /// the IdP answers its discovery URL right now (within 3 s). `Err` says what is wrong.
+    pub async fn probe(&self) -> Result<(), String> {
+        self.provider().await.map_err(|e| e.to_string())?;
+        let url = format!("{}/.well-known/openid-configuration", self.issuer.as_str());
+        match self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => Ok(()),
+            Ok(r) => Err(format!(
+                "the identity provider answers {} at {url}",
+                r.status()
+            )),
+            Err(e) => Err(format!(
+                "the identity provider does not answer at {url}: {}",
+                error_chain(&e)
+            )),
+        }
+    }
+
     /// The issuer URL, without a trailing `/`.
     pub fn issuer(&self) -> &str {
         self.issuer.as_str()

@@ -34,6 +34,7 @@ pub(crate) fn config(secret: [u8; 32]) -> Config {
         policies_dir: None,
         policies: vec![],
         metrics_address: None,
+        health_check_addr: None,
         routes: vec![],
         backends: vec![],
         literal_secrets: Vec::new(),

@@ -198,6 +198,9 @@ pub struct Config {
     pub policies: Vec<NamedPolicy>,
     /// `metrics_address`: a plain-HTTP listener serving Prometheus metrics at `/metrics`.
     pub metrics_address: Option<SocketAddr>,
+    /// `health_check_addr`: a plain-HTTP listener answering `/healthz`, `/readyz` and
+    /// `/startupz` (for a container's or a load balancer's health checks).
+    pub health_check_addr: Option<SocketAddr>,
     /// `routes:`, in the order written.
     pub routes: Vec<Route>,
     /// `backends:`: pools of per-person backends that routes name with `to_backend:`.

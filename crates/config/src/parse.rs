@@ -60,6 +60,7 @@ const TOP_KEYS: &[&[&str]] = &[
     &["allowed_groups"],
     &["policies_dir"],
     &["metrics_address"],
+    &["health_check_addr"],
     &["log_level"],
     &["idp_service_account"],
     &["idp_refresh_directory_interval"],
@@ -455,6 +456,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
     };
 
     let metrics_address = take("metrics_address").and_then(|s| addr(ctx, &s));
+    let health_check_addr = take("health_check_addr").and_then(|s| addr(ctx, &s));
 
     let policies_dir = take("policies_dir").and_then(|s| named::directory(ctx, &s));
     if let Some(dir) = &policies_dir {
@@ -673,6 +675,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
         policies_dir,
         policies: std::mem::take(&mut ctx.named_policies),
         metrics_address,
+        health_check_addr,
         routes: route_list,
         backends,
         literal_secrets,

@@ -71,6 +71,16 @@ enum Command {
     /// Print a new random `cookie_secret` and `signing_key`, ready to paste into the config
     /// or to export as COOKIE_SECRET / SIGNING_KEY.
     Keygen,
+    /// Ask the running Gatehouse whether it is alive, ready or started (through
+    /// `health_check_addr`): exit 0 when it is, 1 when not (with the reasons), 2 when the
+    /// config has no `health_check_addr`. For container health checks.
+    Health {
+        #[command(flatten)]
+        config: ConfigFile,
+        /// Which check: alive (`/healthz`), ready (`/readyz`) or started (`/startupz`).
+        #[arg(long, value_enum, default_value = "alive")]
+        check: cmd::health::Check,
+    },
     /// Sign a person out everywhere, as an administrator: every session and access token of
     /// this email address, begun up to now, is refused by the running `gatehouse serve`
     /// (reached through the control socket in its `state_dir`), and their open streams end.
@@ -164,6 +174,7 @@ fn main() -> ExitCode {
         Command::Check { config } => cmd::check::run(&config.path),
         Command::Keygen => cmd::keygen::run(),
         Command::SignOut { config, email } => cmd::signout::run(&config.path, &email),
+        Command::Health { config, check } => cmd::health::run(&config.path, check),
         Command::BackendLaunch { spec } => cmd::backend::launch(&spec),
         Command::BackendReap { uid } => cmd::backend::reap(&uid),
         Command::Policy(PolicyCommand::Explain {

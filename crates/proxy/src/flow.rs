@@ -126,9 +126,12 @@ pub(crate) async fn decide(
     ctx.authority = authority.to_string();
     let gh = gatehouse_path(path);
 
-    // Health check: any host, no auth.
+    // Health checks: any host, no auth.
     if matches!(gh, Some("health" | "ping")) {
         return Step::Respond(Page::text(200, "ok\n"));
+    }
+    if let Some(page) = gh.and_then(|g| live.health.answer(g)) {
+        return Step::Respond(page);
     }
 
     // The authenticate host (two-host flow).

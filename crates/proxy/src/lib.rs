@@ -51,6 +51,7 @@ pub mod control;
 mod credentials;
 mod endpoints;
 mod flow;
+pub mod health;
 mod host;
 pub mod keys;
 mod listeners;
@@ -95,6 +96,7 @@ pub struct Prepared {
     address: SocketAddr,
     redirect_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
+    health_addr: Option<SocketAddr>,
     /// Where the LLM relay listens, when a pool relays providers.
     relay_addr: Option<SocketAddr>,
     /// The control socket (`serve` only).
@@ -129,6 +131,8 @@ pub struct Live {
     pub backends: Vec<Supervisor>,
     /// People's provider keys in memory (issue 12); a reload keeps them.
     pub keys: keys::KeyRing,
+    /// Readiness, as the last probe found it ([`health`]).
+    pub health: health::Health,
 }
 
 impl Live {
@@ -144,6 +148,7 @@ impl Live {
             metrics,
             backends,
             keys,
+            health: health::Health::default(),
         }
     }
 
@@ -413,6 +418,7 @@ fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErr
         address: config.address,
         redirect_addr: config.http_redirect_addr,
         metrics_addr: config.metrics_address,
+        health_addr: config.health_check_addr,
         watched,
         started_with: reload::RestartOnly::of(config),
         notes,

@@ -205,6 +205,22 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
         server.add_service(metrics);
         tracing::info!(address = %m, "metrics at http://{m}/metrics");
     }
+    if let Some(h) = prepared.health_addr {
+        let mut health = pingora::proxy::http_proxy_service_with_name(
+            &server.configuration,
+            crate::health::HealthEndpoint {
+                live: Arc::clone(&prepared.live),
+            },
+            "gatehouse-health",
+        );
+        health.add_tcp(&h.to_string());
+        server.add_service(health);
+        tracing::info!(address = %h, "health checks at http://{h}/healthz, /readyz, /startupz");
+    }
+    server.add_service(background_service(
+        "gatehouse-readiness",
+        crate::health::Prober(Arc::clone(&prepared.live)),
+    ));
     if let Some(addr) = prepared.relay_addr {
         let mut relay = pingora::proxy::http_proxy_service_with_name(
             &server.configuration,

@@ -60,6 +60,7 @@ impl RestartOnly {
             ("insecure_server", digest(c.insecure_server)),
             ("http_redirect_addr", digest(c.http_redirect_addr)),
             ("metrics_address", digest(c.metrics_address)),
+            ("health_check_addr", digest(c.health_check_addr)),
             ("certificates", digest(certs)),
             (
                 "authenticate_service_url",

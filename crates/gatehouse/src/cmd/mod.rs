@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod check;
+pub mod health;
 pub mod keygen;
 pub mod policy;
 pub mod serve;
