@@ -38,6 +38,7 @@ pub(crate) fn config(secret: [u8; 32]) -> Config {
         routes: vec![],
         backends: vec![],
         literal_secrets: Vec::new(),
+        secret_files: Vec::new(),
         log_level: "info".into(),
         state_dir: "/nonexistent".into(),
         state_dir_origin: Origin::Default,

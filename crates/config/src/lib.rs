@@ -209,6 +209,9 @@ pub struct Config {
     /// environment): the key and where. With backends, the file must not be readable by
     /// group or others.
     pub literal_secrets: Vec<(String, Origin)>,
+    /// Secrets read from files (`cookie_secret_file`, …): the key, the file and where it was
+    /// named. With backends, each file must be readable by Gatehouse alone.
+    pub secret_files: Vec<(String, PathBuf, Origin)>,
     /// `log_level` (default `info`).
     pub log_level: String,
     /// `state_dir`: the state store's directory (revoked sessions, one-time values),

@@ -40,9 +40,11 @@ const TOP_KEYS: &[&[&str]] = &[
     &["idp_provider_url", "identity_provider_url"],
     &["idp_client_id", "identity_provider_client_id"],
     &["idp_client_secret", "identity_provider_client_secret"],
+    &["idp_client_secret_file"],
     &["idp_scopes", "identity_provider_scopes"],
     &["cookie_name"],
     &["cookie_secret"],
+    &["cookie_secret_file"],
     &["cookie_secret_previous"],
     &["cookie_expire"],
     &["cookie_domain"],
@@ -55,7 +57,9 @@ const TOP_KEYS: &[&[&str]] = &[
     &["access_token_max_expire"],
     &["relay_address"],
     &["provider_key_secret"],
+    &["provider_key_secret_file"],
     &["signing_key"],
+    &["signing_key_file"],
     &["allowed_domains"],
     &["allowed_groups"],
     &["policies_dir"],
@@ -63,6 +67,7 @@ const TOP_KEYS: &[&[&str]] = &[
     &["health_check_addr"],
     &["log_level"],
     &["idp_service_account"],
+    &["idp_service_account_file"],
     &["idp_refresh_directory_interval"],
     &["idp_refresh_directory_timeout"],
     &["idp_directory_max_stale"],
@@ -335,24 +340,43 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
     // Secrets written as they are in the file (docs/design.md: with backends, such a file must
     // be readable by Gatehouse alone).
     let mut literal_secrets = Vec::new();
-    // Offline tools decide without secrets: one whose variable is not set counts as absent.
-    let offline_env = ctx.offline.then_some(ctx.env);
-    let mut secret = |name: &str| -> Option<Setting<'_>> {
-        let s = take(name)?;
-        if offline_env.is_some_and(|env| !s.resolves(env)) {
+    // Each secret, from the file (or the environment), or from the file `<name>_file`
+    // names (Docker secrets, systemd credentials).
+    let mut raw_secrets = Vec::new();
+    for name in [
+        "idp_client_secret",
+        "cookie_secret",
+        "cookie_secret_previous",
+        "provider_key_secret",
+        "signing_key",
+        "idp_service_account",
+    ] {
+        let file = match name {
+            "cookie_secret_previous" => None,
+            _ => take(&format!("{name}_file")),
+        };
+        raw_secrets.push((name, take(name), file));
+    }
+    let mut secret_files = Vec::new();
+    let mut secrets = raw_secrets.into_iter().map(|(name, value, file)| {
+        let s = secret_setting(ctx, name, value, file, &mut secret_files)?;
+        // Offline tools decide without secrets: one whose variable is not set counts as absent.
+        if ctx.offline && !s.resolves(ctx.env) {
             return None;
         }
         if let Some(origin) = literal_in_file(&s) {
             literal_secrets.push((s.path.clone(), origin));
         }
         Some(s)
-    };
-    let client_secret = secret("idp_client_secret");
-    let cookie_secret = secret("cookie_secret");
-    let previous_secrets = secret("cookie_secret_previous");
-    let provider_key_secret = secret("provider_key_secret");
-    let signing_key_setting = secret("signing_key");
-    let service_account = secret("idp_service_account");
+    });
+    let mut next = || secrets.next().flatten();
+    let client_secret = next();
+    let cookie_secret = next();
+    let previous_secrets = next();
+    let provider_key_secret = next();
+    let signing_key_setting = next();
+    let service_account = next();
+    drop(secrets);
 
     let idp = idp(
         ctx,
@@ -667,6 +691,7 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
             c
         })?,
         relay_address: relay_address?,
+        secret_files,
         access_token_max_expire: access_token_max_expire?,
         provider_key_secret,
         signing_key,
@@ -689,6 +714,60 @@ fn build(ctx: &mut Ctx<'_>, root: &MarkedMappingNode) -> Option<Config> {
 
 /// Where a setting holds its value literally in the file: not from the environment and not
 /// a `${VAR}` reference.
+/// A secret's setting: its value as written (or from the environment), or the contents of
+/// the file `<name>_file` names (relative to the config file; trailing whitespace dropped),
+/// recorded in `files` for the permission check. Both at once is an error.
+fn secret_setting<'n>(
+    ctx: &mut Ctx<'_>,
+    name: &str,
+    value: Option<Setting<'n>>,
+    file: Option<Setting<'n>>,
+    files: &mut Vec<(String, std::path::PathBuf, Origin)>,
+) -> Option<Setting<'n>> {
+    let Some(file) = file else {
+        return value;
+    };
+    if value.is_some() {
+        ctx.error(
+            file.origin.clone(),
+            format!(
+                "give {name} or {}, not both (the {} environment variable counts as {name})",
+                file.path,
+                name.to_ascii_uppercase()
+            ),
+        );
+        return value;
+    }
+    let t = ctx.non_empty(&file)?;
+    let path = std::path::PathBuf::from(t.value.trim());
+    let path = if path.is_relative() {
+        ctx.dir.join(path)
+    } else {
+        path
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            files.push((file.path.clone(), path, t.origin.clone()));
+            Some(Setting {
+                path: file.path.clone(),
+                origin: t.origin,
+                src: node::Source::Env(text.trim_end().to_string()),
+            })
+        }
+        Err(e) => {
+            ctx.error(
+                t.origin,
+                format!(
+                    "{}: cannot read {} ({e}); check the path (a relative one is relative to the config file) and that Gatehouse's user may read it",
+                    file.path,
+                    path.display()
+                ),
+            );
+            None
+        }
+    }
+}
+
 fn literal_in_file(setting: &Setting<'_>) -> Option<Origin> {
     match &setting.src {
         node::Source::File(entry) => match entry.node {

@@ -527,6 +527,55 @@ fn serve_refuses_a_readable_config_with_a_literal_secret_when_backends_run() {
 }
 
 #[test]
+fn a_secret_file_readable_by_others_is_refused_when_backends_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir =
+        std::env::temp_dir().join(format!("gatehouse-cli-secret-file-{}", std::process::id()));
+    let uids = if is_root() {
+        "    uids: 64500-64599\n    confinement: best_effort\n"
+    } else {
+        "    isolation: none\n    confinement: best_effort\n"
+    };
+    let file = pool_config(&dir, 0o600, "${COOKIE_SECRET}", uids);
+    let secret = dir.join("cookie.secret");
+    std::fs::write(&secret, format!("{SECRET}\n")).expect("write the secret");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let text = std::fs::read_to_string(&file)
+        .expect("read the config")
+        .replace(
+            "cookie_secret: ${COOKIE_SECRET}",
+            "cookie_secret_file: cookie.secret",
+        );
+    std::fs::write(&file, text).expect("write the config");
+    let check = || {
+        let out = gatehouse()
+            .args(["check", "--config"])
+            .arg(&file)
+            .env("IDP_SECRET", "s")
+            .env_remove("COOKIE_SECRET")
+            .output()
+            .expect("run gatehouse check");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = check();
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("cookie_secret_file: ")
+            && stderr.contains("is readable by group or others (mode 0644)")
+            && stderr.contains(&format!("`chmod 600 {}`", secret.display())),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SECRET), "the secret was printed: {stderr}");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    let (_, stderr) = check();
+    assert!(!stderr.contains("readable by group"), "{stderr}");
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[test]
 fn a_root_gatehouse_refuses_a_pool_without_uids() {
     let dir = std::env::temp_dir().join(format!("gatehouse-cli-uids-{}", std::process::id()));
     let file = pool_config(&dir, 0o600, SECRET, "");

@@ -91,6 +91,20 @@ fn secret_files(config: &Config, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
+    for (key, path, origin) in &config.secret_files {
+        if let Some(mode) = open_mode(path) {
+            errors.push(ConfigError::new(
+                origin.clone(),
+                format!(
+                    "{key}: {} is readable by group or others (mode {mode:04o}), and per-person \
+                     backends run on this host, so a person's agent could read it: `chmod 600 {}` \
+                     (as Gatehouse's user; for a Docker secret, the file on the host)",
+                    path.display(),
+                    path.display()
+                ),
+            ));
+        }
+    }
     for pair in &config.certificates {
         if let Some(mode) = open_mode(&pair.key_file) {
             errors.push(ConfigError::new(

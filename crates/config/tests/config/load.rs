@@ -1288,3 +1288,74 @@ fn max_connections_per_client_is_a_positive_number_with_a_default() {
         ]
     );
 }
+
+/// Secrets from files (issue 14): Docker secrets and systemd credentials, read relative to
+/// the config file, trailing newline dropped, never counted as written in the config.
+#[test]
+fn secrets_are_read_from_the_files_their_file_keys_name() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-secret-files-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("secrets")).unwrap();
+    std::fs::write(dir.join("secrets/cookie"), format!("{COOKIE_SECRET}\n")).unwrap();
+    std::fs::write(dir.join("secrets/client"), "client-from-file\n").unwrap();
+    let signing = crate::util::generated_pem();
+    std::fs::write(dir.join("signing.pem"), &signing).unwrap();
+    let text = format!(
+        "idp_client_id: gatehouse-test\n\
+         idp_client_secret_file: secrets/client\n\
+         cookie_secret_file: {}\n\
+         signing_key_file: ${{SIGNING_FILE}}\n\
+         allowed_domains: [example.com]\n\
+         routes:\n  - from: https://app.example.com\n    to: http://localhost:8080\n",
+        dir.join("secrets/cookie").display()
+    );
+    let path = dir.join("gatehouse.yaml");
+    let signing_file = dir.join("signing.pem");
+    let config = load_str(
+        &path,
+        &text,
+        &env(&[("SIGNING_FILE", signing_file.to_str().unwrap())]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(config.idp.client_secret.expose(), "client-from-file");
+    assert_eq!(
+        config.cookie.secret.expose(),
+        &std::array::from_fn::<u8, 32, _>(|i| i as u8)
+    );
+    assert!(config.signing_key.is_some());
+    assert!(config.literal_secrets.is_empty());
+    let keys: Vec<&str> = config
+        .secret_files
+        .iter()
+        .map(|(k, _, _)| k.as_str())
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "idp_client_secret_file",
+            "cookie_secret_file",
+            "signing_key_file"
+        ]
+    );
+
+    // Both forms at once, and a file that is not there: each named with its place.
+    let both = format!("{text}cookie_secret: {COOKIE_SECRET}\n").replace(
+        "idp_client_secret_file: secrets/client",
+        "idp_client_secret_file: secrets/missing",
+    );
+    let e = load_str(
+        &path,
+        &both,
+        &env(&[("SIGNING_FILE", signing_file.to_str().unwrap())]),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("give cookie_secret or cookie_secret_file, not both"),
+        "{e}"
+    );
+    assert!(
+        e.contains("idp_client_secret_file: cannot read") && e.contains("secrets/missing"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
