@@ -92,7 +92,7 @@ pub use state::{
 /// Everything checked and built, ready to bind. `gatehouse check` stops here.
 pub struct Prepared {
     live: Arc<Live>,
-    tls: Option<tls::SniResolver>,
+    tls: Option<Arc<tls::SniResolver>>,
     address: SocketAddr,
     redirect_addr: Option<SocketAddr>,
     metrics_addr: Option<SocketAddr>,
@@ -133,6 +133,8 @@ pub struct Live {
     pub keys: keys::KeyRing,
     /// Readiness, as the last probe found it ([`health`]).
     pub health: health::Health,
+    /// The main listener's certificates, swapped by a reload when their files change.
+    pub certificates: Option<Arc<tls::SniResolver>>,
 }
 
 impl Live {
@@ -149,6 +151,7 @@ impl Live {
             backends,
             keys,
             health: health::Health::default(),
+            certificates: None,
         }
     }
 
@@ -404,9 +407,13 @@ fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErr
     let watched = reload::Watched {
         config_path: reload::absolute(&config.source),
         policies_dir: config.policies_dir.as_deref().map(reload::absolute),
+        certificates: reload::certificate_files(config),
     };
+    let tls = tls.map(Arc::new);
+    let mut live = Live::new(state, backends, keys::KeyRing::new(config));
+    live.certificates = tls.clone();
     Ok(Prepared {
-        live: Arc::new(Live::new(state, backends, keys::KeyRing::new(config))),
+        live: Arc::new(live),
         relay_addr: config
             .backends
             .iter()

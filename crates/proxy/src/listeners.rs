@@ -160,7 +160,7 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
     match prepared.tls {
         Some(resolver) => {
             let mut tls = TlsSettings::intermediate("", "")?;
-            tls.set_cert_resolver(Arc::new(resolver));
+            tls.set_cert_resolver(resolver);
             tls.enable_h2();
             main.add_tls_with_settings(&addr, None, tls);
             tracing::info!(address = %addr, "listening (https, HTTP/1.1 and HTTP/2)");

@@ -13,7 +13,9 @@
 //! new rules no longer allow, which are ended ([`crate::streams`]).
 //!
 //! The Google directory settings (`idp_service_account`, `idp_*directory*`) reload too; the
-//! group cache is carried over. What needs a restart: listeners, certificates, the identity
+//! group cache is carried over. Certificates reload when their files' contents change (the
+//! files are watched too); open connections keep the certificate they were made with. What
+//! needs a restart: listeners, the identity
 //! provider, cookie and signing keys. Sign-in state (one-time handoffs, discovery and JWKS caches, the identity JWT
 //! key) lives in [`gatehouse_auth::Auth`], which a reload keeps, so nobody is signed out
 //! and no one-time token can be replayed across a reload. A changed restart-only key is
@@ -50,18 +52,15 @@ impl RestartOnly {
             v.hash(&mut h);
             h.finish()
         }
-        let certs: Vec<_> = c
-            .certificates
-            .iter()
-            .map(|p| (&p.cert_file, &p.key_file))
-            .collect();
         RestartOnly(vec![
             ("address", digest(c.address)),
             ("insecure_server", digest(c.insecure_server)),
             ("http_redirect_addr", digest(c.http_redirect_addr)),
             ("metrics_address", digest(c.metrics_address)),
             ("health_check_addr", digest(c.health_check_addr)),
-            ("certificates", digest(certs)),
+            // Configured certificates reload (their files are read again); whether there
+            // are any (or a self-signed one is made) is decided at start.
+            ("certificates", digest(c.certificates.is_empty())),
             (
                 "authenticate_service_url",
                 digest(c.authenticate_service_url.as_ref().map(|u| u.as_str())),
@@ -122,6 +121,8 @@ fn backend_pools(c: &Config) -> Vec<String> {
 pub struct Reloaded {
     /// The `policies_dir` of the new config (it may have moved).
     pub policies_dir: Option<PathBuf>,
+    /// The certificate and key files of the new config.
+    pub certificates: Vec<PathBuf>,
 }
 
 /// Reloads the config at `path` into `live`. `None` when it failed and the old config is
@@ -156,6 +157,14 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
     for w in &config.warnings {
         tracing::warn!(target: "gatehouse::reload", "{w}");
     }
+    // Certificates: loaded again, and swapped in when their files' contents changed.
+    let newer_certs = match (&live.certificates, config.certificates.is_empty()) {
+        (Some(_), false) => match crate::tls::load_resolver(&config.certificates) {
+            Ok(r) => Some(r),
+            Err(errors) => return fail(errors),
+        },
+        _ => None,
+    };
     let changed = started_with.changed(&RestartOnly::of(&config));
     if !changed.is_empty() {
         tracing::warn!(
@@ -184,6 +193,11 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
         access_token_max_expire: config.access_token_max_expire,
     });
     live.state.store(Arc::clone(&state));
+    if let (Some(serving), Some(newer)) = (&live.certificates, newer_certs)
+        && serving.replace(newer)
+    {
+        tracing::info!(target: "gatehouse::reload", "certificates reloaded: new connections get the new ones, open ones keep theirs");
+    }
     live.metrics.reloaded(true);
     tracing::info!(
         target: "gatehouse::reload",
@@ -197,7 +211,17 @@ pub fn reload(live: &Live, path: &Path, started_with: &RestartOnly, why: &str) -
     }
     Some(Reloaded {
         policies_dir: config.policies_dir.as_deref().map(absolute),
+        certificates: certificate_files(&config),
     })
+}
+
+/// The certificate and key files of `config`, absolute.
+pub fn certificate_files(config: &Config) -> Vec<PathBuf> {
+    config
+        .certificates
+        .iter()
+        .flat_map(|p| [absolute(&p.cert_file), absolute(&p.key_file)])
+        .collect()
 }
 
 /// The files a reload reads: the config file and the named-policy directory.
@@ -207,6 +231,8 @@ pub struct Watched {
     pub config_path: PathBuf,
     /// The config's `policies_dir`, when it names one.
     pub policies_dir: Option<PathBuf>,
+    /// The certificate and key files (a renewal replaces them).
+    pub certificates: Vec<PathBuf>,
 }
 
 impl Watched {
@@ -218,10 +244,17 @@ impl Watched {
         {
             return true;
         }
+        if self.certificates.iter().any(|c| c == changed) {
+            return true;
+        }
         // A Kubernetes ConfigMap volume swaps all its files at once by renaming `..data`.
         if changed.file_name().is_some_and(|n| n == "..data")
             && (changed.parent() == self.config_path.parent()
-                || changed.parent() == self.policies_dir.as_deref())
+                || changed.parent() == self.policies_dir.as_deref()
+                || self
+                    .certificates
+                    .iter()
+                    .any(|c| c.parent() == changed.parent()))
         {
             return true;
         }
@@ -262,8 +295,18 @@ impl Watched {
             .parent()
             .unwrap_or(Path::new("/"))
             .to_path_buf();
+        let mut wanted: Vec<PathBuf> = std::iter::once(config_dir)
+            .chain(self.policies_dir.clone())
+            .chain(
+                self.certificates
+                    .iter()
+                    .filter_map(|c| c.parent().map(Path::to_path_buf)),
+            )
+            .collect();
+        wanted.sort();
+        wanted.dedup();
         let mut dirs = Vec::new();
-        for d in std::iter::once(config_dir).chain(self.policies_dir.clone()) {
+        for d in wanted {
             match inotify.watches().add(&d, MASK) {
                 Ok(wd) => dirs.push((wd, d)),
                 Err(e) => {
@@ -350,10 +393,12 @@ impl BackgroundService for Reloader {
             let done =
                 tokio::task::spawn_blocking(move || reload(&live, &path, &started, why)).await;
             if let Ok(Some(r)) = done
-                && r.policies_dir != watched.policies_dir
+                && (r.policies_dir != watched.policies_dir
+                    || r.certificates != watched.certificates)
             {
-                // The policy directory moved: watch the new one instead.
+                // The policy directory or a certificate moved: watch the new places instead.
                 watched.policies_dir = r.policies_dir;
+                watched.certificates = r.certificates;
                 drop(watcher.take());
                 watcher = watched.watch(tx.clone());
             }
@@ -370,6 +415,10 @@ mod tests {
         let w = Watched {
             config_path: PathBuf::from("/etc/gatehouse/config.yaml"),
             policies_dir: Some(PathBuf::from("/etc/gatehouse/policies")),
+            certificates: vec![
+                PathBuf::from("/etc/letsencrypt/live/a/fullchain.pem"),
+                PathBuf::from("/etc/letsencrypt/live/a/privkey.pem"),
+            ],
         };
         for yes in [
             "/etc/gatehouse/config.yaml",
@@ -380,6 +429,9 @@ mod tests {
             // Kubernetes ConfigMap volumes swap `..data`.
             "/etc/gatehouse/..data",
             "/etc/gatehouse/policies/..data",
+            // A renewal replaces the certificate files.
+            "/etc/letsencrypt/live/a/fullchain.pem",
+            "/etc/letsencrypt/live/a/privkey.pem",
         ] {
             assert!(w.relevant(Path::new(yes)), "{yes}");
         }
@@ -390,6 +442,7 @@ mod tests {
             "/etc/gatehouse/policies/4913",
             "/etc/gatehouse/policies/sub/x.yaml",
             "/elsewhere/config.yaml",
+            "/etc/letsencrypt/live/a/README",
         ] {
             assert!(!w.relevant(Path::new(no)), "{no}");
         }

@@ -1,7 +1,15 @@
 //! TLS for the main listener: certificates from the config (several hostnames, chosen by
 //! SNI), or a self-signed one made at start when none is configured.
+//!
+//! A config reload (file change, SIGHUP) loads the certificate files again and, when their
+//! contents changed, swaps the resolver's certificates at once ([`SniResolver::replace`]):
+//! new handshakes get the new ones, connections already open keep theirs.
 
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
 
 use pingora::tls::sign::CertifiedKey;
 use pingora::tls::{
@@ -14,15 +22,39 @@ use gatehouse_config::{CertificatePair, ConfigError};
 /// certificate when there is no SNI or none matches.
 #[derive(Debug)]
 pub struct SniResolver {
-    keys: Vec<Arc<CertifiedKey>>,
+    keys: ArcSwap<Vec<Arc<CertifiedKey>>>,
+    /// A digest of the certificate and key files' contents (0: made in memory).
+    contents: AtomicU64,
+}
+
+impl SniResolver {
+    fn new(keys: Vec<Arc<CertifiedKey>>, contents: u64) -> Self {
+        SniResolver {
+            keys: ArcSwap::from_pointee(keys),
+            contents: AtomicU64::new(contents),
+        }
+    }
+
+    /// Takes `newer`'s certificates if their files' contents differ from the ones serving;
+    /// `true` when it did. Handshakes already done keep what they got.
+    pub fn replace(&self, newer: SniResolver) -> bool {
+        let contents = newer.contents.load(Ordering::Relaxed);
+        if contents == self.contents.load(Ordering::Relaxed) {
+            return false;
+        }
+        self.keys.store(newer.keys.load_full());
+        self.contents.store(contents, Ordering::Relaxed);
+        true
+    }
 }
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let keys = self.keys.load();
         if let Some(name) = hello.server_name()
             && let Ok(sni) = ServerName::try_from(name)
         {
-            for ck in &self.keys {
+            for ck in keys.iter() {
                 let valid = ck
                     .cert
                     .first()
@@ -33,7 +65,7 @@ impl ResolvesServerCert for SniResolver {
                 }
             }
         }
-        self.keys.first().cloned()
+        keys.first().cloned()
     }
 }
 
@@ -52,14 +84,19 @@ pub fn load_resolver(pairs: &[CertificatePair]) -> Result<SniResolver, Vec<Confi
         provider().map_err(|e| vec![ConfigError::new(gatehouse_config::Origin::Default, e)])?;
     let mut keys = Vec::new();
     let mut errors = Vec::new();
+    let mut digest = std::collections::hash_map::DefaultHasher::new();
     for pair in pairs {
         match load_pair(pair, &provider) {
             Ok(ck) => keys.push(Arc::new(ck)),
             Err(msg) => errors.push(ConfigError::new(pair.origin.clone(), msg)),
         }
+        for f in [&pair.cert_file, &pair.key_file] {
+            std::fs::read(f).unwrap_or_default().hash(&mut digest);
+        }
     }
     if errors.is_empty() {
-        Ok(SniResolver { keys })
+        // Never 0, which stands for a certificate made in memory.
+        Ok(SniResolver::new(keys, digest.finish().max(1)))
     } else {
         Err(errors)
     }
@@ -101,7 +138,5 @@ pub fn self_signed(names: Vec<String>) -> anyhow::Result<SniResolver> {
     let cert = CertificateDer::from(generated.cert.der().to_vec());
     let key = PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
     let ck = CertifiedKey::from_der(vec![cert], key, &provider)?;
-    Ok(SniResolver {
-        keys: vec![Arc::new(ck)],
-    })
+    Ok(SniResolver::new(vec![Arc::new(ck)], 0))
 }
