@@ -130,6 +130,27 @@ pub enum CallbackError {
     Oidc(#[from] OidcError),
 }
 
+impl CallbackError {
+    /// A stable code for metrics and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CallbackError::LoginCookieMissing => "login-cookie-missing",
+            CallbackError::LoginCookieRefused(_) => "login-cookie-refused",
+            CallbackError::LoginExpired => "login-expired",
+            CallbackError::StateMismatch => "state-mismatch",
+            CallbackError::IdpError(_) => "idp-error",
+            CallbackError::StateUsed => "state-used",
+            CallbackError::NotRecorded => "not-recorded",
+            CallbackError::NoCode => "no-code",
+            CallbackError::Oidc(
+                OidcError::IdTokenRefused(_) | OidcError::AzpMismatch { .. } | OidcError::NoEmail,
+            ) => "id-token-refused",
+            CallbackError::Oidc(OidcError::CodeRefused(_)) => "code-refused",
+            CallbackError::Oidc(_) => "idp-unreachable",
+        }
+    }
+}
+
 /// Why a handoff token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HandoffRejected {

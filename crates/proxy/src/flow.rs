@@ -52,6 +52,10 @@ pub struct Ctx {
     pub(crate) client: Option<crate::clients::ClientSlot>,
     /// What admitted the request: the cookie, an access token, an IdP token.
     pub(crate) credential: Option<Credential>,
+    /// How an IdP callback ended (for the metrics).
+    pub(crate) sign_in: signin::SignInResult,
+    /// This request's id: in the access log, sent upstream as `X-Request-Id`.
+    pub(crate) request_id: String,
 }
 
 impl Ctx {
@@ -71,6 +75,9 @@ impl Ctx {
             lease: None,
             client: None,
             credential: None,
+            sign_in: None,
+            // Not a secret: a cheap random id (no system call per request).
+            request_id: format!("{:016x}", rand::random::<u64>()),
         }
     }
 }
@@ -140,7 +147,8 @@ pub(crate) async fn decide(
         if let Some(step) = tossed_cookie(st, &jar, &host, ctx) {
             return step;
         }
-        return Step::Respond(signin::authenticate_host(st, req, &jar, path, gh).await);
+        let page = signin::authenticate_host(st, req, &jar, path, gh, &mut ctx.sign_in).await;
+        return Step::Respond(page);
     }
 
     // Route match.
@@ -172,7 +180,8 @@ pub(crate) async fn decide(
     }
     match gh {
         Some("callback") => {
-            return Step::Respond(signin::route_callback(st, req, &jar, &host).await);
+            let page = signin::route_callback(st, req, &jar, &host, &mut ctx.sign_in).await;
+            return Step::Respond(page);
         }
         Some("signed_out") => return Step::Respond(pages::signed_out()),
         _ => {}

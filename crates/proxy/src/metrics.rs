@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// The `result` label of [`Metrics::config_reloads`].
@@ -14,6 +15,41 @@ use prometheus_client::registry::Registry;
 pub struct ResultLabel {
     /// `success` or `failure`.
     pub result: &'static str,
+}
+
+/// The labels of [`Metrics::requests`]: the route (`-` when none matched), the status, and
+/// the access log's `decision`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// The route's label (`https://host[/prefix]`).
+    pub route: String,
+    /// The HTTP status answered (0 when none was).
+    pub status: u16,
+    /// The decision code (policy reason or refusal code).
+    pub decision: &'static str,
+}
+
+/// The `route` label of the latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    /// The route's label.
+    pub route: String,
+}
+
+/// The `result` and `reason` labels of [`Metrics::sign_ins`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignInLabels {
+    /// `success` or `failure`.
+    pub result: &'static str,
+    /// Why it failed (`-` for a success).
+    pub reason: &'static str,
+}
+
+/// The `version` label of `build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    /// Gatehouse's version.
+    pub version: &'static str,
 }
 
 /// The `pool` label of the backend metrics.
@@ -49,6 +85,12 @@ pub struct Metrics {
     pub backend_idle_stops: Family<PoolLabel, Counter>,
     /// Spawn-to-ready time of the last start, by pool.
     pub backend_last_start_seconds: Family<PoolLabel, Gauge<f64, AtomicU64>>,
+    /// Requests answered, by route, status and decision.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time to the end of each request (a stream counts until it ends), by route.
+    pub request_duration_seconds: Family<RouteLabel, Histogram>,
+    /// Sign-ins finished, by result and (for failures) reason.
+    pub sign_ins: Family<SignInLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,8 +108,42 @@ impl Default for Metrics {
             backend_crashes: Family::default(),
             backend_idle_stops: Family::default(),
             backend_last_start_seconds: Family::default(),
+            requests: Family::default(),
+            request_duration_seconds: Family::new_with_constructor(|| {
+                // 1 ms to ~33 s: Gatehouse's own answers, proxied calls, backend starts.
+                Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                    0.001, 2.0, 16,
+                ))
+            }),
+            sign_ins: Family::default(),
             registry: Registry::default(),
         };
+        let build_info: Family<BuildLabels, Gauge> = Family::default();
+        build_info
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register(
+            "build_info",
+            "Gatehouse's version (the value is always 1)",
+            build_info,
+        );
+        registry.register(
+            "requests",
+            "Requests answered, by route, status and decision (the access log's decision code)",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's start to its end (a stream counts until it ends), by route",
+            m.request_duration_seconds.clone(),
+        );
+        registry.register(
+            "sign_ins",
+            "Sign-ins finished at the callback, by result and failure reason",
+            m.sign_ins.clone(),
+        );
         registry.register(
             "config_last_reload_successful",
             "Whether the last configuration reload succeeded (1) or failed and the previous configuration is still serving (0)",
@@ -172,6 +248,37 @@ impl Metrics {
         self.backend_last_start_seconds
             .get_or_create(&label)
             .set(c.last_start_ms as f64 / 1000.0);
+    }
+
+    /// Counts one finished request.
+    pub fn request(&self, route: &str, status: u16, decision: &'static str, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                status,
+                decision,
+            })
+            .inc();
+        self.request_duration_seconds
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Counts a finished sign-in: `Ok` or the failure's reason code.
+    pub fn sign_in(&self, result: Result<(), &'static str>) {
+        let labels = match result {
+            Ok(()) => SignInLabels {
+                result: "success",
+                reason: "-",
+            },
+            Err(reason) => SignInLabels {
+                result: "failure",
+                reason,
+            },
+        };
+        self.sign_ins.get_or_create(&labels).inc();
     }
 
     /// The Prometheus text exposition.

@@ -342,6 +342,18 @@ impl ProxyHttp for Gatehouse {
             .as_ref()
             .map(|c| c.label())
             .unwrap_or("-".into());
+        let decision = ctx.outcome.map(Outcome::code).unwrap_or("-");
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_else(|| "-".into());
+        let user_agent = req
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        let seconds = ctx.start.elapsed().as_secs_f64();
         // The path only: the query may hold an authorization code or a handoff token.
         tracing::info!(
             target: "gatehouse::access",
@@ -351,10 +363,17 @@ impl ProxyHttp for Gatehouse {
             status,
             route,
             user,
-            decision = ctx.outcome.map(Outcome::code).unwrap_or("-"),
+            decision,
             credential = credential.as_ref(),
+            client = client.as_str(),
+            request_id = ctx.request_id.as_str(),
+            user_agent,
             bytes = session.body_bytes_sent(),
-            duration_ms = ctx.start.elapsed().as_secs_f64() * 1000.0,
+            duration_ms = seconds * 1000.0,
         );
+        self.live.metrics.request(route, status, decision, seconds);
+        if let Some(result) = ctx.sign_in {
+            self.live.metrics.sign_in(result);
+        }
     }
 }

@@ -251,12 +251,17 @@ impl State {
         jar: &[(String, String)],
         query: &HashMap<String, String>,
         retry: &str,
+        result: &mut SignInResult,
     ) -> Result<gatehouse_auth::LoginDone, Page> {
         let login = cookie_lookup(jar)(self.auth.login_cookie_name());
         match self.auth.finish_login(login, query, now()).await {
-            Ok(ok) => Ok(ok),
+            Ok(ok) => {
+                *result = Some(Ok(()));
+                Ok(ok)
+            }
             Err(e) => {
                 tracing::info!(reason = %e, "sign-in refused");
+                *result = Some(Err(e.code()));
                 let shown = match &e {
                     CallbackError::Oidc(
                         gatehouse_auth::OidcError::IdTokenRefused(_)
@@ -286,6 +291,7 @@ pub(crate) async fn route_callback(
     req: &RequestHeader,
     jar: &[(String, String)],
     host: &str,
+    result: &mut SignInResult,
 ) -> Page {
     let query = query_map(req.uri.query());
     let t = now();
@@ -305,6 +311,7 @@ pub(crate) async fn route_callback(
             }
             Err(e) => {
                 tracing::info!(reason = %e, "handoff refused");
+                *result = Some(Err("handoff-refused"));
                 pages::refusal(&Refusal::SignInFailed {
                     shown: e.to_string(),
                     retry: "/".into(),
@@ -315,7 +322,7 @@ pub(crate) async fn route_callback(
     if st.auth_host.is_some() {
         return pages::refusal(&Refusal::SignInElsewhere);
     }
-    match st.finish_login(jar, &query, "/").await {
+    match st.finish_login(jar, &query, "/", result).await {
         Ok(done) => {
             tracing::info!(user = %done.session.email, "signed in");
             st.groups_at_sign_in(&done.session).await;
@@ -339,6 +346,7 @@ pub(crate) async fn authenticate_host(
     jar: &[(String, String)],
     path: &str,
     gh: Option<&str>,
+    result: &mut SignInResult,
 ) -> Page {
     let Some(auth_host) = st.auth_host.clone() else {
         return pages::refusal(&Refusal::NoRoute {
@@ -349,7 +357,7 @@ pub(crate) async fn authenticate_host(
     let t = now();
     if path == "/oauth2/callback" {
         return match st
-            .finish_login(jar, &query, &format!("{}/", auth_host.origin))
+            .finish_login(jar, &query, &format!("{}/", auth_host.origin), result)
             .await
         {
             Ok(done) => {
@@ -458,3 +466,6 @@ fn handoff_redirect(
 pub(crate) fn switch_cookie_name(session_cookie: &str) -> String {
     format!("{session_cookie}_switch")
 }
+
+/// How an IdP callback ended, for the metrics: `None` when the request was not one.
+pub(crate) type SignInResult = Option<Result<(), &'static str>>;

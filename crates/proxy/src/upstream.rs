@@ -81,6 +81,8 @@ pub(crate) fn prepare_request(
         req.insert_header("x-forwarded-for", ip)?;
     }
     req.insert_header("x-forwarded-proto", route.from.scheme.as_str())?;
+    // Gatehouse's id for this request (the access log's `request_id`), never the client's.
+    req.insert_header("x-request-id", ctx.request_id.as_str())?;
     req.insert_header("x-forwarded-host", ctx.authority.as_str())?;
     if let Target::Static(to) = &route.target
         && !route.preserve_host_header
