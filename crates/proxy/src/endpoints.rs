@@ -93,7 +93,7 @@ pub(crate) async fn submit(
         ctx.route.and_then(|i| st.routes.get(i)),
     ) else {
         let refusal = Refusal::Internal {
-            request_id: pages::request_id(),
+            request_id: ctx.request_id.clone(),
         };
         ctx.outcome = Some(Outcome::from(&refusal));
         return pages::refusal(&refusal);
@@ -143,7 +143,7 @@ pub(crate) async fn submit(
             if let Err(e) = recorded {
                 tracing::error!(user = %s.email, error = %e, "sign-out could not be recorded");
                 let refusal = Refusal::SignOutNotRecorded {
-                    request_id: pages::request_id(),
+                    request_id: ctx.request_id.clone(),
                 };
                 ctx.outcome = Some(Outcome::from(&refusal));
                 return pages::refusal(&refusal);

@@ -15,7 +15,7 @@ use gatehouse_policy::{Decision, Person};
 
 use crate::credentials::{Credential, Presented};
 use crate::endpoints;
-use crate::pages::{self, Page, request_id};
+use crate::pages::{self, Page};
 use crate::refusal::{Outcome, Refusal};
 use crate::request::{
     cross_origin_write, duplicated_cookie, gatehouse_path, is_cors_preflight, is_navigation,
@@ -357,7 +357,7 @@ pub(crate) async fn backend_step(st: &State, req: &RequestHeader, ctx: &mut Ctx)
     let (Some(Target::Backend(sup)), Some(identity)) =
         (route.map(|r| &r.target), ctx.identity.as_ref())
     else {
-        let request_id = request_id();
+        let request_id = ctx.request_id.clone();
         return refuse(ctx, Refusal::Internal { request_id });
     };
     let id = person_id(identity);
@@ -372,7 +372,7 @@ pub(crate) async fn backend_step(st: &State, req: &RequestHeader, ctx: &mut Ctx)
     } else {
         sup.settings().pool.start_timeout
     };
-    let request_id = request_id();
+    let request_id = ctx.request_id.clone();
     let refusal = match tokio::time::timeout(wait, sup.ensure(&id)).await {
         Ok(Ok(lease)) => {
             ctx.lease = Some(lease);

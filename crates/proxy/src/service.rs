@@ -16,7 +16,7 @@ use pingora::{ErrorSource, ErrorType};
 use crate::Live;
 use crate::endpoints;
 use crate::flow::{self, Ctx, Step, ctx_label};
-use crate::pages::{self, Page, request_id};
+use crate::pages::{self, Page};
 use crate::refusal::{Outcome, Refusal};
 use crate::streams::{OpenStream, UpstreamSocket};
 use crate::upstream::{self, COMPRESSION_LEVEL, compressible};
@@ -286,7 +286,7 @@ impl ProxyHttp for Gatehouse {
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-        let request_id = request_id();
+        let request_id = ctx.request_id.clone();
         let refusal = match (e.esource(), e.etype()) {
             (
                 ErrorSource::Downstream,
