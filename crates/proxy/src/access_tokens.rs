@@ -43,7 +43,7 @@ pub(crate) fn page(
             Step::Respond(api_list(st, id, ctx))
         }
         (n, m) if n == "api/tokens" || n.starts_with("api/tokens/") => {
-            if cross_origin_write(req, &route_origin(st, ctx)) {
+            if cross_origin_write(req, &crate::providers::route_origin(st, ctx)) {
                 return Some(refuse(ctx, Refusal::CrossOrigin));
             }
             let which = n.strip_prefix("api/tokens").unwrap_or("");
@@ -63,14 +63,6 @@ pub(crate) fn page(
 
 fn error(status: u16, message: &str) -> Page {
     Page::json(status, &serde_json::json!({"error": message}))
-}
-
-fn route_origin(st: &State, ctx: &Ctx) -> String {
-    let scheme = ctx
-        .route
-        .and_then(|i| st.routes.get(i))
-        .map_or("https", |r| r.from.scheme.as_str());
-    format!("{scheme}://{}", ctx.authority)
 }
 
 /// The routes a token may be made for: every signed-in route whose policy lets the person

@@ -105,7 +105,7 @@ impl ProxyHttp for MetricsEndpoint {
 }
 
 /// The `upstream_peer` of a listener that answers everything in `request_filter`.
-fn proxies_nothing(listener: &str) -> Result<Box<HttpPeer>> {
+pub(crate) fn proxies_nothing(listener: &str) -> Result<Box<HttpPeer>> {
     Error::e_explain(
         ErrorType::InternalError,
         format!("{listener} proxies nothing"),

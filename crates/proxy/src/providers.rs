@@ -473,7 +473,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn route_origin(st: &State, ctx: &Ctx) -> String {
+/// `scheme://authority` of the request's route, what a same-origin request's `Origin` is.
+pub(crate) fn route_origin(st: &State, ctx: &Ctx) -> String {
     let scheme = ctx
         .route
         .and_then(|i| st.routes.get(i))
