@@ -279,6 +279,7 @@ export async function startIdp({ port = 0, host = '127.0.0.1', clients = [], use
   }
 
   server.on('request', provider.callback());
+  const extraServers = [];
 
   return {
     issuer,
@@ -292,11 +293,24 @@ export async function startIdp({ port = 0, host = '127.0.0.1', clients = [], use
     resetStats: () => { for (const k of Object.keys(stats)) stats[k] = 0; },
     tamperNext: (t) => { pendingTamper = t; },
     issued: () => issued.map((t) => ({ ...t })),
+    /**
+     * Also answer on `host:port` (the same provider, the same issuer): for a Gatehouse in a
+     * container, which reaches this IdP through a forwarder on its own loopback.
+     */
+    alsoListen: async (host, port = actualPort) => {
+      if (extraServers.some((srv) => srv.address()?.address === host && srv.address()?.port === port)) return;
+      const extra = http.createServer(provider.callback());
+      await new Promise((resolve, reject) => {
+        extra.once('error', reject);
+        extra.listen(port, host, resolve);
+      });
+      extraServers.push(extra);
+    },
     close: () =>
-      new Promise((resolve) => {
-        server.closeAllConnections?.();
-        server.close(() => resolve());
-      }),
+      Promise.all([server, ...extraServers].map((srv) => new Promise((resolve) => {
+        srv.closeAllConnections?.();
+        srv.close(() => resolve());
+      }))).then(() => {}),
   };
 }
 

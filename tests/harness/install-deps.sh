@@ -19,6 +19,11 @@ have_pkg build-essential || need+=(build-essential)
 have_cmd sqlite3    || need+=(sqlite3)
 # The OpenCode TUI (`opencode attach`) is driven in a detached tmux session (opencode-cli.mjs).
 have_cmd tmux       || need+=(tmux)
+# The image test builds and runs the shipped image (issue 14): rootful Podman with runc, and
+# mmdebstrap for the base made from Debian packages (deploy/image/build.sh).
+have_cmd podman     || need+=(podman)
+have_cmd runc       || need+=(runc)
+have_cmd mmdebstrap || need+=(mmdebstrap)
 if [[ "${GATEHOUSE_NEED_CHROMIUM:-1}" == 1 ]]; then
   [[ -x /usr/bin/chromium ]] || need+=(chromium)
 fi
