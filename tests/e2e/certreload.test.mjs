@@ -3,19 +3,33 @@
 // before keeps flowing; a broken replacement keeps the old one serving. Real TLS.
 
 import assert from 'node:assert/strict';
-import { copyFileSync, writeFileSync } from 'node:fs';
+import { X509Certificate } from 'node:crypto';
+import { copyFileSync, readFileSync, writeFileSync } from 'node:fs';
 import tls from 'node:tls';
 import { after, before, test } from 'node:test';
 
 import { eventually } from '../harness/backends.mjs';
 import { makeCerts } from '../harness/certs.mjs';
-import { loopbackLookup } from '../harness/client.mjs';
+import { loopbackLookup, request } from '../harness/client.mjs';
+import { freePort } from '../harness/gatehouse.mjs';
 import { startStack } from '../harness/stack.mjs';
 
 let s;
+let metricsPort;
 before(async () => {
-  s = await startStack();
+  metricsPort = await freePort();
+  s = await startStack({ gatehouses: { main: { extra: { metrics_address: `127.0.0.1:${metricsPort}` } } } });
 });
+
+/** gatehouse_certificate_not_after_timestamp_seconds for the configured file, by name. */
+async function notAfterMetric() {
+  const text = (await request(`http://127.0.0.1:${metricsPort}/metrics`)).body;
+  const line = text.split('\n').find((l) => l.startsWith('gatehouse_certificate_not_after_timestamp_seconds{'));
+  assert.ok(line, `the expiry metric:\n${text}`);
+  assert.ok(line.includes(`file="${s.certs.cert}"`) && line.includes('name="assistant.localhost"'), line);
+  return Number(line.split(' ').at(-1));
+}
+const validTo = (file) => Math.floor(Date.parse(new X509Certificate(readFileSync(file)).validTo) / 1000);
 after(async () => s?.stop());
 
 /** The SHA-256 fingerprint of the certificate a new TLS connection is served. */
@@ -50,7 +64,8 @@ test('replacing the certificate files serves the new certificate to new connecti
   await eventually('the stream flows', () => stream.events >= 2, { timeoutMs: 10_000 });
   assert.equal(stream.fingerprint, before);
 
-  const fresh = await makeCerts();
+  assert.equal(await notAfterMetric(), validTo(s.certs.cert), 'the metric says when the served certificate expires');
+  const fresh = await makeCerts(undefined, { days: 90 });
   copyFileSync(fresh.cert, s.certs.cert);
   copyFileSync(fresh.key, s.certs.key);
   const after = await eventually('the new certificate is served', async () => {
@@ -58,6 +73,8 @@ test('replacing the certificate files serves the new certificate to new connecti
     return fp !== before && fp;
   }, { timeoutMs: 10_000 });
   assert.match(s.gh.main.logs(), /certificates reloaded/);
+  assert.equal(await notAfterMetric(), validTo(fresh.cert), "the metric follows the new certificate's expiry");
+  assert.ok(validTo(fresh.cert) - Date.now() / 1000 > 80 * 86400);
 
   const seen = stream.events;
   await eventually('the old stream keeps flowing after the swap', () => stream.events >= seen + 3, { timeoutMs: 10_000 });

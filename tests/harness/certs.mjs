@@ -31,7 +31,7 @@ function reusable(out, hosts) {
   }
 }
 
-export async function makeCerts(dir, { hosts = CERT_HOSTS, ips = CERT_IPS } = {}) {
+export async function makeCerts(dir, { hosts = CERT_HOSTS, ips = CERT_IPS, days = 30 } = {}) {
   if (!dir) dir = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-certs-'));
   mkdirSync(dir, { recursive: true });
   const p = (f) => path.join(dir, f);
@@ -60,7 +60,7 @@ export async function makeCerts(dir, { hosts = CERT_HOSTS, ips = CERT_IPS } = {}
     ].join('\n'));
     openssl([
       'x509', '-req', '-in', p('leaf.csr'), '-CA', out.caCert, '-CAkey', out.caKey, '-CAcreateserial',
-      '-days', '30', '-sha256', '-extfile', p('leaf.ext'), '-out', out.cert,
+      '-days', String(days), '-sha256', '-extfile', p('leaf.ext'), '-out', out.cert,
     ], dir);
   }
   out.caPem = readFileSync(out.caCert, 'utf8');

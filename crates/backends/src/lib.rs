@@ -293,6 +293,10 @@ pub struct Counters {
 pub struct CountersSnapshot {
     /// Backends running at the time of the snapshot.
     pub running: usize,
+    /// Backends being started at the time of the snapshot (waiting for their turn included).
+    pub starting: usize,
+    /// Backends being stopped at the time of the snapshot (their processes not all gone yet).
+    pub stopping: usize,
     /// See [`Counters::starts`].
     pub starts: u64,
     /// See [`Counters::start_failures`].
@@ -1050,15 +1054,28 @@ impl Supervisor {
     /// The pool's counters now, with the number of running backends (for metrics).
     pub fn counters(&self) -> CountersSnapshot {
         let c = &self.inner.counters;
-        let running = {
-            let pool = lock(&self.inner.pool);
-            pool.slots
-                .values()
-                .filter(|s| matches!(lock(&s.state).phase, Phase::Running(_)))
-                .count()
-        };
+        let (mut running, mut starting, mut stopping) = (0, 0, 0);
+        for slot in lock(&self.inner.pool).slots.values() {
+            let st = lock(&slot.state);
+            match &st.phase {
+                Phase::Running(_) => running += 1,
+                Phase::Starting(_) => starting += 1,
+                // A stop is under way until its stopper says done (or is gone).
+                Phase::Stopped => {
+                    if st
+                        .stopping
+                        .as_ref()
+                        .is_some_and(|done| !*done.borrow() && done.has_changed().is_ok())
+                    {
+                        stopping += 1;
+                    }
+                }
+            }
+        }
         CountersSnapshot {
             running,
+            starting,
+            stopping,
             starts: c.starts.load(Ordering::Relaxed),
             start_failures: c.start_failures.load(Ordering::Relaxed),
             crashes: c.crashes.load(Ordering::Relaxed),

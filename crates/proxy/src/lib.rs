@@ -200,6 +200,9 @@ impl Live {
     /// The metrics text, with each pool's backend counters brought up to date.
     pub fn render_metrics(&self) -> String {
         self.metrics.streams_open.set(self.streams.len() as i64);
+        if let Some(certs) = &self.certificates {
+            self.metrics.certificates(&certs.expiries());
+        }
         for sup in &self.backends {
             self.metrics
                 .sync_backends(&sup.settings().pool.name, &sup.counters());

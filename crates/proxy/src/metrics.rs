@@ -59,6 +59,24 @@ pub struct PoolLabel {
     pub pool: String,
 }
 
+/// The labels of [`Metrics::backends`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolStateLabels {
+    /// The pool's name.
+    pub pool: String,
+    /// `starting`, `running` or `stopping`.
+    pub state: &'static str,
+}
+
+/// The labels of [`Metrics::certificate_not_after`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    /// The certificate file, as configured.
+    pub file: String,
+    /// Its subject's first DNS name (or common name), for the alert's text.
+    pub name: String,
+}
+
 /// Gatehouse's metrics. Cheap to update from any thread.
 #[derive(Debug)]
 pub struct Metrics {
@@ -75,6 +93,10 @@ pub struct Metrics {
     pub streams_ended: Counter,
     /// Per-person backends running now, by pool.
     pub backends_running: Family<PoolLabel, Gauge>,
+    /// Per-person backends by pool and state (`starting`, `running`, `stopping`).
+    pub backends: Family<PoolStateLabels, Gauge>,
+    /// Unix time at which each served certificate expires (its `notAfter`).
+    pub certificate_not_after: Family<CertificateLabels, Gauge>,
     /// Backend starts that became ready, by pool.
     pub backend_starts: Family<PoolLabel, Counter>,
     /// Backend starts that failed (exited early, not ready in time), by pool.
@@ -103,6 +125,8 @@ impl Default for Metrics {
             streams_open: Gauge::default(),
             streams_ended: Counter::default(),
             backends_running: Family::default(),
+            backends: Family::default(),
+            certificate_not_after: Family::default(),
             backend_starts: Family::default(),
             backend_start_failures: Family::default(),
             backend_crashes: Family::default(),
@@ -175,6 +199,16 @@ impl Default for Metrics {
             m.backends_running.clone(),
         );
         registry.register(
+            "backends",
+            "Per-person backends by state (starting, running, stopping)",
+            m.backends.clone(),
+        );
+        registry.register(
+            "certificate_not_after_timestamp_seconds",
+            "Unix time at which each served TLS certificate expires (alert on this minus time())",
+            m.certificate_not_after.clone(),
+        );
+        registry.register(
             "backend_starts",
             "Backend starts that became ready",
             m.backend_starts.clone(),
@@ -238,9 +272,22 @@ impl Metrics {
                 counter.inc_by(total - seen);
             }
         };
+        let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
         self.backends_running
             .get_or_create(&label)
-            .set(i64::try_from(c.running).unwrap_or(i64::MAX));
+            .set(count(c.running));
+        for (state, n) in [
+            ("starting", c.starting),
+            ("running", c.running),
+            ("stopping", c.stopping),
+        ] {
+            self.backends
+                .get_or_create(&PoolStateLabels {
+                    pool: pool.to_string(),
+                    state,
+                })
+                .set(count(n));
+        }
         catch_up(&self.backend_starts, c.starts);
         catch_up(&self.backend_start_failures, c.start_failures);
         catch_up(&self.backend_crashes, c.crashes);
@@ -248,6 +295,19 @@ impl Metrics {
         self.backend_last_start_seconds
             .get_or_create(&label)
             .set(c.last_start_ms as f64 / 1000.0);
+    }
+
+    /// Sets the served certificates' expiry times (the ones no longer served disappear).
+    pub fn certificates(&self, expiries: &[crate::tls::Expiry]) {
+        self.certificate_not_after.clear();
+        for e in expiries {
+            self.certificate_not_after
+                .get_or_create(&CertificateLabels {
+                    file: e.file.clone(),
+                    name: e.name.clone(),
+                })
+                .set(e.not_after);
+        }
     }
 
     /// Counts one finished request.
@@ -300,6 +360,8 @@ mod tests {
         let m = Metrics::default();
         let mut c = gatehouse_backends::CountersSnapshot {
             running: 2,
+            starting: 1,
+            stopping: 0,
             starts: 3,
             start_failures: 1,
             crashes: 0,
@@ -317,6 +379,13 @@ mod tests {
             text.contains("gatehouse_backend_starts_total{pool=\"assistant\"} 3"),
             "{text}"
         );
+        for line in [
+            "gatehouse_backends{pool=\"assistant\",state=\"starting\"} 1",
+            "gatehouse_backends{pool=\"assistant\",state=\"running\"} 2",
+            "gatehouse_backends{pool=\"assistant\",state=\"stopping\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         assert!(
             text.contains("gatehouse_backend_idle_stops_total{pool=\"assistant\"} 1"),
             "{text}"

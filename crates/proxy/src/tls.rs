@@ -23,16 +23,24 @@ use gatehouse_config::{CertificatePair, ConfigError};
 #[derive(Debug)]
 pub struct SniResolver {
     keys: ArcSwap<Vec<Arc<CertifiedKey>>>,
+    /// When each configured certificate expires, for the metrics.
+    expiries: ArcSwap<Vec<Expiry>>,
     /// A digest of the certificate and key files' contents (0: made in memory).
     contents: AtomicU64,
 }
 
 impl SniResolver {
-    fn new(keys: Vec<Arc<CertifiedKey>>, contents: u64) -> Self {
+    fn new(keys: Vec<Arc<CertifiedKey>>, expiries: Vec<Expiry>, contents: u64) -> Self {
         SniResolver {
             keys: ArcSwap::from_pointee(keys),
+            expiries: ArcSwap::from_pointee(expiries),
             contents: AtomicU64::new(contents),
         }
+    }
+
+    /// When each configured certificate (the first of each file) expires.
+    pub fn expiries(&self) -> Arc<Vec<Expiry>> {
+        self.expiries.load_full()
     }
 
     /// Takes `newer`'s certificates if their files' contents differ from the ones serving;
@@ -43,6 +51,7 @@ impl SniResolver {
             return false;
         }
         self.keys.store(newer.keys.load_full());
+        self.expiries.store(newer.expiries.load_full());
         self.contents.store(contents, Ordering::Relaxed);
         true
     }
@@ -83,11 +92,17 @@ pub fn load_resolver(pairs: &[CertificatePair]) -> Result<SniResolver, Vec<Confi
     let provider =
         provider().map_err(|e| vec![ConfigError::new(gatehouse_config::Origin::Default, e)])?;
     let mut keys = Vec::new();
+    let mut expiries = Vec::new();
     let mut errors = Vec::new();
     let mut digest = std::collections::hash_map::DefaultHasher::new();
     for pair in pairs {
         match load_pair(pair, &provider) {
-            Ok(ck) => keys.push(Arc::new(ck)),
+            Ok(ck) => {
+                if let Some(e) = ck.cert.first().and_then(|c| expiry(pair, c)) {
+                    expiries.push(e);
+                }
+                keys.push(Arc::new(ck));
+            }
             Err(msg) => errors.push(ConfigError::new(pair.origin.clone(), msg)),
         }
         for f in [&pair.cert_file, &pair.key_file] {
@@ -96,10 +111,49 @@ pub fn load_resolver(pairs: &[CertificatePair]) -> Result<SniResolver, Vec<Confi
     }
     if errors.is_empty() {
         // Never 0, which stands for a certificate made in memory.
-        Ok(SniResolver::new(keys, digest.finish().max(1)))
+        Ok(SniResolver::new(keys, expiries, digest.finish().max(1)))
     } else {
         Err(errors)
     }
+}
+
+/// When a served certificate expires (`gatehouse_certificate_not_after_timestamp_seconds`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Expiry {
+    /// The certificate file, as configured.
+    pub file: String,
+    /// The first DNS name it is for (or its subject's common name, or `-`).
+    pub name: String,
+    /// Its `notAfter`, in Unix seconds.
+    pub not_after: i64,
+}
+
+/// `cert`'s expiry; `None` if it does not parse (load_pair has checked that it does).
+fn expiry(pair: &CertificatePair, cert: &CertificateDer<'_>) -> Option<Expiry> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let dns = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                _ => None,
+            })
+        });
+    let cn = || {
+        parsed
+            .subject()
+            .iter_common_name()
+            .next()
+            .and_then(|cn| cn.as_str().ok())
+            .map(str::to_string)
+    };
+    Some(Expiry {
+        file: pair.cert_file.display().to_string(),
+        name: dns.or_else(cn).unwrap_or_else(|| "-".to_string()),
+        not_after: parsed.validity().not_after.timestamp(),
+    })
 }
 
 fn load_pair(pair: &CertificatePair, provider: &CryptoProvider) -> Result<CertifiedKey, String> {
@@ -138,5 +192,64 @@ pub fn self_signed(names: Vec<String>) -> anyhow::Result<SniResolver> {
     let cert = CertificateDer::from(generated.cert.der().to_vec());
     let key = PrivateKeyDer::Pkcs8(generated.key_pair.serialize_der().into());
     let ck = CertifiedKey::from_der(vec![cert], key, &provider)?;
-    Ok(SniResolver::new(vec![Arc::new(ck)], 0))
+    Ok(SniResolver::new(vec![Arc::new(ck)], Vec::new(), 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A certificate for `name` valid until `not_after` (Unix seconds), written as PEM files.
+    fn pair(dir: &std::path::Path, name: &str, not_after: i64) -> CertificatePair {
+        let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).expect("params");
+        params.not_after =
+            rcgen::date_time_ymd(1970, 1, 1) + std::time::Duration::from_secs(not_after as u64);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params.self_signed(&key).expect("cert");
+        let cert_file = dir.join(format!("{name}.crt"));
+        let key_file = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_file, cert.pem()).expect("write cert");
+        std::fs::write(&key_file, key.serialize_pem()).expect("write key");
+        CertificatePair {
+            cert_file,
+            key_file,
+            origin: gatehouse_config::Origin::Default,
+        }
+    }
+
+    #[test]
+    fn each_certificate_reports_its_expiry_and_a_replacement_brings_its_own() {
+        let dir = std::env::temp_dir().join(format!(
+            "gatehouse-tls-test-{}-{:x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let a = pair(&dir, "a.example", 2_000_000_000);
+        let b = pair(&dir, "b.example", 2_100_000_000);
+        let serving = load_resolver(&[a.clone(), b]).expect("loads");
+        let got: Vec<(String, i64)> = serving
+            .expiries()
+            .iter()
+            .map(|e| (e.name.clone(), e.not_after))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("a.example".to_string(), 2_000_000_000),
+                ("b.example".to_string(), 2_100_000_000)
+            ]
+        );
+        assert_eq!(
+            serving.expiries()[0].file,
+            a.cert_file.display().to_string()
+        );
+
+        let c = pair(&dir, "c.example", 2_200_000_000);
+        assert!(serving.replace(load_resolver(&[c]).expect("loads")));
+        assert_eq!(serving.expiries().len(), 1);
+        assert_eq!(serving.expiries()[0].not_after, 2_200_000_000);
+        assert_eq!(serving.expiries()[0].name, "c.example");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
