@@ -10,36 +10,13 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import { agentShell, viaClient } from '../harness/agent.mjs';
-import { A, backendProcesses, backendStack, eventually, homeOf } from '../harness/backends.mjs';
+import { A, backendProcesses, backendStack, eventually, homeOf, processesOf, signedIn } from '../harness/backends.mjs';
 import { startLlm } from '../harness/llm.mjs';
 
 const IS_ROOT = process.getuid?.() === 0;
 
-async function signedIn(s, user) {
-  const c = s.client();
-  const { response } = await c.login(user, `${user}-pass`, s.gh.main.url(A, '/.gatehouse/'));
-  assert.equal(response.status, 200, `${user} signed in: ${response.status}`);
-  return c;
-}
-
 /** Runs `command` in the person's own agent shell, exactly as written; { output, exitCode }. */
 const shell = (s, c, command) => agentShell(viaClient(c, s.origin), command, { literal: true });
-
-/** Live processes whose real uid is `uid`. */
-function processesOf(uid) {
-  const out = [];
-  for (const name of readdirSync('/proc')) {
-    if (!/^\d+$/.test(name)) continue;
-    try {
-      const status = readFileSync(`/proc/${name}/status`, 'latin1');
-      if (/^State:\s+Z/m.test(status)) continue;
-      if (Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]) === uid) out.push(Number(name));
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return out;
-}
 
 /** The uid of the person's backend (the owner of their home). */
 const uidOf = (s, sub) => statSync(homeOf(s, sub)).uid;

@@ -41,6 +41,13 @@ export function reachableOpencode(source = OPENCODE_IN_CHECKOUT) {
 
 export const OPENCODE = reachableOpencode();
 
+/**
+ * The capabilities a root Gatehouse with a backend pool needs, no more (measured by
+ * tests/e2e/capabilities.test.mjs; docs/confinement.md, "Capabilities"). The systemd unit
+ * and the compose file give exactly these (tests/e2e/deploy.test.mjs).
+ */
+export const SUPERVISOR_CAPABILITIES = ['net_bind_service', 'net_admin', 'setuid', 'setgid', 'chown', 'fowner', 'dac_read_search', 'kill'];
+
 /** `egress.allow` for a stand-in service on loopback, e.g. the LLM (`http://127.0.0.1:PORT/v1`). */
 export function allowOf(url) {
   const u = new URL(url);
@@ -49,8 +56,11 @@ export function allowOf(url) {
 
 let portBase = 31000 + Math.floor(Math.random() * 400) * 10;
 
-/** A stack whose assistant.localhost route gives each person their own OpenCode. */
-export async function backendStack(llm, pool = {}, route = {}, top = {}) {
+/**
+ * A stack whose assistant.localhost route gives each person their own OpenCode. `gatehouse`
+ * is passed on to startStack's spec (e.g. { wrap: ['setpriv', …] }).
+ */
+export async function backendStack(llm, pool = {}, route = {}, top = {}, gatehouse = {}) {
   const root = mkdtempSync(path.join(os.tmpdir(), 'gatehouse-backends-e2e-'));
   chmodSync(root, 0o755); // backends run as other uids and must reach their own directory
   const dataRoot = path.join(root, 'data');
@@ -74,6 +84,7 @@ export async function backendStack(llm, pool = {}, route = {}, top = {}) {
   const s = await startStack({
     gatehouses: {
       main: {
+        ...gatehouse,
         // `top` may need the stack's parts (the echo upstream): then it is a function, and so
         // is `extra`. Otherwise `extra` stays an object a test may change before a restart.
         extra: typeof top === 'function' ? (parts) => ({ ...base, ...top(parts) }) : { ...base, ...top },
@@ -129,6 +140,30 @@ export function homeOf(s, sub) {
   return path.join(s.dataRoot, id);
 }
 
+
+/** A harness Client signed in as `user` (the test IdP's `<user>`/`<user>-pass`) through the route. */
+export async function signedIn(s, user) {
+  const c = s.client();
+  const { response } = await c.login(user, `${user}-pass`, s.gh.main.url(A, '/.gatehouse/'));
+  if (response.status !== 200) throw new Error(`${user} signed in: ${response.status} ${response.body.slice(0, 300)}`);
+  return c;
+}
+
+/** Live processes whose real uid is `uid` (pids). */
+export function processesOf(uid) {
+  const out = [];
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const status = readFileSync(`/proc/${name}/status`, 'latin1');
+      if (/^State:\s+Z/m.test(status)) continue;
+      if (Number(/^Uid:\s+(\d+)/m.exec(status)?.[1]) === uid) out.push(Number(name));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
 
 /** Polls `check` until it returns something truthy (returned), or throws after the deadline. */
 export async function eventually(what, check, { timeoutMs = 20_000, everyMs = 200 } = {}) {

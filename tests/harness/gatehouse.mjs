@@ -5,6 +5,7 @@
 //   gh.logs()                      // everything it wrote to stdout+stderr so far
 //   gh.write('policies/team.yaml', text)  // (re)write a file next to the config
 //   await gh.stop()                // SIGTERM, SIGKILL after 5 s
+//   startGatehouse(cfg, { wrap: ['setpriv', '--inh-caps=-all'] })  // run under a program that execs it
 //
 //   const { code, stdout, stderr } = runCheck(configPathOrYamlText, env);
 
@@ -141,9 +142,10 @@ function healthOnce(port, timeoutMs) {
  * Write the config to a fresh temp dir and run `gatehouse serve --config <file>` from the
  * repo root. `config` is an object (ports are filled in when `address` / `http_redirect_addr`
  * are missing) or YAML text. `files` ({ 'policies/x.yaml': text }) are written next to the
- * config first. Resolves when /.gatehouse/health answers 200.
+ * config first. `wrap` ([program, ...args]) runs Gatehouse under a program that execs it
+ * (setpriv), so the pid stays Gatehouse's. Resolves when /.gatehouse/health answers 200.
  */
-export async function startGatehouse(config, { env = {}, readyTimeoutMs = 30_000, bin = gatehouseBin(), args = [], files = {} } = {}) {
+export async function startGatehouse(config, { env = {}, readyTimeoutMs = 30_000, bin = gatehouseBin(), args = [], files = {}, wrap = [] } = {}) {
   installExitHook();
   if (!existsSync(bin)) {
     throw new Error(`gatehouse binary not found at ${bin}: run \`cargo build -p gatehouse\` or set GATEHOUSE_BIN`);
@@ -180,7 +182,8 @@ export async function startGatehouse(config, { env = {}, readyTimeoutMs = 30_000
   writeFileSync(file, yaml, { mode: 0o600 });
 
   let output = '';
-  const child = spawn(bin, ['serve', '--config', file, ...args], {
+  const argv = [...wrap.slice(1), bin, 'serve', '--config', file, ...args];
+  const child = spawn(wrap[0] ?? bin, wrap.length ? argv : argv.slice(1), {
     cwd: REPO_ROOT,
     env: { ...process.env, ...env },
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -56,7 +56,7 @@ export function gatehouseConfig({ port, redirectPort, certs, idp, upstream, clie
 }
 
 /**
- * gatehouses: { name: { twoHost?, cookieSecret?, cookieExpire?, extra?, env?, files?, lazy? } }.
+ * gatehouses: { name: { twoHost?, cookieSecret?, cookieExpire?, extra?, env?, files?, wrap?, lazy? } }.
  * `lazy: true` reserves ports and IdP redirect URIs but does not start it: call s.start(name).
  */
 export async function startStack({ gatehouses = { main: {} }, testHooks = true } = {}) {
@@ -89,7 +89,7 @@ export async function startStack({ gatehouses = { main: {} }, testHooks = true }
       return gatehouseConfig({ ...g, certs: s.certs, idp: s.idp, upstream: s.upstream, clientSecret: s.clientSecret });
     };
     s.start = async (name) => {
-      s.gh[name] = await startGatehouse(s.config(name), { env: s.specs[name].env ?? {}, files: s.specs[name].files ?? {} });
+      s.gh[name] = await startGatehouse(s.config(name), { env: s.specs[name].env ?? {}, files: s.specs[name].files ?? {}, wrap: s.specs[name].wrap ?? [] });
       return s.gh[name];
     };
     for (const [name, g] of Object.entries(s.specs)) {
