@@ -24,6 +24,8 @@ have_cmd tmux       || need+=(tmux)
 have_cmd podman     || need+=(podman)
 have_cmd runc       || need+=(runc)
 have_cmd mmdebstrap || need+=(mmdebstrap)
+# The deploy test parses deploy/docker-compose.yml (docker-compose config).
+have_cmd docker-compose || need+=(docker-compose)
 if [[ "${GATEHOUSE_NEED_CHROMIUM:-1}" == 1 ]]; then
   [[ -x /usr/bin/chromium ]] || need+=(chromium)
 fi
