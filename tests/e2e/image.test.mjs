@@ -27,7 +27,7 @@ const UIDS = [200000, 200099];
 const HOST_BASE = 1_000_000;
 const USERNS = [`--uidmap=0:${HOST_BASE}:300000`, `--gidmap=0:${HOST_BASE}:300000`];
 // The capabilities the supervisor needs with backends (docs/confinement.md).
-const BACKEND_CAPS = ['NET_BIND_SERVICE', 'NET_ADMIN', 'SETUID', 'SETGID', 'CHOWN', 'FOWNER', 'DAC_OVERRIDE', 'KILL'];
+const BACKEND_CAPS = ['NET_BIND_SERVICE', 'NET_ADMIN', 'SETUID', 'SETGID', 'CHOWN', 'FOWNER', 'DAC_READ_SEARCH', 'KILL'];
 const SUFFIX = randomBytes(4).toString('hex');
 
 test('the registry Dockerfile builds the same runtime image as the tested one', () => {
@@ -210,6 +210,19 @@ describe('the image (podman, Debian-made base, debug binary)', { skip: process.g
       if (process.env.GATEHOUSE_E2E_SHOW_LOGS) console.log(logs);
       assert.match(logs, /listening|ready|serving/i, 'the logs are there');
       for (const [k, v] of Object.entries(secrets)) assert.ok(!logs.includes(v), `${k} in the logs`);
+    });
+
+    test('after a restart the session still holds (state volume) and the backend starts again in its home', async () => {
+      const origin = `https://${A}:${ports.backends443}`;
+      const before = (await agentShell(viaClient(c, origin), 'echo kept > ~/.restart-mark; pwd', { literal: true })).output.trim();
+      const r = podmanStatus(['restart', '-t', '20', ctr.name], { timeoutMs: 60_000 });
+      assert.equal(r.code, 0, r.stderr);
+      await ctr.forwardIdp();
+      await eventually('healthy again', () => ctr.health() === 0, { timeoutMs: 60_000, everyMs: 1000 });
+      const after = await agentShell(viaClient(c, origin), 'cat ~/.restart-mark; pwd; id -u', { literal: true });
+      assert.equal(after.exitCode, 0, after.output);
+      assert.match(after.output, /^kept\n/, 'the home survived, and the same cookie still signs alice in');
+      assert.equal(after.output.split('\n')[1], before);
     });
 
     test('SIGTERM (podman stop) stops Gatehouse and its backends at once, through tini', () => {

@@ -65,25 +65,28 @@ export async function runContainer(image, { name, args = [], idp, cmd = [] }) {
           return { user, huser, args: rest.join(' ') };
         }),
     forwarder: null,
+    /** (Again, after a restart: a new network namespace.) See runContainer. */
+    forwardIdp: async (provider = idp) => {
+      ctr.forwarder?.kill('SIGTERM');
+      const pid = ctr.inspect('{{.State.Pid}}');
+      const gateway = ctr.inspect('{{.NetworkSettings.Gateway}}');
+      if (!pid || pid === '0' || !gateway) throw new Error(`container ${name} is not running (pid ${pid}, gateway ${gateway}):\n${ctr.logs()}`);
+      await provider.alsoListen(gateway);
+      const child = spawn('nsenter', [`--net=/proc/${pid}/ns/net`, process.execPath, path.join(REPO_ROOT, 'tests/harness/forward.mjs'), '127.0.0.1', String(provider.port), gateway, String(provider.port)], {
+        stdio: ['ignore', 'pipe', 'inherit'],
+      });
+      ctr.forwarder = child;
+      await new Promise((resolve, reject) => {
+        child.stdout.once('data', resolve);
+        child.once('exit', (code) => reject(new Error(`forwarder exited (${code})`)));
+      });
+    },
     stop: async () => {
       ctr.forwarder?.kill('SIGTERM');
       podmanStatus(['stop', '-t', '10', name], { timeoutMs: 30_000 });
       podmanStatus(['rm', '-f', '-v', name]);
     },
   };
-  if (idp) {
-    const pid = ctr.inspect('{{.State.Pid}}');
-    const gateway = ctr.inspect('{{.NetworkSettings.Gateway}}');
-    if (!pid || pid === '0' || !gateway) throw new Error(`container ${name} is not running (pid ${pid}, gateway ${gateway}):\n${ctr.logs()}`);
-    await idp.alsoListen(gateway);
-    const child = spawn('nsenter', [`--net=/proc/${pid}/ns/net`, process.execPath, path.join(REPO_ROOT, 'tests/harness/forward.mjs'), '127.0.0.1', String(idp.port), gateway, String(idp.port)], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    ctr.forwarder = child;
-    await new Promise((resolve, reject) => {
-      child.stdout.once('data', resolve);
-      child.once('exit', (code) => reject(new Error(`forwarder exited (${code})`)));
-    });
-  }
+  if (idp) await ctr.forwardIdp(idp);
   return ctr;
 }
