@@ -145,3 +145,36 @@ test('server-sent events pass through unbuffered: each event arrives as the upst
     client.close();
   }
 });
+
+test('a closed tab (its HTTP/2 stream reset mid-event-stream) is no warning, and the connection keeps serving', async () => {
+  const client = http2.connect(`https://public.localhost:${gh.port}`, { ca: certB.caPem, lookup: loopbackLookup });
+  const logsBefore = gh.logs().length;
+  try {
+    for (let i = 0; i < 3; i += 1) {
+      await new Promise((resolve, reject) => {
+        const req = client.request({ ':path': '/sse?n=60&every=100', accept: 'text/event-stream' });
+        req.once('data', () => {
+          // What a browser does when the tab with the EventSource closes.
+          req.close(http2.constants.NGHTTP2_CANCEL);
+          resolve();
+        });
+        req.on('error', reject);
+        req.end();
+      });
+    }
+    // The same connection still answers: a reset stream is not a broken connection.
+    const status = await new Promise((resolve, reject) => {
+      const req = client.request({ ':path': '/after-reset', accept: 'application/json' });
+      req.on('response', (h) => resolve(h[':status']));
+      req.on('error', reject);
+      req.end();
+    });
+    assert.equal(status, 200);
+    await new Promise((r) => setTimeout(r, 1000));
+    const logged = gh.logs().slice(logsBefore).split('\n').filter((l) => /\b(WARN|ERROR)\b/.test(l));
+    assert.deepEqual(logged, [], 'nothing at WARN or ERROR for a client that went away');
+    assert.match(gh.logs().slice(logsBefore), /path=\/sse/, 'the streams are in the access log');
+  } finally {
+    client.close();
+  }
+});

@@ -287,40 +287,55 @@ impl ProxyHttp for Gatehouse {
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let request_id = ctx.request_id.clone();
+        // The client went away (a closed tab resets its HTTP/2 stream; an HTTP/1 socket
+        // closes): nobody to answer, and nothing an operator should act on.
+        if matches!(e.esource(), ErrorSource::Downstream)
+            && matches!(
+                e.etype(),
+                ErrorType::WriteError
+                    | ErrorType::ReadError
+                    | ErrorType::ConnectionClosed
+                    | ErrorType::H2Error
+            )
+        {
+            tracing::debug!(route = ctx_label(&ctx.state, ctx), request_id = %request_id, error = e.etype().as_str(), "the client went away");
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        }
         let refusal = match (e.esource(), e.etype()) {
-            (
-                ErrorSource::Downstream,
-                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
-            ) => None,
-            (ErrorSource::Downstream, _) => Some(Refusal::RequestUnreadable),
-            (_, ErrorType::HTTPStatus(code)) if *code < 500 => Some(Refusal::RequestRefused),
+            (ErrorSource::Downstream, _) => Refusal::RequestUnreadable,
+            (_, ErrorType::HTTPStatus(code)) if *code < 500 => Refusal::RequestRefused,
             (
                 _,
                 ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout,
-            ) => Some(Refusal::UpstreamTimeout { request_id }),
+            ) => Refusal::UpstreamTimeout { request_id },
             (ErrorSource::Upstream, _)
             | (
                 _,
                 ErrorType::ConnectRefused | ErrorType::ConnectError | ErrorType::ConnectNoRoute,
-            ) => Some(Refusal::UpstreamDown { request_id }),
-            _ => Some(Refusal::Internal { request_id }),
+            ) => Refusal::UpstreamDown { request_id },
+            _ => Refusal::Internal { request_id },
         };
-        let code = match refusal {
-            Some(r) => {
-                let rid = match &r {
-                    Refusal::UpstreamTimeout { request_id }
-                    | Refusal::UpstreamDown { request_id }
-                    | Refusal::Internal { request_id } => request_id.as_str(),
-                    _ => "-",
-                };
-                tracing::warn!(route = ctx_label(&ctx.state, ctx), request_id = %rid, error = e.etype().as_str(), source = ?e.esource(), "request failed");
-                ctx.outcome = Some(Outcome::from(&r));
-                let page = pages::refusal(&r);
+        let rid = match &refusal {
+            Refusal::UpstreamTimeout { request_id }
+            | Refusal::UpstreamDown { request_id }
+            | Refusal::Internal { request_id } => request_id.as_str(),
+            _ => "-",
+        };
+        tracing::warn!(route = ctx_label(&ctx.state, ctx), request_id = %rid, error = e.etype().as_str(), source = ?e.esource(), "request failed");
+        ctx.outcome = Some(Outcome::from(&refusal));
+        // A response already under way (an upstream that failed mid-stream) cannot become a
+        // page: the connection is closed instead, which the client sees as a cut response.
+        let code = match session.response_written() {
+            Some(sent) => sent.status.as_u16(),
+            None => {
+                let page = pages::refusal(&refusal);
                 let status = page.status;
                 let _ = write_page(session, page).await;
                 status
             }
-            None => 0,
         };
         FailToProxy {
             error_code: code,
