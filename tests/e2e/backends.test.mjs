@@ -13,8 +13,8 @@ import { after, before, describe, test } from 'node:test';
 import { chromium } from 'playwright-core';
 
 import { A, backendProcesses, backendStack, eventually, homeOf, OPENCODE, openSse } from '../harness/backends.mjs';
-import { loopbackLookup } from '../harness/client.mjs';
-import { toYaml } from '../harness/gatehouse.mjs';
+import { loopbackLookup, request } from '../harness/client.mjs';
+import { freePort, toYaml } from '../harness/gatehouse.mjs';
 import { REPLY, startLlm } from '../harness/llm.mjs';
 
 const CHROMIUM = process.env.CHROMIUM_BIN || '/usr/bin/chromium';
@@ -338,10 +338,18 @@ describe('backends: two people, each their own OpenCode', () => {
 describe('backends: lifecycle with short timeouts and one backend at most', () => {
   let llm;
   let s;
+  let metricsPort;
+  /** gatehouse_backends{pool="assistant",state} now, as { starting, running, stopping }. */
+  const byState = async () => {
+    const text = (await request(`http://127.0.0.1:${metricsPort}/metrics`)).body;
+    const n = (state) => Number(new RegExp(`^gatehouse_backends\\{pool="assistant",state="${state}"\\} (\\d+)$`, 'm').exec(text)?.[1] ?? NaN);
+    return { starting: n('starting'), running: n('running'), stopping: n('stopping') };
+  };
 
   before(async () => {
     llm = await startLlm();
-    s = await backendStack(llm, { idle_timeout: '3s', start_timeout: '20s', max_backends: 1 });
+    metricsPort = await freePort();
+    s = await backendStack(llm, { idle_timeout: '3s', start_timeout: '20s', max_backends: 1 }, {}, { metrics_address: `127.0.0.1:${metricsPort}` });
   });
   after(async () => {
     await s?.stop();
@@ -350,15 +358,21 @@ describe('backends: lifecycle with short timeouts and one backend at most', () =
 
   test('concurrent first requests of one person start exactly one process', async () => {
     const alice = await signedIn(s, 'alice');
-    const rs = await Promise.all(Array.from({ length: 5 }, () => api(s, alice, 'GET', '/global/health')));
+    assert.deepEqual(await byState(), { starting: 0, running: 0, stopping: 0 });
+    const pending = Promise.all(Array.from({ length: 5 }, () => api(s, alice, 'GET', '/global/health')));
+    // OpenCode takes seconds to start: the metrics see it starting meanwhile.
+    await eventually('the metrics show one backend starting', async () => (await byState()).starting === 1, { timeoutMs: 10_000, everyMs: 50 });
+    const rs = await pending;
     assert.deepEqual(rs.map((r) => r.status), [200, 200, 200, 200, 200]);
     assert.equal(backendProcesses(s.dataRoot).length, 1);
+    assert.deepEqual(await byState(), { starting: 0, running: 1, stopping: 0 });
   });
 
   test('a browser navigation during a start sees the starting page, which continues by itself', async () => {
     const bob = await signedIn(s, 'bob');
     // Alice's backend is idle (3 s): stopping it makes room for bob's (max_backends 1).
     await eventually('alice stopped when idle', () => backendProcesses(s.dataRoot).length === 0, { timeoutMs: 15_000 });
+    assert.equal((await byState()).running, 0, 'the metrics saw it stop');
     const r = await bob.get(s.gh.main.url(A, '/'));
     assert.equal(r.status, 503);
     assert.match(r.body, /Starting your assistant/);
