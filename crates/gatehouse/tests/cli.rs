@@ -749,3 +749,35 @@ fn policy_tools_need_no_secrets_but_check_does() {
         show(&out)
     );
 }
+
+#[test]
+fn serve_refuses_an_address_it_cannot_listen_on_before_starting_anything() {
+    let dir = std::env::temp_dir().join(format!("gatehouse-cli-listen-{}", std::process::id()));
+    let state = dir.join("state");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let free = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let free_port = free.local_addr().expect("addr").port();
+    drop(free);
+    let config = store_config(&dir, &state, free_port);
+    let text = std::fs::read_to_string(&config).expect("read config");
+    std::fs::write(
+        &config,
+        format!("{text}http_redirect_addr: 127.0.0.1:{port}\n"),
+    )
+    .expect("write config");
+    let (code, stderr) = serve(&config);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "http_redirect_addr: cannot listen on 127.0.0.1:{port}"
+        )) && stderr.contains("another process listens there")
+            && stderr.contains("nothing was started"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("address: cannot listen"),
+        "the free main address is not named: {stderr}"
+    );
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}

@@ -252,6 +252,49 @@ pub fn prepare_to_serve(config: &Config) -> Result<Prepared, ConfigErrors> {
     prepare_with(config, Purpose::Serve)
 }
 
+/// The addresses `serve` would listen on that it cannot: a port below 1024 without the
+/// capability, one another process holds, an address not on this machine. Checked by
+/// binding each once before anything starts, because Pingora binds later, in a thread of
+/// its own, and a failure there would leave Gatehouse running without that listener.
+fn unlistenable(config: &Config) -> Vec<ConfigError> {
+    let relay = config
+        .backends
+        .iter()
+        .any(|p| p.relay.is_some())
+        .then_some(config.relay_address);
+    [
+        ("address", Some(config.address)),
+        ("http_redirect_addr", config.http_redirect_addr),
+        ("metrics_address", config.metrics_address),
+        ("health_check_addr", config.health_check_addr),
+        ("relay_address", relay),
+    ]
+    .into_iter()
+    .filter_map(|(key, addr)| Some((key, addr?)))
+    .filter_map(|(key, addr)| {
+        let e = std::net::TcpListener::bind(addr).err()?;
+        let hint = match e.kind() {
+            std::io::ErrorKind::PermissionDenied => format!(
+                "ports below 1024 need root or CAP_NET_BIND_SERVICE (systemd: AmbientCapabilities=CAP_NET_BIND_SERVICE; podman/docker: --cap-add NET_BIND_SERVICE), or set {key} to a port of 1024 or more"
+            ),
+            std::io::ErrorKind::AddrInUse => format!(
+                "another process listens there (`ss -ltnp 'sport = :{}'` names it): stop it or set {key} to another port",
+                addr.port()
+            ),
+            std::io::ErrorKind::AddrNotAvailable => format!(
+                "{} is not an address of this machine: use one it has, or 0.0.0.0 / [::] for all",
+                addr.ip()
+            ),
+            _ => format!("set {key} to an address Gatehouse can listen on"),
+        };
+        Some(ConfigError::new(
+            gatehouse_config::Origin::Default,
+            format!("{key}: cannot listen on {addr}: {e}; {hint}"),
+        ))
+    })
+    .collect()
+}
+
 fn open_store(
     config: &Config,
     purpose: Purpose,
@@ -306,6 +349,9 @@ fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErr
     let check_host = purpose != Purpose::Offline;
     let mut errors: Vec<ConfigError> = Vec::new();
     let mut notes = Vec::new();
+    if purpose == Purpose::Serve {
+        errors.extend(unlistenable(config));
+    }
 
     let auth = match open_store(config, purpose) {
         Ok(store) => match Auth::new(config, store) {
