@@ -302,7 +302,7 @@ describe('backends: two people, each their own OpenCode', () => {
     }
   });
 
-  test('real Chromium loads OpenCode\'s web UI through Gatehouse', async () => {
+  test("real Chromium: a new person signs in and lands in a session of their own workspace, where a prompt gets the LLM's reply", async () => {
     const browser = await chromium.launch({
       executablePath: CHROMIUM,
       args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking', '--disable-component-update', '--disable-sync'],
@@ -318,16 +318,35 @@ describe('backends: two people, each their own OpenCode', () => {
       await page.fill('input[name="login"]', 'carol');
       await page.fill('input[name="password"]', 'carol-pass');
       await page.click('button[type="submit"]');
-      // Carol is new: the "starting" page continues by itself to OpenCode's UI.
-      await page.waitForFunction(() => document.querySelectorAll('script[src*="/assets/"]').length > 0 && document.body.innerText.length > 0, null, { timeout: 60_000 });
+      // Carol is new: the landing goes to a session in her workspace; the "starting" page
+      // continues by itself to OpenCode's UI, which opens a new session there.
+      const workspace = path.join(homeOf(s, 'carol'), 'workspace');
+      const landing = `/${Buffer.from(workspace).toString('base64url')}/session`;
+      await page.waitForURL(/\/new-session\?draftId=/, { timeout: 60_000 });
       const html = await page.content();
       assert.match(html, /assets\//, 'OpenCode index.html loaded');
       const api = await page.evaluate(async () => (await fetch('/global/health')).json());
       assert.equal(api.healthy, true, "the UI's own API calls go through Gatehouse to carol's backend");
-      // Carol's first visit saw the "starting" page (503 with a refresh); nothing else failed.
-      const root = `503 ${url}`;
-      assert.ok(failed.includes(root), `the starting page was shown first: ${failed.join(' ')}`);
-      assert.deepEqual(failed.filter((f) => f !== root && !/favicon/.test(f)), [], 'no other failed requests');
+      assert.ok(statSync(path.join(workspace, '.git')).isDirectory(), 'the workspace is a repository of its own');
+      assert.equal(statSync(workspace).mode & 0o777, 0o700);
+      // "New session" works at once: a prompt makes a session in the workspace and gets the reply.
+      // (The prompt takes a message only once the app knows the model.)
+      await page.locator('[data-action="prompt-model"]').first().waitFor({ timeout: 30_000 });
+      const created = page.waitForResponse((r) => r.request().method() === 'POST' && new URL(r.url()).pathname === '/session', { timeout: 30_000 });
+      await page.locator('[data-component="prompt-input"]').first().click();
+      await page.keyboard.type('Say hello');
+      await page.keyboard.press('Enter');
+      const res = await created;
+      assert.equal(res.status(), 200);
+      assert.equal(new URL(res.url()).searchParams.get('directory'), workspace);
+      await page.getByText(REPLY.split(',')[0]).first().waitFor({ timeout: 30_000 });
+      // Carol's first visit saw the "starting" page (503 with a refresh) at the landing; nothing else failed.
+      const starting = `503 ${s.gh.main.url(A, landing)}`;
+      assert.ok(failed.includes(starting), `the starting page was shown first: ${failed.join(' ')}`);
+      assert.deepEqual(failed.filter((f) => f !== starting && !/favicon/.test(f)), [], 'no other failed requests');
+      // Only a page load of exactly `/` lands there: an API call to / and any other page are OpenCode's.
+      const other = await page.evaluate(async () => (await fetch('/', { redirect: 'manual' })).status);
+      assert.equal(other, 200);
       await context.close();
     } finally {
       await browser.close();

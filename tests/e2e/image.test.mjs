@@ -181,7 +181,7 @@ describe('the image (podman, Debian-made base, debug binary)', { skip: process.g
       const [uid, groups, pwd] = r.output.trim().split('\n');
       assert.ok(Number(uid) >= UIDS[0] && Number(uid) <= UIDS[1], `the agent runs as uid ${uid}`);
       assert.equal(groups, uid, 'no supplementary groups');
-      assert.match(pwd, /^\/var\/lib\/gatehouse\/backends\//);
+      assert.match(pwd, /^\/var\/lib\/gatehouse\/backends\/[0-9a-f]{32}\/workspace$/, 'the agent starts in the workspace');
       // Seen from the host, that uid is an unprivileged one of the user namespace.
       const server = ctr.top().find((p) => /opencode serve/.test(p.args) && p.user === uid);
       assert.ok(server, `the person's OpenCode in podman top:\n${JSON.stringify(ctr.top(), null, 1)}`);

@@ -93,6 +93,10 @@ pub struct LaunchSpec {
     pub landlock_required: bool,
     /// The backend command, program first.
     pub command: Vec<String>,
+    /// The project directory in the home (a plain name): made, `git init`ed when it is not
+    /// a repository yet, and the backend's working directory. `None`: the home itself.
+    #[serde(default)]
+    pub workspace: Option<String>,
 }
 
 /// Why a launch failed, as the launcher prints it.
@@ -150,11 +154,19 @@ fn launch(spec: &LaunchSpec) -> Result<std::convert::Infallible, LaunchError> {
         become_uid(uid)?;
     }
     umask(Mode::from_bits_truncate(0o077));
-    prepare_home_dirs(&spec.home)?;
+    prepare_home_dirs(&spec.home, spec.workspace.as_deref())?;
+    let cwd = match &spec.workspace {
+        Some(name) => {
+            let dir = spec.home.join(name);
+            init_workspace(&dir);
+            dir
+        }
+        None => spec.home.clone(),
+    };
     confine_network(spec)?;
     let e = std::process::Command::new(program)
         .args(args)
-        .current_dir(&spec.home)
+        .current_dir(&cwd)
         .exec();
     Err(LaunchError::Failed(format!("cannot run {program}: {e}")))
 }
@@ -194,7 +206,7 @@ fn become_uid(uid: u32) -> Result<(), LaunchError> {
 
 /// Makes the home's own directories, as the person, refusing a link or a file where a
 /// directory belongs. The home itself must be a directory this uid owns.
-pub fn prepare_home_dirs(home: &Path) -> Result<(), LaunchError> {
+pub fn prepare_home_dirs(home: &Path, workspace: Option<&str>) -> Result<(), LaunchError> {
     let me = Uid::effective().as_raw();
     match lstat(home) {
         Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFDIR => {
@@ -214,7 +226,7 @@ pub fn prepare_home_dirs(home: &Path) -> Result<(), LaunchError> {
         }
         Err(e) => return Err(LaunchError::Failed(format!("{}: {e}", home.display()))),
     }
-    for dir in HOME_DIRS {
+    for dir in HOME_DIRS.iter().copied().chain(workspace) {
         let mut path = home.to_path_buf();
         for part in Path::new(dir).components() {
             let Component::Normal(part) = part else {
@@ -251,6 +263,35 @@ pub fn prepare_home_dirs(home: &Path) -> Result<(), LaunchError> {
         }
     }
     Ok(())
+}
+
+/// Makes the workspace a git repository of its own (no commit), unless it is one: OpenCode
+/// takes the enclosing repository as the project, so a `data_root` inside some checkout
+/// would otherwise show the person that checkout. Without git the workspace stays a plain
+/// directory (OpenCode works, without version control), which is said on stderr.
+fn init_workspace(dir: &Path) {
+    if dir.join(".git").exists() {
+        return;
+    }
+    let result = std::process::Command::new("git")
+        .args(["-c", "init.defaultBranch=main", "init", "--quiet"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status();
+    match result {
+        Ok(status) if status.success() => {}
+        Ok(status) => eprintln!(
+            "{}git init in {} failed ({status}); the workspace is a plain directory",
+            launch_prefix(),
+            dir.display()
+        ),
+        Err(e) => eprintln!(
+            "{}git init in {}: {e}; the workspace is a plain directory",
+            launch_prefix(),
+            dir.display()
+        ),
+    }
 }
 
 /// Landlock: TCP bind only on `spec.port`; no abstract Unix sockets or signals outside.
@@ -380,6 +421,7 @@ mod tests {
             oom_score_adj: BACKEND_OOM_SCORE_ADJ,
             landlock_required: true,
             command: vec!["opencode".into(), "serve".into()],
+            workspace: Some("workspace".into()),
         };
         let json = serde_json::to_string(&spec).unwrap();
         assert_eq!(serde_json::from_str::<LaunchSpec>(&json).unwrap(), spec);
@@ -415,15 +457,42 @@ mod tests {
     fn home_dirs_are_made_private() {
         let home = temp_home("ok");
         let old = umask(Mode::from_bits_truncate(0o077));
-        prepare_home_dirs(&home).unwrap();
+        prepare_home_dirs(&home, None).unwrap();
         umask(old);
         for d in HOME_DIRS {
             let st = lstat(&home.join(d)).unwrap();
             assert_eq!(st.st_mode & 0o777, 0o700, "{d}");
         }
         // Again: existing directories are fine.
-        prepare_home_dirs(&home).unwrap();
+        prepare_home_dirs(&home, None).unwrap();
         std::fs::remove_dir_all(&home).unwrap();
+    }
+
+    #[test]
+    fn the_workspace_is_made_private_and_becomes_a_repository_of_its_own() {
+        let home = temp_home("workspace");
+        let old = umask(Mode::from_bits_truncate(0o077));
+        prepare_home_dirs(&home, Some("workspace")).unwrap();
+        umask(old);
+        let ws = home.join("workspace");
+        assert_eq!(lstat(&ws).unwrap().st_mode & 0o777, 0o700);
+        init_workspace(&ws);
+        assert!(ws.join(".git/HEAD").is_file(), "git init ran");
+        // A repository already there is left as it is.
+        std::fs::write(ws.join(".git/description"), "mine").unwrap();
+        init_workspace(&ws);
+        assert_eq!(
+            std::fs::read_to_string(ws.join(".git/description")).unwrap(),
+            "mine"
+        );
+        // A link in its place is refused like any home directory.
+        std::fs::remove_dir_all(&ws).unwrap();
+        let outside = temp_home("workspace-outside");
+        std::os::unix::fs::symlink(&outside, &ws).unwrap();
+        let err = prepare_home_dirs(&home, Some("workspace")).unwrap_err();
+        assert!(err.to_string().contains("workspace is a link"), "{err}");
+        std::fs::remove_dir_all(&home).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
     }
 
     #[test]
@@ -431,7 +500,7 @@ mod tests {
         let home = temp_home("link");
         let outside = temp_home("outside");
         std::os::unix::fs::symlink(&outside, home.join(".local")).unwrap();
-        let err = prepare_home_dirs(&home).unwrap_err();
+        let err = prepare_home_dirs(&home, None).unwrap_err();
         assert!(matches!(err, LaunchError::HomeRefused(_)), "{err}");
         assert!(err.to_string().contains(".local is a link"), "{err}");
         assert_eq!(err.code(), HOME_REFUSED);
@@ -440,7 +509,7 @@ mod tests {
         // A file where a directory belongs is refused too.
         std::fs::remove_file(home.join(".local")).unwrap();
         std::fs::write(home.join(".cache"), "x").unwrap();
-        let err = prepare_home_dirs(&home).unwrap_err();
+        let err = prepare_home_dirs(&home, None).unwrap_err();
         assert!(
             err.to_string().contains(".cache is not a directory"),
             "{err}"
@@ -455,7 +524,7 @@ mod tests {
         let target = temp_home("homelink-target");
         let home = base.join("home");
         std::os::unix::fs::symlink(&target, &home).unwrap();
-        let err = prepare_home_dirs(&home).unwrap_err();
+        let err = prepare_home_dirs(&home, None).unwrap_err();
         assert!(err.to_string().contains("is not a directory"), "{err}");
         std::fs::remove_dir_all(&base).unwrap();
         std::fs::remove_dir_all(&target).unwrap();

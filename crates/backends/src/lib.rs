@@ -453,6 +453,15 @@ impl Supervisor {
         &self.inner.settings
     }
 
+    /// The person's project directory, `<data_root>/<id>/<workspace>`: where their backend
+    /// starts (the launcher makes it).
+    pub fn workspace_of(&self, id: &PersonId) -> PathBuf {
+        let pool = &self.inner.settings.pool;
+        PersonDir::new(&pool.data_root, id)
+            .home
+            .join(&pool.workspace)
+    }
+
     /// Whether backends run as one uid per person.
     pub fn isolated(&self) -> bool {
         self.inner.isolate

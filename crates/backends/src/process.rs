@@ -99,6 +99,7 @@ pub(crate) async fn spawn(
             .iter()
             .map(|a| a.replace("{port}", &port_text))
             .collect(),
+        workspace: Some(settings.pool.workspace.clone()),
     };
     let spec = serde_json::to_string(&spec).map_err(|e| SpawnFailure::Spawn(e.to_string()))?;
     // With a relay: a token of this process's own, and the relayed providers pointed at

@@ -460,6 +460,10 @@ pub struct BackendPool {
     pub confinement: Confinement,
     /// `stop_on_sign_out` (default false): signing out also stops the person's backend.
     pub stop_on_sign_out: bool,
+    /// `workspace` (default `workspace`): the project directory made in each person's home
+    /// (a git repository of its own, so no enclosing checkout becomes their project), where
+    /// the backend starts and where a browser's page load of `/` lands.
+    pub workspace: String,
     /// `relay`: the LLM providers whose keys Gatehouse keeps and relays (issue 12).
     pub relay: Option<RelaySettings>,
     /// Where `backends.<name>` was written (the built-in default for [`Self::with_defaults`]).
@@ -589,6 +593,7 @@ impl BackendPool {
             egress: Vec::new(),
             confinement: Confinement::Required,
             stop_on_sign_out: false,
+            workspace: "workspace".to_string(),
             relay: None,
             origin: Origin::Default,
         }

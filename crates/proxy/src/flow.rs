@@ -288,6 +288,7 @@ pub(crate) async fn decide(
                     tracing::info!(user = %identity.email(), method = %req.method, route = %route.label, "cross-origin request refused");
                     refuse(ctx, Refusal::CrossOrigin)
                 }
+                Target::Backend(sup) if is_landing(req) => Step::Respond(landing(sup, &identity)),
                 Target::Backend(_) if req.headers.get("service-worker").is_some() => {
                     tracing::warn!(user = %identity.email(), path, route = %route.label, "a service worker's script on a backend route refused");
                     refuse(ctx, Refusal::ServiceWorker)
@@ -389,6 +390,31 @@ pub(crate) async fn backend_step(st: &State, req: &RequestHeader, ctx: &mut Ctx)
         }
     };
     refuse(ctx, refusal)
+}
+
+/// A browser's page load of exactly `/` on a backend route: where the person lands.
+fn is_landing(req: &RequestHeader) -> bool {
+    let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+    req.method == http::Method::GET
+        && req.uri.path() == "/"
+        && req.uri.query().is_none()
+        && header("sec-fetch-mode") == Some("navigate")
+        && header("sec-fetch-dest") == Some("document")
+}
+
+/// OpenCode's web app shows no project on its home page until the browser has picked one
+/// (its project list lives in the browser), and its "New session" does nothing without one.
+/// So a page load of `/` goes to a new session in the person's workspace instead:
+/// `/<base64url(directory)>/session`, the app's own link form (docs/opencode.md §12). The
+/// app's home button navigates inside the page and is never redirected.
+fn landing(sup: &gatehouse_backends::Supervisor, identity: &VerifiedIdentity) -> Page {
+    use base64::Engine;
+    let dir = sup.workspace_of(&person_id(identity));
+    let encoded =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(dir.as_os_str().as_encoded_bytes());
+    let mut page = Page::redirect(302, &format!("/{encoded}/session"));
+    page.headers.push(("cache-control", "no-store".into()));
+    page
 }
 
 /// Answers with the refusal's page, recording its code for the access log.

@@ -39,6 +39,7 @@ const POOL_KEYS: &[&str] = &[
     "confinement",
     "stop_on_sign_out",
     "relay",
+    "workspace",
 ];
 
 const LIMIT_KEYS: &[&str] = &["processes", "memory", "open_files"];
@@ -133,6 +134,32 @@ fn pool(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<BackendPool> {
             if p.is_relative() { ctx.dir.join(p) } else { p }
         }),
         None => Some(defaults.data_root.clone()),
+    };
+    let workspace = match fields.take("workspace").map(Setting::file) {
+        Some(s) => ctx.non_empty(&s).and_then(|t| {
+            let name = t.value.trim();
+            let plain = name.len() <= 64
+                && name != "."
+                && name != ".."
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if plain {
+                Some(name.to_string())
+            } else {
+                ctx.error(
+                    t.origin,
+                    format!(
+                        "{}: `{name}` is not a plain directory name; write one name of up to 64 \
+                         letters, digits, `.`, `_` or `-` (like `workspace`): the project \
+                         directory made in each person's home",
+                        s.path
+                    ),
+                );
+                None
+            }
+        }),
+        None => Some(defaults.workspace.clone()),
     };
     let idle_timeout = duration(ctx, &mut fields, "idle_timeout", defaults.idle_timeout);
     let start_timeout = duration(ctx, &mut fields, "start_timeout", defaults.start_timeout);
@@ -261,6 +288,7 @@ fn pool(ctx: &mut Ctx<'_>, entry: &Entry<'_>) -> Option<BackendPool> {
         egress: egress?,
         confinement: confinement.unwrap_or_default(),
         stop_on_sign_out,
+        workspace: workspace?,
         relay: match relay {
             Some(r) => Some(r?),
             None => None,

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use gatehouse_auth::SignedIn;
 use pingora::http::RequestHeader;
 
-use super::{Ctx, Step, decide};
+use super::{Ctx, Step, decide, is_landing};
 use crate::endpoints::FormAction;
 use crate::refusal::Outcome;
 use crate::state::State;
@@ -581,4 +581,36 @@ async fn gatehouse_pages_keep_other_scripts_of_the_origin_out() {
         body.contains("type=\"password\"") && body.contains("csrf_token"),
         "{body}"
     );
+}
+
+#[test]
+fn only_a_browser_page_load_of_the_bare_root_is_a_landing() {
+    let build = |method: &str, path: &str, headers: &[(&str, &str)]| {
+        let mut req = RequestHeader::build(method, path.as_bytes(), None).expect("request");
+        for (k, v) in headers {
+            req.insert_header(k.to_string(), v.to_string())
+                .expect("header");
+        }
+        req
+    };
+    let page = [
+        ("sec-fetch-mode", "navigate"),
+        ("sec-fetch-dest", "document"),
+    ];
+    assert!(is_landing(&build("GET", "/", &page)));
+    // Not: the app's own fetches, other pages, a query, a frame, a POST.
+    assert!(!is_landing(&build("GET", "/", &[("accept", "text/html")])));
+    assert!(!is_landing(&build(
+        "GET",
+        "/",
+        &[("sec-fetch-mode", "cors"), ("sec-fetch-dest", "empty")]
+    )));
+    assert!(!is_landing(&build("GET", "/session", &page)));
+    assert!(!is_landing(&build("GET", "/?x=1", &page)));
+    assert!(!is_landing(&build(
+        "GET",
+        "/",
+        &[("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "iframe")]
+    )));
+    assert!(!is_landing(&build("POST", "/", &page)));
 }
