@@ -739,12 +739,8 @@ fn secret_setting<'n>(
         return value;
     }
     let t = ctx.non_empty(&file)?;
-    let path = std::path::PathBuf::from(t.value.trim());
-    let path = if path.is_relative() {
-        ctx.dir.join(path)
-    } else {
-        path
-    };
+    // Relative to the config file's directory (an absolute path replaces it).
+    let path = ctx.dir.join(t.value.trim());
     match std::fs::read_to_string(&path) {
         Ok(text) => {
             files.push((file.path.clone(), path, t.origin.clone()));

@@ -136,9 +136,6 @@ impl ProxyHttp for HealthEndpoint {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Error::e_explain(
-            ErrorType::InternalError,
-            "the health listener proxies nothing",
-        )
+        crate::listeners::proxies_nothing("the health listener")
     }
 }

@@ -252,16 +252,21 @@ pub fn prepare_to_serve(config: &Config) -> Result<Prepared, ConfigErrors> {
     prepare_with(config, Purpose::Serve)
 }
 
+/// Where the LLM relay listens: only when a pool relays providers.
+fn relay_addr(config: &Config) -> Option<SocketAddr> {
+    config
+        .backends
+        .iter()
+        .any(|p| p.relay.is_some())
+        .then_some(config.relay_address)
+}
+
 /// The addresses `serve` would listen on that it cannot: a port below 1024 without the
 /// capability, one another process holds, an address not on this machine. Checked by
 /// binding each once before anything starts, because Pingora binds later, in a thread of
 /// its own, and a failure there would leave Gatehouse running without that listener.
 fn unlistenable(config: &Config) -> Vec<ConfigError> {
-    let relay = config
-        .backends
-        .iter()
-        .any(|p| p.relay.is_some())
-        .then_some(config.relay_address);
+    let relay = relay_addr(config);
     [
         ("address", Some(config.address)),
         ("http_redirect_addr", config.http_redirect_addr),
@@ -463,11 +468,7 @@ fn prepare_with(config: &Config, purpose: Purpose) -> Result<Prepared, ConfigErr
     live.certificates = tls.clone();
     Ok(Prepared {
         live: Arc::new(live),
-        relay_addr: config
-            .backends
-            .iter()
-            .any(|p| p.relay.is_some())
-            .then_some(config.relay_address),
+        relay_addr: relay_addr(config),
         control_path: (purpose == Purpose::Serve)
             .then(|| config.state_dir.join(control::SOCKET_FILE)),
         tls,

@@ -318,13 +318,7 @@ impl ProxyHttp for Gatehouse {
             ) => Refusal::UpstreamDown { request_id },
             _ => Refusal::Internal { request_id },
         };
-        let rid = match &refusal {
-            Refusal::UpstreamTimeout { request_id }
-            | Refusal::UpstreamDown { request_id }
-            | Refusal::Internal { request_id } => request_id.as_str(),
-            _ => "-",
-        };
-        tracing::warn!(route = ctx_label(&ctx.state, ctx), request_id = %rid, error = e.etype().as_str(), source = ?e.esource(), "request failed");
+        tracing::warn!(route = ctx_label(&ctx.state, ctx), request_id = %ctx.request_id, error = e.etype().as_str(), source = ?e.esource(), "request failed");
         ctx.outcome = Some(Outcome::from(&refusal));
         // A response already under way (an upstream that failed mid-stream) cannot become a
         // page: the connection is closed instead, which the client sees as a cut response.
