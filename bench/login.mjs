@@ -3,18 +3,22 @@
 //
 //   node bench/login.mjs http://assistant.localhost:PORT/ alice alice-pass
 //
+// An optional fourth argument is a regular expression for the session cookies' names, for
+// another proxy than Gatehouse (bench/peers.sh passes mod_auth_openidc's); the default is
+// Gatehouse's `_pomerium` and its chunks.
+//
 // Exits 1 (with the redirect chain on stderr) if the sign-in does not end on a 200 from the
 // upstream with a session cookie set.
 
 import { Client } from '../tests/harness/client.mjs';
 
-const SESSION_COOKIE = /^_pomerium(_\d+)?$/;
-
-const [startUrl, user = 'alice', password = 'alice-pass'] = process.argv.slice(2);
+const [startUrl, user = 'alice', password = 'alice-pass', cookieRe] = process.argv.slice(2);
 if (!startUrl) {
-  console.error('usage: node bench/login.mjs URL [user] [password]');
+  console.error('usage: node bench/login.mjs URL [user] [password] [session-cookie-name-regex]');
   process.exit(2);
 }
+
+const SESSION_COOKIE = cookieRe ? new RegExp(cookieRe) : /^_pomerium(_\d+)?$/;
 
 const client = new Client();
 const { response, chain } = await client.login(user, password, startUrl);
