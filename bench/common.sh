@@ -1,5 +1,5 @@
 # shellcheck shell=bash
-# Shared setup of the over-TLS benches (tls.sh, streams.sh, idle.sh, reload.sh). Sourced, not run,
+# Shared setup of the over-TLS benches (run.sh, streams.sh, idle.sh, reload.sh). Sourced, not run,
 # from the repository root, after `set -euo pipefail`. Sourcing only defines things and makes the
 # temp dir; each step is a function the bench calls:
 #

@@ -3,7 +3,7 @@
 # one signed-in request (HTTP/1.1, 200 "ok" from the upstream) and then stays open, idle
 # (bench/idle-clients.mjs). Measures Gatehouse's RSS before and SETTLE s after they are all
 # open, holds them HOLD s to see whether and when the server closes them, then the same against
-# nginx as a TLS proxy (tls.sh's config; nginx's default keepalive_timeout is 75 s) for
+# nginx as a TLS proxy (run.sh's config; nginx's default keepalive_timeout is 75 s) for
 # comparison. A bench, not a test: it prints PASS/FAIL against issue 15's target for Gatehouse:
 #   RSS with N idle connections open <= 150 MB (the growth and KB per connection are shown too)
 #

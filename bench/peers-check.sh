@@ -3,7 +3,7 @@
 # Caddy (TLS proxy, no auth) and Apache + mod_auth_openidc (TLS proxy with OIDC sign-in), signs
 # in to Apache, checks the session reaches the upstream (and that without it Apache sends the
 # browser to the IdP), then runs a tiny wrk (1 thread, 2 connections, 2 s) against each proxy
-# the way bench/tls.sh does (to 127.0.0.1, Host header) and checks that every response was a 200.
+# the way bench/run.sh does (to 127.0.0.1, Host header) and checks that every response was a 200.
 #
 #   bench/peers-check.sh           # KEEP_WORK=1 keeps the temp dir (configs, logs)
 #
@@ -28,7 +28,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
-start() { # NAME LOG CMD... ; the PID in PID_<NAME> (the convention of bench/tls.sh)
+start() { # NAME LOG CMD... ; the PID in PID_<NAME> (the convention of bench/run.sh)
   local name="$1" logf="$2"; shift 2
   "$@" >"$logf" 2>&1 &
   PIDS+=("$!"); eval "PID_${name}=$!"
@@ -55,7 +55,7 @@ CERT="$(node -e 'console.log(JSON.parse(process.argv[1]).cert)' "$CERTS")"
 KEY="$(node -e 'console.log(JSON.parse(process.argv[1]).key)' "$CERTS")"
 CA="$(node -e 'console.log(JSON.parse(process.argv[1]).caCert)' "$CERTS")"
 
-# The upstream: bench/tls.sh's nginx ("ok" for everything), plus /whoami echoing the identity
+# The upstream: bench/run.sh's nginx ("ok" for everything), plus /whoami echoing the identity
 # header Apache adds (its name has underscores, which nginx drops unless told otherwise).
 UP="$WORK/upstream"; mkdir -p "$UP/tmp"
 cat >"$UP/nginx.conf" <<CONF
@@ -109,7 +109,7 @@ if curl_as "$P_APACHE" / -H "Cookie: $COOKIE" -D - -o /dev/null | grep -qi '^set
   die "Apache re-wrote a fresh session (Set-Cookie on a signed-in request)"
 fi
 
-# wrk like bench/tls.sh: to 127.0.0.1, the host in the Host header (wrk sends the IP as SNI;
+# wrk like bench/run.sh: to 127.0.0.1, the host in the Host header (wrk sends the IP as SNI;
 # start_caddy already checked a handshake with no SNI at all, as curl makes). The Lua script
 # counts responses by status (wrk itself does not count a 302 as an error).
 cat >"$WORK/status.lua" <<'LUA'

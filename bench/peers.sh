@@ -14,7 +14,7 @@
 #   COOKIE="$(apache_login https://assistant.localhost:PORT/ alice alice-pass [CA_FILE])"
 #   proc_tree PID / peer_pids NAME                       # PIDs whose CPU ticks to sum
 #
-# What the caller provides (bench/common.sh and bench/tls.sh have these; the caller's `set -euo pipefail`
+# What the caller provides (bench/common.sh and bench/run.sh have these; the caller's `set -euo pipefail`
 # applies, this file does not change shell options of the script that sources it):
 #   start NAME LOG CMD...   start CMD in the background, append its PID to PIDS and set
 #                           PID_<NAME>; the caller's cleanup stops everything in PIDS by PID.
@@ -40,7 +40,7 @@ PEERS_APACHE_USER="${PEERS_APACHE_USER:-www-data}"
 PEERS_APACHE_GROUP="${PEERS_APACHE_GROUP:-www-data}"
 
 declare -F die >/dev/null || die() { echo "peers.sh: $*" >&2; exit 1; }
-declare -F start >/dev/null || die "source bench/peers.sh from a script that defines start NAME LOG CMD... (see bench/tls.sh)"
+declare -F start >/dev/null || die "source bench/peers.sh from a script that defines start NAME LOG CMD... (see bench/run.sh)"
 
 # ----------------------------------------------------------------------------- install
 
@@ -52,7 +52,7 @@ peers_apt_install() {
   echo "peers.sh: installing $*" >&2
   # The packages' postinst scripts start system services (apache2 on :80; caddy on :80 with
   # its admin API on :2019) through invoke-rc.d; a policy-rc.d that exits 101 forbids that.
-  # Created only if absent and removed only if we created it (same trick as bench/tls.sh).
+  # Created only if absent and removed only if we created it (same trick as bench/run.sh).
   local added=0 rc=0
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
     printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && added=1

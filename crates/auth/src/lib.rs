@@ -295,6 +295,7 @@ impl Auth {
             session: SessionCodec {
                 name: config.cookie.name.clone(),
                 sealer: sealer("session"),
+                opened: session::opened_cache(),
             },
             oidc: Oidc::new(&config.idp)?,
             signer,

@@ -1,7 +1,9 @@
 //! The session, the in-flight login and the cross-host handoff, each a sealed value.
 
-use std::sync::Arc;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
 
+use lru::LruCache;
 use serde::{Deserialize, Serialize};
 
 use crate::seal::{MAX_CHUNKS, Sealer, UnsealError, join_chunks, split_chunks};
@@ -50,15 +52,17 @@ pub const SESSION_VERSION: u8 = 1;
 /// Only this crate can make one, so an unchecked identity can never reach an upstream.
 #[derive(Debug, Clone)]
 pub struct VerifiedIdentity {
-    session: Session,
+    /// Shared with the opened-cookie cache ([`SessionCodec::decode`]): a request's identity
+    /// is a reference count, not a copy of every claim.
+    session: Arc<Session>,
     /// Groups from the Google directory, when it is used; they replace the session's.
     directory_groups: Option<Arc<[String]>>,
 }
 
 impl VerifiedIdentity {
-    pub(crate) fn new(session: Session) -> Self {
+    pub(crate) fn new(session: impl Into<Arc<Session>>) -> Self {
         VerifiedIdentity {
-            session,
+            session: session.into(),
             directory_groups: None,
         }
     }
@@ -118,6 +122,21 @@ pub enum SessionRejected {
 pub struct SessionCodec {
     pub(crate) name: String,
     pub(crate) sealer: Sealer,
+    /// Cookie values this codec has opened, and what they held (see [`SessionCodec::decode`]).
+    pub(crate) opened: Mutex<LruCache<Box<str>, Arc<Session>>>,
+}
+
+/// Opened session cookies remembered; a small team's browsers fit many times over.
+const OPENED_CACHE_ENTRIES: usize = 512;
+/// A sealed value longer than this (a person in hundreds of groups) is opened every time
+/// rather than remembered, so the cache stays under ~4 MB however it is filled.
+const OPENED_CACHE_MAX_VALUE: usize = 8 * 1024;
+
+/// An empty cache of opened session cookies, for a new [`SessionCodec`].
+pub(crate) fn opened_cache() -> Mutex<LruCache<Box<str>, Arc<Session>>> {
+    Mutex::new(LruCache::new(
+        NonZeroUsize::new(OPENED_CACHE_ENTRIES).unwrap_or(NonZeroUsize::MIN),
+    ))
 }
 
 impl SessionCodec {
@@ -134,9 +153,31 @@ impl SessionCodec {
         now: UnixTime,
     ) -> Result<VerifiedIdentity, SessionRejected> {
         let sealed = join_chunks(&self.name, get).ok_or(SessionRejected::Missing)?;
-        let json = self.sealer.open(&self.name, &sealed)?;
-        let session: Session =
-            serde_json::from_slice(&json).map_err(|_| SessionRejected::Garbled)?;
+        // Opening (base64, AES-GCM, JSON) is most of a signed-in request's own cost, and a
+        // browser sends the same value on every request. A value seen before is taken from
+        // the cache: the key is the whole sealed value, tag included, so a hit means these
+        // exact bytes were authenticated by this codec's key (a new key comes with a new
+        // codec and an empty cache). Expiry is checked on every use; revocation is the
+        // caller's, also on every use.
+        let remembered = self
+            .opened
+            .lock()
+            .ok()
+            .and_then(|mut c| c.get(sealed.as_str()).cloned());
+        let session = match remembered {
+            Some(s) => s,
+            None => {
+                let json = self.sealer.open(&self.name, &sealed)?;
+                let session: Arc<Session> =
+                    Arc::new(serde_json::from_slice(&json).map_err(|_| SessionRejected::Garbled)?);
+                if sealed.len() <= OPENED_CACHE_MAX_VALUE
+                    && let Ok(mut c) = self.opened.lock()
+                {
+                    c.put(sealed.into_boxed_str(), Arc::clone(&session));
+                }
+                session
+            }
+        };
         if now >= session.exp {
             return Err(SessionRejected::Expired);
         }

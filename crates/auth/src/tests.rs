@@ -99,6 +99,46 @@ fn expired_session_is_refused() {
     );
 }
 
+/// The opened-cookie cache changes no answer: a remembered session still expires, a cookie
+/// differing by one character from a remembered one is opened (and refused), and a
+/// signed-out session is refused while remembered.
+#[test]
+fn a_remembered_session_is_checked_like_a_new_one() {
+    let auth = auth(&config([1; 32]));
+    let s = auth.new_session(signed_in(), 1000);
+    let cookies = auth.session.encode(&s);
+    assert!(decode(&auth, &cookies, 1001).is_ok());
+    assert!(
+        decode(&auth, &cookies, 1002).is_ok(),
+        "taken from the cache"
+    );
+    assert_eq!(
+        decode(&auth, &cookies, 1000 + 3600).unwrap_err(),
+        SessionRejected::Expired
+    );
+    for i in [0, cookies[0].1.len() / 2, cookies[0].1.len() - 1] {
+        let mut tampered = cookies.clone();
+        let mut bytes = tampered[0].1.clone().into_bytes();
+        bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+        tampered[0].1 = String::from_utf8(bytes).unwrap();
+        assert!(
+            decode(&auth, &tampered, 1003).is_err(),
+            "byte {i} changed in a remembered cookie"
+        );
+    }
+    auth.end_session(&s, 1004).unwrap();
+    let lookup = |n: &str| {
+        cookies
+            .iter()
+            .find(|(k, _)| k == n)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        auth.verify_session(lookup, 1005).unwrap_err(),
+        SessionRejected::Revoked
+    );
+}
+
 #[test]
 fn session_from_another_secret_is_refused() {
     let a = auth(&config([1; 32]));

@@ -13,6 +13,7 @@ mod cmd;
 
 // mimalloc measured ~25% faster than glibc malloc for Pingora on this workload
 // (docs/pingora.md, "Tuning a passthrough").
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -82,7 +82,9 @@ use gatehouse_backends::{PoolSettings, Supervisor};
 use gatehouse_config::{Config, ConfigError, ConfigErrors};
 use gatehouse_policy::{Decision, Policy};
 
-pub use listeners::{HttpsRedirect, MetricsEndpoint, RunOptions, run};
+pub use listeners::{
+    HttpsRedirect, MetricsEndpoint, RunOptions, downstream_buffers, run, server_conf,
+};
 pub use service::Gatehouse;
 pub(crate) use state::pool;
 pub use state::{

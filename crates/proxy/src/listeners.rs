@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::ErrorType;
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use pingora::server::configuration::ServerConf;
@@ -127,26 +128,43 @@ impl pingora::services::background::BackgroundService for BackendService {
     }
 }
 
-/// Options for running (from the command line, not the config file).
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// Worker threads for the proxy service.
-    pub threads: usize,
+/// The buffers under each client connection's TLS. Pingora reads through a 64 KB buffer
+/// per connection by default, filled with zeros when the connection starts: 64 KB of
+/// memory for every open connection, idle or streaming, for a gain only on large uploads
+/// (rustls reads at most a TLS record's worth at a time anyway). Unbuffered reads take
+/// 115 KB per idle connection to 50 KB (docs/pingora.md, "Memory per connection"); the
+/// small write buffer (Pingora's default, one MSS) is kept.
+pub fn downstream_buffers() -> L4BufferSettings {
+    L4BufferSettings::default().read(0)
 }
 
-/// Binds the listeners and serves until SIGTERM/SIGINT. Never returns on success
-/// (Pingora exits the process after its graceful shutdown).
-pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
-    let conf = ServerConf {
-        threads: opts.threads.max(1),
+/// Pingora's server settings, with `threads` workers (the bench's bare passthrough uses
+/// them too, so it measures the same engine).
+pub fn server_conf(threads: usize) -> ServerConf {
+    ServerConf {
+        threads: threads.max(1),
         // Let in-flight requests finish, but don't keep a stopping server around for long
         // (Pingora's default is 300 s; long streams are cut at the end anyway).
         grace_period_seconds: Some(5),
         graceful_shutdown_timeout_seconds: Some(5),
         upstream_keepalive_pool_size: 256,
         ..Default::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    }
+}
+
+/// Options for running (from the command line, not the config file).
+pub struct RunOptions {
+    /// Worker threads for the proxy service.
+    pub threads: usize,
+    /// Called once after the graceful shutdown, just before the process exits (the binary
+    /// flushes its log writer here: nothing else runs destructors on the way out).
+    pub before_exit: Box<dyn FnOnce() + Send>,
+}
+
+/// Binds the listeners and serves until SIGTERM/SIGINT. Never returns on success
+/// (Pingora exits the process after its graceful shutdown).
+pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
+    let mut server = Server::new_with_opt_and_conf(None, server_conf(opts.threads));
     server.bootstrap();
 
     let mut main = pingora::proxy::http_proxy_service_with_name(
@@ -162,7 +180,11 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
             let mut tls = TlsSettings::intermediate("", "")?;
             tls.set_cert_resolver(resolver);
             tls.enable_h2();
-            main.add_tls_with_settings(&addr, None, tls);
+            main.add_listener(
+                ListenerConfig::tcp(addr.as_str())
+                    .tls(tls)
+                    .l4_buffer(downstream_buffers()),
+            );
             tracing::info!(address = %addr, "listening (https, HTTP/1.1 and HTTP/2)");
         }
         None => {
@@ -261,6 +283,7 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
             backends: prepared.live.backends.clone(),
         }),
     });
+    (opts.before_exit)();
     std::process::exit(0)
 }
 

@@ -29,6 +29,10 @@ pub struct Gatehouse {
 
 const MAX_FORM_BYTES: usize = 8 * 1024;
 
+/// Seconds an HTTP/1.1 client connection may sit idle between requests before Gatehouse
+/// closes it. A browser reconnects without the person noticing.
+pub(crate) const KEEPALIVE_IDLE_SECS: u64 = 75;
+
 /// One of Gatehouse's own forms, its fields in order (a name may come more than once); a
 /// body over [`MAX_FORM_BYTES`] is an empty form.
 async fn read_form(session: &mut Session) -> Result<Vec<(String, String)>> {
@@ -161,6 +165,14 @@ impl ProxyHttp for Gatehouse {
             COMPRESSION_LEVEL
         };
         modules.add_module(ResponseCompressionBuilder::enable(level));
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // Pingora keeps an idle HTTP/1.1 keep-alive connection open for ever; each holds
+        // ~50 KB (docs/pingora.md, "Memory per connection"). Close it after a while, as
+        // nginx does (its keepalive_timeout is also 75 s). Applies after each response.
+        session.set_keepalive(Some(KEEPALIVE_IDLE_SECS));
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
