@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
+import { agentShell, viaClient } from '../harness/agent.mjs';
 import { A, backendStack, eventually, openSse } from '../harness/backends.mjs';
 import { request } from '../harness/client.mjs';
 import { gatehouseBin } from '../harness/gatehouse.mjs';
@@ -179,6 +180,40 @@ describe('personal access tokens', { skip: !IS_ROOT && 'per-person backends with
     assert.deepEqual(held.found, [], 'the token in the state directory');
     // The administrators' control socket is the only other thing there, closed to others.
     assert.equal(statSync(path.join(stateDir, 'control.sock')).mode & 0o777, 0o600);
+  });
+
+  // The threat model's attacker: alice's own (prompt-injected) agent, running shell commands
+  // as her backend's uid. With a token in hand it must not find Gatehouse's secrets, her
+  // token anywhere it can read, or a way to act as an administrator.
+  test('from alice\'s own agent shell: her token is in no file she can read nor in her environment; the state store and the control socket are closed', async () => {
+    const sock = path.join(stateDir, 'control.sock');
+    const storeFile = path.join(stateDir, 'gatehouse.sqlite3');
+    // Both exist, so a refusal below is a refusal and not a wrong path.
+    assert.ok(statSync(sock).isSocket(), 'the control socket exists');
+    assert.ok(statSync(storeFile).isFile(), 'the state store exists');
+    const secret = aliceToken.slice(-43);
+    const r = await agentShell(viaClient(alice, s.origin), [
+      'echo "uid=$(id -u)"',
+      `ls ${stateDir} >/dev/null 2>&1 && echo "state: listed" || echo "state: refused"`,
+      `cat ${storeFile} >/dev/null 2>&1 && echo "store: read" || echo "store: refused"`,
+      // The administrators' socket: connecting is what `gatehouse sign-out` does.
+      `python3 -c 'import socket,sys; s=socket.socket(socket.AF_UNIX); e=s.connect_ex(sys.argv[1]); print("control:", "connected" if e == 0 else "refused errno %d" % e)' ${sock}`,
+      `env | grep -c gatehouse_pat_ || true`,
+      // In two halves: OpenCode keeps the command's text in its session store under $HOME,
+      // so the whole secret must not appear in it.
+      `a=${secret.slice(0, 20)}; b=${secret.slice(20)}; grep -rlF "$a$b" "$HOME" 2>/dev/null | head -3; echo "grep done"`,
+    ].join('; '), { literal: true });
+    const out = r.output;
+    const uid = Number(/uid=(\d+)/.exec(out)?.[1]);
+    assert.ok(uid >= 62000 && uid < 62100, `the agent runs as the person's own uid, not root:\n${out}`);
+    assert.match(out, /state: refused/, out);
+    assert.match(out, /store: refused/, out);
+    assert.match(out, /control: refused errno (13|2)\b/, out);
+    assert.match(out, /^0$/m, `a token in the agent's environment:\n${out}`);
+    assert.match(out, /grep done/, out);
+    assert.ok(!out.replace(/grep done[\s\S]*$/, '').split('\n').some((l) => l.startsWith('/')), `the token is in a file the agent can read:\n${out}`);
+    // And alice's own token still works for alice: nothing above was refused for lack of one.
+    assert.equal((await tokenRequest(s, A, '/session', aliceToken)).status, 200);
   });
 
   test('sign out of every browser also revokes the person\'s tokens', async () => {

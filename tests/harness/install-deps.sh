@@ -17,6 +17,8 @@ have_cmd pkg-config || need+=(pkg-config)
 have_pkg build-essential || need+=(build-essential)
 # The relay tests read and tamper with the state store (issue 12).
 have_cmd sqlite3    || need+=(sqlite3)
+# The agent-shell attack tests connect to Unix sockets from a backend's shell with python3.
+have_cmd python3    || need+=(python3)
 # The OpenCode TUI (`opencode attach`) is driven in a detached tmux session (opencode-cli.mjs).
 have_cmd tmux       || need+=(tmux)
 # The image test builds and runs the shipped image (issue 14): rootful Podman with runc, and

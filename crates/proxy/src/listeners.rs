@@ -153,12 +153,10 @@ pub fn server_conf(threads: usize) -> ServerConf {
 }
 
 /// Options for running (from the command line, not the config file).
+#[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Worker threads for the proxy service.
     pub threads: usize,
-    /// Called once after the graceful shutdown, just before the process exits (the binary
-    /// flushes its log writer here: nothing else runs destructors on the way out).
-    pub before_exit: Box<dyn FnOnce() + Send>,
 }
 
 /// Binds the listeners and serves until SIGTERM/SIGINT. Never returns on success
@@ -283,7 +281,6 @@ pub fn run(prepared: Prepared, opts: RunOptions) -> anyhow::Result<()> {
             backends: prepared.live.backends.clone(),
         }),
     });
-    (opts.before_exit)();
     std::process::exit(0)
 }
 

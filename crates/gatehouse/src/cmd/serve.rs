@@ -11,7 +11,7 @@ pub fn run(path: &Path, threads: Option<usize>, format: LogFormat) -> ExitCode {
         Ok(x) => x,
         Err(code) => return code,
     };
-    let log_writer = init_logging(&config.log_level, format);
+    init_logging(&config.log_level, format);
     // No core dumps and no ptrace or /proc access to this process by anyone but root (its
     // memory holds every key; backends may share its uid with `isolation: none`).
     if let Err(e) = nix::sys::prctl::set_dumpable(false) {
@@ -29,12 +29,7 @@ pub fn run(path: &Path, threads: Option<usize>, format: LogFormat) -> ExitCode {
             .map(|n| n.get())
             .unwrap_or(2)
     });
-    let options = gatehouse_proxy::RunOptions {
-        threads,
-        // Writes out the lines still queued (the shutdown's own included).
-        before_exit: Box::new(move || drop(log_writer)),
-    };
-    match gatehouse_proxy::run(prepared, options) {
+    match gatehouse_proxy::run(prepared, gatehouse_proxy::RunOptions { threads }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("gatehouse could not run: {e:#}");
@@ -43,30 +38,7 @@ pub fn run(path: &Path, threads: Option<usize>, format: LogFormat) -> ExitCode {
     }
 }
 
-/// Log lines queued for the writer thread before the proxy's threads block (backpressure,
-/// like the direct write it replaces: an access line is never dropped). Each slot is a few
-/// dozen bytes, allocated up front, so this is also the writer's fixed memory (~250 KB).
-const LOG_QUEUE_LINES: usize = 8192;
-
-/// Log lines go to stderr from a thread of their own, which writes whatever has queued up
-/// in one `write` (a `BufWriter`) and flushes as soon as the queue is empty: under load one
-/// system call per batch instead of one per request, when idle each line at once. Keep the
-/// guard until exit: dropping it writes out what is still queued.
-fn log_writer() -> (
-    tracing_appender::non_blocking::NonBlocking,
-    tracing_appender::non_blocking::WorkerGuard,
-) {
-    tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .thread_name("gatehouse-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ))
-}
-
-fn init_logging(level: &str, format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+fn init_logging(level: &str, format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     // Pingora's own log lines come through the `log` bridge. Keep them to warnings by
     // default, and never below info unless asked for by name: at debug, Pingora prints
@@ -85,9 +57,8 @@ fn init_logging(level: &str, format: LogFormat) -> tracing_appender::non_blockin
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     use tracing_subscriber::prelude::*;
-    let (writer, guard) = log_writer();
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(writer)
+        .with_writer(std::io::stderr)
         .with_ansi(ansi);
     let registry = tracing_subscriber::registry()
         .with(QuietHandshakes)
@@ -99,7 +70,6 @@ fn init_logging(level: &str, format: LogFormat) -> tracing_appender::non_blockin
     if let Err(e) = result {
         eprintln!("gatehouse: cannot set up logging: {e}");
     }
-    guard
 }
 
 /// Pingora logs every failed TLS handshake at ERROR: a port probe, a load balancer's TCP
